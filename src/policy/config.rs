@@ -1,0 +1,1 @@
+//! Placeholder: the daemon configuration.

@@ -1,0 +1,1 @@
+//! Placeholder: loading policy files and directories.

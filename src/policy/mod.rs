@@ -1,0 +1,257 @@
+//! Per-API policies and the daemon configuration: typed, validated values.
+//!
+//! Files are parsed into raw serde types (`raw`), then validated into the types below; only the
+//! validated types travel through the rest of the program. Every problem found in a file is
+//! reported at once, each as `file:line:col: message` (see [`PolicyError`]).
+
+mod config;
+mod load;
+mod raw;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+
+// pub use config::{AlertChannel, AlertChannelKind, Config, MetricsBackend, Secret};
+// pub use load::{load_dir, load_file, load_paths, LoadReport};
+
+/// One validated per-API policy.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Policy {
+    /// API name; unique across all loaded policies. Used in Consul keys, alerts and metrics.
+    pub api: String,
+    /// File this policy was read from (for messages); `None` when built in code.
+    pub source: Option<PathBuf>,
+    /// Evaluation period; successive windows are disjoint and contiguous.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Green's share of traffic per step, percent, strictly increasing in (0, 100], ending at 100.
+    pub steps: Vec<f64>,
+    /// Minimum time spent at a step before advancing.
+    #[serde(with = "humantime_serde")]
+    pub min_step_duration: Duration,
+    /// Minimum number of green requests seen at a step (outside warm-up) before advancing.
+    pub min_green_requests_per_step: u64,
+    /// After this long at one step, `on_max_step_duration` applies. `None`: never.
+    #[serde(with = "humantime_serde")]
+    pub max_step_duration: Option<Duration>,
+    /// What to do once `max_step_duration` has passed without advance evidence.
+    pub on_max_step_duration: MaxStepAction,
+    /// α: bound on the probability of ever rolling back a healthy canary during the rollout.
+    /// Split evenly (Bonferroni) across the statistical rollback streams.
+    pub false_rollback_rate: f64,
+    /// Error level of the advance (non-inferiority) evidence.
+    pub false_advance_rate: f64,
+    /// Intervals discarded after each weight change.
+    pub warmup_intervals: u32,
+    /// Start the rollout automatically (true) or wait for `greenlight start` (false).
+    pub auto_start: bool,
+    /// Alert after metrics have been missing or unusable for this long (weights stay frozen).
+    #[serde(with = "humantime_serde")]
+    pub no_data_alert_after: Duration,
+    /// Alert when no step progress was made for this long.
+    #[serde(with = "humantime_serde")]
+    pub stuck_alert_after: Duration,
+    /// Where the traffic split lives.
+    pub traffic: Traffic,
+    /// Optional progression windows; outside them greenlight never advances (rollback stays on).
+    pub schedule: Option<Schedule>,
+    /// The checks, in file order. At least one statistical check (error_rate or latency).
+    pub checks: Vec<Check>,
+    /// Alert channel names (from the daemon config) that receive this API's events.
+    pub alerts: Vec<String>,
+}
+
+/// Policy for a step that outlives `max_step_duration`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MaxStepAction {
+    /// Advance on absence of evidence against green (rollback streams all below 10).
+    Advance,
+    /// Keep holding (and alert as stuck after `stuck_alert_after`).
+    Hold,
+}
+
+/// Where the two weights live and their scale.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Traffic {
+    pub target: TrafficTarget,
+    /// Sum of blue and green weights (HAProxy weights are 0–256). Default 100.
+    pub total_weight: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrafficTarget {
+    /// Two Consul KV keys holding the integer weights (pushed to HAProxy by `greenlight sync`).
+    ConsulKeys { blue: String, green: String },
+    /// HAProxy Runtime API directly; servers in one backend, on every configured node.
+    Haproxy { backend: String, blue: String, green: String },
+}
+
+/// Blue and green weights as written to the traffic target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Weights {
+    pub blue: u32,
+    pub green: u32,
+}
+
+impl Traffic {
+    /// Weights for green at `percent` of the traffic (0 = all blue).
+    pub fn weights_for(&self, percent: f64) -> Weights {
+        let green = ((self.total_weight as f64) * percent / 100.0).round() as u32;
+        let green = green.min(self.total_weight);
+        Weights {
+            blue: self.total_weight - green,
+            green,
+        }
+    }
+}
+
+/// Daily progression windows in one time zone.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Schedule {
+    /// IANA name, e.g. `Europe/Paris`.
+    pub timezone: String,
+    #[serde(skip)]
+    pub tz: jiff::tz::TimeZone,
+    pub windows: Vec<TimeWindow>,
+}
+
+/// `HH:MM-HH:MM` local time; may wrap midnight (`22:00-06:00`). Minutes since local midnight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct TimeWindow {
+    pub start_minute: u16,
+    pub end_minute: u16,
+}
+
+impl TimeWindow {
+    /// Whether `minute` (since local midnight) lies in the window; start inclusive, end exclusive.
+    pub fn contains(&self, minute: u16) -> bool {
+        if self.start_minute <= self.end_minute {
+            minute >= self.start_minute && minute < self.end_minute
+        } else {
+            minute >= self.start_minute || minute < self.end_minute
+        }
+    }
+}
+
+impl Schedule {
+    /// Whether progression is allowed at `now`.
+    pub fn allows(&self, now: jiff::Timestamp) -> bool {
+        let local = now.to_zoned_datetime(self.tz.clone());
+        let minute = local.hour() as u16 * 60 + local.minute() as u16;
+        self.windows.iter().any(|w| w.contains(minute))
+    }
+}
+
+/// One named check.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Check {
+    pub name: String,
+    pub kind: CheckKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum CheckKind {
+    /// Compare green's error rate with blue's (rollback and advance e-processes).
+    ErrorRate {
+        /// PromQL: requests in the window for `{color}`.
+        requests: String,
+        /// PromQL: errors in the window for `{color}`.
+        errors: String,
+        /// Green may be up to this much worse (relative) before it counts as a regression: r0 = 1 + tolerance.
+        tolerance: f64,
+        /// Advance evidence: green's error rate is below (1 + advance_tolerance) × blue's.
+        advance_tolerance: f64,
+        /// Overdispersion φ ≥ 1: each interval's log-likelihood ratio is divided by φ.
+        overdispersion: f64,
+        /// A rollback also needs at least this many green errors in the rollout so far.
+        min_errors: u64,
+        /// Blue's own error rate above this (per window) means an environment problem: hold.
+        blue_max_error_rate: Option<f64>,
+    },
+    /// Compare the share of requests slower than bucket edges (one e-process per edge).
+    LatencyHistogram {
+        /// PromQL: `sum by (le) (increase(..._bucket{...}[{interval}]))` for `{color}`.
+        buckets: String,
+        /// Bucket upper bounds (`le` values) to compare at, ascending.
+        edges: Vec<f64>,
+        tolerance: f64,
+        advance_tolerance: f64,
+        overdispersion: f64,
+        min_errors: u64,
+    },
+    /// Absolute guard on green alone (Flagger-style); also evaluated for blue to tell an
+    /// environment problem (both breach → hold) from a green regression.
+    Threshold {
+        query: String,
+        max: Option<f64>,
+        min: Option<f64>,
+        /// Consecutive breaching intervals (green only) before it rolls back.
+        failures: u32,
+    },
+}
+
+impl CheckKind {
+    /// Number of statistical rollback streams this check contributes to the α split.
+    pub fn rollback_streams(&self) -> usize {
+        match self {
+            CheckKind::ErrorRate { .. } => 1,
+            CheckKind::LatencyHistogram { edges, .. } => edges.len(),
+            CheckKind::Threshold { .. } => 0,
+        }
+    }
+}
+
+impl Policy {
+    /// α for each statistical rollback stream (even split of `false_rollback_rate`).
+    pub fn alpha_per_stream(&self) -> f64 {
+        let streams: usize = self.checks.iter().map(|c| c.kind.rollback_streams()).sum();
+        self.false_rollback_rate / streams.max(1) as f64
+    }
+
+    /// α for each advance stream (even split of `false_advance_rate`).
+    pub fn advance_alpha_per_stream(&self) -> f64 {
+        let streams: usize = self.checks.iter().map(|c| c.kind.rollback_streams()).sum();
+        self.false_advance_rate / streams.max(1) as f64
+    }
+
+    /// Weights at step `index` (0-based).
+    pub fn weights_at(&self, index: usize) -> Weights {
+        self.traffic.weights_for(self.steps[index])
+    }
+}
+
+/// One problem in a policy or config file, located to `file:line:col` where possible.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyError {
+    pub file: PathBuf,
+    /// 1-based; 0 when the problem has no location (e.g. the file cannot be read).
+    pub line: usize,
+    /// 1-based; 0 when unknown.
+    pub col: usize,
+    pub message: String,
+}
+
+impl fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: {}", self.file.display(), self.message)
+        } else {
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.file.display(),
+                self.line,
+                self.col,
+                self.message
+            )
+        }
+    }
+}
+
+impl std::error::Error for PolicyError {}
