@@ -1,5 +1,8 @@
 //! The `greenlight` binary: parse the command line, run, map errors to exit codes.
 
+use clap::Parser;
+
 fn main() {
-    std::process::exit(0);
+    let cli = greenlight::cli::Cli::parse();
+    std::process::exit(greenlight::cli::run(cli));
 }

@@ -1,1 +1,35 @@
-//! Placeholder: filled in by its own change.
+//! The command-line front: argument parsing and one function per subcommand.
+
+mod check;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Exit code for bad configuration or usage.
+pub const EXIT_CONFIG: i32 = 2;
+/// Exit code for a runtime failure.
+pub const EXIT_FAILURE: i32 = 1;
+
+#[derive(Debug, Parser)]
+#[command(name = "greenlight", version, about = "Metrics-driven automatic canary progressor")]
+pub struct Cli {
+    /// Daemon configuration file (built-in defaults when absent).
+    #[arg(long, global = true, env = "GREENLIGHT_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate policy files or directories; prints every error as file:line:col.
+    Check(check::CheckArgs),
+}
+
+/// Runs the parsed command; returns the process exit code.
+pub fn run(cli: Cli) -> i32 {
+    match cli.command {
+        Command::Check(args) => check::run(cli.config.as_deref(), args),
+    }
+}
