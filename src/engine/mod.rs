@@ -1,7 +1,20 @@
 //! The per-API rollout state machine and the pure `decide()` function.
+//!
+//! `decide(policy, state, observation, now)` is synchronous and free of I/O; the daemon,
+//! `simulate`, `replay` and the benchmarks all call this one function.
 
+mod decide;
 mod observation;
+mod state;
 
+pub use decide::{
+    decide, Action, Decision, DecisionRecord, Explanation, GuardReport, Notice, StreamReport,
+    ADVANCE_MAX_ROLLBACK_E,
+};
 pub use observation::{
     CheckData, CheckObservation, Counts, DataProblem, EdgeCounts, Observation, Pair,
 };
+pub use state::{stream_id, Intent, Phase, RolloutState, Stream, HISTORY_LEN};
+
+#[cfg(test)]
+mod tests;

@@ -3,7 +3,9 @@
 //! Pure numeric code, pinned to the test vectors of the statistics reference.
 
 mod eprocess;
+mod staged;
 
+pub use staged::StagedEProcess;
 pub use eprocess::{
     log_sum_exp, RatioEProcess, SloEProcess, ADVANCE_GRID, ROLLBACK_GRID, SLO_GRID,
 };
