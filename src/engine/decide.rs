@@ -131,7 +131,12 @@ pub struct DecisionRecord {
 /// hold, nothing counted); warm-up after a weight change; blue's own health; evidence update;
 /// rollback (any stream crossing 1/α, or a threshold guard failing on green alone); advance
 /// (schedule, dwell, requests, all rollback E < 10, advance evidence or the maximum dwell).
-pub fn decide(policy: &Policy, state: &RolloutState, obs: &Observation, now: Timestamp) -> Decision {
+pub fn decide(
+    policy: &Policy,
+    state: &RolloutState,
+    obs: &Observation,
+    now: Timestamp,
+) -> Decision {
     let mut s = state.clone();
     s.reconcile(policy);
     let before = Snapshot::of(&s, policy);
@@ -306,6 +311,9 @@ fn evaluate(
             pair.green.bad,
             pair.blue.bad,
         );
+        if let Some(slo) = &mut stream.slo {
+            slo.update(pair.green.requests, pair.green.bad);
+        }
         add(&mut stream.step, &pair);
         add(&mut stream.total, &pair);
         d.counted.push((stream.id.clone(), pair));
@@ -433,12 +441,12 @@ fn evaluate(
     let lacking: Vec<String> = s
         .streams
         .iter()
-        .filter(|st| st.advance.e_value() < adv_threshold)
+        .filter(|st| st.advance_e() < adv_threshold)
         .map(|st| {
             format!(
                 "{} E = {:.1}",
                 describe_stream(&st.check, st.edge),
-                st.advance.e_value()
+                st.advance_e()
             )
         })
         .collect();
@@ -492,9 +500,10 @@ fn apply_intent(
                 s.begin_rollout(policy, now);
                 d.set(Action::Start, "Rollout started by an operator.");
             }
-            Phase::Progressing | Phase::Paused => {
-                d.set(Action::Hold, "Start ignored: the rollout is already running.")
-            }
+            Phase::Progressing | Phase::Paused => d.set(
+                Action::Hold,
+                "Start ignored: the rollout is already running.",
+            ),
         },
         Intent::Pause { reason } => match s.phase {
             Phase::Progressing | Phase::Pending => {
@@ -587,7 +596,7 @@ fn finish(
             total: st.total,
             rollback_e: st.rollback.e_value(),
             rollback_threshold: 1.0 / alpha,
-            advance_e: st.advance.e_value(),
+            advance_e: st.advance_e(),
             advance_threshold: 1.0 / adv,
         })
         .collect();
@@ -669,7 +678,9 @@ fn shape_matches(kind: &CheckKind, data: &CheckData) -> Result<(), DataProblem> 
             if green.is_finite() && blue.is_none_or(f64::is_finite) {
                 Ok(())
             } else {
-                Err(DataProblem::NotFinite(format!("green {green}, blue {blue:?}")))
+                Err(DataProblem::NotFinite(format!(
+                    "green {green}, blue {blue:?}"
+                )))
             }
         }
         _ => Err(DataProblem::Partial(

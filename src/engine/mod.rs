@@ -17,4 +17,4 @@ pub use observation::{
 pub use state::{stream_id, Intent, Phase, RolloutState, Stream, HISTORY_LEN};
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::observation::Pair;
 use crate::policy::{CheckKind, Policy, Weights};
-use crate::stats::{RatioEProcess, StagedEProcess};
+use crate::stats::{RatioEProcess, SloEProcess, StagedEProcess};
 
 /// How many past decisions the state keeps.
 pub const HISTORY_LEN: usize = 60;
@@ -64,6 +64,8 @@ pub struct Stream {
     pub rollback: StagedEProcess,
     /// Advance e-process (H0: green at least 1 + advance_tolerance times worse than blue).
     pub advance: RatioEProcess,
+    /// Optional absolute advance evidence (H0: green's rate ≥ the check's `advance_max_rate`).
+    pub slo: Option<SloEProcess>,
     /// Counts at the current step (warm-up excluded).
     pub step: Pair,
     /// Counts over the whole rollout (warm-up excluded).
@@ -186,6 +188,7 @@ impl RolloutState {
                     tolerance,
                     advance_tolerance,
                     overdispersion,
+                    advance_max_rate,
                     ..
                 } => wanted.push((
                     check.name.clone(),
@@ -193,12 +196,14 @@ impl RolloutState {
                     *tolerance,
                     *advance_tolerance,
                     *overdispersion,
+                    *advance_max_rate,
                 )),
                 CheckKind::LatencyHistogram {
                     edges,
                     tolerance,
                     advance_tolerance,
                     overdispersion,
+                    advance_max_rate,
                     ..
                 } => {
                     for edge in edges {
@@ -208,6 +213,7 @@ impl RolloutState {
                             *tolerance,
                             *advance_tolerance,
                             *overdispersion,
+                            *advance_max_rate,
                         ))
                     }
                 }
@@ -217,7 +223,7 @@ impl RolloutState {
         // Steps below 100 % compare blue with green; each is a stage of the rollback e-process.
         let stages = policy.steps.len().saturating_sub(1).max(1);
         let mut old = std::mem::take(&mut self.streams);
-        for (check, edge, tol, adv, phi) in wanted {
+        for (check, edge, tol, adv, phi, slo) in wanted {
             let id = stream_id(&check, edge);
             let kept = old.iter().position(|s| {
                 s.id == id
@@ -225,6 +231,7 @@ impl RolloutState {
                     && s.advance.r0 == 1.0 + adv
                     && s.rollback.phi() == phi.max(1.0)
                     && s.rollback.started.len() == stages
+                    && s.slo.as_ref().map(|e| e.q_max) == slo
             });
             match kept {
                 Some(i) => self.streams.push(old.swap_remove(i)),
@@ -234,6 +241,7 @@ impl RolloutState {
                     edge,
                     rollback: StagedEProcess::new(RatioEProcess::rollback(tol, phi), stages),
                     advance: RatioEProcess::non_inferiority(adv, phi),
+                    slo: slo.map(|q| SloEProcess::new(q, phi)),
                     step: Pair::default(),
                     total: Pair::default(),
                 }),
@@ -252,9 +260,21 @@ impl RolloutState {
             .iter()
             .filter(|s| s.edge.is_none())
             .map(|s| s.step.green.requests)
-            .fold(None, |acc: Option<f64>, x| Some(acc.map_or(x, |a| a.max(x))))
+            .fold(None, |acc: Option<f64>, x| {
+                Some(acc.map_or(x, |a| a.max(x)))
+            })
             .or_else(|| self.streams.first().map(|s| s.step.green.requests))
             .unwrap_or(0.0)
+    }
+}
+
+impl Stream {
+    /// The advance e-value: non-inferiority alone, or its mean with the SLO e-value.
+    pub fn advance_e(&self) -> f64 {
+        match &self.slo {
+            Some(slo) => 0.5 * (self.advance.e_value() + slo.e_value()),
+            None => self.advance.e_value(),
+        }
     }
 }
 

@@ -51,6 +51,7 @@ pub(crate) fn policy() -> Policy {
                     advance_tolerance: 0.5,
                     overdispersion: 1.0,
                     min_errors: 5,
+                    advance_max_rate: None,
                     blue_max_error_rate: Some(0.2),
                 },
             },
@@ -63,6 +64,7 @@ pub(crate) fn policy() -> Policy {
                     advance_tolerance: 0.5,
                     overdispersion: 1.0,
                     min_errors: 5,
+                    advance_max_rate: Some(0.02),
                 },
             },
             Check {
@@ -554,13 +556,25 @@ fn operator_intents() {
     });
     let d = decide(&p, &rb, &obs(4, healthy()), at(4));
     assert_eq!(d.action, Action::Rollback);
-    assert_eq!(d.set_weights, Some(Weights { blue: 100, green: 0 }));
+    assert_eq!(
+        d.set_weights,
+        Some(Weights {
+            blue: 100,
+            green: 0
+        })
+    );
 
     let mut pr = s.clone();
     pr.intent = Some(Intent::Promote);
     let d = decide(&p, &pr, &obs(4, healthy()), at(4));
     assert_eq!(d.action, Action::Promote);
-    assert_eq!(d.set_weights, Some(Weights { blue: 0, green: 100 }));
+    assert_eq!(
+        d.set_weights,
+        Some(Weights {
+            blue: 0,
+            green: 100
+        })
+    );
     assert_eq!(d.state.phase, Phase::Promoted);
 
     // Start after a rollback is a new rollout with fresh evidence.

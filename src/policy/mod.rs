@@ -88,7 +88,11 @@ pub enum TrafficTarget {
     /// Two Consul KV keys holding the integer weights (pushed to HAProxy by `greenlight sync`).
     ConsulKeys { blue: String, green: String },
     /// HAProxy Runtime API directly; servers in one backend, on every configured node.
-    Haproxy { backend: String, blue: String, green: String },
+    Haproxy {
+        backend: String,
+        blue: String,
+        green: String,
+    },
 }
 
 /// Blue and green weights as written to the traffic target.
@@ -171,6 +175,9 @@ pub enum CheckKind {
         overdispersion: f64,
         /// A rollback also needs at least this many green errors in the rollout so far.
         min_errors: u64,
+        /// Optional absolute advance evidence: green's error rate is below this. With it, a
+        /// stream's advance e-value is the mean of the non-inferiority and the SLO e-values.
+        advance_max_rate: Option<f64>,
         /// Blue's own error rate above this (per window) means an environment problem: hold.
         blue_max_error_rate: Option<f64>,
     },
@@ -184,6 +191,9 @@ pub enum CheckKind {
         advance_tolerance: f64,
         overdispersion: f64,
         min_errors: u64,
+        /// Optional absolute advance evidence: green's share slower than each edge is below this
+        /// (useful for edges so far in the tail that non-inferiority never sees enough events).
+        advance_max_rate: Option<f64>,
     },
     /// Absolute guard on green alone (Flagger-style); also evaluated for blue to tell an
     /// environment problem (both breach → hold) from a green regression.

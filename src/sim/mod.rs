@@ -1,1 +1,431 @@
-//! Placeholder: filled in by its own change.
+//! Synthetic blue/green worlds that drive the real engine in accelerated time (`simulate`,
+//! benchmarks, decision-quality comparisons).
+//!
+//! Each window: Poisson requests (optionally diurnal) split between the colours by the current
+//! weights; per-colour error probability with optional gamma overdispersion; latency drawn from a
+//! log-normal distribution and binned into histogram buckets. The simulator reads a threshold
+//! query as a latency quantile when it is `histogram_quantile(q, …)`, otherwise as the colour's
+//! error ratio.
+
+mod scenario;
+
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use rand_distr::{Binomial, Distribution, Gamma, Poisson};
+use serde::Serialize;
+
+pub use scenario::{Scenario, ScenarioError};
+
+use crate::engine::{
+    decide, Action, CheckData, CheckObservation, Counts, DataProblem, Decision, EdgeCounts,
+    Observation, Pair, Phase, RolloutState,
+};
+use crate::policy::{CheckKind, Policy};
+
+/// Prometheus' default histogram buckets, always simulated besides the policy's edges.
+const DEFAULT_BUCKETS: [f64; 11] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// How a simulated rollout ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Promoted,
+    RolledBack,
+    Held,
+}
+
+/// One simulated window and the decision taken on it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SimWindow {
+    pub end: Timestamp,
+    pub elapsed_s: u64,
+    pub green_percent: f64,
+    pub blue: Counts,
+    pub green: Counts,
+    pub action: Action,
+    pub reason: String,
+    /// (stream id, rollback E, advance E) after the decision.
+    pub evidence: Vec<(String, f64, f64)>,
+}
+
+/// The result of one simulated rollout.
+#[derive(Debug, Clone, Serialize)]
+pub struct SimResult {
+    pub outcome: Outcome,
+    /// Time from the start of the rollout to promotion, rollback or the end of the simulation.
+    pub duration_s: u64,
+    /// Requests served by green during the rollout.
+    pub green_requests: u64,
+    /// Green requests that failed or were slower than the policy's highest latency edge.
+    pub bad_green_requests: u64,
+    /// Green errors only.
+    pub green_errors: u64,
+    pub decisions: usize,
+    pub final_reason: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub timeline: Vec<SimWindow>,
+}
+
+/// Settings of one simulation run.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub scenario: Scenario,
+    pub seed: u64,
+    /// Simulation start; `None` = a fixed date, at the start of the policy's first schedule window.
+    pub start: Option<Timestamp>,
+    /// Give up (outcome `held`) after this long.
+    pub max_duration: Duration,
+    /// Keep every window in the result's timeline.
+    pub keep_timeline: bool,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            scenario: Scenario::default(),
+            seed: 1,
+            start: None,
+            max_duration: Duration::from_secs(24 * 3600),
+            keep_timeline: false,
+        }
+    }
+}
+
+/// The synthetic world: traffic generator for both colours.
+pub struct World<'a> {
+    policy: &'a Policy,
+    scenario: &'a Scenario,
+    rng: StdRng,
+    buckets: Vec<f64>,
+    top_edge: Option<f64>,
+}
+
+/// What one colour did in one window.
+#[derive(Debug, Clone, Default)]
+struct ColourWindow {
+    requests: u64,
+    errors: u64,
+    /// Cumulative counts per bucket (`le` semantics), aligned with `World::buckets`.
+    cumulative: Vec<u64>,
+}
+
+impl ColourWindow {
+    fn slower_than(&self, buckets: &[f64], edge: f64) -> u64 {
+        match buckets.iter().position(|b| *b == edge) {
+            Some(i) => self.requests - self.cumulative[i],
+            None => 0,
+        }
+    }
+
+    /// Prometheus-style `histogram_quantile` over the buckets (linear within a bucket).
+    fn quantile(&self, buckets: &[f64], q: f64) -> f64 {
+        if self.requests == 0 {
+            return f64::NAN;
+        }
+        let rank = q * self.requests as f64;
+        let mut prev_count = 0.0;
+        let mut prev_bound = 0.0;
+        for (i, b) in buckets.iter().enumerate() {
+            let c = self.cumulative[i] as f64;
+            if c >= rank {
+                if c == prev_count {
+                    return *b;
+                }
+                return prev_bound + (b - prev_bound) * (rank - prev_count) / (c - prev_count);
+            }
+            prev_count = c;
+            prev_bound = *b;
+        }
+        *buckets.last().unwrap_or(&f64::NAN)
+    }
+}
+
+impl<'a> World<'a> {
+    pub fn new(policy: &'a Policy, scenario: &'a Scenario, seed: u64) -> Self {
+        let mut buckets: Vec<f64> = DEFAULT_BUCKETS.to_vec();
+        let mut top_edge: Option<f64> = None;
+        for check in &policy.checks {
+            if let CheckKind::LatencyHistogram { edges, .. } = &check.kind {
+                buckets.extend(edges.iter().copied());
+                for e in edges {
+                    top_edge = Some(top_edge.map_or(*e, |t: f64| t.max(*e)));
+                }
+            }
+        }
+        buckets.sort_by(f64::total_cmp);
+        buckets.dedup();
+        World {
+            policy,
+            scenario,
+            rng: StdRng::seed_from_u64(seed),
+            buckets,
+            top_edge,
+        }
+    }
+
+    /// Draws one colour's window.
+    fn colour(&mut self, requests: u64, error_rate: f64, latency_scale: f64) -> ColourWindow {
+        let noise = self.noise();
+        let p_err = (error_rate * noise).clamp(0.0, 1.0);
+        let errors = binomial(&mut self.rng, requests, p_err);
+        // Multinomial over the buckets by sequential conditional binomials.
+        let median = self.scenario.latency_median_s * latency_scale;
+        let sigma = self.scenario.latency_sigma;
+        let mut cumulative = Vec::with_capacity(self.buckets.len());
+        let mut below = 0u64;
+        let mut p_below = 0.0;
+        for b in &self.buckets {
+            let p = lognormal_cdf(*b, median, sigma);
+            let remaining = requests - below;
+            let p_cond = if p_below >= 1.0 {
+                0.0
+            } else {
+                ((p - p_below) / (1.0 - p_below)).clamp(0.0, 1.0)
+            };
+            below += binomial(&mut self.rng, remaining, p_cond);
+            p_below = p;
+            cumulative.push(below);
+        }
+        ColourWindow {
+            requests,
+            errors,
+            cumulative,
+        }
+    }
+
+    fn noise(&mut self) -> f64 {
+        let cv = self.scenario.overdispersion_cv;
+        if cv <= 0.0 {
+            return 1.0;
+        }
+        let shape = 1.0 / (cv * cv);
+        Gamma::new(shape, 1.0 / shape)
+            .map(|g| g.sample(&mut self.rng))
+            .unwrap_or(1.0)
+    }
+
+    /// Simulates the window `[start, end)` at the given green share; returns the observation the
+    /// engine sees and the raw green counts (requests, errors, bad).
+    fn window(
+        &mut self,
+        start: Timestamp,
+        end: Timestamp,
+        elapsed: Duration,
+        green_share: f64,
+        step: usize,
+    ) -> (Observation, Counts, Counts, u64) {
+        let secs = (end.as_second() - start.as_second()) as f64;
+        let load = self.scenario.load_factor(elapsed);
+        let total = poisson(&mut self.rng, self.scenario.rps * secs * load);
+        let n_g = binomial(&mut self.rng, total, green_share.clamp(0.0, 1.0));
+        let n_b = total - n_g;
+        let regressed = step >= self.scenario.regression_from_step;
+        let (err_mult, lat_mult) = if regressed {
+            (
+                self.scenario.error_multiplier,
+                self.scenario.latency_multiplier,
+            )
+        } else {
+            (1.0, 1.0)
+        };
+        let blue = self.colour(n_b, self.scenario.blue_error_rate, 1.0);
+        let green = self.colour(n_g, self.scenario.blue_error_rate * err_mult, lat_mult);
+        let bad_green = green.errors
+            + self
+                .top_edge
+                .map_or(0, |e| green.slower_than(&self.buckets, e));
+        let outage = self.scenario.in_outage(elapsed, secs);
+        let checks = self
+            .policy
+            .checks
+            .iter()
+            .map(|check| CheckObservation {
+                check: check.name.clone(),
+                data: if outage {
+                    Err(DataProblem::Backend("simulated metrics outage".into()))
+                } else {
+                    Ok(self.check_data(&check.kind, &blue, &green))
+                },
+            })
+            .collect();
+        let obs = Observation { start, end, checks };
+        (
+            obs,
+            Counts::new(n_b as f64, blue.errors as f64),
+            Counts::new(n_g as f64, green.errors as f64),
+            bad_green,
+        )
+    }
+
+    fn check_data(&self, kind: &CheckKind, blue: &ColourWindow, green: &ColourWindow) -> CheckData {
+        match kind {
+            CheckKind::ErrorRate { .. } => CheckData::Errors {
+                counts: Pair {
+                    blue: Counts::new(blue.requests as f64, blue.errors as f64),
+                    green: Counts::new(green.requests as f64, green.errors as f64),
+                },
+            },
+            CheckKind::LatencyHistogram { edges, .. } => CheckData::Latency {
+                edges: edges
+                    .iter()
+                    .map(|e| EdgeCounts {
+                        edge: *e,
+                        counts: Pair {
+                            blue: Counts::new(
+                                blue.requests as f64,
+                                blue.slower_than(&self.buckets, *e) as f64,
+                            ),
+                            green: Counts::new(
+                                green.requests as f64,
+                                green.slower_than(&self.buckets, *e) as f64,
+                            ),
+                        },
+                    })
+                    .collect(),
+            },
+            CheckKind::Threshold { query, .. } => {
+                let value = |c: &ColourWindow| match quantile_of(query) {
+                    Some(q) => c.quantile(&self.buckets, q),
+                    None if c.requests > 0 => c.errors as f64 / c.requests as f64,
+                    None => f64::NAN,
+                };
+                let g = value(green);
+                let b = value(blue);
+                // An idle green has no quantile: report 0 so the guard does not fire on nothing.
+                CheckData::Value {
+                    green: if g.is_finite() { g } else { 0.0 },
+                    blue: b.is_finite().then_some(b),
+                }
+            }
+        }
+    }
+}
+
+/// Runs one rollout of `policy` in the configured world, from step 0 to promotion, rollback or
+/// `max_duration`.
+pub fn simulate(policy: &Policy, cfg: &SimConfig) -> SimResult {
+    let start = cfg.start.unwrap_or_else(|| default_start(policy));
+    let mut world = World::new(policy, &cfg.scenario, cfg.seed);
+    let mut state = RolloutState::started(policy, start);
+    let step = SignedDuration::try_from(policy.interval).unwrap_or(SignedDuration::from_mins(1));
+    let mut t = start;
+    let mut timeline = Vec::new();
+    let (mut green_requests, mut bad_green, mut green_errors) = (0u64, 0u64, 0u64);
+    let mut decisions = 0usize;
+    let mut last: Option<Decision> = None;
+    loop {
+        let elapsed = Duration::from_secs((t.as_second() - start.as_second()).max(0) as u64);
+        if elapsed >= cfg.max_duration {
+            break;
+        }
+        let end = t + step;
+        let share = state.weights.green as f64 / policy.traffic.total_weight.max(1) as f64;
+        let (obs, blue, green, bad) = world.window(t, end, elapsed, share, state.step);
+        green_requests += green.requests as u64;
+        green_errors += green.bad as u64;
+        bad_green += bad;
+        let green_percent = share * 100.0;
+        let d = decide(policy, &state, &obs, end);
+        decisions += 1;
+        if cfg.keep_timeline {
+            timeline.push(SimWindow {
+                end,
+                elapsed_s: (end.as_second() - start.as_second()) as u64,
+                green_percent,
+                blue,
+                green,
+                action: d.action,
+                reason: d.reason.clone(),
+                evidence: d
+                    .state
+                    .history
+                    .last()
+                    .map(|h| h.evidence.clone())
+                    .unwrap_or_default(),
+            });
+        }
+        state = d.state.clone();
+        t = end;
+        let done = matches!(state.phase, Phase::Promoted | Phase::RolledBack);
+        last = Some(d);
+        if done {
+            break;
+        }
+    }
+    let outcome = match state.phase {
+        Phase::Promoted => Outcome::Promoted,
+        Phase::RolledBack => Outcome::RolledBack,
+        _ => Outcome::Held,
+    };
+    SimResult {
+        outcome,
+        duration_s: (t.as_second() - start.as_second()).max(0) as u64,
+        green_requests,
+        bad_green_requests: bad_green,
+        green_errors,
+        decisions,
+        final_reason: last.map(|d| d.reason).unwrap_or_default(),
+        timeline,
+    }
+}
+
+/// 2026-01-05 at the start of the policy's first schedule window (midnight UTC without one).
+pub fn default_start(policy: &Policy) -> Timestamp {
+    let base: Timestamp = "2026-01-05T00:00:00Z".parse().expect("valid timestamp");
+    let Some(schedule) = &policy.schedule else {
+        return base;
+    };
+    // Find the first minute of the day (in the schedule's zone) that the schedule allows.
+    let mut t = base;
+    for _ in 0..(48 * 60) {
+        if schedule.allows(t) {
+            return t;
+        }
+        t += SignedDuration::from_mins(1);
+    }
+    base
+}
+
+fn quantile_of(query: &str) -> Option<f64> {
+    let rest = query.split("histogram_quantile(").nth(1)?;
+    rest.split(',').next()?.trim().parse().ok()
+}
+
+fn lognormal_cdf(x: f64, median: f64, sigma: f64) -> f64 {
+    if x <= 0.0 {
+        return 0.0;
+    }
+    let z = (x.ln() - median.ln()) / sigma;
+    0.5 * (1.0 + erf(z / std::f64::consts::SQRT_2))
+}
+
+fn erf(x: f64) -> f64 {
+    statrs::function::erf::erf(x)
+}
+
+fn binomial(rng: &mut StdRng, n: u64, p: f64) -> u64 {
+    if n == 0 || p <= 0.0 {
+        return 0;
+    }
+    if p >= 1.0 {
+        return n;
+    }
+    Binomial::new(n, p).map(|b| b.sample(rng)).unwrap_or(0)
+}
+
+fn poisson(rng: &mut StdRng, mean: f64) -> u64 {
+    if mean <= 0.0 {
+        return 0;
+    }
+    Poisson::new(mean)
+        .map(|p| p.sample(rng) as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests;

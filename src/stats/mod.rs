@@ -5,7 +5,7 @@
 mod eprocess;
 mod staged;
 
-pub use staged::StagedEProcess;
 pub use eprocess::{
     log_sum_exp, RatioEProcess, SloEProcess, ADVANCE_GRID, ROLLBACK_GRID, SLO_GRID,
 };
+pub use staged::StagedEProcess;
