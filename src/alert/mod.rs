@@ -255,10 +255,15 @@ mod tests {
     #[tokio::test]
     async fn unreachable_receiver_keeps_the_alert_for_later() {
         let dir = tempfile::tempdir().unwrap();
-        // Port 9 on loopback: nothing listens (connection refused).
+        // A port that was free a moment ago: nothing listens (connection refused).
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let channels = vec![ChannelSettings {
             name: "am".into(),
-            kind: ChannelKind::AlertmanagerUrl("http://127.0.0.1:9".into()),
+            kind: ChannelKind::AlertmanagerUrl(format!("http://127.0.0.1:{port}")),
         }];
         let n = Notifier::new(channels, dir.path(), Duration::from_secs(2)).unwrap();
         let e = AlertEvent::new("checkout", EventKind::Rollback, "r1", "x", Timestamp::now());
