@@ -2,6 +2,8 @@
 //! temporary directories, readiness polling with a deadline, and stop-by-PID on drop.
 #![allow(dead_code)]
 
+pub mod alertmanager;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
