@@ -1,6 +1,7 @@
 //! The command-line front: argument parsing and one function per subcommand.
 
 mod check;
+mod simulate;
 
 use std::path::PathBuf;
 
@@ -29,11 +30,14 @@ pub struct Cli {
 pub enum Command {
     /// Validate policy files or directories; prints every error as file:line:col.
     Check(check::CheckArgs),
+    /// Run the real engine against a synthetic blue/green pair in accelerated time.
+    Simulate(simulate::SimulateArgs),
 }
 
 /// Runs the parsed command; returns the process exit code.
 pub fn run(cli: Cli) -> i32 {
     match cli.command {
         Command::Check(args) => check::run(cli.config.as_deref(), args),
+        Command::Simulate(args) => simulate::run(args),
     }
 }

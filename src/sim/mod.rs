@@ -209,6 +209,18 @@ impl<'a> World<'a> {
             .unwrap_or(1.0)
     }
 
+    /// The observation of one simulated window `[start, end)` at `green_share` (0–1), with green
+    /// at step index `step` (for `from-step` regressions).
+    pub fn observe(
+        &mut self,
+        start: Timestamp,
+        end: Timestamp,
+        green_share: f64,
+        step: usize,
+    ) -> Observation {
+        self.window(start, end, Duration::ZERO, green_share, step).0
+    }
+
     /// Simulates the window `[start, end)` at the given green share; returns the observation the
     /// engine sees and the raw green counts (requests, errors, bad).
     fn window(
