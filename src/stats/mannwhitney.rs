@@ -142,7 +142,7 @@ fn shift_root(xs: &[f64], ys: &[f64], points: &[f64], quantile: f64) -> Result<f
     let f = |d: f64| -> Result<f64, StatsError> {
         let ranked = ranked_shifted(xs, ys, d);
         let sigma = ranked.sigma();
-        if !(sigma > 0.0) {
+        if sigma.is_nan() || sigma <= 0.0 {
             return Err(StatsError::AllTied);
         }
         let dz = ranked.u - ranked.n_x * ranked.n_y / 2.0;
@@ -201,7 +201,9 @@ fn ranked_shifted(xs: &[f64], ys: &[f64], d: f64) -> Ranked {
         } else if j == ys.len() {
             std::cmp::Ordering::Less
         } else {
-            (xs[i] - ys[j]).total_cmp(&d)
+            (xs[i] - ys[j])
+                .partial_cmp(&d)
+                .unwrap_or(std::cmp::Ordering::Equal)
         };
         let (mut gx, mut gy) = (0usize, 0usize);
         if order.is_le() {
@@ -381,6 +383,14 @@ mod tests {
         close(xy.p, yx.p, 1e-12);
         close(xy.z, yx.z, 1e-12);
         assert_eq!(xy.u + yx.u, 42.0);
+    }
+
+    #[test]
+    fn negative_zero_ties_positive_zero() {
+        let signed = mann_whitney(&[-0.0, 1.0], &[0.0, 2.0], Alternative::TwoSided, true).unwrap();
+        let plain = mann_whitney(&[0.0, 1.0], &[0.0, 2.0], Alternative::TwoSided, true).unwrap();
+        assert_eq!(signed, plain);
+        assert_eq!(signed.u, 1.5);
     }
 
     #[test]
