@@ -73,10 +73,12 @@ impl RatioEProcess {
         if !finite || n_g <= 0.0 || n_b <= 0.0 || e_g + e_b <= 0.0 {
             return;
         }
+        // With p1 = p(r0·c): p1/p0 = c·(1−p1)/(1−p0) and (1−p0)/(1−p1) = 1 + p0·(c − 1), so
+        // ln LR = e_g·ln c − (e_g + e_b)·ln(1 + p0·(c − 1)); this never forms 1 − p, which
+        // rounds to 0 when one colour's traffic dwarfs the other's.
         let p0 = share(n_g, n_b, self.r0);
         for (k, c) in self.grid.iter().enumerate() {
-            let p1 = share(n_g, n_b, self.r0 * c);
-            let llr = e_g * (p1 / p0).ln() + e_b * ((1.0 - p1) / (1.0 - p0)).ln();
+            let llr = e_g * c.ln() - (e_g + e_b) * (p0 * (c - 1.0)).ln_1p();
             self.log_lr[k] += llr / self.phi;
         }
         self.intervals += 1;
@@ -262,5 +264,152 @@ mod tests {
         e.update(f64::NAN, 100.0, 1.0, 1.0);
         e.update(100.0, 100.0, -1.0, 1.0);
         assert_eq!(e, before);
+    }
+}
+
+/// Properties every e-process must keep whatever the data, and a simulated check of Ville's
+/// inequality on healthy (A/A) rollouts.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+    use rand_distr::{Distribution, Poisson};
+
+    /// One interval (n_g, n_b, e_g, e_b) with real-valued counts.
+    fn interval() -> impl Strategy<Value = (f64, f64, f64, f64)> {
+        (1.0..1e6f64, 1.0..1e6f64, 0.0..200.0f64, 0.0..200.0f64)
+    }
+
+    /// A rollback or a non-inferiority e-process with some tolerance and tempering.
+    fn process() -> impl Strategy<Value = RatioEProcess> {
+        (any::<bool>(), 0.0..1.0f64, 1.0..3.0f64).prop_map(|(rollback, tolerance, phi)| {
+            if rollback {
+                RatioEProcess::rollback(tolerance, phi)
+            } else {
+                RatioEProcess::non_inferiority(tolerance, phi)
+            }
+        })
+    }
+
+    fn feed(e: &mut RatioEProcess, history: &[(f64, f64, f64, f64)]) {
+        for &(n_g, n_b, e_g, e_b) in history {
+            e.update(n_g, n_b, e_g, e_b);
+        }
+    }
+
+    proptest! {
+        /// An interval without bad events carries no evidence either way.
+        #[test]
+        fn intervals_without_bad_events_leave_the_e_process_unchanged(
+            mut e in process(),
+            history in prop::collection::vec(interval(), 0..10),
+            n_g in 0.0..1e6f64,
+            n_b in 0.0..1e6f64,
+        ) {
+            feed(&mut e, &history);
+            let before = e.clone();
+            e.update(n_g, n_b, 0.0, 0.0);
+            prop_assert_eq!(e, before);
+        }
+
+        /// When green's bad events are exactly its expected share at the null's boundary r0,
+        /// every alternative's log-likelihood ratio changes by −E·KL(p(r0) ‖ p(r0·c)) ≤ 0
+        /// (Gibbs' inequality), so E cannot grow, and from a fresh start stays ≤ 1.
+        #[test]
+        fn bad_events_at_the_null_share_never_raise_the_evidence(
+            mut e in process(),
+            history in prop::collection::vec(interval(), 0..10),
+            null_intervals in prop::collection::vec((1.0..1e6f64, 1.0..1e6f64, 0.0..500.0f64), 1..10),
+        ) {
+            let mut fresh = RatioEProcess::new(e.r0, &e.grid, e.phi);
+            feed(&mut e, &history);
+            for (n_g, n_b, events) in null_intervals {
+                let p0 = n_g * e.r0 / (n_g * e.r0 + n_b);
+                let (e_g, e_b) = (events * p0, events * (1.0 - p0));
+                let before = e.clone();
+                e.update(n_g, n_b, e_g, e_b);
+                for (after, prior) in e.log_lr.iter().zip(&before.log_lr) {
+                    prop_assert!(*after <= prior + 1e-9, "{} > {}", after, prior);
+                }
+                prop_assert!(e.log_e() <= before.log_e() + 1e-9);
+                fresh.update(n_g, n_b, e_g, e_b);
+                prop_assert!(fresh.log_e() <= 1e-9, "fresh ln E = {}", fresh.log_e());
+            }
+        }
+
+        /// The likelihood ratio is multiplicative: splitting an interval into two with the same
+        /// traffic shares, however its bad events are divided, gives the same E.
+        #[test]
+        fn splitting_an_interval_keeps_the_evidence(
+            mut whole in process(),
+            history in prop::collection::vec(interval(), 0..5),
+            (n_g, n_b, e_g, e_b) in interval(),
+            traffic_part in 0.05..0.95f64,
+            events_part in 0.0..=1.0f64,
+        ) {
+            feed(&mut whole, &history);
+            let mut split = whole.clone();
+            whole.update(n_g, n_b, e_g, e_b);
+            split.update(n_g * traffic_part, n_b * traffic_part, e_g * events_part, e_b * events_part);
+            let (rest, events_rest) = (1.0 - traffic_part, 1.0 - events_part);
+            split.update(n_g * rest, n_b * rest, e_g * events_rest, e_b * events_rest);
+            for (a, b) in whole.log_lr.iter().zip(&split.log_lr) {
+                prop_assert!((a - b).abs() <= 1e-9 * (1.0 + a.abs()), "{} vs {}", a, b);
+            }
+            prop_assert!((whole.log_e() - split.log_e()).abs() <= 1e-9 * (1.0 + whole.log_e().abs()));
+        }
+
+        /// E is a number in [0, ∞): ln E stays finite, and the running maximum used for the
+        /// sequential p-value never falls below the current value or below ln 1.
+        #[test]
+        fn evidence_is_finite_and_the_maximum_dominates(
+            mut e in process(),
+            history in prop::collection::vec(
+                (-3.0..16.0f64, -3.0..16.0f64, 0.0..1e4f64, 0.0..1e4f64), 1..20),
+        ) {
+            // Traffic spans nineteen orders of magnitude, so one colour can dwarf the other.
+            for (log_n_g, log_n_b, e_g, e_b) in history {
+                e.update(10f64.powf(log_n_g), 10f64.powf(log_n_b), e_g, e_b);
+                let log_e = e.log_e();
+                prop_assert!(log_e.is_finite(), "ln E = {}", log_e);
+                prop_assert!(e.e_value() >= 0.0);
+                if log_e < 700.0 {
+                    prop_assert!(e.e_value().is_finite());
+                }
+                prop_assert!(e.max_log_e >= log_e && e.max_log_e >= 0.0);
+            }
+        }
+    }
+
+    /// Healthy rollouts (green's error rate equal to blue's, r = r0 = 1): 300 rollouts of 200
+    /// one-minute intervals at 200 req/s and 0.5 % errors, green's share stepping
+    /// 5 → 10 → 25 → 50 %. By Ville's inequality at most α of them may ever reach 1/α.
+    #[test]
+    fn healthy_rollouts_rarely_cross_the_threshold() {
+        let alpha = 0.05;
+        let mut rng = StdRng::seed_from_u64(20_240_601);
+        let rollouts = 300;
+        let mut crossed = 0;
+        for _ in 0..rollouts {
+            let mut e = RatioEProcess::rollback(0.0, 1.0);
+            let mut ever = false;
+            for s in 0..200 {
+                let n_g = 12_000.0 * [0.05, 0.10, 0.25, 0.50][s / 50];
+                let n_b = 12_000.0 - n_g;
+                let e_g = Poisson::new(n_g * 0.005).unwrap().sample(&mut rng);
+                let e_b = Poisson::new(n_b * 0.005).unwrap().sample(&mut rng);
+                e.update(n_g, n_b, e_g, e_b);
+                ever |= e.crossed(alpha);
+            }
+            assert_eq!(ever, e.max_log_e >= (1.0 / alpha).ln());
+            crossed += usize::from(ever);
+        }
+        let rate = crossed as f64 / rollouts as f64;
+        assert!(
+            rate <= alpha,
+            "{crossed} of {rollouts} healthy rollouts crossed 1/α"
+        );
     }
 }
