@@ -205,10 +205,7 @@ impl<'a> Ctx<'a> {
         for selector in selectors {
             let q = freshness_query(self.client.backend(), &selector, self.lookback);
             let value = match self.client.instant(&q, self.end).await {
-                Ok(result) => match single(&result) {
-                    Ok(v) => v,
-                    Err(_) => None,
-                },
+                Ok(result) => single(&result).unwrap_or_default(),
                 Err(QueryError::Syntax { message }) => {
                     warn!(%query, %q, %message, "Freshness query rejected; skipping the freshness check.");
                     return Ok(Freshness::Unknown);

@@ -2,6 +2,9 @@
 //! temporary directories, readiness polling with a deadline, and stop-by-PID on drop.
 #![allow(dead_code)]
 
+pub mod prometheus;
+pub mod victoria;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
