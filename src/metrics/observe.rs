@@ -1,0 +1,665 @@
+//! One policy, one window: runs each check's queries for blue and green and classifies the
+//! answers into clean counts or the [`DataProblem`] that makes the window unusable.
+//!
+//! # Freshness
+//!
+//! Measured against VictoriaMetrics 1.79 (`-search.latencyOffset=0s`, samples every 15 s): for a
+//! counter whose samples stopped 195 s before the evaluation time,
+//!
+//! - `sum(increase(x[60s]))` answers an empty vector, exactly like a series that never existed
+//!   (the same happens for a series that stopped 90 s before, i.e. just before the window);
+//! - `sum(increase(x[5m]))` answers `105`: a clean-looking count of the part of the window
+//!   before the samples stopped;
+//! - `x` alone still answers its last value (the 5-minute instant lookback);
+//! - `max(tlast_over_time(x[1h]))` answers the timestamp of the newest sample (`end − 195`), and
+//!   an empty vector for a series that never existed.
+//!
+//! An increase over the window therefore cannot tell "stopped" from "never existed", and it
+//! reports a partially covered window as a normal count. So each statistical input is paired
+//! with a freshness query on the series it reads: the range selectors of the rendered query
+//! (`metric{…}[…]`) become `max(tlast_over_time(metric{…}[lookback]))` on VictoriaMetrics and
+//! `max(timestamp(metric{…})) or max(max_over_time(timestamp(metric{…})[lookback:1m]))` on
+//! Prometheus. Then:
+//!
+//! - the window has a value and the newest input sample is at most `max_sample_age` before the
+//!   window end: fresh;
+//! - the window has a value but the newest sample is older: [`DataProblem::Stale`];
+//! - the window has no value but the series had samples within the lookback:
+//!   [`DataProblem::Stale`] (the data stopped arriving);
+//! - nothing within the lookback either: [`DataProblem::NoData`].
+//!
+//! The newest sample across a query's inputs counts, so one pod that stops while others keep
+//! reporting is not detected. Queries without a range selector get no freshness check.
+//!
+//! # Missing error series
+//!
+//! An errors query without a result is 0 errors when the requests query of the same colour is
+//! usable (present and fresh). Counters labelled by status code only exist once the first such
+//! response happened, and a restarted process starts without them, so an absent errors series
+//! is the normal state of a healthy service; the requests series vouches that the target is
+//! being scraped. For the same reason the errors query gets no freshness check of its own. A
+//! value (not an absence) from the errors query must be finite and non-negative, and at most
+//! the requests count.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use tracing::{debug, info, warn};
+
+use super::client::{PromClient, QueryError, QueryResult};
+use super::template::{promql_duration, render};
+use super::Backend;
+use crate::engine::{
+    CheckData, CheckObservation, Counts, DataProblem, EdgeCounts, Observation, Pair,
+};
+use crate::policy::{CheckKind, Policy};
+
+/// Tuning of the data-quality rules.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObserveOptions {
+    /// Data whose newest sample lies further than this before the window end is stale.
+    /// `None`: half the window, at least 30 s. Set it above the scrape interval plus the
+    /// ingestion lag.
+    pub max_sample_age: Option<Duration>,
+    /// How far back the freshness query looks for the newest sample of an input.
+    pub freshness_lookback: Duration,
+}
+
+impl Default for ObserveOptions {
+    fn default() -> Self {
+        ObserveOptions {
+            max_sample_age: None,
+            freshness_lookback: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// Observes `policy` over `[start, end)` with the default [`ObserveOptions`].
+pub async fn observe(
+    client: &PromClient,
+    policy: &Policy,
+    start: Timestamp,
+    end: Timestamp,
+) -> Observation {
+    observe_with(client, policy, start, end, &ObserveOptions::default()).await
+}
+
+/// Observes `policy` over `[start, end)`: every query is evaluated at `end` with `{interval}` set
+/// to `end − start`; the queries of one check run concurrently.
+pub async fn observe_with(
+    client: &PromClient,
+    policy: &Policy,
+    start: Timestamp,
+    end: Timestamp,
+    options: &ObserveOptions,
+) -> Observation {
+    let window = start.duration_until(end).unsigned_abs();
+    let ctx = Ctx {
+        client,
+        api: &policy.api,
+        window,
+        end,
+        max_age: options
+            .max_sample_age
+            .unwrap_or_else(|| (window / 2).max(Duration::from_secs(30))),
+        lookback: options.freshness_lookback,
+    };
+    let mut checks = Vec::with_capacity(policy.checks.len());
+    for check in &policy.checks {
+        let data = match &check.kind {
+            CheckKind::ErrorRate {
+                requests, errors, ..
+            } => error_rate(&ctx, requests, errors).await,
+            CheckKind::LatencyHistogram { buckets, edges, .. } => {
+                latency(&ctx, buckets, edges).await
+            }
+            CheckKind::Threshold { query, .. } => threshold(&ctx, query).await,
+        };
+        if let Err(problem) = &data {
+            check_unusable(&policy.api, &check.name, problem);
+        }
+        checks.push(CheckObservation {
+            check: check.name.clone(),
+            data,
+        });
+    }
+    Observation { start, end, checks }
+}
+
+fn check_unusable(api: &str, check: &str, problem: &DataProblem) {
+    match problem {
+        DataProblem::Backend(_) => {
+            warn!(%api, %check, %problem, "Metrics backend failed; holding this window.")
+        }
+        _ => info!(%api, %check, %problem, "Check data unusable; holding this window."),
+    }
+}
+
+struct Ctx<'a> {
+    client: &'a PromClient,
+    api: &'a str,
+    window: Duration,
+    end: Timestamp,
+    max_age: Duration,
+    lookback: Duration,
+}
+
+#[derive(Clone, Copy)]
+enum Color {
+    Blue,
+    Green,
+}
+
+impl Color {
+    fn as_str(self) -> &'static str {
+        match self {
+            Color::Blue => "blue",
+            Color::Green => "green",
+        }
+    }
+}
+
+/// The newest sample among a query's inputs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Freshness {
+    /// The query has no range selector to check.
+    Unknown,
+    /// No input had a sample within the lookback.
+    Absent,
+    Newest(Timestamp),
+}
+
+/// A query's answer, with the freshness of its inputs when asked for.
+struct Measured {
+    what: String,
+    result: Result<QueryResult, QueryError>,
+    freshness: Result<Freshness, QueryError>,
+}
+
+impl<'a> Ctx<'a> {
+    async fn measure(&self, template: &str, color: Color, what: &str, fresh: bool) -> Measured {
+        let query = render(template, color.as_str(), self.window, self.api);
+        let what = format!("{} {what}", color.as_str());
+        let (result, freshness) = tokio::join!(self.client.instant(&query, self.end), async {
+            if fresh {
+                self.freshness(&query).await
+            } else {
+                Ok(Freshness::Unknown)
+            }
+        });
+        debug!(api = %self.api, %what, %query, "Evaluated a check query.");
+        Measured {
+            what,
+            result,
+            freshness,
+        }
+    }
+
+    async fn freshness(&self, query: &str) -> Result<Freshness, QueryError> {
+        let selectors = range_selectors(query);
+        if selectors.is_empty() {
+            return Ok(Freshness::Unknown);
+        }
+        let mut newest: Option<Timestamp> = None;
+        for selector in selectors {
+            let q = freshness_query(self.client.backend(), &selector, self.lookback);
+            let value = match self.client.instant(&q, self.end).await {
+                Ok(result) => single(&result).unwrap_or_default(),
+                Err(QueryError::Syntax { message }) => {
+                    warn!(%query, %q, %message, "Freshness query rejected; skipping the freshness check.");
+                    return Ok(Freshness::Unknown);
+                }
+                Err(e) => return Err(e),
+            };
+            let Some(seconds) = value.filter(|v| v.is_finite()) else {
+                continue;
+            };
+            if let Ok(t) = Timestamp::from_millisecond((seconds * 1000.0).round() as i64) {
+                newest = Some(newest.map_or(t, |n| n.max(t)));
+            }
+        }
+        Ok(newest.map_or(Freshness::Absent, Freshness::Newest))
+    }
+
+    /// The single value of `m`, or `None` for an empty answer, after the freshness rules.
+    fn value(&self, m: &Measured) -> Result<Option<f64>, DataProblem> {
+        let result = m
+            .result
+            .as_ref()
+            .map_err(|e| DataProblem::Backend(format!("{}: {e}", m.what)))?;
+        let value = single(result).map_err(|d| DataProblem::Partial(format!("{}: {d}", m.what)))?;
+        let freshness = m
+            .freshness
+            .as_ref()
+            .map_err(|e| DataProblem::Backend(format!("{} freshness: {e}", m.what)))?;
+        self.check_fresh(&m.what, value.is_some(), *freshness)?;
+        Ok(value)
+    }
+
+    fn check_fresh(
+        &self,
+        what: &str,
+        present: bool,
+        freshness: Freshness,
+    ) -> Result<(), DataProblem> {
+        match (present, freshness) {
+            (true, Freshness::Newest(t)) => {
+                let age = t.duration_until(self.end);
+                if age.as_secs_f64() > self.max_age.as_secs_f64() {
+                    return Err(DataProblem::Stale(format!(
+                        "{what}: newest sample {} before the window end (allowed {})",
+                        promql_duration(age.unsigned_abs()),
+                        promql_duration(self.max_age)
+                    )));
+                }
+                Ok(())
+            }
+            (true, _) => Ok(()),
+            (false, Freshness::Newest(t)) => Err(DataProblem::Stale(format!(
+                "{what}: no samples in the window; newest sample {} before the window end",
+                promql_duration(t.duration_until(self.end).unsigned_abs())
+            ))),
+            (false, _) => Err(DataProblem::NoData),
+        }
+    }
+}
+
+/// The one value of a result: `None` when empty, an error text for several series or a
+/// non-numeric result.
+fn single(result: &QueryResult) -> Result<Option<f64>, String> {
+    match result {
+        QueryResult::Scalar { value, .. } => Ok(Some(*value)),
+        QueryResult::Vector(v) => match v.as_slice() {
+            [] => Ok(None),
+            [s] => Ok(Some(s.value)),
+            many => Err(format!(
+                "{} series where one is expected (aggregate the query, e.g. with sum)",
+                many.len()
+            )),
+        },
+        QueryResult::Matrix(_) => Err("a range (matrix) result where one value is expected".into()),
+        QueryResult::String { .. } => Err("a string result where a number is expected".into()),
+    }
+}
+
+fn count(what: &str, v: f64) -> Result<f64, DataProblem> {
+    if v.is_finite() && v >= 0.0 {
+        Ok(v)
+    } else {
+        Err(DataProblem::NotFinite(format!("{what} = {v}")))
+    }
+}
+
+/// Keeps the problem an operator most needs to see when both colours have one.
+fn worst(a: DataProblem, b: DataProblem) -> DataProblem {
+    fn rank(p: &DataProblem) -> u8 {
+        match p {
+            DataProblem::Backend(_) => 4,
+            DataProblem::Partial(_) => 3,
+            DataProblem::NotFinite(_) => 2,
+            DataProblem::Stale(_) => 1,
+            DataProblem::NoData => 0,
+        }
+    }
+    if rank(&b) > rank(&a) {
+        b
+    } else {
+        a
+    }
+}
+
+fn both<T>(
+    blue: Result<T, DataProblem>,
+    green: Result<T, DataProblem>,
+) -> Result<(T, T), DataProblem> {
+    match (blue, green) {
+        (Ok(b), Ok(g)) => Ok((b, g)),
+        (Err(e), Ok(_)) | (Ok(_), Err(e)) => Err(e),
+        (Err(b), Err(g)) => Err(worst(b, g)),
+    }
+}
+
+async fn error_rate(ctx: &Ctx<'_>, requests: &str, errors: &str) -> Result<CheckData, DataProblem> {
+    let (blue, green) = tokio::join!(
+        error_counts(ctx, requests, errors, Color::Blue),
+        error_counts(ctx, requests, errors, Color::Green)
+    );
+    let (blue, green) = both(blue, green)?;
+    Ok(CheckData::Errors {
+        counts: Pair { blue, green },
+    })
+}
+
+async fn error_counts(
+    ctx: &Ctx<'_>,
+    requests: &str,
+    errors: &str,
+    color: Color,
+) -> Result<Counts, DataProblem> {
+    let (req, err) = tokio::join!(
+        ctx.measure(requests, color, "requests", true),
+        ctx.measure(errors, color, "errors", false)
+    );
+    let total = match ctx.value(&req)? {
+        Some(v) => count(&req.what, v)?,
+        None => return Err(DataProblem::NoData),
+    };
+    let bad = match ctx.value(&err) {
+        Ok(Some(v)) => count(&err.what, v)?,
+        // See the module documentation: an absent errors series next to a usable requests
+        // series is a true zero.
+        Err(DataProblem::NoData) | Ok(None) => 0.0,
+        Err(other) => return Err(other),
+    };
+    if bad > total {
+        return Err(DataProblem::Partial(format!(
+            "{}: {bad} errors exceed {total} requests",
+            color.as_str()
+        )));
+    }
+    Ok(Counts::new(total, bad))
+}
+
+async fn latency(ctx: &Ctx<'_>, template: &str, edges: &[f64]) -> Result<CheckData, DataProblem> {
+    let (blue, green) = tokio::join!(
+        ctx.measure(template, Color::Blue, "buckets", true),
+        ctx.measure(template, Color::Green, "buckets", true)
+    );
+    let (blue, green) = both(buckets(ctx, &blue), buckets(ctx, &green))?;
+    let mut out = Vec::with_capacity(edges.len());
+    for &edge in edges {
+        out.push(EdgeCounts {
+            edge,
+            counts: Pair {
+                blue: blue.exceeding(edge, "blue")?,
+                green: green.exceeding(edge, "green")?,
+            },
+        });
+    }
+    Ok(CheckData::Latency { edges: out })
+}
+
+/// Cumulative bucket counts of one colour, sorted by `le`.
+struct Buckets {
+    total: f64,
+    by_le: Vec<(f64, f64)>,
+}
+
+impl Buckets {
+    /// Requests in total and those slower than `edge`.
+    fn exceeding(&self, edge: f64, color: &str) -> Result<Counts, DataProblem> {
+        let within = self
+            .by_le
+            .iter()
+            .find(|(le, _)| *le == edge)
+            .map(|(_, c)| *c)
+            .ok_or_else(|| {
+                DataProblem::Partial(format!("{color} buckets: no bucket le=\"{edge}\""))
+            })?;
+        Ok(Counts::new(self.total, (self.total - within).max(0.0)))
+    }
+}
+
+/// Validates a `sum by (le)` answer: one series per distinct `le`, finite non-negative counts,
+/// a `+Inf` bucket, cumulative.
+fn buckets(ctx: &Ctx<'_>, m: &Measured) -> Result<Buckets, DataProblem> {
+    let result = m
+        .result
+        .as_ref()
+        .map_err(|e| DataProblem::Backend(format!("{}: {e}", m.what)))?;
+    let freshness = m
+        .freshness
+        .as_ref()
+        .map_err(|e| DataProblem::Backend(format!("{} freshness: {e}", m.what)))?;
+    let samples = match result {
+        QueryResult::Vector(v) => v,
+        _ => {
+            return Err(DataProblem::Partial(format!(
+                "{}: expected a vector of buckets",
+                m.what
+            )))
+        }
+    };
+    ctx.check_fresh(&m.what, !samples.is_empty(), *freshness)?;
+    let mut by_le: BTreeMap<u64, (f64, f64)> = BTreeMap::new();
+    for s in samples {
+        let le_text = s.labels.get("le").ok_or_else(|| {
+            DataProblem::Partial(format!(
+                "{}: a series without an `le` label (use sum by (le))",
+                m.what
+            ))
+        })?;
+        let le = parse_le(le_text)
+            .ok_or_else(|| DataProblem::Partial(format!("{}: bad le=\"{le_text}\"", m.what)))?;
+        let value = count(&format!("{} le=\"{le_text}\"", m.what), s.value)?;
+        if by_le.insert(order_key(le), (le, value)).is_some() {
+            return Err(DataProblem::Partial(format!(
+                "{}: several series for le=\"{le_text}\" (aggregate with sum by (le))",
+                m.what
+            )));
+        }
+    }
+    let by_le: Vec<(f64, f64)> = by_le.into_values().collect();
+    let total = match by_le.last() {
+        Some((le, c)) if *le == f64::INFINITY => *c,
+        _ => {
+            return Err(DataProblem::Partial(format!(
+                "{}: no le=\"+Inf\" bucket",
+                m.what
+            )))
+        }
+    };
+    for pair in by_le.windows(2) {
+        let ((lo_le, lo), (hi_le, hi)) = (pair[0], pair[1]);
+        if lo > hi * (1.0 + 1e-9) + 1e-9 {
+            return Err(DataProblem::Partial(format!(
+                "{}: buckets not cumulative (le={lo_le}: {lo} > le={hi_le}: {hi})",
+                m.what
+            )));
+        }
+    }
+    Ok(Buckets { total, by_le })
+}
+
+fn parse_le(s: &str) -> Option<f64> {
+    let v = match s {
+        "+Inf" | "Inf" | "inf" | "+inf" => f64::INFINITY,
+        _ => s.parse::<f64>().ok()?,
+    };
+    (!v.is_nan()).then_some(v)
+}
+
+/// A key ordering non-NaN floats numerically.
+fn order_key(v: f64) -> u64 {
+    let bits = v.to_bits();
+    if bits >> 63 == 1 {
+        !bits
+    } else {
+        bits | (1 << 63)
+    }
+}
+
+async fn threshold(ctx: &Ctx<'_>, template: &str) -> Result<CheckData, DataProblem> {
+    let (blue, green) = tokio::join!(
+        ctx.measure(template, Color::Blue, "value", true),
+        ctx.measure(template, Color::Green, "value", true)
+    );
+    let finite = |m: &Measured| -> Result<f64, DataProblem> {
+        match ctx.value(m)? {
+            Some(v) if v.is_finite() => Ok(v),
+            Some(v) => Err(DataProblem::NotFinite(format!("{} = {v}", m.what))),
+            None => Err(DataProblem::NoData),
+        }
+    };
+    let green = finite(&green)?;
+    let blue = match finite(&blue) {
+        Ok(v) => Some(v),
+        Err(problem) => {
+            debug!(api = %ctx.api, %problem, "Blue's threshold value is unavailable.");
+            None
+        }
+    };
+    Ok(CheckData::Value { green, blue })
+}
+
+/// The query returning the timestamp (seconds) of the newest sample of `selector`.
+fn freshness_query(backend: Backend, selector: &str, lookback: Duration) -> String {
+    let lookback = promql_duration(lookback.max(Duration::from_secs(60)));
+    match backend {
+        Backend::VictoriaMetrics => format!("max(tlast_over_time({selector}[{lookback}]))"),
+        Backend::Prometheus => format!(
+            "max(timestamp({selector})) or max(max_over_time(timestamp({selector})[{lookback}:1m]))"
+        ),
+    }
+}
+
+/// The series selectors of `query` that are read over a range (`metric{…}[…]`, `{…}[…]`), in
+/// order of appearance, without duplicates.
+fn range_selectors(query: &str) -> Vec<String> {
+    let b = query.as_bytes();
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    let skip_ws = |mut j: usize| {
+        while j < b.len() && b[j].is_ascii_whitespace() {
+            j += 1;
+        }
+        j
+    };
+    while i < b.len() {
+        let c = b[i];
+        if matches!(c, b'"' | b'\'' | b'`') {
+            i = skip_string(b, i);
+        } else if c.is_ascii_digit() || c == b'.' {
+            while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b'.') {
+                i += 1;
+            }
+        } else if c.is_ascii_alphabetic() || c == b'_' || c == b':' || c == b'{' {
+            let start = i;
+            while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b':') {
+                i += 1;
+            }
+            let mut end = i;
+            let j = skip_ws(i);
+            if j < b.len() && b[j] == b'{' {
+                end = skip_braces(b, j);
+                i = end;
+            } else if start == i {
+                i += 1;
+                continue;
+            }
+            let k = skip_ws(end);
+            if k < b.len() && b[k] == b'[' {
+                let selector = query[start..end].to_string();
+                if !out.contains(&selector) {
+                    out.push(selector);
+                }
+            }
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
+
+/// Index just past the string literal starting at `i`.
+fn skip_string(b: &[u8], i: usize) -> usize {
+    let quote = b[i];
+    let mut j = i + 1;
+    while j < b.len() {
+        if b[j] == b'\\' && quote != b'`' {
+            j += 2;
+            continue;
+        }
+        if b[j] == quote {
+            return j + 1;
+        }
+        j += 1;
+    }
+    b.len()
+}
+
+/// Index just past the `}` matching the `{` at `i`, skipping string literals.
+fn skip_braces(b: &[u8], i: usize) -> usize {
+    let mut j = i + 1;
+    while j < b.len() {
+        match b[j] {
+            b'"' | b'\'' | b'`' => j = skip_string(b, j),
+            b'}' => return j + 1,
+            _ => j += 1,
+        }
+    }
+    b.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn range_selectors_of_typical_queries() {
+        assert_eq!(
+            range_selectors(
+                r#"sum(increase(haproxy_server_http_responses_total{proxy="api",server="green",code="5xx"}[60s]))"#
+            ),
+            vec![r#"haproxy_server_http_responses_total{proxy="api",server="green",code="5xx"}"#]
+        );
+        assert_eq!(
+            range_selectors(
+                r#"histogram_quantile(0.99, sum by (le) (rate(http_request_duration_seconds_bucket{service="checkout",cluster="green"}[60s])))"#
+            ),
+            vec![r#"http_request_duration_seconds_bucket{service="checkout",cluster="green"}"#]
+        );
+        assert_eq!(
+            range_selectors("sum(rate(a[5m])) / sum(rate(b {x=\"}[\"} [5m])) + sum(rate(a[5m]))"),
+            vec!["a".to_string(), "b {x=\"}[\"}".to_string()]
+        );
+        assert_eq!(
+            range_selectors(r#"sum(increase({__name__="x",color="blue"}[1m] offset 1m))"#),
+            vec![r#"{__name__="x",color="blue"}"#]
+        );
+        assert!(range_selectors("vector(1) * 1e3 + up").is_empty());
+        assert!(range_selectors("max_over_time((a + b)[5m:1m])").is_empty());
+    }
+
+    #[test]
+    fn le_parses_and_orders_numerically() {
+        let mut les: Vec<f64> = ["+Inf", "0.1", "0.25", "1", "10", "2.5"]
+            .iter()
+            .map(|s| parse_le(s).unwrap())
+            .collect();
+        les.sort_by_key(|v| order_key(*v));
+        assert_eq!(les, vec![0.1, 0.25, 1.0, 2.5, 10.0, f64::INFINITY]);
+        assert!(order_key(-1.0) < order_key(0.0));
+        assert!(parse_le("NaN").is_none());
+        assert!(parse_le("fast").is_none());
+    }
+
+    #[test]
+    fn worst_prefers_backend_over_missing_data() {
+        assert_eq!(
+            worst(DataProblem::NoData, DataProblem::Backend("x".into())),
+            DataProblem::Backend("x".into())
+        );
+        assert_eq!(
+            worst(DataProblem::Stale("s".into()), DataProblem::NoData),
+            DataProblem::Stale("s".into())
+        );
+    }
+
+    #[test]
+    fn freshness_queries_per_backend() {
+        assert_eq!(
+            freshness_query(
+                Backend::VictoriaMetrics,
+                "x{a=\"b\"}",
+                Duration::from_secs(3600)
+            ),
+            "max(tlast_over_time(x{a=\"b\"}[3600s]))"
+        );
+        assert_eq!(
+            freshness_query(Backend::Prometheus, "x", Duration::from_secs(3600)),
+            "max(timestamp(x)) or max(max_over_time(timestamp(x)[3600s:1m]))"
+        );
+    }
+}
