@@ -14,8 +14,11 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-// pub use config::{AlertChannel, AlertChannelKind, Config, MetricsBackend, Secret};
-// pub use load::{load_dir, load_file, load_paths, LoadReport};
+pub use config::{
+    AlertChannel, AlertChannelKind, Config, ConsulConfig, HaproxyConfig, HaproxyNode, MetricsAuth,
+    MetricsBackend, MetricsConfig, Secret, SecretError,
+};
+pub use load::{load_dir, load_file, load_paths, LoadReport};
 
 /// One validated per-API policy.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -88,7 +91,11 @@ pub enum TrafficTarget {
     /// Two Consul KV keys holding the integer weights (pushed to HAProxy by `greenlight sync`).
     ConsulKeys { blue: String, green: String },
     /// HAProxy Runtime API directly; servers in one backend, on every configured node.
-    Haproxy { backend: String, blue: String, green: String },
+    Haproxy {
+        backend: String,
+        blue: String,
+        green: String,
+    },
 }
 
 /// Blue and green weights as written to the traffic target.
