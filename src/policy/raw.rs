@@ -707,9 +707,10 @@ fn validate_traffic(raw: &Spanned<RawTraffic>, errors: &mut Errors<'_>) -> Optio
             })
         }
     };
+    let total_weight = u32::try_from(total).ok().filter(|_| total_ok)?;
     Some(Traffic {
         target: target?,
-        total_weight: if total_ok { total as u32 } else { return None },
+        total_weight,
     })
 }
 
@@ -1041,78 +1042,34 @@ fn validate_check(c: &RawCheck, errors: &mut Errors<'_>) -> Option<CheckKind> {
     let kind = *c.kind.get_ref();
 
     // Which optional fields this kind accepts.
-    let statistical = matches!(
-        kind,
-        RawCheckKind::ErrorRate | RawCheckKind::LatencyHistogram
-    );
-    let present: [(&str, Option<Range<usize>>, bool); 12] = [
-        (
-            "requests",
-            c.requests.as_ref().map(|v| v.span()),
-            kind == RawCheckKind::ErrorRate,
-        ),
-        (
-            "errors",
-            c.errors.as_ref().map(|v| v.span()),
-            kind == RawCheckKind::ErrorRate,
-        ),
+    fn span<T>(v: &Option<Spanned<T>>) -> Option<Range<usize>> {
+        v.as_ref().map(|v| v.span())
+    }
+    let error_rate = kind == RawCheckKind::ErrorRate;
+    let latency = kind == RawCheckKind::LatencyHistogram;
+    let threshold = kind == RawCheckKind::Threshold;
+    let statistical = error_rate || latency;
+    let fields = [
+        ("requests", span(&c.requests), error_rate),
+        ("errors", span(&c.errors), error_rate),
         (
             "blue_max_error_rate",
-            c.blue_max_error_rate.as_ref().map(|v| v.span()),
-            kind == RawCheckKind::ErrorRate,
+            span(&c.blue_max_error_rate),
+            error_rate,
         ),
-        (
-            "buckets",
-            c.buckets.as_ref().map(|v| v.span()),
-            kind == RawCheckKind::LatencyHistogram,
-        ),
-        (
-            "edges",
-            c.edges.as_ref().map(|v| v.span()),
-            kind == RawCheckKind::LatencyHistogram,
-        ),
-        (
-            "tolerance",
-            c.tolerance.as_ref().map(|v| v.span()),
-            statistical,
-        ),
-        (
-            "advance_tolerance",
-            c.advance_tolerance.as_ref().map(|v| v.span()),
-            statistical,
-        ),
-        (
-            "overdispersion",
-            c.overdispersion.as_ref().map(|v| v.span()),
-            statistical,
-        ),
-        (
-            "min_errors",
-            c.min_errors.as_ref().map(|v| v.span()),
-            statistical,
-        ),
-        (
-            "query",
-            c.query.as_ref().map(|v| v.span()),
-            kind == RawCheckKind::Threshold,
-        ),
-        (
-            "max",
-            c.max.as_ref().map(|v| v.span()),
-            kind == RawCheckKind::Threshold,
-        ),
-        (
-            "min",
-            c.min.as_ref().map(|v| v.span()),
-            kind == RawCheckKind::Threshold,
-        ),
+        ("buckets", span(&c.buckets), latency),
+        ("edges", span(&c.edges), latency),
+        ("tolerance", span(&c.tolerance), statistical),
+        ("advance_tolerance", span(&c.advance_tolerance), statistical),
+        ("overdispersion", span(&c.overdispersion), statistical),
+        ("min_errors", span(&c.min_errors), statistical),
+        ("query", span(&c.query), threshold),
+        ("max", span(&c.max), threshold),
+        ("min", span(&c.min), threshold),
+        ("failures", span(&c.failures), threshold),
     ];
     let mut ok = true;
-    for (field, span, allowed) in present.iter().cloned().chain(std::iter::once((
-        "failures",
-        c.failures.as_ref().map(|v| v.span()),
-        kind == RawCheckKind::Threshold,
-    ))) {
+    for (field, span, allowed) in fields {
         if let (Some(span), false) = (span, allowed) {
             errors.at(
                 span,
