@@ -14,8 +14,11 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-// pub use config::{AlertChannel, AlertChannelKind, Config, MetricsBackend, Secret};
-// pub use load::{load_dir, load_file, load_paths, LoadReport};
+pub use config::{
+    AlertChannel, AlertChannelKind, Config, ConsulConfig, HaproxyConfig, HaproxyNode, MetricsAuth,
+    MetricsBackend, MetricsConfig, Secret, SecretError,
+};
+pub use load::{load_dir, load_file, load_paths, LoadReport};
 
 /// One validated per-API policy.
 #[derive(Debug, Clone, PartialEq, Serialize)]
