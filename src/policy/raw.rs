@@ -388,6 +388,10 @@ struct RawCheck {
     /// error_rate: blue's error rate above this means an environment problem (hold).
     #[serde(default)]
     blue_max_error_rate: Option<Spanned<f64>>,
+    /// error_rate, latency_histogram: optional absolute advance evidence — green's rate of bad
+    /// requests (errors, or requests slower than an edge) is below this. In (0, 1).
+    #[serde(default)]
+    advance_max_rate: Option<Spanned<f64>>,
     /// threshold: PromQL value for `{color}`.
     #[serde(default)]
     query: Option<Spanned<String>>,
@@ -1063,6 +1067,7 @@ fn validate_check(c: &RawCheck, errors: &mut Errors<'_>) -> Option<CheckKind> {
         ("advance_tolerance", span(&c.advance_tolerance), statistical),
         ("overdispersion", span(&c.overdispersion), statistical),
         ("min_errors", span(&c.min_errors), statistical),
+        ("advance_max_rate", span(&c.advance_max_rate), statistical),
         ("query", span(&c.query), threshold),
         ("max", span(&c.max), threshold),
         ("min", span(&c.min), threshold),
@@ -1118,6 +1123,16 @@ fn validate_check(c: &RawCheck, errors: &mut Errors<'_>) -> Option<CheckKind> {
                 .min_errors
                 .as_ref()
                 .map_or_else(default_min_errors, |v| *v.get_ref());
+            let advance_max_rate = c.advance_max_rate.as_ref().map(|v| {
+                let x = *v.get_ref();
+                if !(x > 0.0 && x < 1.0) {
+                    errors.at(
+                        v.span(),
+                        format!("advance_max_rate must be in (0, 1), got {x}"),
+                    );
+                }
+                x
+            });
             if kind == RawCheckKind::ErrorRate {
                 require("requests", c.requests.is_some(), errors);
                 require("errors", c.errors.is_some(), errors);
@@ -1146,6 +1161,7 @@ fn validate_check(c: &RawCheck, errors: &mut Errors<'_>) -> Option<CheckKind> {
                     advance_tolerance,
                     overdispersion,
                     min_errors,
+                    advance_max_rate,
                     blue_max_error_rate,
                 })
                 .filter(|_| ok)
@@ -1170,6 +1186,7 @@ fn validate_check(c: &RawCheck, errors: &mut Errors<'_>) -> Option<CheckKind> {
                     advance_tolerance,
                     overdispersion,
                     min_errors,
+                    advance_max_rate,
                 })
                 .filter(|_| ok)
             }

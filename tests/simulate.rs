@@ -1,0 +1,179 @@
+//! `greenlight simulate` and the decision quality it shows on the example policies: seeded, so
+//! every run of this file sees the same worlds.
+
+use std::path::Path;
+use std::process::Command;
+
+use greenlight::policy::Policy;
+use greenlight::sim::{simulate, Outcome, SimConfig};
+
+fn example(name: &str) -> Policy {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("policies")
+        .join(name);
+    let text = std::fs::read_to_string(&path).unwrap();
+    Policy::from_toml(&text, &path, None).unwrap()
+}
+
+fn outcomes(policy: &Policy, scenario: &str, seeds: std::ops::Range<u64>) -> Vec<Outcome> {
+    let scenario = scenario.parse().unwrap();
+    seeds
+        .map(|seed| {
+            simulate(
+                policy,
+                &SimConfig {
+                    scenario: Clone::clone(&scenario),
+                    seed,
+                    ..SimConfig::default()
+                },
+            )
+            .outcome
+        })
+        .collect()
+}
+
+fn share(outcomes: &[Outcome], which: Outcome) -> f64 {
+    outcomes.iter().filter(|o| **o == which).count() as f64 / outcomes.len() as f64
+}
+
+#[test]
+fn healthy_canaries_are_rarely_rolled_back() {
+    for name in ["checkout.toml", "search.toml"] {
+        let policy = example(name);
+        assert_eq!(policy.false_rollback_rate, 0.01);
+        let runs = outcomes(&policy, "healthy", 0..200);
+        let rolled_back = share(&runs, Outcome::RolledBack);
+        assert!(
+            rolled_back <= 0.02,
+            "{name}: {rolled_back} of healthy runs rolled back"
+        );
+        assert!(
+            share(&runs, Outcome::Promoted) >= 0.95,
+            "{name}: healthy runs not promoted: {runs:?}"
+        );
+    }
+}
+
+#[test]
+fn overdispersed_healthy_canaries_stay_within_alpha_with_tempering() {
+    // Bursty errors (per-window gamma noise, CV 0.3) with φ = 2 set in the policy.
+    let mut policy = example("search.toml");
+    for check in &mut policy.checks {
+        if let greenlight::policy::CheckKind::ErrorRate { overdispersion, .. } = &mut check.kind {
+            *overdispersion = 2.0;
+        }
+    }
+    let runs = outcomes(&policy, "overdispersion=0.3", 0..200);
+    assert!(share(&runs, Outcome::RolledBack) <= 0.02, "{runs:?}");
+}
+
+#[test]
+fn doubled_error_rates_are_rolled_back() {
+    for name in ["checkout.toml", "search.toml"] {
+        let policy = example(name);
+        let runs = outcomes(&policy, "errors=2x", 1000..1200);
+        let rolled_back = share(&runs, Outcome::RolledBack);
+        assert!(
+            rolled_back >= 0.95,
+            "{name}: only {rolled_back} of 2x regressions rolled back"
+        );
+    }
+}
+
+#[test]
+fn a_metrics_outage_never_rolls_back() {
+    let policy = example("search.toml");
+    let runs = outcomes(&policy, "outage=20m+45m", 0..50);
+    assert!(runs.iter().all(|o| *o == Outcome::Promoted), "{runs:?}");
+}
+
+fn cli(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_greenlight"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[test]
+fn cli_promotes_healthy_and_rolls_back_3x_on_every_seed() {
+    for seed in ["1", "2", "3", "4", "5"] {
+        let (code, out, err) = cli(&[
+            "simulate",
+            "policies/checkout.toml",
+            "--seed",
+            seed,
+            "--json",
+        ]);
+        assert_eq!(code, 0, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["outcome"], "promoted", "seed {seed}: {v}");
+        assert!(v["duration_s"].as_u64().unwrap() > 0);
+        assert!(v["green_requests"].as_u64().unwrap() > 0);
+
+        let (code, out, _) = cli(&[
+            "simulate",
+            "policies/checkout.toml",
+            "--scenario",
+            "errors=3x",
+            "--seed",
+            seed,
+            "--json",
+        ]);
+        assert_eq!(code, 0);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["outcome"], "rolled_back", "seed {seed}: {v}");
+        assert!(v["bad_green_requests"].as_u64().unwrap() > 0);
+    }
+}
+
+#[test]
+fn cli_timeline_is_readable() {
+    let (code, out, _) = cli(&["simulate", "policies/search.toml", "--seed", "7"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("Simulating search"), "{out}");
+    assert!(out.contains("advance:"), "{out}");
+    assert!(out.contains("PROMOTED to 100 %"), "{out}");
+    assert!(out.contains("Green served"), "{out}");
+}
+
+#[test]
+fn cli_rejects_bad_input_with_exit_2() {
+    let (code, _, err) = cli(&[
+        "simulate",
+        "policies/search.toml",
+        "--scenario",
+        "errors=banana",
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains("bad multiplier"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    let good =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/search.toml"))
+            .unwrap();
+    let line = good
+        .lines()
+        .position(|l| l.starts_with("steps"))
+        .expect("steps line")
+        + 1;
+    let broken: Vec<String> = good
+        .lines()
+        .map(|l| {
+            if l.starts_with("steps") {
+                "steps = [50, 10, 100]".to_string()
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    std::fs::write(&bad, broken.join("\n")).unwrap();
+    let (code, _, err) = cli(&["simulate", bad.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(err.contains(&format!("bad.toml:{line}:")), "{err}");
+}
