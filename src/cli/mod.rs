@@ -12,7 +12,11 @@ pub const EXIT_CONFIG: i32 = 2;
 pub const EXIT_FAILURE: i32 = 1;
 
 #[derive(Debug, Parser)]
-#[command(name = "greenlight", version, about = "Metrics-driven automatic canary progressor")]
+#[command(
+    name = "greenlight",
+    version,
+    about = "Metrics-driven automatic canary progressor"
+)]
 pub struct Cli {
     /// Daemon configuration file (built-in defaults when absent).
     #[arg(long, global = true, env = "GREENLIGHT_CONFIG")]

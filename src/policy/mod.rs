@@ -88,7 +88,11 @@ pub enum TrafficTarget {
     /// Two Consul KV keys holding the integer weights (pushed to HAProxy by `greenlight sync`).
     ConsulKeys { blue: String, green: String },
     /// HAProxy Runtime API directly; servers in one backend, on every configured node.
-    Haproxy { backend: String, blue: String, green: String },
+    Haproxy {
+        backend: String,
+        blue: String,
+        green: String,
+    },
 }
 
 /// Blue and green weights as written to the traffic target.
