@@ -174,7 +174,8 @@ impl HaproxyRuntime {
         Ok(Weights { blue: b, green: g })
     }
 
-    /// Sets both absolute weights on `node` in one command line, then reads them back.
+    /// Sets both absolute weights on `node` in one command line, then reads them back. Both
+    /// servers are looked up first, so a wrong name never leaves one weight changed.
     async fn set_node(
         &self,
         node: &RuntimeAddr,
@@ -183,6 +184,7 @@ impl HaproxyRuntime {
         green: &str,
         weights: Weights,
     ) -> Result<(), TrafficError> {
+        self.node_weights(node, backend, blue, green).await?;
         let command = format!(
             "set weight {backend}/{blue} {}; set weight {backend}/{green} {}",
             weights.blue, weights.green
