@@ -1,1 +1,195 @@
-//! Placeholder: filled in by its own change.
+//! Weight actuators: where the blue/green split is read and changed, always by compare-and-set.
+//!
+//! [`Actuator`] dispatches to Consul KV ([`ConsulKv`], two keys changed in one transaction),
+//! the HAProxy Runtime API ([`HaproxyRuntime`], every node checked, written and read back), or
+//! memory ([`MemoryTraffic`], for tests and simulation). A write whose `expected` weights no
+//! longer match the live ones fails with [`TrafficError::Override`]: someone changed the split
+//! by hand, and greenlight never overwrites a human.
+
+mod consul_kv;
+mod haproxy;
+mod memory;
+
+use std::future::Future;
+use std::time::Duration;
+
+pub use consul_kv::ConsulKv;
+pub use haproxy::{HaproxyRuntime, RuntimeAddr};
+pub use memory::MemoryTraffic;
+
+use crate::policy::{Policy, Weights};
+
+/// Why reading or writing the weights failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TrafficError {
+    /// The live weights differ from what was expected: changed by hand. Nothing was written.
+    #[error("weights were changed outside greenlight (found blue={} green={}); not overwriting", .found.blue, .found.green)]
+    Override { found: Weights },
+    /// The weight keys do not exist yet (see [`ConsulKv::initialize`]).
+    #[error("weight keys are missing: {}", .keys.join(", "))]
+    Missing { keys: Vec<String> },
+    /// The Consul token may not read or write the weight keys. Not retried.
+    #[error("permission denied by Consul (grant the token key:read and key:write on the weight keys): {0}")]
+    PermissionDenied(String),
+    /// The target stayed unreachable through every retry.
+    #[error("{target} unreachable after {attempts} attempts: {reason}")]
+    Unreachable {
+        target: String,
+        attempts: u32,
+        reason: String,
+    },
+    /// A weight key holds something other than an integer.
+    #[error("weight key {key} holds {value:?}, not an integer weight")]
+    BadValue { key: String, value: String },
+    /// HAProxy answered a command with an error.
+    #[error("HAProxy {node} rejected {command:?}: {message}")]
+    Haproxy {
+        node: String,
+        command: String,
+        message: String,
+    },
+    /// The weights read back after a write are not the ones written.
+    #[error("HAProxy {node} reads back blue={} green={} after writing blue={} green={}", .found.blue, .found.green, .wrote.blue, .wrote.green)]
+    ReadBack {
+        node: String,
+        wrote: Weights,
+        found: Weights,
+    },
+    /// HAProxy nodes disagree about the current weights.
+    #[error("HAProxy nodes disagree about the weights: {}", describe_nodes(.0))]
+    Diverged(Vec<(String, Weights)>),
+    /// Several nodes failed; each error in turn.
+    #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
+    Nodes(Vec<TrafficError>),
+    /// The policy's traffic target is not the kind this actuator drives.
+    #[error("policy {api} does not name a {wanted} traffic target")]
+    WrongTarget { api: String, wanted: &'static str },
+    /// Any other Consul failure.
+    #[error("{0}")]
+    Consul(crate::consul::ConsulError),
+}
+
+fn describe_nodes(nodes: &[(String, Weights)]) -> String {
+    nodes
+        .iter()
+        .map(|(n, w)| format!("{n}: blue={} green={}", w.blue, w.green))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Bounded exponential backoff for transient failures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retry {
+    /// Total attempts, first included (at least 1).
+    pub attempts: u32,
+    /// Pause after the first failure; doubled after each further one.
+    pub initial: Duration,
+    /// Upper bound of a single pause.
+    pub max: Duration,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry {
+            attempts: 4,
+            initial: Duration::from_millis(200),
+            max: Duration::from_secs(2),
+        }
+    }
+}
+
+impl Retry {
+    /// Runs `op` until it succeeds, fails permanently (`transient` says false), or attempts run
+    /// out. Returns the last error and the number of attempts made.
+    pub(crate) async fn run<T, E, F, Fut>(
+        &self,
+        what: &str,
+        transient: impl Fn(&E) -> bool,
+        mut op: F,
+    ) -> Result<T, (E, u32)>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        E: std::fmt::Display,
+    {
+        let mut pause = self.initial;
+        let attempts = self.attempts.max(1);
+        let mut attempt = 1;
+        loop {
+            match op().await {
+                Ok(v) => return Ok(v),
+                Err(e) if attempt < attempts && transient(&e) => {
+                    tracing::warn!(target_name = what, attempt, error = %e, "Transient failure; retrying.");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(self.max);
+                    attempt += 1;
+                }
+                Err(e) => return Err((e, attempt)),
+            }
+        }
+    }
+}
+
+/// Reads and changes one API's blue/green weights.
+#[derive(Debug, Clone)]
+pub enum Actuator {
+    ConsulKv(ConsulKv),
+    Haproxy(HaproxyRuntime),
+    Memory(MemoryTraffic),
+}
+
+impl Actuator {
+    /// The live weights of `policy`'s API.
+    pub async fn read(&self, policy: &Policy) -> Result<Weights, TrafficError> {
+        match self {
+            Actuator::ConsulKv(a) => a.read(policy).await,
+            Actuator::Haproxy(a) => a.read(policy).await,
+            Actuator::Memory(a) => a.read(policy),
+        }
+    }
+
+    /// Compare-and-set: changes the weights to `new` only if they are still `expected`;
+    /// otherwise [`TrafficError::Override`] with what was found, and nothing changes.
+    pub async fn write(
+        &self,
+        policy: &Policy,
+        expected: Weights,
+        new: Weights,
+    ) -> Result<(), TrafficError> {
+        let result = match self {
+            Actuator::ConsulKv(a) => a.write(policy, expected, new).await,
+            Actuator::Haproxy(a) => a.write(policy, expected, new).await,
+            Actuator::Memory(a) => a.write(policy, expected, new),
+        };
+        match &result {
+            Ok(()) => weights_changed(&policy.api, expected, new),
+            Err(TrafficError::Override { found }) => {
+                weights_overridden(&policy.api, expected, *found)
+            }
+            Err(_) => {}
+        }
+        result
+    }
+}
+
+fn weights_changed(api: &str, from: Weights, to: Weights) {
+    tracing::info!(
+        api,
+        from_blue = from.blue,
+        from_green = from.green,
+        to_blue = to.blue,
+        to_green = to.green,
+        "Changed canary weights."
+    );
+}
+
+fn weights_overridden(api: &str, expected: Weights, found: Weights) {
+    tracing::warn!(
+        api,
+        expected_blue = expected.blue,
+        expected_green = expected.green,
+        found_blue = found.blue,
+        found_green = found.green,
+        "Weights were changed by hand; leaving them alone."
+    );
+}

@@ -5,6 +5,8 @@
 pub mod alertmanager;
 pub mod prometheus;
 pub mod victoria;
+pub mod consul_double;
+pub mod haproxy;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
