@@ -10,6 +10,9 @@ use crate::engine::{Action, Decision};
 /// Filter used when neither an explicit filter nor `RUST_LOG` is given.
 pub const DEFAULT_FILTER: &str = "info";
 
+/// Log target of [`log_decision`], for filters such as `info,greenlight::decision=warn`.
+pub const DECISION_TARGET: &str = "greenlight::decision";
+
 /// Why logging could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum LogInitError {
@@ -24,7 +27,9 @@ pub enum LogInitError {
 /// (`info,greenlight::metrics=debug`); `filter` wins over the `RUST_LOG` variable, which wins
 /// over [`DEFAULT_FILTER`].
 pub fn init_logging(json: bool, filter: Option<&str>) -> Result<(), LogInitError> {
-    let env = std::env::var("RUST_LOG").ok().filter(|v| !v.trim().is_empty());
+    let env = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty());
     let directives = filter.map(str::to_string).or(env);
     let dispatch = subscriber(json, directives.as_deref(), std::io::stderr)?;
     tracing::dispatcher::set_global_default(dispatch).map_err(|_| LogInitError::AlreadySet)
@@ -71,6 +76,7 @@ pub fn log_decision(api: &str, decision: &Decision) {
     macro_rules! emit {
         ($level:ident, $message:literal) => {
             tracing::$level!(
+                target: DECISION_TARGET,
                 %api,
                 action = %action,
                 step,
@@ -235,7 +241,11 @@ mod tests {
         });
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), ds.len(), "{text}");
-        assert!(lines[0].contains(" INFO "), "{}", lines[0]);
+        assert!(
+            lines[0].contains(" INFO greenlight::decision: "),
+            "{}",
+            lines[0]
+        );
         assert!(lines[0].contains("Started the rollout."));
         assert!(lines[0].contains("api=checkout action=start step=0 green_weight=5"));
         let rollback = lines[3];

@@ -278,3 +278,68 @@ fn error(status: StatusCode, error: String) -> Response {
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{decide, Observation};
+
+    fn t(minute: i64) -> Timestamp {
+        Timestamp::from_second(1_767_571_200 + minute * 60).unwrap()
+    }
+
+    fn empty(minute: i64) -> Observation {
+        Observation {
+            start: t(minute - 1),
+            end: t(minute),
+            checks: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_pending_pause_shows_as_intent_then_as_paused() {
+        let policy = crate::engine::tests::policy();
+        let started = decide(&policy, &RolloutState::new(&policy), &empty(1), t(1)).state;
+        let view = RolloutView::from_state(&policy, &started);
+        assert_eq!(view.phase, Phase::Progressing);
+        assert_eq!(view.green_percent, 5.0);
+        assert_eq!(view.since, Some(t(1)));
+        assert!(view.paused.is_none());
+
+        let mut asked = started.clone();
+        asked.intent = Some(Intent::Pause {
+            reason: "weights changed by hand".into(),
+        });
+        let view = RolloutView::from_state(&policy, &asked);
+        assert_eq!(view.intent_pending, asked.intent);
+        assert!(view.paused.is_none());
+
+        let paused = decide(&policy, &asked, &empty(2), t(2)).state;
+        let view = RolloutView::from_state(&policy, &paused);
+        assert_eq!(view.phase, Phase::Paused);
+        assert_eq!(view.intent_pending, None);
+        let info = view.paused.unwrap();
+        assert_eq!(info.reason.as_deref(), Some("weights changed by hand"));
+        assert_eq!(info.since, Some(t(2)));
+        assert_eq!(view.green_percent, 5.0);
+        let last = view.last_decision.unwrap();
+        assert_eq!((last.action, last.at), (Action::Pause, t(2)));
+    }
+
+    #[test]
+    fn a_fresh_rollout_has_no_green_traffic_and_neutral_evidence() {
+        let policy = crate::engine::tests::policy();
+        let view = RolloutView::from_state(&policy, &RolloutState::new(&policy));
+        assert_eq!(view.phase, Phase::Pending);
+        assert_eq!(view.green_percent, 0.0);
+        assert!(view.last_decision.is_none());
+        let ids: Vec<&str> = view.evidence.iter().map(|e| e.stream.as_str()).collect();
+        assert_eq!(ids, ["errors", "latency@0.25", "latency@1"]);
+        for e in &view.evidence {
+            assert_eq!((e.rollback_e, e.advance_e), (1.0, 1.0));
+            // α = 0.01 and 0.05 split over three streams.
+            assert!((e.rollback_threshold - 300.0).abs() < 1e-9);
+            assert!((e.advance_threshold - 60.0).abs() < 1e-9);
+        }
+    }
+}

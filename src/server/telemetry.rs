@@ -599,7 +599,10 @@ mod tests {
             r#"greenlight_decisions_total{api="checkout",action="hold"} 2"#
         ));
         assert!(has(&text, r#"greenlight_green_weight{api="checkout"} 5"#));
-        assert!(has(&text, r#"greenlight_green_percent{api="checkout"} 5.0"#));
+        assert!(has(
+            &text,
+            r#"greenlight_green_percent{api="checkout"} 5.0"#
+        ));
         assert!(has(&text, r#"greenlight_step{api="checkout"} 0"#));
         assert!(has(
             &text,
@@ -614,8 +617,14 @@ mod tests {
             r#"greenlight_last_successful_evaluation_timestamp_seconds{api="checkout"} 1767571380.0"#
         ));
         for s in &last.explanation.streams {
-            let rb = format!(r#"greenlight_evidence{{api="checkout",stream="{}",kind="rollback"}}"#, s.id);
-            let adv = format!(r#"greenlight_evidence{{api="checkout",stream="{}",kind="advance"}}"#, s.id);
+            let rb = format!(
+                r#"greenlight_evidence{{api="checkout",stream="{}",kind="rollback"}}"#,
+                s.id
+            );
+            let adv = format!(
+                r#"greenlight_evidence{{api="checkout",stream="{}",kind="advance"}}"#,
+                s.id
+            );
             assert_eq!(value(&text, &rb), Some(s.rollback_e), "{rb} in\n{text}");
             assert_eq!(value(&text, &adv), Some(s.advance_e), "{adv} in\n{text}");
         }
