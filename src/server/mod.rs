@@ -1,1 +1,345 @@
-//! Placeholder: filled in by its own change.
+//! The progressor's own read-only HTTP endpoints: `/metrics`, `/healthz`, `/readyz` and the
+//! rollout status API (`/api/v1/rollouts`).
+//!
+//! The server owns no data. The daemon records events in a shared [`Telemetry`] and exposes its
+//! rollouts through a [`StatusSource`]; [`StaticStatus`] is the in-memory source used by tests.
+//! Status views are built from a policy and a rollout state only ([`RolloutView::from_state`]),
+//! never from the daemon configuration, so no credential can reach a response.
+
+pub mod logging;
+pub mod telemetry;
+
+use std::future::Future;
+use std::io;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::engine::{Action, DecisionRecord, Intent, Pair, Phase, RolloutState};
+use crate::policy::{Policy, Weights};
+
+pub use logging::{init_logging, log_decision, LogInitError};
+pub use telemetry::{QueryErrorKind, Telemetry};
+
+/// Where the server reads rollouts and readiness from (implemented by the daemon).
+pub trait StatusSource: Send + Sync + 'static {
+    /// Every rollout the source knows about, in a stable order.
+    fn rollouts(&self) -> Vec<RolloutView>;
+    /// `Ok` when the progressor is ready to act (policies loaded, stores reachable); otherwise
+    /// why not, in one sentence.
+    fn ready(&self) -> Result<(), String>;
+}
+
+/// One API's rollout as shown by the status API and `greenlight status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RolloutView {
+    pub api: String,
+    pub phase: Phase,
+    /// Index into `steps`.
+    pub step: usize,
+    /// The policy's steps, percent of traffic to green.
+    pub steps: Vec<f64>,
+    /// Green's share of `weights`, percent.
+    pub green_percent: f64,
+    /// Weights greenlight last decided on.
+    pub weights: Weights,
+    /// Set while a weight change is decided but not yet confirmed: the weights before it.
+    pub applying_from: Option<Weights>,
+    /// Why the rollout is paused or rolled back.
+    pub reason: Option<String>,
+    pub last_decision: Option<LastDecision>,
+    /// Evidence per statistical stream.
+    pub evidence: Vec<StreamEvidence>,
+    /// Operator request waiting for the next evaluation.
+    pub intent_pending: Option<Intent>,
+    /// When the current step started.
+    pub since: Option<Timestamp>,
+    pub rollout_started_at: Option<Timestamp>,
+    /// End of the last window whose metrics were all usable.
+    pub last_good_data_at: Option<Timestamp>,
+    /// Set while paused (by an operator or after a manual weight change).
+    pub paused: Option<PauseInfo>,
+    /// Number of decisions taken so far.
+    pub revision: u64,
+    /// Most recent decisions, newest last.
+    pub history: Vec<DecisionRecord>,
+}
+
+/// The most recent decision.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LastDecision {
+    pub action: Action,
+    pub reason: String,
+    pub at: Timestamp,
+}
+
+/// Evidence of one stream against its thresholds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StreamEvidence {
+    /// `check` or `check@edge`.
+    pub stream: String,
+    pub check: String,
+    pub edge: Option<f64>,
+    /// Evidence that green is worse; a rollback once it reaches `rollback_threshold` (1/α).
+    pub rollback_e: f64,
+    pub rollback_threshold: f64,
+    /// Evidence that green is no worse; needed to advance.
+    pub advance_e: f64,
+    pub advance_threshold: f64,
+    /// Counts at the current step and over the rollout (warm-up excluded).
+    pub step: Pair,
+    pub total: Pair,
+}
+
+/// Why and since when a rollout is paused.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PauseInfo {
+    pub reason: Option<String>,
+    /// Time of the pause decision, when it is still in the history.
+    pub since: Option<Timestamp>,
+}
+
+impl RolloutView {
+    /// The view of `state` under `policy`. Takes nothing else: queries, traffic keys, channel
+    /// settings and credentials are not part of a view.
+    pub fn from_state(policy: &Policy, state: &RolloutState) -> RolloutView {
+        let rollback_threshold = 1.0 / policy.alpha_per_stream();
+        let advance_threshold = 1.0 / policy.advance_alpha_per_stream();
+        let evidence = state
+            .streams
+            .iter()
+            .map(|s| StreamEvidence {
+                stream: s.id.clone(),
+                check: s.check.clone(),
+                edge: s.edge,
+                rollback_e: s.rollback.e_value(),
+                rollback_threshold,
+                advance_e: s.advance_e(),
+                advance_threshold,
+                step: s.step,
+                total: s.total,
+            })
+            .collect();
+        let paused = (state.phase == Phase::Paused).then(|| PauseInfo {
+            reason: state.reason.clone(),
+            since: state
+                .history
+                .iter()
+                .rev()
+                .find(|r| r.action == Action::Pause)
+                .map(|r| r.at),
+        });
+        RolloutView {
+            api: state.api.clone(),
+            phase: state.phase,
+            step: state.step,
+            steps: policy.steps.clone(),
+            green_percent: telemetry::green_share(state.weights),
+            weights: state.weights,
+            applying_from: state.applying_from,
+            reason: state.reason.clone(),
+            last_decision: state.history.last().map(|r| LastDecision {
+                action: r.action,
+                reason: r.reason.clone(),
+                at: r.at,
+            }),
+            evidence,
+            intent_pending: state.intent.clone(),
+            since: state.step_started_at,
+            rollout_started_at: state.rollout_started_at,
+            last_good_data_at: state.last_good_data_at,
+            paused,
+            revision: state.revision,
+            history: state.history.clone(),
+        }
+    }
+}
+
+/// An in-memory [`StatusSource`]: a fixed list of views and a readiness answer, both settable.
+#[derive(Debug)]
+pub struct StaticStatus {
+    views: Mutex<Vec<RolloutView>>,
+    ready: Mutex<Result<(), String>>,
+}
+
+impl StaticStatus {
+    /// A source serving `views`, not ready until [`StaticStatus::set_ready`] says so.
+    pub fn new(views: Vec<RolloutView>) -> StaticStatus {
+        StaticStatus {
+            views: Mutex::new(views),
+            ready: Mutex::new(Err("starting".into())),
+        }
+    }
+
+    pub fn set_views(&self, views: Vec<RolloutView>) {
+        *lock(&self.views) = views;
+    }
+
+    pub fn set_ready(&self, ready: Result<(), String>) {
+        *lock(&self.ready) = ready;
+    }
+}
+
+impl StatusSource for StaticStatus {
+    fn rollouts(&self) -> Vec<RolloutView> {
+        lock(&self.views).clone()
+    }
+
+    fn ready(&self) -> Result<(), String> {
+        lock(&self.ready).clone()
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    telemetry: Arc<Telemetry>,
+    status: Arc<dyn StatusSource>,
+}
+
+/// Body of every error answer.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+/// The routes, for embedding or testing without a socket.
+pub fn router(telemetry: Arc<Telemetry>, status: Arc<dyn StatusSource>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/api/v1/rollouts", get(rollouts))
+        .route("/api/v1/rollouts/{api}", get(rollout))
+        .fallback(not_found)
+        .with_state(AppState { telemetry, status })
+}
+
+/// Serves the read-only endpoints on `listener` until `shutdown` completes, then finishes the
+/// requests in flight and returns.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    telemetry: Arc<Telemetry>,
+    status: Arc<dyn StatusSource>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "Serving metrics and status over HTTP.");
+    axum::serve(listener, router(telemetry, status))
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    tracing::info!(%addr, "Stopped the HTTP server.");
+    Ok(())
+}
+
+async fn metrics(State(app): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, telemetry::CONTENT_TYPE)],
+        app.telemetry.encode(),
+    )
+        .into_response()
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn readyz(State(app): State<AppState>) -> Response {
+    match app.status.ready() {
+        Ok(()) => (StatusCode::OK, "ready").into_response(),
+        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, reason).into_response(),
+    }
+}
+
+async fn rollouts(State(app): State<AppState>) -> Json<Vec<RolloutView>> {
+    Json(app.status.rollouts())
+}
+
+async fn rollout(State(app): State<AppState>, Path(api): Path<String>) -> Response {
+    match app.status.rollouts().into_iter().find(|v| v.api == api) {
+        Some(view) => Json(view).into_response(),
+        None => error(StatusCode::NOT_FOUND, format!("no rollout for API {api:?}")),
+    }
+}
+
+async fn not_found() -> Response {
+    error(StatusCode::NOT_FOUND, "no such endpoint".to_string())
+}
+
+fn error(status: StatusCode, error: String) -> Response {
+    (status, Json(ErrorBody { error })).into_response()
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{decide, Observation};
+
+    fn t(minute: i64) -> Timestamp {
+        Timestamp::from_second(1_767_571_200 + minute * 60).unwrap()
+    }
+
+    fn empty(minute: i64) -> Observation {
+        Observation {
+            start: t(minute - 1),
+            end: t(minute),
+            checks: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_pending_pause_shows_as_intent_then_as_paused() {
+        let policy = crate::engine::tests::policy();
+        let started = decide(&policy, &RolloutState::new(&policy), &empty(1), t(1)).state;
+        let view = RolloutView::from_state(&policy, &started);
+        assert_eq!(view.phase, Phase::Progressing);
+        assert_eq!(view.green_percent, 5.0);
+        assert_eq!(view.since, Some(t(1)));
+        assert!(view.paused.is_none());
+
+        let mut asked = started.clone();
+        asked.intent = Some(Intent::Pause {
+            reason: "weights changed by hand".into(),
+        });
+        let view = RolloutView::from_state(&policy, &asked);
+        assert_eq!(view.intent_pending, asked.intent);
+        assert!(view.paused.is_none());
+
+        let paused = decide(&policy, &asked, &empty(2), t(2)).state;
+        let view = RolloutView::from_state(&policy, &paused);
+        assert_eq!(view.phase, Phase::Paused);
+        assert_eq!(view.intent_pending, None);
+        let info = view.paused.unwrap();
+        assert_eq!(info.reason.as_deref(), Some("weights changed by hand"));
+        assert_eq!(info.since, Some(t(2)));
+        assert_eq!(view.green_percent, 5.0);
+        let last = view.last_decision.unwrap();
+        assert_eq!((last.action, last.at), (Action::Pause, t(2)));
+    }
+
+    #[test]
+    fn a_fresh_rollout_has_no_green_traffic_and_neutral_evidence() {
+        let policy = crate::engine::tests::policy();
+        let view = RolloutView::from_state(&policy, &RolloutState::new(&policy));
+        assert_eq!(view.phase, Phase::Pending);
+        assert_eq!(view.green_percent, 0.0);
+        assert!(view.last_decision.is_none());
+        let ids: Vec<&str> = view.evidence.iter().map(|e| e.stream.as_str()).collect();
+        assert_eq!(ids, ["errors", "latency@0.25", "latency@1"]);
+        for e in &view.evidence {
+            assert_eq!((e.rollback_e, e.advance_e), (1.0, 1.0));
+            // α = 0.01 and 0.05 split over three streams.
+            assert!((e.rollback_threshold - 300.0).abs() < 1e-9);
+            assert!((e.advance_threshold - 60.0).abs() < 1e-9);
+        }
+    }
+}

@@ -1,0 +1,304 @@
+//! Structured log setup (human or JSON lines on stderr) and the one-line decision log event.
+
+use std::fmt::Write as _;
+
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::EnvFilter;
+
+use crate::engine::{Action, Decision};
+
+/// Filter used when neither an explicit filter nor `RUST_LOG` is given.
+pub const DEFAULT_FILTER: &str = "info";
+
+/// Log target of [`log_decision`], for filters such as `info,greenlight::decision=warn`.
+pub const DECISION_TARGET: &str = "greenlight::decision";
+
+/// Why logging could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum LogInitError {
+    #[error("invalid log filter {filter:?}: {reason}")]
+    Filter { filter: String, reason: String },
+    #[error("a global log subscriber is already installed")]
+    AlreadySet,
+}
+
+/// Installs the global log subscriber writing to stderr: human-readable lines by default, one
+/// JSON object per line with `json`. The filter uses `RUST_LOG` syntax
+/// (`info,greenlight::metrics=debug`); `filter` wins over the `RUST_LOG` variable, which wins
+/// over [`DEFAULT_FILTER`].
+pub fn init_logging(json: bool, filter: Option<&str>) -> Result<(), LogInitError> {
+    let env = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty());
+    let directives = filter.map(str::to_string).or(env);
+    let dispatch = subscriber(json, directives.as_deref(), std::io::stderr)?;
+    tracing::dispatcher::set_global_default(dispatch).map_err(|_| LogInitError::AlreadySet)
+}
+
+/// A subscriber writing to `writer` (stderr in production, a buffer in tests).
+pub(crate) fn subscriber<W>(
+    json: bool,
+    filter: Option<&str>,
+    writer: W,
+) -> Result<tracing::Dispatch, LogInitError>
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    let directives = filter.unwrap_or(DEFAULT_FILTER);
+    let filter = EnvFilter::builder()
+        .parse(directives)
+        .map_err(|e| LogInitError::Filter {
+            filter: directives.to_string(),
+            reason: e.to_string(),
+        })?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer)
+        .with_target(true);
+    Ok(if json {
+        tracing::Dispatch::new(builder.json().flatten_event(true).finish())
+    } else {
+        tracing::Dispatch::new(builder.with_ansi(false).finish())
+    })
+}
+
+/// Logs one decision as one line: fields (api, action, step, green weight, reason, evidence)
+/// then a sentence. Rollbacks are warnings; everything else is informational. Never an error:
+/// a rollback is the progressor doing its job, and its alert goes to the on-call channel.
+///
+/// `evidence` is compact: `stream:R=<rollback E>,A=<advance E>` per stream, space-separated.
+pub fn log_decision(api: &str, decision: &Decision) {
+    let action = decision.action.as_str();
+    let step = decision.state.step;
+    let green_weight = decision.state.weights.green;
+    let reason = decision.reason.as_str();
+    let evidence = compact_evidence(decision);
+    macro_rules! emit {
+        ($level:ident, $message:literal) => {
+            tracing::$level!(
+                target: DECISION_TARGET,
+                %api,
+                action = %action,
+                step,
+                green_weight,
+                reason,
+                evidence = evidence.as_str(),
+                $message
+            )
+        };
+    }
+    match decision.action {
+        Action::Hold => emit!(info, "Holding the canary weight."),
+        Action::Start => emit!(info, "Started the rollout."),
+        Action::Advance => emit!(info, "Advanced the canary one step."),
+        Action::Promote => emit!(info, "Promoted the canary to all traffic."),
+        Action::Rollback => emit!(warn, "Rolled back the canary."),
+        Action::Pause => emit!(info, "Paused the rollout."),
+        Action::Resume => emit!(info, "Resumed the rollout."),
+    }
+}
+
+/// `errors:R=0.52,A=3.1 latency@0.25:R=1.2,A=0.98` from the decision's stream reports.
+fn compact_evidence(decision: &Decision) -> String {
+    let mut out = String::new();
+    for s in &decision.explanation.streams {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        let _ = write!(
+            out,
+            "{}:R={},A={}",
+            s.id,
+            short(s.rollback_e),
+            short(s.advance_e)
+        );
+    }
+    out
+}
+
+/// An e-value in at most a handful of characters: 3 significant digits, scientific when large.
+fn short(x: f64) -> String {
+    if !x.is_finite() {
+        format!("{x}")
+    } else if x != 0.0 && (x.abs() >= 1e4 || x.abs() < 1e-3) {
+        format!("{x:.2e}")
+    } else if x.abs() >= 100.0 {
+        format!("{x:.0}")
+    } else if x.abs() >= 10.0 {
+        format!("{x:.1}")
+    } else {
+        format!("{x:.2}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+    use std::sync::{Arc, Mutex};
+
+    use jiff::Timestamp;
+
+    use super::*;
+    use crate::engine::{decide, Observation, RolloutState};
+    use crate::engine::{CheckData, CheckObservation, Counts, Pair};
+
+    /// A cloneable in-memory writer.
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+
+    impl io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'w> MakeWriter<'w> for Buf {
+        type Writer = Buf;
+        fn make_writer(&'w self) -> Buf {
+            self.clone()
+        }
+    }
+
+    impl Buf {
+        fn text(&self) -> String {
+            String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+        }
+    }
+
+    fn t(minute: i64) -> Timestamp {
+        Timestamp::from_second(1_767_571_200 + minute * 60).unwrap()
+    }
+
+    fn window(minute: i64, green_errors: f64) -> Observation {
+        let pair = |b: f64, g: f64| Pair {
+            blue: Counts::new(11400.0, b),
+            green: Counts::new(600.0, g),
+        };
+        let mut checks = vec![CheckObservation {
+            check: "errors".into(),
+            data: Ok(CheckData::Errors {
+                counts: pair(57.0, green_errors),
+            }),
+        }];
+        checks.push(CheckObservation {
+            check: "latency".into(),
+            data: Ok(CheckData::Latency {
+                edges: [0.25, 1.0]
+                    .into_iter()
+                    .map(|edge| crate::engine::EdgeCounts {
+                        edge,
+                        counts: pair(114.0, 6.0),
+                    })
+                    .collect(),
+            }),
+        });
+        checks.push(CheckObservation {
+            check: "p99".into(),
+            data: Ok(CheckData::Value {
+                green: 0.3,
+                blue: Some(0.3),
+            }),
+        });
+        Observation {
+            start: t(minute - 1),
+            end: t(minute),
+            checks,
+        }
+    }
+
+    /// Decisions of a rollout that starts, warms up, then rolls back on a gross error regression.
+    fn decisions() -> Vec<Decision> {
+        let policy = crate::engine::tests::policy();
+        let mut state = RolloutState::new(&policy);
+        let mut out = Vec::new();
+        for (m, errors) in [(1, 3.0), (2, 3.0), (3, 3.0), (4, 60.0)] {
+            let d = decide(&policy, &state, &window(m, errors), t(m));
+            state = d.state.clone();
+            out.push(d);
+        }
+        assert_eq!(out.last().unwrap().action, Action::Rollback);
+        out
+    }
+
+    fn capture(json: bool, f: impl FnOnce()) -> String {
+        let buf = Buf::default();
+        let dispatch = subscriber(json, None, buf.clone()).unwrap();
+        tracing::dispatcher::with_default(&dispatch, f);
+        buf.text()
+    }
+
+    #[test]
+    fn one_line_per_decision_with_fields_then_a_sentence() {
+        let ds = decisions();
+        let text = capture(false, || {
+            for d in &ds {
+                log_decision("checkout", d);
+            }
+        });
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), ds.len(), "{text}");
+        assert!(
+            lines[0].contains(" INFO greenlight::decision: "),
+            "{}",
+            lines[0]
+        );
+        assert!(lines[0].contains("Started the rollout."));
+        assert!(lines[0].contains("api=checkout action=start step=0 green_weight=5"));
+        let rollback = lines[3];
+        assert!(rollback.contains(" WARN "), "{rollback}");
+        assert!(rollback.contains("Rolled back the canary."));
+        assert!(rollback.contains("green_weight=0"));
+        assert!(rollback.contains("evidence=\"errors:R="), "{rollback}");
+        assert!(rollback.contains(" latency@0.25:R="), "{rollback}");
+        assert!(!text.contains("ERROR"));
+    }
+
+    #[test]
+    fn json_lines_carry_the_fields_and_the_message() {
+        let ds = decisions();
+        let text = capture(true, || log_decision("checkout", &ds[3]));
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 1, "{text}");
+        let v: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+        assert_eq!(v["level"], "WARN");
+        assert_eq!(v["api"], "checkout");
+        assert_eq!(v["action"], "rollback");
+        assert_eq!(v["green_weight"], 0);
+        assert_eq!(v["step"], 0);
+        assert_eq!(v["reason"], ds[3].reason.as_str());
+        assert_eq!(v["message"], "Rolled back the canary.");
+        let evidence = v["evidence"].as_str().unwrap();
+        assert_eq!(evidence.split(' ').count(), 3, "{evidence}");
+    }
+
+    #[test]
+    fn the_filter_silences_info_and_rejects_nonsense() {
+        let buf = Buf::default();
+        let dispatch = subscriber(false, Some("warn"), buf.clone()).unwrap();
+        let ds = decisions();
+        tracing::dispatcher::with_default(&dispatch, || {
+            for d in &ds {
+                log_decision("checkout", d);
+            }
+        });
+        assert_eq!(buf.text().lines().count(), 1);
+        assert!(matches!(
+            subscriber(false, Some("info,=[="), Buf::default()),
+            Err(LogInitError::Filter { .. })
+        ));
+    }
+
+    #[test]
+    fn e_values_print_short() {
+        assert_eq!(short(0.5234), "0.52");
+        assert_eq!(short(12.34), "12.3");
+        assert_eq!(short(523.4), "523");
+        assert_eq!(short(1.5e7), "1.50e7");
+        assert_eq!(short(0.0), "0.00");
+        assert_eq!(short(f64::INFINITY), "inf");
+    }
+}
