@@ -3,10 +3,10 @@
 #![allow(dead_code)]
 
 pub mod alertmanager;
-pub mod prometheus;
-pub mod victoria;
 pub mod consul_double;
 pub mod haproxy;
+pub mod prometheus;
+pub mod victoria;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
