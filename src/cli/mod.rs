@@ -1,9 +1,11 @@
 //! The command-line front: argument parsing and one function per subcommand.
 
 mod check;
+mod ops;
+mod run;
 mod simulate;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
 
@@ -32,6 +34,20 @@ pub enum Command {
     Check(check::CheckArgs),
     /// Run the real engine against a synthetic blue/green pair in accelerated time.
     Simulate(simulate::SimulateArgs),
+    /// Run the daemon: evaluate every policy on its interval and move the weights.
+    Run(run::RunArgs),
+    /// Show each API's rollout: phase, step, weights, evidence, last decision.
+    Status(ops::StatusArgs),
+    /// Start (or restart after a rollback) an API's rollout at the first step.
+    Start(ops::IntentArgs),
+    /// Freeze an API's rollout; weights stay as they are.
+    Pause(ops::IntentArgs),
+    /// Continue a paused rollout at its step.
+    Resume(ops::IntentArgs),
+    /// Send all traffic back to blue.
+    Rollback(ops::IntentArgs),
+    /// Send all traffic to green.
+    Promote(ops::IntentArgs),
 }
 
 /// Runs the parsed command; returns the process exit code.
@@ -39,5 +55,40 @@ pub fn run(cli: Cli) -> i32 {
     match cli.command {
         Command::Check(args) => check::run(cli.config.as_deref(), args),
         Command::Simulate(args) => simulate::run(args),
+        Command::Run(args) => run::run(cli.config.as_deref(), args),
+        Command::Status(args) => ops::status(cli.config.as_deref(), args),
+        Command::Start(args) => ops::intent(cli.config.as_deref(), ops::IntentKind::Start, args),
+        Command::Pause(args) => ops::intent(cli.config.as_deref(), ops::IntentKind::Pause, args),
+        Command::Resume(args) => ops::intent(cli.config.as_deref(), ops::IntentKind::Resume, args),
+        Command::Rollback(args) => {
+            ops::intent(cli.config.as_deref(), ops::IntentKind::Rollback, args)
+        }
+        Command::Promote(args) => {
+            ops::intent(cli.config.as_deref(), ops::IntentKind::Promote, args)
+        }
     }
+}
+
+/// The config at `path`, or the built-in defaults; prints every error and returns exit code 2.
+pub(crate) fn load_config(path: Option<&Path>) -> Result<crate::policy::Config, i32> {
+    match path {
+        None => Ok(crate::policy::Config::default()),
+        Some(p) => crate::policy::Config::load(p).map_err(|errors| {
+            for e in errors {
+                eprintln!("{e}");
+            }
+            EXIT_CONFIG
+        }),
+    }
+}
+
+/// A tokio runtime for the commands that talk to servers.
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, i32> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("error: cannot start the async runtime: {e}");
+            EXIT_FAILURE
+        })
 }

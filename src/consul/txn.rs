@@ -98,6 +98,11 @@ impl TxnOp {
         Self::new("lock", key).value(value).session(session)
     }
 
+    /// Fails the transaction unless `session` holds the lock on the key (fencing).
+    pub fn check_session(key: &str, session: &str) -> Self {
+        Self::new("check-session", key).session(session)
+    }
+
     /// Releases the lock on the key held by `session`, writing `value`.
     pub fn unlock(key: &str, value: &[u8], session: &str) -> Self {
         Self::new("unlock", key).value(value).session(session)

@@ -1,6 +1,7 @@
 //! Weights in two Consul KV keys, read in one transaction and changed by one two-key CAS txn.
 
 use super::{Retry, TrafficError};
+use crate::consul::lock::Fence;
 use crate::consul::{ConsulClient, ConsulError, KvEntry, TxnOp};
 use crate::policy::{Policy, TrafficTarget, Weights};
 
@@ -104,6 +105,18 @@ impl ConsulKv {
         expected: Weights,
         new: Weights,
     ) -> Result<(), TrafficError> {
+        self.write_fenced(policy, expected, new, None).await
+    }
+
+    /// [`ConsulKv::write`] guarded by a lock: the transaction also checks that the fence's
+    /// session still holds its key, so an instance that lost its lock cannot write.
+    pub async fn write_fenced(
+        &self,
+        policy: &Policy,
+        expected: Weights,
+        new: Weights,
+        fence: Option<&Fence>,
+    ) -> Result<(), TrafficError> {
         let (blue, green) = Self::keys(policy)?;
         let mut last = None;
         for round in 0..CAS_ROUNDS {
@@ -119,12 +132,27 @@ impl ConsulKv {
             if found == new {
                 return Ok(());
             }
-            let ops = [
-                TxnOp::cas(blue, new.blue.to_string().as_bytes(), b.modify_index),
-                TxnOp::cas(green, new.green.to_string().as_bytes(), g.modify_index),
-            ];
+            let mut ops = Vec::with_capacity(3);
+            if let Some(f) = fence {
+                ops.push(TxnOp::check_session(&f.key, &f.session));
+            }
+            ops.push(TxnOp::cas(
+                blue,
+                new.blue.to_string().as_bytes(),
+                b.modify_index,
+            ));
+            ops.push(TxnOp::cas(
+                green,
+                new.green.to_string().as_bytes(),
+                g.modify_index,
+            ));
             match self.txn(&ops).await {
                 Ok(_) => return Ok(()),
+                Err(ConsulError::TxnRolledBack(errors))
+                    if fence.is_some() && errors.iter().any(|(i, _)| *i == 0) =>
+                {
+                    return Err(TrafficError::LockLost);
+                }
                 Err(ConsulError::TxnRolledBack(errors)) => {
                     tracing::debug!(api = %policy.api, round, "Weight CAS lost a race; re-reading.");
                     last = Some(ConsulError::TxnRolledBack(errors));

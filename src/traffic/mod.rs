@@ -64,6 +64,9 @@ pub enum TrafficError {
     /// The policy's traffic target is not the kind this actuator drives.
     #[error("policy {api} does not name a {wanted} traffic target")]
     WrongTarget { api: String, wanted: &'static str },
+    /// This instance no longer holds the lock that guards its writes; nothing was written.
+    #[error("this instance lost its lock; nothing written")]
+    LockLost,
     /// Any other Consul failure.
     #[error("{0}")]
     Consul(crate::consul::ConsulError),
@@ -156,8 +159,20 @@ impl Actuator {
         expected: Weights,
         new: Weights,
     ) -> Result<(), TrafficError> {
+        self.write_fenced(policy, expected, new, None).await
+    }
+
+    /// [`Actuator::write`] guarded by a held lock: Consul KV checks the lock in the same
+    /// transaction; the HAProxy and memory targets refuse once the lock is known lost.
+    pub async fn write_fenced(
+        &self,
+        policy: &Policy,
+        expected: Weights,
+        new: Weights,
+        fence: Option<&crate::consul::lock::Fence>,
+    ) -> Result<(), TrafficError> {
         let result = match self {
-            Actuator::ConsulKv(a) => a.write(policy, expected, new).await,
+            Actuator::ConsulKv(a) => a.write_fenced(policy, expected, new, fence).await,
             Actuator::Haproxy(a) => a.write(policy, expected, new).await,
             Actuator::Memory(a) => a.write(policy, expected, new),
         };

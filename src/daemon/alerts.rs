@@ -1,0 +1,274 @@
+//! Turning decisions and daemon events into alert events with their explanation.
+
+use jiff::Timestamp;
+
+use crate::alert::{vmui_link, AlertEvent, EventKind};
+use crate::engine::{Action, Decision, Notice, RolloutState};
+use crate::metrics::template::render;
+use crate::policy::{CheckKind, Policy, Weights};
+
+/// The identity of one rollout, used in alert keys so that re-decisions deduplicate.
+fn rollout_id(state: &RolloutState) -> String {
+    state
+        .rollout_started_at
+        .map(|t| t.as_second().to_string())
+        .unwrap_or_else(|| "none".into())
+}
+
+/// The rendered PromQL queries of a policy for both colours over `window`.
+pub fn queries(policy: &Policy, window: std::time::Duration) -> Vec<String> {
+    let mut out = Vec::new();
+    for check in &policy.checks {
+        let templates: Vec<&String> = match &check.kind {
+            CheckKind::ErrorRate {
+                requests, errors, ..
+            } => vec![requests, errors],
+            CheckKind::LatencyHistogram { buckets, .. } => vec![buckets],
+            CheckKind::Threshold { query, .. } => vec![query],
+        };
+        for t in templates {
+            for colour in ["blue", "green"] {
+                out.push(render(t, colour, window, &policy.api));
+            }
+        }
+    }
+    out
+}
+
+fn weights(w: Weights) -> String {
+    format!("blue={} green={}", w.blue, w.green)
+}
+
+/// Alert events for one decision (rollback, promotion, pause, notices).
+pub fn for_decision(
+    policy: &Policy,
+    before: &RolloutState,
+    d: &Decision,
+    metrics_ui: Option<&str>,
+) -> Vec<AlertEvent> {
+    let mut events = Vec::new();
+    let at = d.explanation.window_end;
+    let id = rollout_id(&d.state);
+    match d.action {
+        Action::Rollback => {
+            let x = &d.explanation;
+            let qs = queries(policy, policy.interval);
+            let mut e = AlertEvent::new(
+                &policy.api,
+                EventKind::Rollback,
+                &id,
+                format!(
+                    "greenlight rolled back {} at {} % green: {}",
+                    policy.api, x.green_percent, d.reason
+                ),
+                at,
+            )
+            .with_field("weights_before", weights(x.weights_before))
+            .with_field("weights_after", weights(x.weights_after))
+            .with_field("step", format!("{} ({} %)", x.step + 1, x.green_percent))
+            .with_field("reason", &d.reason)
+            .with_field("window", format!("{} .. {}", x.window_start, x.window_end));
+            let mut description = format!(
+                "{}\nWeights {} -> {} at step {} ({} % green).\n",
+                d.reason,
+                weights(x.weights_before),
+                weights(x.weights_after),
+                x.step + 1,
+                x.green_percent
+            );
+            for s in &x.streams {
+                let key = s.id.replace(['@', '.'], "_");
+                if let Some(w) = s.window {
+                    e = e
+                        .with_field(
+                            format!("{key}_window_blue"),
+                            format!(
+                                "{:.0}/{:.0} ({:.4})",
+                                w.blue.bad,
+                                w.blue.requests,
+                                w.blue.rate()
+                            ),
+                        )
+                        .with_field(
+                            format!("{key}_window_green"),
+                            format!(
+                                "{:.0}/{:.0} ({:.4})",
+                                w.green.bad,
+                                w.green.requests,
+                                w.green.rate()
+                            ),
+                        );
+                }
+                e = e
+                    .with_field(
+                        format!("{key}_step_blue"),
+                        format!(
+                            "{:.0}/{:.0} ({:.4})",
+                            s.step.blue.bad,
+                            s.step.blue.requests,
+                            s.step.blue.rate()
+                        ),
+                    )
+                    .with_field(
+                        format!("{key}_step_green"),
+                        format!(
+                            "{:.0}/{:.0} ({:.4})",
+                            s.step.green.bad,
+                            s.step.green.requests,
+                            s.step.green.rate()
+                        ),
+                    )
+                    .with_field(
+                        format!("{key}_evidence"),
+                        format!(
+                            "E={:.1} threshold={:.0}",
+                            s.rollback_e, s.rollback_threshold
+                        ),
+                    );
+                description.push_str(&format!(
+                    "{}: green {:.0}/{:.0} ({:.4}) vs blue {:.0}/{:.0} ({:.4}) over the rollout; E = {:.1} (threshold {:.0}).\n",
+                    s.id,
+                    s.total.green.bad,
+                    s.total.green.requests,
+                    s.total.green.rate(),
+                    s.total.blue.bad,
+                    s.total.blue.requests,
+                    s.total.blue.rate(),
+                    s.rollback_e,
+                    s.rollback_threshold
+                ));
+            }
+            for g in &x.guards {
+                description.push_str(&format!(
+                    "{}: green {:?}, blue {:?}, max {:?}, min {:?}, {} of {} failures.\n",
+                    g.check,
+                    g.green,
+                    g.blue,
+                    g.max,
+                    g.min,
+                    g.consecutive_failures,
+                    g.failures_to_rollback
+                ));
+            }
+            for q in &qs {
+                e = e.with_query(q);
+            }
+            if let Some(ui) = metrics_ui {
+                let start = before.rollout_started_at.unwrap_or(x.window_start);
+                e = e.with_link(vmui_link(ui, &qs, start, x.window_end));
+            }
+            events.push(e.with_description(description));
+        }
+        Action::Promote => events.push(
+            AlertEvent::new(
+                &policy.api,
+                EventKind::Promoted,
+                &id,
+                format!(
+                    "greenlight promoted {} to 100 % green: {}",
+                    policy.api, d.reason
+                ),
+                at,
+            )
+            .with_field("weights_after", weights(d.state.weights)),
+        ),
+        Action::Pause => events.push(
+            AlertEvent::new(
+                &policy.api,
+                EventKind::Paused,
+                &format!("{id}-{}", d.state.revision),
+                format!("greenlight paused {}: {}", policy.api, d.reason),
+                at,
+            )
+            .with_field("weights", weights(d.state.weights)),
+        ),
+        _ => {}
+    }
+    for notice in &d.notices {
+        match notice {
+            Notice::MetricsUnavailable { since, detail } => events.push(
+                AlertEvent::new(
+                    &policy.api,
+                    EventKind::MetricsUnavailable,
+                    &format!("{id}-{}", since.as_second()),
+                    format!(
+                        "No usable metrics for {} since {since}; weights frozen at {}",
+                        policy.api,
+                        weights(d.state.weights)
+                    ),
+                    at,
+                )
+                .with_description(detail.clone()),
+            ),
+            Notice::Stuck { since } => events.push(AlertEvent::new(
+                &policy.api,
+                EventKind::Stuck,
+                &format!("{id}-{}", since.as_second()),
+                format!(
+                    "{} has made no progress since {since} (step {}): {}",
+                    policy.api,
+                    d.state.step + 1,
+                    d.reason
+                ),
+                at,
+            )),
+        }
+    }
+    // Metrics are back: resolve the outage alert.
+    if before.no_data_alerted && !d.state.no_data_alerted {
+        let since = before
+            .last_good_data_at
+            .or(before.step_started_at)
+            .unwrap_or(at);
+        events.push(
+            AlertEvent::new(
+                &policy.api,
+                EventKind::MetricsUnavailable,
+                &format!("{id}-{}", since.as_second()),
+                format!("Metrics for {} are usable again", policy.api),
+                at,
+            )
+            .resolve(at),
+        );
+    }
+    events
+}
+
+/// A manual weight change was found: the API is paused.
+pub fn manual_override(
+    policy: &Policy,
+    state: &RolloutState,
+    expected: Weights,
+    found: Weights,
+    at: Timestamp,
+) -> AlertEvent {
+    AlertEvent::new(
+        &policy.api,
+        EventKind::ManualOverride,
+        &format!("{}-{}", rollout_id(state), state.revision),
+        format!(
+            "Weights of {} were changed outside greenlight (expected {}, found {}); rollout paused",
+            policy.api,
+            weights(expected),
+            weights(found)
+        ),
+        at,
+    )
+    .with_field("expected", weights(expected))
+    .with_field("found", weights(found))
+    .with_description(
+        "greenlight never overwrites a human. Resume with `greenlight resume API` to continue \
+         from the current step, or `greenlight rollback API`.",
+    )
+}
+
+/// The progressor itself failed in a way an operator must look at.
+pub fn internal_error(api: &str, what: &str, detail: &str, at: Timestamp) -> AlertEvent {
+    AlertEvent::new(
+        api,
+        EventKind::InternalError,
+        what,
+        format!("greenlight cannot evaluate {api}: {detail}"),
+        at,
+    )
+}

@@ -1,0 +1,136 @@
+//! Rollout state in Consul KV: one JSON document per API under `<prefix>/state/<api>`, always
+//! written by compare-and-set (and, for the daemon, fenced by its lock).
+
+use crate::consul::{ConsulClient, ConsulError, Fence, TxnOp};
+use crate::engine::{Intent, RolloutState};
+use crate::policy::Policy;
+
+/// Why reading or writing a state failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Someone else wrote the state since it was read (an operator intent, another instance).
+    #[error("the state of {api} changed since it was read")]
+    Conflict { api: String },
+    /// The writer's lock is no longer held; nothing was written.
+    #[error("lost the lock guarding writes; the state of {api} was not written")]
+    LockLost { api: String },
+    /// The stored document is not a state this version understands.
+    #[error("the state of {api} at {key} cannot be decoded: {reason}")]
+    Corrupt {
+        api: String,
+        key: String,
+        reason: String,
+    },
+    #[error("Consul: {0}")]
+    Consul(#[from] ConsulError),
+}
+
+/// Reads and writes rollout states.
+#[derive(Debug, Clone)]
+pub struct StateStore {
+    client: ConsulClient,
+    prefix: String,
+}
+
+impl StateStore {
+    pub fn new(client: ConsulClient, prefix: &str) -> Self {
+        StateStore {
+            client,
+            prefix: prefix.trim_end_matches('/').to_string(),
+        }
+    }
+
+    /// The key holding `api`'s state.
+    pub fn key(&self, api: &str) -> String {
+        format!("{}/state/{api}", self.prefix)
+    }
+
+    /// The key of the leader lock.
+    pub fn leader_key(&self) -> String {
+        format!("{}/leader", self.prefix)
+    }
+
+    pub fn client(&self) -> &ConsulClient {
+        &self.client
+    }
+
+    /// The stored state of `policy`'s API and its ModifyIndex, or a fresh state and index 0.
+    pub async fn load(&self, policy: &Policy) -> Result<(RolloutState, u64), StoreError> {
+        let key = self.key(&policy.api);
+        match self.client.get(&key).await? {
+            None => Ok((RolloutState::new(policy), 0)),
+            Some(entry) => {
+                let state: RolloutState =
+                    serde_json::from_slice(&entry.value).map_err(|e| StoreError::Corrupt {
+                        api: policy.api.clone(),
+                        key: key.clone(),
+                        reason: e.to_string(),
+                    })?;
+                Ok((state, entry.modify_index))
+            }
+        }
+    }
+
+    /// Writes `state` if the stored one still has ModifyIndex `index` (0: does not exist yet),
+    /// and, with a fence, only while that lock is held. Returns the new ModifyIndex.
+    pub async fn save(
+        &self,
+        state: &RolloutState,
+        index: u64,
+        fence: Option<&Fence>,
+    ) -> Result<u64, StoreError> {
+        let key = self.key(&state.api);
+        let body = serde_json::to_vec(state).map_err(|e| StoreError::Corrupt {
+            api: state.api.clone(),
+            key: key.clone(),
+            reason: e.to_string(),
+        })?;
+        let mut ops = Vec::with_capacity(2);
+        if let Some(f) = fence {
+            ops.push(TxnOp::check_session(&f.key, &f.session));
+        }
+        ops.push(TxnOp::cas(&key, &body, index));
+        match self.client.txn(&ops).await {
+            Ok(results) => Ok(results
+                .entries
+                .iter()
+                .find(|e| e.key == key)
+                .map(|e| e.modify_index)
+                .unwrap_or(index)),
+            Err(ConsulError::TxnRolledBack(errors)) => {
+                if fence.is_some() && errors.iter().any(|(i, _)| *i == 0) {
+                    Err(StoreError::LockLost {
+                        api: state.api.clone(),
+                    })
+                } else {
+                    Err(StoreError::Conflict {
+                        api: state.api.clone(),
+                    })
+                }
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Records an operator intent on `policy`'s state (compare-and-set, retried on conflicts).
+    /// Returns the state as written.
+    pub async fn set_intent(
+        &self,
+        policy: &Policy,
+        intent: Intent,
+    ) -> Result<RolloutState, StoreError> {
+        let mut last = None;
+        for _ in 0..5 {
+            let (mut state, index) = self.load(policy).await?;
+            state.intent = Some(intent.clone());
+            match self.save(&state, index, None).await {
+                Ok(_) => return Ok(state),
+                Err(StoreError::Conflict { api }) => last = Some(StoreError::Conflict { api }),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or(StoreError::Conflict {
+            api: policy.api.clone(),
+        }))
+    }
+}
