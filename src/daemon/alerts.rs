@@ -3,7 +3,7 @@
 use jiff::Timestamp;
 
 use crate::alert::{vmui_link, AlertEvent, EventKind};
-use crate::engine::{Action, Decision, Notice, RolloutState};
+use crate::engine::{Action, Counts, Decision, Notice, RolloutState};
 use crate::metrics::template::render;
 use crate::policy::{CheckKind, Policy, Weights};
 
@@ -33,6 +33,11 @@ pub fn queries(policy: &Policy, window: std::time::Duration) -> Vec<String> {
         }
     }
     out
+}
+
+/// `bad/requests (rate)`.
+fn counts(c: &Counts) -> String {
+    format!("{:.0}/{:.0} ({:.4})", c.bad, c.requests, c.rate())
 }
 
 fn weights(w: Weights) -> String {
@@ -80,44 +85,12 @@ pub fn for_decision(
                 let key = s.id.replace(['@', '.'], "_");
                 if let Some(w) = s.window {
                     e = e
-                        .with_field(
-                            format!("{key}_window_blue"),
-                            format!(
-                                "{:.0}/{:.0} ({:.4})",
-                                w.blue.bad,
-                                w.blue.requests,
-                                w.blue.rate()
-                            ),
-                        )
-                        .with_field(
-                            format!("{key}_window_green"),
-                            format!(
-                                "{:.0}/{:.0} ({:.4})",
-                                w.green.bad,
-                                w.green.requests,
-                                w.green.rate()
-                            ),
-                        );
+                        .with_field(format!("{key}_window_blue"), counts(&w.blue))
+                        .with_field(format!("{key}_window_green"), counts(&w.green));
                 }
                 e = e
-                    .with_field(
-                        format!("{key}_step_blue"),
-                        format!(
-                            "{:.0}/{:.0} ({:.4})",
-                            s.step.blue.bad,
-                            s.step.blue.requests,
-                            s.step.blue.rate()
-                        ),
-                    )
-                    .with_field(
-                        format!("{key}_step_green"),
-                        format!(
-                            "{:.0}/{:.0} ({:.4})",
-                            s.step.green.bad,
-                            s.step.green.requests,
-                            s.step.green.rate()
-                        ),
-                    )
+                    .with_field(format!("{key}_step_blue"), counts(&s.step.blue))
+                    .with_field(format!("{key}_step_green"), counts(&s.step.green))
                     .with_field(
                         format!("{key}_evidence"),
                         format!(
@@ -126,14 +99,10 @@ pub fn for_decision(
                         ),
                     );
                 description.push_str(&format!(
-                    "{}: green {:.0}/{:.0} ({:.4}) vs blue {:.0}/{:.0} ({:.4}) over the rollout; E = {:.1} (threshold {:.0}).\n",
+                    "{}: green {} vs blue {} over the rollout; E = {:.1} (threshold {:.0}).\n",
                     s.id,
-                    s.total.green.bad,
-                    s.total.green.requests,
-                    s.total.green.rate(),
-                    s.total.blue.bad,
-                    s.total.blue.requests,
-                    s.total.blue.rate(),
+                    counts(&s.total.green),
+                    counts(&s.total.blue),
                     s.rollback_e,
                     s.rollback_threshold
                 ));
