@@ -2,6 +2,7 @@
 
 mod check;
 mod simulate;
+mod sync;
 
 use std::path::PathBuf;
 
@@ -32,6 +33,8 @@ pub enum Command {
     Check(check::CheckArgs),
     /// Run the real engine against a synthetic blue/green pair in accelerated time.
     Simulate(simulate::SimulateArgs),
+    /// Mirror the weights in Consul KV into every HAProxy node (watch, apply, verify, repair).
+    Sync(sync::SyncArgs),
 }
 
 /// Runs the parsed command; returns the process exit code.
@@ -39,5 +42,6 @@ pub fn run(cli: Cli) -> i32 {
     match cli.command {
         Command::Check(args) => check::run(cli.config.as_deref(), args),
         Command::Simulate(args) => simulate::run(args),
+        Command::Sync(args) => sync::run(cli.config.as_deref(), args),
     }
 }
