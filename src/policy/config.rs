@@ -984,7 +984,10 @@ mod tests {
             Path::new("g.toml"),
         )
         .unwrap();
-        assert_eq!(c.sync.listen, "127.0.0.1:9458".parse::<SocketAddr>().unwrap());
+        assert_eq!(
+            c.sync.listen,
+            "127.0.0.1:9458".parse::<SocketAddr>().unwrap()
+        );
         assert_eq!(c.sync.repair_interval, Duration::from_secs(3));
         let e = errors_of("[sync]\nlisten = \"nowhere\"\nrepair_interval = \"0s\"\n");
         assert_eq!(

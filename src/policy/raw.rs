@@ -684,13 +684,13 @@ fn validate_traffic(raw: &Spanned<RawTraffic>, errors: &mut Errors<'_>) -> Optio
                 green: k.green.get_ref().clone(),
             })
         }
-        (None, Some(h)) => validate_haproxy_servers(h.get_ref(), errors).map(|s| {
-            TrafficTarget::Haproxy {
+        (None, Some(h)) => {
+            validate_haproxy_servers(h.get_ref(), errors).map(|s| TrafficTarget::Haproxy {
                 backend: s.backend,
                 blue: s.blue,
                 green: s.green,
-            }
-        }),
+            })
+        }
     };
     let haproxy_backend = match (&t.haproxy_backend, &t.consul_keys) {
         (None, _) => Some(None),
@@ -711,7 +711,10 @@ fn validate_traffic(raw: &Spanned<RawTraffic>, errors: &mut Errors<'_>) -> Optio
     })
 }
 
-fn validate_haproxy_servers(h: &RawHaproxyTarget, errors: &mut Errors<'_>) -> Option<HaproxyServers> {
+fn validate_haproxy_servers(
+    h: &RawHaproxyTarget,
+    errors: &mut Errors<'_>,
+) -> Option<HaproxyServers> {
     let mut ok = true;
     for (what, name) in [
         ("backend", &h.backend),
@@ -1676,9 +1679,14 @@ max = 0.5
         );
         let e = errors_of(&variant(
             keys,
-            &format!("{keys}haproxy_backend = {{ backend = \"b\", blue = \"x\", green = \"x\" }}\n"),
+            &format!(
+                "{keys}haproxy_backend = {{ backend = \"b\", blue = \"x\", green = \"x\" }}\n"
+            ),
         ));
-        assert_eq!(e, vec!["p.toml:7:56: blue and green must be different servers"]);
+        assert_eq!(
+            e,
+            vec!["p.toml:7:56: blue and green must be different servers"]
+        );
         let e = errors_of(&variant(
             keys,
             "haproxy = { backend = \"b\", blue = \"blue\", green = \"green\" }\nhaproxy_backend = { backend = \"b\", blue = \"blue\", green = \"green\" }\n",

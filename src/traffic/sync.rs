@@ -424,7 +424,12 @@ impl Syncer {
     }
 
     /// Blocking-query loop on one key: wakes the worker after every answer.
-    async fn watch_key(self: Arc<Self>, key: String, wake: Arc<Notify>, mut stop: watch::Receiver<bool>) {
+    async fn watch_key(
+        self: Arc<Self>,
+        key: String,
+        wake: Arc<Notify>,
+        mut stop: watch::Receiver<bool>,
+    ) {
         let mut watch = self.consul.watcher(key.clone(), self.settings.watch_wait);
         let mut failures = 0u32;
         loop {
@@ -453,7 +458,12 @@ impl Syncer {
 
     /// One target's worker: a pass at start, on every wake, every repair interval, and after a
     /// backoff while passes fail.
-    async fn work(self: Arc<Self>, index: usize, wake: Arc<Notify>, mut stop: watch::Receiver<bool>) {
+    async fn work(
+        self: Arc<Self>,
+        index: usize,
+        wake: Arc<Notify>,
+        mut stop: watch::Receiver<bool>,
+    ) {
         let target = &self.targets[index];
         let mut memory = NodeMemory::default();
         let mut failures = 0u32;
@@ -478,7 +488,11 @@ impl Syncer {
 
     /// Reads both weights and brings every node in line with them. Nothing is applied unless
     /// both keys hold valid weights.
-    async fn pass(&self, target: &SyncTarget, memory: &mut NodeMemory) -> Result<(), Vec<SyncError>> {
+    async fn pass(
+        &self,
+        target: &SyncTarget,
+        memory: &mut NodeMemory,
+    ) -> Result<(), Vec<SyncError>> {
         let api = target.api();
         let desired = match self.read(target).await {
             Ok(w) => w,
@@ -498,7 +512,6 @@ impl Syncer {
                         source,
                     };
                     node_failed(&self.metrics, &error);
-                    memory.verified.remove(&addr.to_string());
                     errors.push(error);
                 }
             }
@@ -542,7 +555,9 @@ impl Syncer {
             .node_weights(addr, &s.backend, &s.blue, &s.green)
             .await?;
         if live != desired {
-            runtime.apply(&s.backend, &s.blue, &s.green, desired).await?;
+            runtime
+                .apply(&s.backend, &s.blue, &s.green, desired)
+                .await?;
             if memory.verified.get(&node) == Some(&desired) {
                 self.metrics.drift_repaired(api, &node);
                 drift_repaired(api, &node, live, desired);
@@ -672,14 +687,16 @@ mod tests {
         assert_eq!(t.len(), 1);
         assert_eq!((t[0].api(), &t[0].servers), ("a", &servers()));
 
-        let ps = [policy("a", Some(servers()), false), policy("b", None, false)];
+        let ps = [
+            policy("a", Some(servers()), false),
+            policy("b", None, false),
+        ];
         assert_eq!(SyncTarget::from_policies(&ps).unwrap_err(), vec!["b"]);
     }
 
     #[test]
     fn backoff_doubles_and_is_capped() {
-        let consul =
-            ConsulClient::new("http://127.0.0.1:1", None, Duration::from_secs(1)).unwrap();
+        let consul = ConsulClient::new("http://127.0.0.1:1", None, Duration::from_secs(1)).unwrap();
         let s = Syncer::new(
             consul,
             vec![],
@@ -699,7 +716,14 @@ mod tests {
     #[test]
     fn metrics_have_bounded_labels_and_counter_suffixes() {
         let m = SyncMetrics::new();
-        m.verified("checkout", "tcp://127.0.0.1:9999", Weights { blue: 90, green: 10 });
+        m.verified(
+            "checkout",
+            "tcp://127.0.0.1:9999",
+            Weights {
+                blue: 90,
+                green: 10,
+            },
+        );
         m.error(&SyncError::Node {
             api: "checkout".into(),
             node: "tcp://127.0.0.1:9999".into(),
