@@ -14,6 +14,7 @@
 //! - [`daemon`]: the I/O shell: fetch → decide → apply → persist → alert, per policy.
 //! - [`server`]: the progressor's own HTTP endpoints (`/metrics`, `/healthz`, `/api/v1/…`).
 //! - [`sim`]: synthetic blue/green worlds driving the real engine (`simulate`, benchmarks).
+//! - [`demo`]: the demo HTTP service and load generator of the real-stack demo.
 //! - [`cli`]: the command-line front used by the `greenlight` binary.
 //!
 //! `policy`, `stats`, `engine` and `sim` are synchronous and free of I/O; only the daemon awaits.
@@ -22,6 +23,7 @@ pub mod alert;
 pub mod cli;
 pub mod consul;
 pub mod daemon;
+pub mod demo;
 pub mod engine;
 pub mod metrics;
 pub mod policy;

@@ -45,6 +45,7 @@ fn policy(checks: Vec<Check>) -> Policy {
                 green: "green".into(),
             },
             total_weight: 100,
+            haproxy_backend: None,
         },
         schedule: None,
         checks,

@@ -102,6 +102,7 @@ fn policy(api: &str, interval: Duration, checks: Vec<Check>) -> Policy {
                 green: "w/green".into(),
             },
             total_weight: 100,
+            haproxy_backend: None,
         },
         schedule: None,
         checks,

@@ -40,6 +40,7 @@ fn policy(api: &str) -> Policy {
                 green: format!("haproxy/{api}/weights/green?token={SECRET}"),
             },
             total_weight: 100,
+            haproxy_backend: None,
         },
         schedule: None,
         checks: vec![

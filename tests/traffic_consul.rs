@@ -34,6 +34,7 @@ fn policy() -> Policy {
                 green: GREEN.into(),
             },
             total_weight: 100,
+            haproxy_backend: None,
         },
         schedule: None,
         checks: vec![],

@@ -31,6 +31,7 @@ fn policy() -> Policy {
                 green: "green".into(),
             },
             total_weight: 100,
+            haproxy_backend: None,
         },
         schedule: None,
         checks: vec![],

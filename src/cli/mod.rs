@@ -4,6 +4,7 @@ mod check;
 mod ops;
 mod run;
 mod simulate;
+mod sync;
 
 use std::path::{Path, PathBuf};
 
@@ -48,6 +49,8 @@ pub enum Command {
     Rollback(ops::IntentArgs),
     /// Send all traffic to green.
     Promote(ops::IntentArgs),
+    /// Mirror the weights in Consul KV into every HAProxy node (watch, apply, verify, repair).
+    Sync(sync::SyncArgs),
 }
 
 /// Runs the parsed command; returns the process exit code.
@@ -66,6 +69,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Promote(args) => {
             ops::intent(cli.config.as_deref(), ops::IntentKind::Promote, args)
         }
+        Command::Sync(args) => sync::run(cli.config.as_deref(), args),
     }
 }
 

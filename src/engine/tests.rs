@@ -39,6 +39,7 @@ pub(crate) fn policy() -> Policy {
                 green: "haproxy/checkout/weights/green".into(),
             },
             total_weight: 100,
+            haproxy_backend: None,
         },
         schedule: None,
         checks: vec![

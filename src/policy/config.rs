@@ -32,6 +32,16 @@ pub struct Config {
     pub alerts: Vec<AlertChannel>,
     /// Maximum number of APIs evaluated concurrently. Default 32.
     pub max_concurrency: usize,
+    pub sync: SyncConfig,
+}
+
+/// `greenlight sync`: mirrors the Consul weight keys into HAProxy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SyncConfig {
+    /// Address of sync's own `/metrics`. Default `127.0.0.1:8458`.
+    pub listen: SocketAddr,
+    /// How often every node's weights are compared with Consul and repaired. Default 10 s.
+    pub repair_interval: Duration,
 }
 
 /// Where metrics come from.
@@ -295,6 +305,9 @@ struct RawConfig {
     /// Maximum APIs evaluated at once. Default 32.
     #[serde(default = "default_max_concurrency")]
     max_concurrency: Spanned<i64>,
+    /// `[sync]`: `greenlight sync`.
+    #[serde(default = "default_sync")]
+    sync: RawSync,
 }
 
 fn default_policies_dir() -> Spanned<String> {
@@ -496,6 +509,30 @@ fn default_haproxy_nodes() -> Vec<Spanned<String>> {
     vec![unspanned("tcp://127.0.0.1:9999".into())]
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSync {
+    /// Listen address of sync's `/metrics`. Default `"127.0.0.1:8458"`.
+    #[serde(default = "default_sync_listen")]
+    listen: Spanned<String>,
+    /// Drift check period. Default `"10s"`.
+    #[serde(default = "default_repair_interval")]
+    repair_interval: Spanned<HumanDuration>,
+}
+
+fn default_sync() -> RawSync {
+    RawSync {
+        listen: default_sync_listen(),
+        repair_interval: default_repair_interval(),
+    }
+}
+fn default_sync_listen() -> Spanned<String> {
+    unspanned("127.0.0.1:8458".into())
+}
+fn default_repair_interval() -> Spanned<HumanDuration> {
+    duration(10)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 enum RawAlertKind {
@@ -618,21 +655,33 @@ fn parse_node(s: &str) -> Result<HaproxyNode, String> {
     ))
 }
 
+fn validate_listen(
+    raw: &Spanned<String>,
+    field: &str,
+    example: &str,
+    errors: &mut Errors<'_>,
+) -> Option<SocketAddr> {
+    match raw.get_ref().parse::<SocketAddr>() {
+        Ok(addr) => Some(addr),
+        Err(_) => {
+            errors.at(
+                raw.span(),
+                format!(
+                    "{field} must be an address such as \"{example}\", got {:?}",
+                    raw.get_ref()
+                ),
+            );
+            None
+        }
+    }
+}
+
 impl RawConfig {
     fn validate(self, base: &Path, errors: &mut Errors<'_>) -> Option<Config> {
-        let listen = match self.listen.get_ref().parse::<SocketAddr>() {
-            Ok(addr) => Some(addr),
-            Err(_) => {
-                errors.at(
-                    self.listen.span(),
-                    format!(
-                        "listen must be an address such as \"127.0.0.1:8457\", got {:?}",
-                        self.listen.get_ref()
-                    ),
-                );
-                None
-            }
-        };
+        let listen = validate_listen(&self.listen, "listen", "127.0.0.1:8457", errors);
+        let sync_listen =
+            validate_listen(&self.sync.listen, "sync.listen", "127.0.0.1:8458", errors);
+        let repair_interval = positive(&self.sync.repair_interval, "sync.repair_interval", errors);
         for (field, dir) in [
             ("policies_dir", &self.policies_dir),
             ("state_dir", &self.state_dir),
@@ -691,6 +740,10 @@ impl RawConfig {
             haproxy: HaproxyConfig { nodes },
             alerts,
             max_concurrency: usize::try_from(max_concurrency).ok()?,
+            sync: SyncConfig {
+                listen: sync_listen?,
+                repair_interval,
+            },
         })
     }
 }
@@ -917,6 +970,33 @@ mod tests {
         );
         assert!(c.alerts.is_empty());
         assert_eq!(c.max_concurrency, 32);
+        assert_eq!(
+            c.sync.listen,
+            "127.0.0.1:8458".parse::<SocketAddr>().unwrap()
+        );
+        assert_eq!(c.sync.repair_interval, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn sync_section_sets_listen_and_repair_interval() {
+        let c = Config::from_toml(
+            "[sync]\nlisten = \"127.0.0.1:9458\"\nrepair_interval = \"3s\"\n",
+            Path::new("g.toml"),
+        )
+        .unwrap();
+        assert_eq!(
+            c.sync.listen,
+            "127.0.0.1:9458".parse::<SocketAddr>().unwrap()
+        );
+        assert_eq!(c.sync.repair_interval, Duration::from_secs(3));
+        let e = errors_of("[sync]\nlisten = \"nowhere\"\nrepair_interval = \"0s\"\n");
+        assert_eq!(
+            e,
+            vec![
+                "conf/g.toml:2:10: sync.listen must be an address such as \"127.0.0.1:8458\", got \"nowhere\"",
+                "conf/g.toml:3:19: sync.repair_interval must be greater than zero",
+            ]
+        );
     }
 
     #[test]

@@ -16,7 +16,7 @@ use serde::Serialize;
 
 pub use config::{
     AlertChannel, AlertChannelKind, Config, ConsulConfig, HaproxyConfig, HaproxyNode, MetricsAuth,
-    MetricsBackend, MetricsConfig, Secret, SecretError,
+    MetricsBackend, MetricsConfig, Secret, SecretError, SyncConfig,
 };
 pub use load::{load_dir, load_file, load_paths, LoadReport};
 
@@ -83,6 +83,17 @@ pub struct Traffic {
     pub target: TrafficTarget,
     /// Sum of blue and green weights (HAProxy weights are 0–256). Default 100.
     pub total_weight: u32,
+    /// With [`TrafficTarget::ConsulKeys`]: the HAProxy servers `greenlight sync` mirrors the
+    /// keys to. `None` otherwise.
+    pub haproxy_backend: Option<HaproxyServers>,
+}
+
+/// One backend's blue and green servers in HAProxy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HaproxyServers {
+    pub backend: String,
+    pub blue: String,
+    pub green: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

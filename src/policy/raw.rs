@@ -15,8 +15,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
-    Check, CheckKind, MaxStepAction, Policy, PolicyError, Schedule, TimeWindow, Traffic,
-    TrafficTarget,
+    Check, CheckKind, HaproxyServers, MaxStepAction, Policy, PolicyError, Schedule, TimeWindow,
+    Traffic, TrafficTarget,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -295,6 +295,10 @@ struct RawTraffic {
     /// `{ backend = "<backend>", blue = "<server>", green = "<server>" }`: HAProxy Runtime API.
     #[serde(default)]
     haproxy: Option<Spanned<RawHaproxyTarget>>,
+    /// `{ backend, blue, green }`: with `consul_keys` only, the HAProxy servers `greenlight sync`
+    /// mirrors the two keys to.
+    #[serde(default)]
+    haproxy_backend: Option<Spanned<RawHaproxyTarget>>,
     /// Sum of the blue and green weights, 1..=256. Default 100.
     #[serde(default = "default_total_weight")]
     total_weight: Spanned<i64>,
@@ -681,40 +685,62 @@ fn validate_traffic(raw: &Spanned<RawTraffic>, errors: &mut Errors<'_>) -> Optio
             })
         }
         (None, Some(h)) => {
-            let h = h.get_ref();
-            let mut ok = true;
-            for (what, name) in [
-                ("backend", &h.backend),
-                ("blue server", &h.blue),
-                ("green server", &h.green),
-            ] {
-                if !is_haproxy_name(name.get_ref()) {
-                    errors.at(
-                        name.span(),
-                        format!(
-                            "HAProxy {what} name {:?} must be non-empty and use only letters, \
-                             digits, '-', '_', '.' and ':'",
-                            name.get_ref()
-                        ),
-                    );
-                    ok = false;
-                }
-            }
-            if ok && h.blue.get_ref() == h.green.get_ref() {
-                errors.at(h.green.span(), "blue and green must be different servers");
-                ok = false;
-            }
-            ok.then(|| TrafficTarget::Haproxy {
-                backend: h.backend.get_ref().clone(),
-                blue: h.blue.get_ref().clone(),
-                green: h.green.get_ref().clone(),
+            validate_haproxy_servers(h.get_ref(), errors).map(|s| TrafficTarget::Haproxy {
+                backend: s.backend,
+                blue: s.blue,
+                green: s.green,
             })
+        }
+    };
+    let haproxy_backend = match (&t.haproxy_backend, &t.consul_keys) {
+        (None, _) => Some(None),
+        (Some(h), Some(_)) => validate_haproxy_servers(h.get_ref(), errors).map(Some),
+        (Some(h), None) => {
+            errors.at(
+                h.span(),
+                "traffic.haproxy_backend only applies with traffic.consul_keys",
+            );
+            None
         }
     };
     let total_weight = u32::try_from(total).ok().filter(|_| total_ok)?;
     Some(Traffic {
         target: target?,
         total_weight,
+        haproxy_backend: haproxy_backend?,
+    })
+}
+
+fn validate_haproxy_servers(
+    h: &RawHaproxyTarget,
+    errors: &mut Errors<'_>,
+) -> Option<HaproxyServers> {
+    let mut ok = true;
+    for (what, name) in [
+        ("backend", &h.backend),
+        ("blue server", &h.blue),
+        ("green server", &h.green),
+    ] {
+        if !is_haproxy_name(name.get_ref()) {
+            errors.at(
+                name.span(),
+                format!(
+                    "HAProxy {what} name {:?} must be non-empty and use only letters, \
+                     digits, '-', '_', '.' and ':'",
+                    name.get_ref()
+                ),
+            );
+            ok = false;
+        }
+    }
+    if ok && h.blue.get_ref() == h.green.get_ref() {
+        errors.at(h.green.span(), "blue and green must be different servers");
+        ok = false;
+    }
+    ok.then(|| HaproxyServers {
+        backend: h.backend.get_ref().clone(),
+        blue: h.blue.get_ref().clone(),
+        green: h.green.get_ref().clone(),
     })
 }
 
@@ -1621,6 +1647,53 @@ max = 0.5
         assert!(
             e[0].starts_with("p.toml:6:16: total_weight must be between 1 and 256"),
             "{e:?}"
+        );
+    }
+
+    #[test]
+    fn haproxy_backend_names_the_servers_sync_mirrors_consul_keys_to() {
+        let keys = "consul_keys = { blue = \"haproxy/checkout/weights/blue\", green = \"haproxy/checkout/weights/green\" }\n";
+        let with = variant(
+            keys,
+            &format!("{keys}haproxy_backend = {{ backend = \"api_checkout\", blue = \"blue\", green = \"green\" }}\n"),
+        );
+        let p = Policy::from_toml(&with, Path::new("p.toml"), None).unwrap();
+        assert_eq!(
+            p.traffic.haproxy_backend,
+            Some(HaproxyServers {
+                backend: "api_checkout".into(),
+                blue: "blue".into(),
+                green: "green".into()
+            })
+        );
+        let p = Policy::from_toml(GOOD, Path::new("p.toml"), None).unwrap();
+        assert_eq!(p.traffic.haproxy_backend, None);
+
+        let e = errors_of(&variant(
+            keys,
+            &format!("{keys}haproxy_backend = {{ backend = \"api checkout\", blue = \"b\", green = \"b\" }}\n"),
+        ));
+        assert_eq!(
+            e,
+            vec!["p.toml:7:31: HAProxy backend name \"api checkout\" must be non-empty and use only letters, digits, '-', '_', '.' and ':'"]
+        );
+        let e = errors_of(&variant(
+            keys,
+            &format!(
+                "{keys}haproxy_backend = {{ backend = \"b\", blue = \"x\", green = \"x\" }}\n"
+            ),
+        ));
+        assert_eq!(
+            e,
+            vec!["p.toml:7:56: blue and green must be different servers"]
+        );
+        let e = errors_of(&variant(
+            keys,
+            "haproxy = { backend = \"b\", blue = \"blue\", green = \"green\" }\nhaproxy_backend = { backend = \"b\", blue = \"blue\", green = \"green\" }\n",
+        ));
+        assert_eq!(
+            e,
+            vec!["p.toml:7:19: traffic.haproxy_backend only applies with traffic.consul_keys"]
         );
     }
 

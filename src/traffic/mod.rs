@@ -9,6 +9,7 @@
 mod consul_kv;
 mod haproxy;
 mod memory;
+pub mod sync;
 
 use std::future::Future;
 use std::time::Duration;
@@ -16,6 +17,7 @@ use std::time::Duration;
 pub use consul_kv::ConsulKv;
 pub use haproxy::{HaproxyRuntime, RuntimeAddr};
 pub use memory::MemoryTraffic;
+pub use sync::{SyncSettings, SyncTarget, Syncer};
 
 use crate::policy::{Policy, Weights};
 

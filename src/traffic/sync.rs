@@ -1,0 +1,754 @@
+//! `greenlight sync`: mirrors the blue/green weights held in Consul KV into every HAProxy node.
+//!
+//! For each policy whose traffic target is `consul_keys` (with `haproxy_backend` naming the
+//! servers), two blocking-query watchers wake a worker whenever either key changes. The worker
+//! reads both keys in one Consul transaction and, only when both hold integer weights within
+//! HAProxy's 0–256, sets both absolute weights on every node in one Runtime API command line and
+//! reads them back. A key that is missing or not an integer changes nothing: the two colours
+//! always move together. Every `repair_interval` the worker compares each node with Consul again
+//! and re-applies where they differ (a restarted HAProxy comes back with its configured weights).
+//! Failures (Consul or a node unreachable) are retried with a bounded exponential backoff.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use prometheus_client::encoding::{prometheus_text, EncodeLabelSet};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::sync::{watch, Notify};
+
+use super::{ConsulKv, HaproxyRuntime, Retry, RuntimeAddr, TrafficError};
+use crate::consul::ConsulClient;
+use crate::policy::{HaproxyServers, Policy, TrafficTarget, Weights};
+
+/// Largest absolute weight HAProxy accepts.
+pub const MAX_HAPROXY_WEIGHT: u32 = 256;
+
+// Exported metric names. Counters end in `_total` as exposed; the encoder appends it.
+pub const APPLIED_WEIGHT: &str = "greenlight_sync_applied_weight";
+pub const APPLY_ERRORS_TOTAL: &str = "greenlight_sync_apply_errors_total";
+pub const READ_ERRORS_TOTAL: &str = "greenlight_sync_read_errors_total";
+pub const DRIFT_REPAIRS_TOTAL: &str = "greenlight_sync_drift_repairs_total";
+pub const LAST_SUCCESS_TIMESTAMP_SECONDS: &str = "greenlight_sync_last_success_timestamp_seconds";
+
+/// One API to mirror: its Consul keys (from the policy) and its HAProxy servers.
+#[derive(Debug, Clone)]
+pub struct SyncTarget {
+    pub policy: Policy,
+    pub servers: HaproxyServers,
+}
+
+impl SyncTarget {
+    pub fn api(&self) -> &str {
+        &self.policy.api
+    }
+
+    /// The targets of every `consul_keys` policy. Policies with an `haproxy` target are not
+    /// sync's business and are left out; a `consul_keys` policy without `haproxy_backend` cannot
+    /// be mirrored, and its API name is returned in the error (with every other such policy).
+    pub fn from_policies(policies: &[Policy]) -> Result<Vec<SyncTarget>, Vec<String>> {
+        let mut targets = Vec::new();
+        let mut unmapped = Vec::new();
+        for policy in policies {
+            if !matches!(policy.traffic.target, TrafficTarget::ConsulKeys { .. }) {
+                continue;
+            }
+            match &policy.traffic.haproxy_backend {
+                Some(servers) => targets.push(SyncTarget {
+                    policy: policy.clone(),
+                    servers: servers.clone(),
+                }),
+                None => unmapped.push(policy.api.clone()),
+            }
+        }
+        if unmapped.is_empty() {
+            Ok(targets)
+        } else {
+            Err(unmapped)
+        }
+    }
+}
+
+/// Timing of the sync loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncSettings {
+    /// How often every node is compared with Consul (drift repair).
+    pub repair_interval: Duration,
+    /// Wait time of each blocking query.
+    pub watch_wait: Duration,
+    /// Pause after the first failed pass; doubled after each further failure up to
+    /// `backoff_max` (and never beyond `repair_interval`).
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    /// Bounds one Runtime API exchange with a node.
+    pub node_timeout: Duration,
+    /// Passes tried by [`Syncer::once`] before it gives up.
+    pub once_attempts: u32,
+}
+
+impl Default for SyncSettings {
+    fn default() -> Self {
+        SyncSettings {
+            repair_interval: Duration::from_secs(10),
+            watch_wait: Duration::from_secs(300),
+            backoff_initial: Duration::from_millis(200),
+            backoff_max: Duration::from_secs(5),
+            node_timeout: Duration::from_secs(5),
+            once_attempts: 4,
+        }
+    }
+}
+
+/// Why one API could not be brought in line with Consul.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SyncError {
+    /// The weights could not be read from Consul, or a key is missing or not an integer.
+    /// Nothing was applied.
+    #[error("{api}: {source}; nothing applied")]
+    Consul { api: String, source: TrafficError },
+    /// A weight beyond what HAProxy accepts. Nothing was applied.
+    #[error("{api}: weights blue={} green={} exceed HAProxy's maximum of {MAX_HAPROXY_WEIGHT}; nothing applied", .weights.blue, .weights.green)]
+    OutOfRange { api: String, weights: Weights },
+    /// One node could not be set or did not read back the weights.
+    #[error("{api}: {source}")]
+    Node {
+        api: String,
+        node: String,
+        source: TrafficError,
+    },
+}
+
+impl SyncError {
+    fn read_kind(&self) -> Option<&'static str> {
+        match self {
+            SyncError::OutOfRange { .. } => Some("invalid"),
+            SyncError::Consul { source, .. } => Some(match source {
+                TrafficError::Missing { .. } => "missing",
+                TrafficError::BadValue { .. } => "invalid",
+                TrafficError::PermissionDenied(_) => "denied",
+                TrafficError::Unreachable { .. } => "unreachable",
+                _ => "error",
+            }),
+            SyncError::Node { .. } => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct WeightLabels {
+    api: String,
+    node: String,
+    color: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct NodeLabels {
+    api: String,
+    node: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReadLabels {
+    api: String,
+    kind: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ApiLabels {
+    api: String,
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+/// Sync's own metrics registry. Labels are bounded by the configuration: API names from the
+/// policies, node addresses from `haproxy.nodes`, colours and error kinds from the code.
+#[derive(Debug)]
+pub struct SyncMetrics {
+    registry: Registry,
+    applied: Family<WeightLabels, Gauge>,
+    apply_errors: Family<NodeLabels, Counter>,
+    read_errors: Family<ReadLabels, Counter>,
+    drift_repairs: Family<NodeLabels, Counter>,
+    last_success: Family<ApiLabels, FloatGauge>,
+}
+
+impl Default for SyncMetrics {
+    fn default() -> Self {
+        SyncMetrics::new()
+    }
+}
+
+impl SyncMetrics {
+    pub fn new() -> SyncMetrics {
+        let applied = Family::<WeightLabels, Gauge>::default();
+        let apply_errors = Family::<NodeLabels, Counter>::default();
+        let read_errors = Family::<ReadLabels, Counter>::default();
+        let drift_repairs = Family::<NodeLabels, Counter>::default();
+        let last_success = Family::<ApiLabels, FloatGauge>::default();
+        let mut r = Registry::default();
+        r.register(
+            APPLIED_WEIGHT,
+            "Weight verified on an HAProxy node, per API, node and colour",
+            applied.clone(),
+        );
+        r.register(
+            counter_base(APPLY_ERRORS_TOTAL),
+            "Failed attempts to set or verify weights on an HAProxy node, per API and node",
+            apply_errors.clone(),
+        );
+        r.register(
+            counter_base(READ_ERRORS_TOTAL),
+            "Failed or refused reads of the weight keys, per API and kind",
+            read_errors.clone(),
+        );
+        r.register(
+            counter_base(DRIFT_REPAIRS_TOTAL),
+            "Nodes found with weights that drifted from Consul and set again, per API and node",
+            drift_repairs.clone(),
+        );
+        r.register(
+            LAST_SUCCESS_TIMESTAMP_SECONDS,
+            "Unix time of the last pass where every node matched Consul, per API",
+            last_success.clone(),
+        );
+        SyncMetrics {
+            registry: r,
+            applied,
+            apply_errors,
+            read_errors,
+            drift_repairs,
+            last_success,
+        }
+    }
+
+    /// Every metric in the Prometheus text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Err(error) = prometheus_text::encode(&mut out, &self.registry) {
+            tracing::warn!(%error, "Could not encode the sync metrics registry.");
+        }
+        out
+    }
+
+    fn verified(&self, api: &str, node: &str, weights: Weights) {
+        for (color, w) in [("blue", weights.blue), ("green", weights.green)] {
+            self.applied
+                .get_or_create(&WeightLabels {
+                    api: api.to_string(),
+                    node: node.to_string(),
+                    color,
+                })
+                .set(i64::from(w));
+        }
+    }
+
+    fn node_labels(api: &str, node: &str) -> NodeLabels {
+        NodeLabels {
+            api: api.to_string(),
+            node: node.to_string(),
+        }
+    }
+
+    fn error(&self, error: &SyncError) {
+        match error {
+            SyncError::Node { api, node, .. } => {
+                self.apply_errors
+                    .get_or_create(&Self::node_labels(api, node))
+                    .inc();
+            }
+            SyncError::Consul { api, .. } | SyncError::OutOfRange { api, .. } => {
+                let kind = error.read_kind().unwrap_or("error");
+                self.read_errors
+                    .get_or_create(&ReadLabels {
+                        api: api.clone(),
+                        kind,
+                    })
+                    .inc();
+            }
+        }
+    }
+
+    fn drift_repaired(&self, api: &str, node: &str) {
+        self.drift_repairs
+            .get_or_create(&Self::node_labels(api, node))
+            .inc();
+    }
+
+    fn success(&self, api: &str) {
+        let now = jiff::Timestamp::now().as_millisecond() as f64 / 1000.0;
+        self.last_success
+            .get_or_create(&ApiLabels {
+                api: api.to_string(),
+            })
+            .set(now);
+    }
+}
+
+fn counter_base(name: &'static str) -> &'static str {
+    name.strip_suffix("_total").unwrap_or(name)
+}
+
+/// What one worker remembers between passes: the weights last verified on each node.
+#[derive(Debug, Default)]
+struct NodeMemory {
+    verified: HashMap<String, Weights>,
+}
+
+/// Mirrors Consul weight keys into HAProxy nodes.
+#[derive(Debug, Clone)]
+pub struct Syncer {
+    consul: ConsulClient,
+    kv: ConsulKv,
+    nodes: Vec<(RuntimeAddr, HaproxyRuntime)>,
+    targets: Vec<SyncTarget>,
+    settings: SyncSettings,
+    metrics: Arc<SyncMetrics>,
+}
+
+impl Syncer {
+    pub fn new(
+        consul: ConsulClient,
+        nodes: Vec<RuntimeAddr>,
+        targets: Vec<SyncTarget>,
+        settings: SyncSettings,
+    ) -> Syncer {
+        // One attempt per call: the pass itself is retried with backoff, so a node that is down
+        // never holds the others up.
+        let once = Retry {
+            attempts: 1,
+            initial: Duration::ZERO,
+            max: Duration::ZERO,
+        };
+        let kv = ConsulKv::new(consul.clone()).with_retry(once);
+        let nodes = nodes
+            .into_iter()
+            .map(|addr| {
+                let runtime = HaproxyRuntime::new(vec![addr.clone()])
+                    .with_timeout(settings.node_timeout)
+                    .with_retry(once);
+                (addr, runtime)
+            })
+            .collect();
+        Syncer {
+            consul,
+            kv,
+            nodes,
+            targets,
+            settings,
+            metrics: Arc::new(SyncMetrics::new()),
+        }
+    }
+
+    /// The metrics this syncer records (serve them with [`serve_metrics`]).
+    pub fn metrics(&self) -> Arc<SyncMetrics> {
+        self.metrics.clone()
+    }
+
+    pub fn targets(&self) -> &[SyncTarget] {
+        &self.targets
+    }
+
+    /// One pass over every target (read both keys, apply to every node, read back), retried
+    /// with backoff up to `once_attempts` times per target. Returns every remaining error.
+    pub async fn once(&self) -> Result<(), Vec<SyncError>> {
+        let mut errors = Vec::new();
+        for target in &self.targets {
+            let mut memory = NodeMemory::default();
+            let mut attempt = 1;
+            loop {
+                match self.pass(target, &mut memory).await {
+                    Ok(()) => break,
+                    Err(_) if attempt < self.settings.once_attempts.max(1) => {
+                        tokio::time::sleep(self.backoff(attempt)).await;
+                        attempt += 1;
+                    }
+                    Err(e) => {
+                        errors.extend(e);
+                        break;
+                    }
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// Watches and repairs every target until `shutdown` completes, then returns once every
+    /// task has stopped.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut tasks = tokio::task::JoinSet::new();
+        let me = Arc::new(self);
+        for index in 0..me.targets.len() {
+            let wake = Arc::new(Notify::new());
+            let target = &me.targets[index];
+            if let TrafficTarget::ConsulKeys { blue, green } = &target.policy.traffic.target {
+                for key in [blue.clone(), green.clone()] {
+                    tasks.spawn(me.clone().watch_key(key, wake.clone(), stop_rx.clone()));
+                }
+            }
+            tasks.spawn(me.clone().work(index, wake, stop_rx.clone()));
+        }
+        tracing::info!(
+            apis = me.targets.len(),
+            nodes = me.nodes.len(),
+            consul = %me.consul.url(),
+            "Mirroring Consul weights into HAProxy."
+        );
+        shutdown.await;
+        let _ = stop_tx.send(true);
+        while tasks.join_next().await.is_some() {}
+        tracing::info!("Stopped mirroring weights.");
+    }
+
+    fn backoff(&self, failures: u32) -> Duration {
+        let factor = 2u32.saturating_pow(failures.saturating_sub(1).min(16));
+        self.settings
+            .backoff_initial
+            .saturating_mul(factor)
+            .min(self.settings.backoff_max)
+            .min(self.settings.repair_interval)
+    }
+
+    /// Blocking-query loop on one key: wakes the worker after every answer.
+    async fn watch_key(
+        self: Arc<Self>,
+        key: String,
+        wake: Arc<Notify>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let mut watch = self.consul.watcher(key.clone(), self.settings.watch_wait);
+        let mut failures = 0u32;
+        loop {
+            let answer = tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                answer = watch.next() => answer,
+            };
+            let pause = match answer {
+                Ok(_) => {
+                    failures = 0;
+                    wake.notify_one();
+                    continue;
+                }
+                Err(error) => {
+                    failures += 1;
+                    tracing::debug!(%key, %error, failures, "Blocking query on a weight key failed; retrying.");
+                    self.backoff(failures)
+                }
+            };
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                _ = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+
+    /// One target's worker: a pass at start, on every wake, every repair interval, and after a
+    /// backoff while passes fail.
+    async fn work(
+        self: Arc<Self>,
+        index: usize,
+        wake: Arc<Notify>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let target = &self.targets[index];
+        let mut memory = NodeMemory::default();
+        let mut failures = 0u32;
+        loop {
+            let pause = match self.pass(target, &mut memory).await {
+                Ok(()) => {
+                    failures = 0;
+                    self.settings.repair_interval
+                }
+                Err(_) => {
+                    failures += 1;
+                    self.backoff(failures)
+                }
+            };
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+
+    /// Reads both weights and brings every node in line with them. Nothing is applied unless
+    /// both keys hold valid weights.
+    async fn pass(
+        &self,
+        target: &SyncTarget,
+        memory: &mut NodeMemory,
+    ) -> Result<(), Vec<SyncError>> {
+        let api = target.api();
+        let desired = match self.read(target).await {
+            Ok(w) => w,
+            Err(error) => {
+                weights_unreadable(&self.metrics, &error);
+                return Err(vec![error]);
+            }
+        };
+        let mut errors = Vec::new();
+        for (addr, runtime) in &self.nodes {
+            match self.sync_node(target, addr, runtime, desired, memory).await {
+                Ok(()) => {}
+                Err(source) => {
+                    let error = SyncError::Node {
+                        api: api.to_string(),
+                        node: addr.to_string(),
+                        source,
+                    };
+                    node_failed(&self.metrics, &error);
+                    errors.push(error);
+                }
+            }
+        }
+        if errors.is_empty() {
+            self.metrics.success(api);
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+
+    async fn read(&self, target: &SyncTarget) -> Result<Weights, SyncError> {
+        let api = target.api().to_string();
+        let weights = self
+            .kv
+            .read(&target.policy)
+            .await
+            .map_err(|source| SyncError::Consul {
+                api: api.clone(),
+                source,
+            })?;
+        if weights.blue > MAX_HAPROXY_WEIGHT || weights.green > MAX_HAPROXY_WEIGHT {
+            return Err(SyncError::OutOfRange { api, weights });
+        }
+        Ok(weights)
+    }
+
+    async fn sync_node(
+        &self,
+        target: &SyncTarget,
+        addr: &RuntimeAddr,
+        runtime: &HaproxyRuntime,
+        desired: Weights,
+        memory: &mut NodeMemory,
+    ) -> Result<(), TrafficError> {
+        let api = target.api();
+        let node = addr.to_string();
+        let s = &target.servers;
+        let live = runtime
+            .node_weights(addr, &s.backend, &s.blue, &s.green)
+            .await?;
+        if live != desired {
+            runtime
+                .apply(&s.backend, &s.blue, &s.green, desired)
+                .await?;
+            if memory.verified.get(&node) == Some(&desired) {
+                self.metrics.drift_repaired(api, &node);
+                drift_repaired(api, &node, live, desired);
+            } else {
+                weights_applied(api, &node, live, desired);
+            }
+        }
+        self.metrics.verified(api, &node, desired);
+        memory.verified.insert(node, desired);
+        Ok(())
+    }
+}
+
+fn weights_applied(api: &str, node: &str, from: Weights, to: Weights) {
+    tracing::info!(
+        api,
+        node,
+        from_blue = from.blue,
+        from_green = from.green,
+        blue = to.blue,
+        green = to.green,
+        "Applied Consul weights to HAProxy."
+    );
+}
+
+fn drift_repaired(api: &str, node: &str, found: Weights, to: Weights) {
+    tracing::warn!(
+        api,
+        node,
+        found_blue = found.blue,
+        found_green = found.green,
+        blue = to.blue,
+        green = to.green,
+        "HAProxy weights drifted from Consul; set them again."
+    );
+}
+
+fn weights_unreadable(metrics: &SyncMetrics, error: &SyncError) {
+    metrics.error(error);
+    match error.read_kind() {
+        Some("unreachable") => {
+            tracing::warn!(%error, "Could not read the weights from Consul; retrying.")
+        }
+        _ => tracing::error!(%error, "Weight keys are unusable; HAProxy left unchanged."),
+    }
+}
+
+fn node_failed(metrics: &SyncMetrics, error: &SyncError) {
+    metrics.error(error);
+    tracing::warn!(%error, "Could not bring an HAProxy node in line with Consul; retrying.");
+}
+
+/// The `/metrics` and `/healthz` routes of sync's own HTTP server.
+pub fn router(metrics: Arc<SyncMetrics>) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                async move {
+                    (
+                        [(header::CONTENT_TYPE, prometheus_text::CONTENT_TYPE)],
+                        metrics.encode(),
+                    )
+                        .into_response()
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+}
+
+/// Serves [`router`] on `listener` until `shutdown` completes.
+pub async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<SyncMetrics>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "Serving sync metrics over HTTP.");
+    axum::serve(listener, router(metrics))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Traffic;
+
+    fn policy(api: &str, servers: Option<HaproxyServers>, haproxy_target: bool) -> Policy {
+        let mut p = crate::engine::tests::policy();
+        p.api = api.into();
+        p.traffic = Traffic {
+            target: if haproxy_target {
+                TrafficTarget::Haproxy {
+                    backend: "b".into(),
+                    blue: "blue".into(),
+                    green: "green".into(),
+                }
+            } else {
+                TrafficTarget::ConsulKeys {
+                    blue: format!("w/{api}/blue"),
+                    green: format!("w/{api}/green"),
+                }
+            },
+            total_weight: 100,
+            haproxy_backend: servers,
+        };
+        p
+    }
+
+    fn servers() -> HaproxyServers {
+        HaproxyServers {
+            backend: "api_checkout".into(),
+            blue: "blue".into(),
+            green: "green".into(),
+        }
+    }
+
+    #[test]
+    fn targets_come_from_consul_keys_policies_with_servers() {
+        let ps = [
+            policy("a", Some(servers()), false),
+            policy("direct", None, true),
+        ];
+        let t = SyncTarget::from_policies(&ps).unwrap();
+        assert_eq!(t.len(), 1);
+        assert_eq!((t[0].api(), &t[0].servers), ("a", &servers()));
+
+        let ps = [
+            policy("a", Some(servers()), false),
+            policy("b", None, false),
+        ];
+        assert_eq!(SyncTarget::from_policies(&ps).unwrap_err(), vec!["b"]);
+    }
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let consul = ConsulClient::new("http://127.0.0.1:1", None, Duration::from_secs(1)).unwrap();
+        let s = Syncer::new(
+            consul,
+            vec![],
+            vec![],
+            SyncSettings {
+                repair_interval: Duration::from_secs(3),
+                backoff_initial: Duration::from_millis(200),
+                backoff_max: Duration::from_secs(5),
+                ..SyncSettings::default()
+            },
+        );
+        let pauses: Vec<u64> = (1..=6).map(|f| s.backoff(f).as_millis() as u64).collect();
+        assert_eq!(pauses, [200, 400, 800, 1600, 3000, 3000]);
+        assert_eq!(s.backoff(u32::MAX), Duration::from_secs(3));
+    }
+
+    #[test]
+    fn metrics_have_bounded_labels_and_counter_suffixes() {
+        let m = SyncMetrics::new();
+        m.verified(
+            "checkout",
+            "tcp://127.0.0.1:9999",
+            Weights {
+                blue: 90,
+                green: 10,
+            },
+        );
+        m.error(&SyncError::Node {
+            api: "checkout".into(),
+            node: "tcp://127.0.0.1:9999".into(),
+            source: TrafficError::Unreachable {
+                target: "HAProxy".into(),
+                attempts: 1,
+                reason: "refused".into(),
+            },
+        });
+        m.error(&SyncError::Consul {
+            api: "checkout".into(),
+            source: TrafficError::BadValue {
+                key: "k".into(),
+                value: "abc".into(),
+            },
+        });
+        m.drift_repaired("checkout", "tcp://127.0.0.1:9999");
+        let text = m.encode();
+        for line in [
+            "greenlight_sync_applied_weight{api=\"checkout\",node=\"tcp://127.0.0.1:9999\",color=\"green\"} 10",
+            "greenlight_sync_apply_errors_total{api=\"checkout\",node=\"tcp://127.0.0.1:9999\"} 1",
+            "greenlight_sync_read_errors_total{api=\"checkout\",kind=\"invalid\"} 1",
+            "greenlight_sync_drift_repairs_total{api=\"checkout\",node=\"tcp://127.0.0.1:9999\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
+        }
+    }
+}
