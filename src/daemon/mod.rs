@@ -278,6 +278,7 @@ impl Shell {
     ) -> Result<Option<Timestamp>, EvalError> {
         let (mut state, mut index) = self.store.load(policy).await?;
         state.reconcile(policy);
+        let end = aligned_end(now, policy.interval, self.config.metrics.latency_offset);
         let actuator = self.actuator(policy)?;
 
         // The live split.
@@ -302,13 +303,13 @@ impl Shell {
                 self.apply(policy, &actuator, &mut state, &mut index, from, fence, now)
                     .await?;
                 if state.applying_from.is_some() {
-                    return Ok(state.last_window_end);
+                    return Ok(None);
                 }
             } else {
                 let expected = state.weights;
                 self.paused_by_hand(policy, &mut state, &mut index, expected, live, fence, now)
                     .await?;
-                return Ok(state.last_window_end);
+                return Ok(Some(end));
             }
         } else if live != state.weights {
             match state.phase {
@@ -316,7 +317,7 @@ impl Shell {
                     let expected = state.weights;
                     self.paused_by_hand(policy, &mut state, &mut index, expected, live, fence, now)
                         .await?;
-                    return Ok(state.last_window_end);
+                    return Ok(Some(end));
                 }
                 // Paused, promoted or rolled back: people own the weights; follow them quietly.
                 _ => {
@@ -330,7 +331,6 @@ impl Shell {
         // The window to evaluate.
         let interval =
             SignedDuration::try_from(policy.interval).unwrap_or(SignedDuration::from_mins(1));
-        let end = aligned_end(now, policy.interval, self.config.metrics.latency_offset);
         let mut start = end - interval;
         let mut new_window = true;
         if let Some(last) = state.last_window_end {
@@ -342,10 +342,18 @@ impl Shell {
                 tracing::warn!(api = %policy.api, last = %last, end = %end, "Skipping a gap in evaluation; those windows are not counted.");
             }
         }
-        if !new_window && state.intent.is_none() {
-            return Ok(state.last_window_end);
+        // Only a progressing rollout needs the window's data; an operator intent, or the
+        // automatic start of a pending rollout, is decided without it. Anything else (paused,
+        // promoted, rolled back, waiting for `start`) has nothing to decide until an intent.
+        let needs_data = state.phase == Phase::Progressing && state.intent.is_none();
+        let wants_decision = state.intent.is_some()
+            || state.phase == Phase::Progressing
+            || (state.phase == Phase::Pending && policy.auto_start);
+        if !wants_decision || (needs_data && !new_window) {
+            self.status.update(policy, &state);
+            return Ok(Some(end));
         }
-        let obs = if new_window {
+        let obs = if needs_data {
             let t = Instant::now();
             let obs = observe_with(&self.metrics, policy, start, end, &self.observe).await;
             let outcome = if obs
@@ -384,7 +392,14 @@ impl Shell {
         }
         self.status.update(policy, &next);
         self.clear_internal_errors(&policy.api).await;
-        Ok(next.last_window_end)
+        // After an intent the window is still to be counted: come back at the next tick.
+        Ok(
+            if obs.checks.is_empty() && next.phase == Phase::Progressing {
+                None
+            } else {
+                Some(end)
+            },
+        )
     }
 
     /// Moves the live weights from `from` to `state.weights` and clears the pending mark; on a
@@ -570,6 +585,11 @@ pub async fn run(
         if *stop_rx.borrow() {
             return Ok(());
         }
+        // Followers are ready too, as long as Consul answers.
+        let probe = shell.store.client().get(&leader_key).await;
+        shell
+            .status
+            .set_consul(probe.as_ref().map(|_| ()).map_err(|e| e.to_string()));
         // Become the leader.
         let lock = if opts.once {
             match Lock::try_acquire(shell.store.client(), &leader_key, &lock_opts).await? {
