@@ -1,6 +1,8 @@
 //! The command-line front: argument parsing and one function per subcommand.
 
+mod calibrate;
 mod check;
+mod replay;
 mod simulate;
 
 use std::path::PathBuf;
@@ -32,6 +34,10 @@ pub enum Command {
     Check(check::CheckArgs),
     /// Run the real engine against a synthetic blue/green pair in accelerated time.
     Simulate(simulate::SimulateArgs),
+    /// Backtest a policy on recorded metrics: the decisions greenlight would have taken.
+    Replay(replay::ReplayArgs),
+    /// Estimate each check's overdispersion φ from history where blue and green are the same.
+    Calibrate(calibrate::CalibrateArgs),
 }
 
 /// Runs the parsed command; returns the process exit code.
@@ -39,5 +45,7 @@ pub fn run(cli: Cli) -> i32 {
     match cli.command {
         Command::Check(args) => check::run(cli.config.as_deref(), args),
         Command::Simulate(args) => simulate::run(args),
+        Command::Replay(args) => replay::run(cli.config.as_deref(), args),
+        Command::Calibrate(args) => calibrate::run(cli.config.as_deref(), args),
     }
 }

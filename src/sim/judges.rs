@@ -414,8 +414,8 @@ pub fn oracle_stream(
                 for e in edges {
                     let median = scenario.latency_median_s;
                     let blue = 1.0 - lognormal_cdf(*e, median, scenario.latency_sigma);
-                    let green = 1.0
-                        - lognormal_cdf(*e, median * scenario.latency_multiplier, green_sigma);
+                    let green =
+                        1.0 - lognormal_cdf(*e, median * scenario.latency_multiplier, green_sigma);
                     consider(blue, green / blue, &check.name, Some(*e));
                 }
             }
@@ -458,7 +458,8 @@ impl Sprt {
                 let r = self.stream.ratio;
                 let p0 = ng / (ng + nb);
                 let p1 = ng * r / (ng * r + nb);
-                self.llr += c.green.bad * (p1 / p0).ln() + c.blue.bad * ((1.0 - p1) / (1.0 - p0)).ln();
+                self.llr +=
+                    c.green.bad * (p1 / p0).ln() + c.blue.bad * ((1.0 - p1) / (1.0 - p0)).ln();
             }
         }
         self.crossed()
@@ -552,7 +553,8 @@ pub fn run_judge(
     let start = default_start(policy);
     let mut world =
         World::new(policy, scenario, settings.seed).with_green_sigma(settings.green_sigma);
-    let interval = SignedDuration::try_from(policy.interval).unwrap_or(SignedDuration::from_mins(1));
+    let interval =
+        SignedDuration::try_from(policy.interval).unwrap_or(SignedDuration::from_mins(1));
     let mut shadow = settings
         .shadow
         .clone()
@@ -682,7 +684,7 @@ mod tests {
     #[test]
     fn flagger_counts_missing_data_and_slow_p99_as_failures() {
         let p = policy();
-        let mut f = Flagger::new(&p, t(0));
+        let f = Flagger::new(&p, t(0));
         let mut outage = obs((100.0, 0.0), (9900.0, 50.0), 0.3);
         outage.checks[0].data = Err(crate::engine::DataProblem::NoData);
         assert!(!f.checks_pass(&outage));
@@ -708,13 +710,17 @@ mod tests {
 
     #[test]
     fn kayenta_flags_a_clear_increase_and_passes_noise() {
-        let blue = [0.005, 0.006, 0.004, 0.005, 0.0055, 0.0045, 0.005, 0.006, 0.004, 0.005];
+        let blue = [
+            0.005, 0.006, 0.004, 0.005, 0.0055, 0.0045, 0.005, 0.006, 0.004, 0.005,
+        ];
         let worse: Vec<f64> = blue.iter().map(|x| x * 3.0).collect();
         assert_eq!(
             kayenta_classify(&worse, &blue, 0.98, 0.25),
             Classification::High
         );
-        let same = [0.0052, 0.0058, 0.0041, 0.005, 0.0054, 0.0046, 0.0049, 0.006, 0.0042, 0.0051];
+        let same = [
+            0.0052, 0.0058, 0.0041, 0.005, 0.0054, 0.0046, 0.0049, 0.006, 0.0042, 0.0051,
+        ];
         assert_eq!(
             kayenta_classify(&same, &blue, 0.98, 0.25),
             Classification::Pass
