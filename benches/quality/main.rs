@@ -115,8 +115,11 @@ fn options() -> Options {
     o
 }
 
-/// What `greenlight calibrate` would recommend for this world: φ from two hours of blue vs blue
-/// (a 50/50 split of one version), per error check; the policy is updated with it.
+/// greenlight's policy for this world: the bench policy with φ set to what `greenlight
+/// calibrate` would recommend from two hours of blue vs blue (a 50/50 split of one version),
+/// and without the absolute p99 guard. The guard is a fixed-horizon threshold outside the α
+/// budget: on 5 req/s its three-windows-in-a-row rule alone rolled back 3 % of healthy runs
+/// (a p99 of a few dozen requests is their maximum). The baselines still read the p99 from it.
 fn calibrated(policy: &Policy, scenario: &Scenario) -> (Policy, f64) {
     let aa = Scenario {
         error_multiplier: 1.0,
@@ -142,6 +145,8 @@ fn calibrated(policy: &Policy, scenario: &Scenario) -> (Policy, f64) {
         .map(|d| d.recommended_phi)
         .unwrap_or(1.0);
     let mut p = policy.clone();
+    p.checks
+        .retain(|c| !matches!(c.kind, CheckKind::Threshold { .. }));
     for c in &mut p.checks {
         if let CheckKind::ErrorRate { overdispersion, .. } = &mut c.kind {
             *overdispersion = phi;
@@ -404,7 +409,8 @@ fn markdown(
          until the rollback; a promoted bad green keeps serving all traffic until the 24 h horizon. \
          The oracle knows which stream regressed and by how much and advances on the schedule; \
          it cannot falsely roll back. greenlight's φ is what `greenlight calibrate` recommends \
-         from two hours of blue-vs-blue traffic of the same world."
+         from two hours of blue-vs-blue traffic of the same world; greenlight runs without the \
+         policy's absolute p99 guard (outside its α budget), which the baselines read their p99 from."
     );
     s
 }
