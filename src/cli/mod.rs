@@ -1,7 +1,9 @@
 //! The command-line front: argument parsing and one function per subcommand.
 
+mod calibrate;
 mod check;
 mod ops;
+mod replay;
 mod run;
 mod simulate;
 mod sync;
@@ -51,6 +53,10 @@ pub enum Command {
     Promote(ops::IntentArgs),
     /// Mirror the weights in Consul KV into every HAProxy node (watch, apply, verify, repair).
     Sync(sync::SyncArgs),
+    /// Backtest a policy on recorded metrics: the decisions greenlight would have taken.
+    Replay(replay::ReplayArgs),
+    /// Estimate each check's overdispersion φ from history where blue and green are the same.
+    Calibrate(calibrate::CalibrateArgs),
 }
 
 /// Runs the parsed command; returns the process exit code.
@@ -70,6 +76,8 @@ pub fn run(cli: Cli) -> i32 {
             ops::intent(cli.config.as_deref(), ops::IntentKind::Promote, args)
         }
         Command::Sync(args) => sync::run(cli.config.as_deref(), args),
+        Command::Replay(args) => replay::run(cli.config.as_deref(), args),
+        Command::Calibrate(args) => calibrate::run(cli.config.as_deref(), args),
     }
 }
 

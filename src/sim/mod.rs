@@ -7,6 +7,8 @@
 //! query as a latency quantile when it is `histogram_quantile(q, …)`, otherwise as the colour's
 //! error ratio.
 
+pub mod judges;
+pub mod replay;
 mod scenario;
 
 use std::time::Duration;
@@ -103,6 +105,19 @@ pub struct World<'a> {
     rng: StdRng,
     buckets: Vec<f64>,
     top_edge: Option<f64>,
+    /// Log-normal σ of green's latency (blue uses the scenario's).
+    green_sigma: f64,
+}
+
+/// One drawn window: what the engine sees and what green really served.
+#[derive(Debug, Clone)]
+pub struct Draw {
+    pub observation: Observation,
+    pub blue: Counts,
+    /// Green's requests and errors.
+    pub green: Counts,
+    /// Green requests that failed or were slower than the policy's highest latency edge.
+    pub bad_green: u64,
 }
 
 /// What one colour did in one window.
@@ -165,17 +180,51 @@ impl<'a> World<'a> {
             rng: StdRng::seed_from_u64(seed),
             buckets,
             top_edge,
+            green_sigma: scenario.latency_sigma,
+        }
+    }
+
+    /// Gives green's latency its own log-normal σ (a wider tail at the same median) while the
+    /// regression applies.
+    pub fn with_green_sigma(mut self, sigma: f64) -> Self {
+        self.green_sigma = sigma;
+        self
+    }
+
+    /// Draws the window `[start, end)`, `elapsed` into the rollout (for diurnal load and
+    /// outages), at `green_share` (0–1) with green at step index `step`. The same seed and the
+    /// same sequence of arguments give the same draws.
+    pub fn draw(
+        &mut self,
+        start: Timestamp,
+        end: Timestamp,
+        elapsed: Duration,
+        green_share: f64,
+        step: usize,
+    ) -> Draw {
+        let (observation, blue, green, bad_green) =
+            self.window(start, end, elapsed, green_share, step);
+        Draw {
+            observation,
+            blue,
+            green,
+            bad_green,
         }
     }
 
     /// Draws one colour's window.
-    fn colour(&mut self, requests: u64, error_rate: f64, latency_scale: f64) -> ColourWindow {
+    fn colour(
+        &mut self,
+        requests: u64,
+        error_rate: f64,
+        latency_scale: f64,
+        sigma: f64,
+    ) -> ColourWindow {
         let noise = self.noise();
         let p_err = (error_rate * noise).clamp(0.0, 1.0);
         let errors = binomial(&mut self.rng, requests, p_err);
         // Multinomial over the buckets by sequential conditional binomials.
         let median = self.scenario.latency_median_s * latency_scale;
-        let sigma = self.scenario.latency_sigma;
         let mut cumulative = Vec::with_capacity(self.buckets.len());
         let mut below = 0u64;
         let mut p_below = 0.0;
@@ -237,16 +286,23 @@ impl<'a> World<'a> {
         let n_g = binomial(&mut self.rng, total, green_share.clamp(0.0, 1.0));
         let n_b = total - n_g;
         let regressed = step >= self.scenario.regression_from_step;
-        let (err_mult, lat_mult) = if regressed {
+        let (err_mult, lat_mult, green_sigma) = if regressed {
             (
                 self.scenario.error_multiplier,
                 self.scenario.latency_multiplier,
+                self.green_sigma,
             )
         } else {
-            (1.0, 1.0)
+            (1.0, 1.0, self.scenario.latency_sigma)
         };
-        let blue = self.colour(n_b, self.scenario.blue_error_rate, 1.0);
-        let green = self.colour(n_g, self.scenario.blue_error_rate * err_mult, lat_mult);
+        let blue_sigma = self.scenario.latency_sigma;
+        let blue = self.colour(n_b, self.scenario.blue_error_rate, 1.0, blue_sigma);
+        let green = self.colour(
+            n_g,
+            self.scenario.blue_error_rate * err_mult,
+            lat_mult,
+            green_sigma,
+        );
         let bad_green = green.errors
             + self
                 .top_edge
@@ -408,7 +464,7 @@ fn quantile_of(query: &str) -> Option<f64> {
     rest.split(',').next()?.trim().parse().ok()
 }
 
-fn lognormal_cdf(x: f64, median: f64, sigma: f64) -> f64 {
+pub(crate) fn lognormal_cdf(x: f64, median: f64, sigma: f64) -> f64 {
     if x <= 0.0 {
         return 0.0;
     }
