@@ -31,7 +31,11 @@ fn assert_holds(stack: &Stack, before: &Value, metrics_url: &str, problem: &[&st
     let run = stack.greenlight(&cfg, &["run", "--once"], &[]);
     run.expect_code(0);
     let after = stack.state().unwrap();
-    assert_eq!(revision(&after), revision(before) + 1, "one decision: {after}");
+    assert_eq!(
+        revision(&after),
+        revision(before) + 1,
+        "one decision: {after}"
+    );
     let record = last_record(&after);
     assert_eq!(record["action"], "hold", "{record}");
     let reason = record["reason"].as_str().unwrap();
@@ -141,7 +145,8 @@ fn consul_weights_edited_by_hand_pause_the_api_keep_the_edit_and_alert() {
         format!("{}/hook", hook.url()),
     )
     .unwrap();
-    let alerts = "[[alert]]\nname = \"oncall\"\nkind = \"webhook\"\nurl = { file = \"hook-url\" }\n";
+    let alerts =
+        "[[alert]]\nname = \"oncall\"\nkind = \"webhook\"\nurl = { file = \"hook-url\" }\n";
     let cfg = stack.config_with("a", listen_addr(), &Stack::unreachable_url(), alerts);
 
     // First run: the keys are created and green goes to the first step.
