@@ -4,268 +4,13 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 use serde_json::Value;
-use support::consul_double::ConsulDouble;
-use support::haproxy::Haproxy;
-use support::victoria::{ImportSeries, Victoria};
-use support::{eventually, free_port, http, Proc};
-
-const STATE_KEY: &str = "greenlight/state/checkout";
-
-/// Error probability per colour used by the feeder; changeable during a test.
-#[derive(Clone, Copy)]
-struct ErrorRates {
-    blue: f64,
-    green: f64,
-}
-
-/// Sends requests through HAProxy and imports the per-colour counts into VictoriaMetrics.
-struct Feeder {
-    stop: Arc<AtomicBool>,
-    served: Arc<Mutex<HashMap<String, u64>>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Feeder {
-    fn start(haproxy: &Haproxy, vm: &Victoria, rates: ErrorRates, seed: u64) -> Feeder {
-        let stop = Arc::new(AtomicBool::new(false));
-        let rates = Arc::new(Mutex::new(rates));
-        let served = Arc::new(Mutex::new(HashMap::new()));
-        let app = haproxy.app;
-        let vm_addr = vm.addr;
-        let (stop2, rates2, served2) = (stop.clone(), rates.clone(), served.clone());
-        let thread = std::thread::spawn(move || {
-            let mut rng = StdRng::seed_from_u64(seed);
-            // Cumulative counters: (cluster, code) → count.
-            let mut counters: HashMap<(String, &str), f64> = HashMap::new();
-            for c in ["blue", "green"] {
-                for code in ["200", "500"] {
-                    counters.insert((c.to_string(), code), 0.0);
-                }
-            }
-            let mut round = 0u64;
-            while !stop2.load(Ordering::SeqCst) {
-                let r = *rates2.lock().unwrap();
-                for _ in 0..12 {
-                    let Some(colour) = served_by(app) else {
-                        continue;
-                    };
-                    *served2.lock().unwrap().entry(colour.clone()).or_insert(0) += 1;
-                    let p = if colour == "green" { r.green } else { r.blue };
-                    let code = if rng.random::<f64>() < p {
-                        "500"
-                    } else {
-                        "200"
-                    };
-                    *counters.entry((colour, code)).or_insert(0.0) += 1.0;
-                }
-                round += 1;
-                if round % 2 == 0 {
-                    let now = jiff::Timestamp::now().as_millisecond();
-                    let series: Vec<ImportSeries> = counters
-                        .iter()
-                        .map(|((c, code), v)| {
-                            ImportSeries::new(
-                                "http_requests_total",
-                                &[("cluster", c.as_str()), ("code", code)],
-                                vec![(now, *v)],
-                            )
-                        })
-                        .collect();
-                    import(vm_addr, &series);
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        });
-        Feeder {
-            stop,
-            served,
-            thread: Some(thread),
-        }
-    }
-
-    fn reset_served(&self) {
-        self.served.lock().unwrap().clear();
-    }
-}
-
-impl Drop for Feeder {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn served_by(app: SocketAddr) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect_timeout(&app, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET / HTTP/1.1\r\nHost: checkout\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).ok()?;
-    raw.lines().find_map(|l| {
-        let (name, value) = l.split_once(':')?;
-        name.eq_ignore_ascii_case("x-served-by")
-            .then(|| value.trim().to_string())
-    })
-}
-
-fn import(vm: SocketAddr, series: &[ImportSeries]) {
-    let body: String = series
-        .iter()
-        .map(|s| {
-            let labels: Vec<String> = s.labels[1..]
-                .iter()
-                .map(|(k, v)| format!("{k}=\"{v}\""))
-                .collect();
-            format!(
-                "{}{{{}}} {} {}\n",
-                s.labels[0].1,
-                labels.join(","),
-                s.samples[0].1,
-                s.samples[0].0
-            )
-        })
-        .collect();
-    let _ = http(vm, "POST", "/api/v1/import/prometheus", body.as_bytes());
-    let _ = http(vm, "GET", "/internal/force_flush", b"");
-}
-
-/// The servers of one test and the daemon's files.
-struct Stack {
-    consul: ConsulDouble,
-    vm: Victoria,
-    haproxy: Haproxy,
-    dir: tempfile::TempDir,
-}
-
-const POLICY: &str = r#"
-api = "checkout"
-interval = "2s"
-steps = [10, 50, 100]
-min_step_duration = "2s"
-min_green_requests_per_step = 20
-false_rollback_rate = 0.01
-warmup_intervals = 1
-no_data_alert_after = "6s"
-
-[traffic]
-haproxy = { backend = "api_checkout", blue = "blue", green = "green" }
-
-[[check]]
-name = "errors"
-kind = "error_rate"
-requests = 'sum(increase(http_requests_total{cluster="{color}"}[{interval}]))'
-errors = 'sum(increase(http_requests_total{cluster="{color}",code="500"}[{interval}]))'
-advance_max_rate = 0.05
-min_errors = 3
-"#;
-
-impl Stack {
-    fn start() -> Stack {
-        let consul = ConsulDouble::start();
-        let vm = Victoria::start();
-        let haproxy = Haproxy::start();
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("policies")).unwrap();
-        std::fs::write(dir.path().join("policies/checkout.toml"), POLICY).unwrap();
-        Stack {
-            consul,
-            vm,
-            haproxy,
-            dir,
-        }
-    }
-
-    /// Writes a daemon config whose HTTP server listens on `listen`; returns its path.
-    fn config(&self, name: &str, listen: SocketAddr, metrics_url: &str) -> PathBuf {
-        let path = self.dir.path().join(format!("{name}.toml"));
-        let text = format!(
-            r#"
-policies_dir = "policies"
-listen = "{listen}"
-state_dir = "state-{name}"
-[metrics]
-url = "{metrics_url}"
-kind = "victoriametrics"
-timeout = "1s"
-latency_offset = "1s"
-max_staleness = "1m"
-[consul]
-url = "{consul}"
-session_ttl = "10s"
-lock_delay = "1s"
-[haproxy]
-nodes = ["{haproxy}"]
-"#,
-            consul = self.consul.url(),
-            haproxy = self.haproxy.tcp_url(),
-        );
-        std::fs::write(&path, text).unwrap();
-        path
-    }
-
-    fn daemon(&self, name: &str, config: &Path, extra: &[&str]) -> Proc {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_greenlight"));
-        cmd.current_dir(self.dir.path())
-            .arg("--config")
-            .arg(config)
-            .arg("run")
-            .args(["--instance", name])
-            .args(extra)
-            .env("RUST_LOG", "info");
-        Proc::spawn(name, cmd, self.dir.path())
-    }
-
-    fn state(&self) -> Option<Value> {
-        let raw = self.consul.value(STATE_KEY)?;
-        serde_json::from_slice(&raw).ok()
-    }
-
-    fn wait_state(&self, what: &str, deadline: Duration, f: impl Fn(&Value) -> bool) -> Value {
-        eventually(what, deadline, || self.state().filter(|s| f(s)))
-    }
-
-    fn green_weight(&self) -> u32 {
-        let reply = self.haproxy.runtime("get weight api_checkout/green");
-        reply.split_whitespace().next().unwrap().parse().unwrap()
-    }
-}
-
-fn phase(s: &Value) -> &str {
-    s["phase"].as_str().unwrap_or("")
-}
-
-fn step(s: &Value) -> u64 {
-    s["step"].as_u64().unwrap_or(0)
-}
-
-fn actions(s: &Value) -> Vec<String> {
-    s["history"]
-        .as_array()
-        .map(|h| {
-            h.iter()
-                .map(|r| r["action"].as_str().unwrap_or("").to_string())
-                .collect()
-        })
-        .unwrap_or_default()
-}
+use support::stack::{actions, phase, step, ErrorRates, Feeder, Stack};
+use support::victoria::Victoria;
+use support::{eventually, free_port, http};
 
 fn metrics_url(vm: &Victoria) -> String {
     vm.url()
@@ -276,7 +21,7 @@ fn healthy_green_advances_through_every_step_and_is_promoted() {
     let stack = Stack::start();
     let feeder = Feeder::start(
         &stack.haproxy,
-        &stack.vm,
+        stack.vm(),
         ErrorRates {
             blue: 0.0,
             green: 0.0,
@@ -284,7 +29,7 @@ fn healthy_green_advances_through_every_step_and_is_promoted() {
         1,
     );
     let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let cfg = stack.config("a", listen, &metrics_url(&stack.vm));
+    let cfg = stack.config("a", listen, &metrics_url(stack.vm()));
     let mut daemon = stack.daemon("a", &cfg, &[]);
 
     let mut greens_seen = vec![];
@@ -333,7 +78,7 @@ fn bad_green_is_rolled_back_and_stops_receiving_traffic() {
     let stack = Stack::start();
     let feeder = Feeder::start(
         &stack.haproxy,
-        &stack.vm,
+        stack.vm(),
         ErrorRates {
             blue: 0.01,
             green: 0.4,
@@ -343,7 +88,7 @@ fn bad_green_is_rolled_back_and_stops_receiving_traffic() {
     let cfg = stack.config(
         "a",
         format!("127.0.0.1:{}", free_port()).parse().unwrap(),
-        &metrics_url(&stack.vm),
+        &metrics_url(stack.vm()),
     );
     let _daemon = stack.daemon("a", &cfg, &[]);
     let state = stack.wait_state("rollback", Duration::from_secs(60), |s| {
@@ -366,7 +111,7 @@ fn killed_mid_rollout_and_restarted_continues_with_the_same_step_and_evidence() 
     // Enough errors on both colours for evidence to accumulate, green no worse.
     let _feeder = Feeder::start(
         &stack.haproxy,
-        &stack.vm,
+        stack.vm(),
         ErrorRates {
             blue: 0.02,
             green: 0.02,
@@ -376,7 +121,7 @@ fn killed_mid_rollout_and_restarted_continues_with_the_same_step_and_evidence() 
     let cfg = stack.config(
         "a",
         format!("127.0.0.1:{}", free_port()).parse().unwrap(),
-        &metrics_url(&stack.vm),
+        &metrics_url(stack.vm()),
     );
     let mut first = stack.daemon("a", &cfg, &[]);
     // Wait until the rollout is at step 1 with evidence counted there.
@@ -423,7 +168,7 @@ fn two_daemons_only_one_acts_and_the_other_takes_over() {
     let stack = Stack::start();
     let _feeder = Feeder::start(
         &stack.haproxy,
-        &stack.vm,
+        stack.vm(),
         ErrorRates {
             blue: 0.02,
             green: 0.02,
@@ -432,8 +177,8 @@ fn two_daemons_only_one_acts_and_the_other_takes_over() {
     );
     let la: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let lb: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let ca = stack.config("a", la, &metrics_url(&stack.vm));
-    let cb = stack.config("b", lb, &metrics_url(&stack.vm));
+    let ca = stack.config("a", la, &metrics_url(stack.vm()));
+    let cb = stack.config("b", lb, &metrics_url(stack.vm()));
     let mut a = stack.daemon("a", &ca, &[]);
     let mut b = stack.daemon("b", &cb, &[]);
     let leader = |addr: SocketAddr| -> Option<bool> {
@@ -475,7 +220,7 @@ fn a_weight_changed_by_hand_pauses_the_rollout_and_is_never_overwritten() {
     let stack = Stack::start();
     let _feeder = Feeder::start(
         &stack.haproxy,
-        &stack.vm,
+        stack.vm(),
         ErrorRates {
             blue: 0.0,
             green: 0.0,
@@ -485,7 +230,7 @@ fn a_weight_changed_by_hand_pauses_the_rollout_and_is_never_overwritten() {
     let cfg = stack.config(
         "a",
         format!("127.0.0.1:{}", free_port()).parse().unwrap(),
-        &metrics_url(&stack.vm),
+        &metrics_url(stack.vm()),
     );
     let _daemon = stack.daemon("a", &cfg, &[]);
     stack.wait_state("the first step", Duration::from_secs(30), |s| {
@@ -522,7 +267,7 @@ fn a_metrics_outage_holds_the_weights_and_never_rolls_back() {
     let mut stack = Stack::start();
     let _feeder = Feeder::start(
         &stack.haproxy,
-        &stack.vm,
+        stack.vm(),
         ErrorRates {
             blue: 0.0,
             green: 0.0,
@@ -532,13 +277,13 @@ fn a_metrics_outage_holds_the_weights_and_never_rolls_back() {
     let cfg = stack.config(
         "a",
         format!("127.0.0.1:{}", free_port()).parse().unwrap(),
-        &metrics_url(&stack.vm),
+        &metrics_url(stack.vm()),
     );
     let _daemon = stack.daemon("a", &cfg, &[]);
     stack.wait_state("the first step", Duration::from_secs(30), |s| {
         phase(s) == "progressing" && s["applying_from"].is_null()
     });
-    stack.vm.kill();
+    stack.vm_mut().kill();
     let held = stack.wait_state("holds on the outage", Duration::from_secs(20), |s| {
         s["history"]
             .as_array()

@@ -489,12 +489,20 @@ impl EvalError {
 struct Policies {
     by_api: BTreeMap<String, Arc<Policy>>,
     errors: usize,
-    /// (number of policy files, newest modification time) at the last look.
+    /// (number of policy files, newest modification time) when last loaded.
     stamp: Option<(usize, Option<std::time::SystemTime>)>,
 }
 
 impl Policies {
-    fn reload(&mut self, dir: &std::path::Path, channels: &[String], telemetry: &Telemetry) {
+    fn reload(
+        &mut self,
+        dir: &std::path::Path,
+        channels: &[String],
+        telemetry: &Telemetry,
+        status: &LiveStatus,
+    ) {
+        // Stamp before reading: a file changed while loading is seen at the next look.
+        self.stamp = dir_stamp(dir);
         let report = load_dir(dir, Some(channels));
         for e in &report.errors {
             tracing::error!(error = %e, "Policy file rejected; its last good version keeps running.");
@@ -515,6 +523,7 @@ impl Policies {
             if !next.contains_key(api) {
                 tracing::info!(api = %api, "Policy removed; no longer evaluated.");
                 telemetry.forget(api);
+                status.forget(api);
             }
         }
         for api in next.keys() {
@@ -525,6 +534,7 @@ impl Policies {
         self.by_api = next;
         self.errors = report.errors.len();
         telemetry.policies(self.by_api.len(), self.errors);
+        status.set_policies(self.by_api.len(), self.errors);
     }
 }
 
@@ -543,14 +553,16 @@ pub async fn run(
 
     let mut policies = Policies::default();
     let channels = shell.config.channel_names();
-    policies.reload(&shell.config.policies_dir, &channels, &shell.telemetry);
+    policies.reload(
+        &shell.config.policies_dir,
+        &channels,
+        &shell.telemetry,
+        &shell.status,
+    );
     if opts.once && policies.by_api.is_empty() && policies.errors > 0 {
         let report = load_dir(&shell.config.policies_dir, Some(&channels));
         return Err(DaemonError::Policies(report.errors));
     }
-    shell
-        .status
-        .set_policies(policies.by_api.len(), policies.errors);
 
     if opts.serve && !opts.once {
         let listener = tokio::net::TcpListener::bind(shell.config.listen).await?;
@@ -652,13 +664,11 @@ pub async fn run(
                 }
                 _ = hup.recv() => {
                     tracing::info!("SIGHUP: reloading policies.");
-                    policies.reload(&shell.config.policies_dir, &channels, &shell.telemetry);
-                    shell.status.set_policies(policies.by_api.len(), policies.errors);
+                    policies.reload(&shell.config.policies_dir, &channels, &shell.telemetry, &shell.status);
                 }
                 _ = tokio::time::sleep(opts.tick) => {
-                    if policy_dir_changed(&shell.config.policies_dir, &mut policies) {
-                        policies.reload(&shell.config.policies_dir, &channels, &shell.telemetry);
-                        shell.status.set_policies(policies.by_api.len(), policies.errors);
+                    if dir_stamp(&shell.config.policies_dir) != policies.stamp {
+                        policies.reload(&shell.config.policies_dir, &channels, &shell.telemetry, &shell.status);
                     }
                 }
             }
@@ -741,11 +751,10 @@ async fn tick(
     (failed, total, lost)
 }
 
-/// Whether any policy file changed since the last look (by count and newest modification time).
-fn policy_dir_changed(dir: &std::path::Path, policies: &mut Policies) -> bool {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return false;
-    };
+/// (number of policy files, newest modification time) of `dir`; `None` if it cannot be read.
+/// A policy file added, removed or written changes it.
+fn dir_stamp(dir: &std::path::Path) -> Option<(usize, Option<std::time::SystemTime>)> {
+    let entries = std::fs::read_dir(dir).ok()?;
     let mut count = 0;
     let mut newest = None;
     for e in entries.flatten() {
@@ -756,10 +765,7 @@ fn policy_dir_changed(dir: &std::path::Path, policies: &mut Policies) -> bool {
             }
         }
     }
-    let now = Some((count, newest));
-    let changed = policies.stamp.is_some() && policies.stamp != now;
-    policies.stamp = now;
-    changed
+    Some((count, newest))
 }
 
 #[cfg(unix)]

@@ -34,6 +34,11 @@ impl LiveStatus {
         self.with(|i| i.views.insert(policy.api.clone(), view));
     }
 
+    /// Drops the API of a removed policy.
+    pub fn forget(&self, api: &str) {
+        self.with(|i| i.views.remove(api));
+    }
+
     pub fn set_policies(&self, loaded: usize, errors: usize) {
         self.with(|i| {
             i.policies = loaded;

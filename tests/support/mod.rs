@@ -4,8 +4,10 @@
 
 pub mod alertmanager;
 pub mod consul_double;
+pub mod fake_http;
 pub mod haproxy;
 pub mod prometheus;
+pub mod stack;
 pub mod victoria;
 
 use std::io::{Read, Write};

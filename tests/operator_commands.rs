@@ -1,0 +1,287 @@
+//! `greenlight status|start|pause|resume|rollback|promote` against the Consul double and a real
+//! HAProxy: each records an intent shown by `status --json`, which a `run --once` or a running
+//! daemon then obeys; exit codes and messages for unknown APIs, an unreachable Consul and ACLs.
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::consul_double::ConsulDouble;
+use support::stack::{
+    last_record, listen_addr, phase, policy_with, revision, step, wait_for_next_window, ErrorRates,
+    Feeder, Finished, Stack,
+};
+
+/// `status --json` for `checkout`.
+fn status_json(stack: &Stack, cfg: &Path, env: &[(&str, &str)]) -> Value {
+    let done = stack.greenlight(cfg, &["status", "--json"], env);
+    done.expect_code(0);
+    let views: Value = serde_json::from_str(&done.stdout)
+        .unwrap_or_else(|e| panic!("status --json is not JSON ({e}): {}", done.stdout));
+    let views = views.as_array().expect("an array of rollouts");
+    assert_eq!(views.len(), 1, "{views:?}");
+    assert_eq!(views[0]["api"], "checkout");
+    views[0].clone()
+}
+
+/// Runs an operator command that must succeed.
+fn command(stack: &Stack, cfg: &Path, args: &[&str]) -> Finished {
+    let done = stack.greenlight(cfg, args, &[]);
+    done.expect_code(0);
+    assert!(done.stdout.contains("recorded"), "{}", done.stdout);
+    done
+}
+
+#[test]
+fn intents_recorded_without_a_daemon_are_obeyed_by_the_next_run() {
+    let stack = Stack::start_with(&policy_with("auto_start = false"), false);
+    let cfg = stack.config("a", listen_addr(), &Stack::unreachable_url());
+
+    // Nothing stored yet: a fresh, pending rollout.
+    let view = status_json(&stack, &cfg, &[]);
+    assert_eq!(view["phase"], "pending");
+    assert!(view["intent_pending"].is_null());
+    stack.run_once(&cfg);
+    assert_eq!(phase(&stack.state().unwrap()), "pending");
+    assert_eq!(stack.green_weight(), 0);
+
+    // start
+    command(&stack, &cfg, &["start", "checkout"]);
+    assert_eq!(
+        status_json(&stack, &cfg, &[])["intent_pending"]["intent"],
+        "start"
+    );
+    assert_eq!(stack.green_weight(), 0, "a command alone moves no weight");
+    stack.run_once(&cfg);
+    let view = status_json(&stack, &cfg, &[]);
+    assert_eq!(view["phase"], "progressing");
+    assert!(view["intent_pending"].is_null(), "{view}");
+    assert_eq!(stack.green_weight(), 10);
+
+    // pause: recorded with its reason, shown by the text status too.
+    command(
+        &stack,
+        &cfg,
+        &["pause", "checkout", "--reason", "checking dashboards"],
+    );
+    let view = status_json(&stack, &cfg, &[]);
+    assert_eq!(view["intent_pending"]["intent"], "pause");
+    assert_eq!(view["intent_pending"]["reason"], "checking dashboards");
+    stack.run_once(&cfg);
+    let text = stack.greenlight(&cfg, &["status"], &[]);
+    text.expect_code(0);
+    assert!(
+        text.stdout.contains("checkout: paused at step 1/3"),
+        "{}",
+        text.stdout
+    );
+    assert!(
+        text.stdout.contains("checking dashboards"),
+        "{}",
+        text.stdout
+    );
+    // A later window: still paused, weights frozen.
+    let paused = stack.state().unwrap();
+    wait_for_next_window(&paused);
+    stack.run_once(&cfg);
+    let later = stack.state().unwrap();
+    assert_eq!(revision(&later), revision(&paused) + 1);
+    assert_eq!(phase(&later), "paused");
+    assert_eq!(stack.green_weight(), 10);
+
+    // resume
+    command(&stack, &cfg, &["resume", "checkout"]);
+    assert_eq!(
+        status_json(&stack, &cfg, &[])["intent_pending"]["intent"],
+        "resume"
+    );
+    stack.run_once(&cfg);
+    let resumed = stack.state().unwrap();
+    assert_eq!(phase(&resumed), "progressing");
+    assert_eq!(last_record(&resumed)["action"], "resume");
+    assert_eq!(stack.green_weight(), 10);
+
+    // rollback: green back to 0 on HAProxy.
+    command(
+        &stack,
+        &cfg,
+        &["rollback", "checkout", "--reason", "bad deploy"],
+    );
+    assert_eq!(
+        status_json(&stack, &cfg, &[])["intent_pending"]["intent"],
+        "rollback"
+    );
+    stack.run_once(&cfg);
+    let rolled = stack.state().unwrap();
+    assert_eq!(phase(&rolled), "rolled_back");
+    assert!(
+        rolled["reason"].as_str().unwrap().contains("bad deploy"),
+        "{rolled}"
+    );
+    assert_eq!(stack.green_weight(), 0);
+
+    // start again, then promote: green to 100.
+    command(&stack, &cfg, &["start", "checkout"]);
+    stack.run_once(&cfg);
+    assert_eq!(stack.green_weight(), 10);
+    command(&stack, &cfg, &["promote", "checkout"]);
+    assert_eq!(
+        status_json(&stack, &cfg, &[])["intent_pending"]["intent"],
+        "promote"
+    );
+    stack.run_once(&cfg);
+    let view = status_json(&stack, &cfg, &[]);
+    assert_eq!(view["phase"], "promoted");
+    assert!(view["intent_pending"].is_null());
+    assert_eq!(stack.green_weight(), 100);
+    let split = stack.haproxy.split(20);
+    assert_eq!(split.get("green"), Some(&20), "{split:?}");
+}
+
+#[test]
+fn a_running_daemon_obeys_start_pause_resume_rollback_and_promote() {
+    let stack = Stack::start_with(&policy_with("auto_start = false"), true);
+    let _feeder = Feeder::start(
+        &stack.haproxy,
+        stack.vm(),
+        ErrorRates {
+            blue: 0.0,
+            green: 0.0,
+        },
+        11,
+    );
+    let cfg = stack.config("a", listen_addr(), &stack.vm().url());
+    let mut daemon = stack.daemon("a", &cfg, &[]);
+    let deadline = Duration::from_secs(45);
+
+    stack.wait_state("a first decision", deadline, |s| {
+        phase(s) == "pending" && revision(s) >= 1
+    });
+    assert_eq!(stack.green_weight(), 0);
+
+    command(&stack, &cfg, &["start", "checkout"]);
+    stack.wait_state("the start", deadline, |s| {
+        phase(s) == "progressing" && s["applying_from"].is_null()
+    });
+    assert_eq!(stack.green_weight(), 10);
+
+    // Paused: healthy green would advance, but the weights stay frozen window after window.
+    command(&stack, &cfg, &["pause", "checkout"]);
+    let paused = stack.wait_state("the pause", deadline, |s| phase(s) == "paused");
+    let later = stack.wait_state("more windows", deadline, |s| {
+        revision(s) >= revision(&paused) + 3
+    });
+    assert_eq!(phase(&later), "paused");
+    assert_eq!(step(&later), 0);
+    assert_eq!(stack.green_weight(), 10);
+
+    // Resumed: the rollout continues to the next step.
+    command(&stack, &cfg, &["resume", "checkout"]);
+    stack.wait_state("the next step after resuming", deadline, |s| {
+        step(s) >= 1 && s["applying_from"].is_null()
+    });
+    assert!(stack.green_weight() >= 50);
+
+    command(&stack, &cfg, &["rollback", "checkout"]);
+    stack.wait_state("the rollback", deadline, |s| {
+        phase(s) == "rolled_back" && s["applying_from"].is_null()
+    });
+    assert_eq!(stack.green_weight(), 0);
+
+    command(&stack, &cfg, &["promote", "checkout"]);
+    stack.wait_state("the promotion", deadline, |s| {
+        phase(s) == "promoted" && s["applying_from"].is_null()
+    });
+    assert_eq!(stack.green_weight(), 100);
+    daemon.assert_running();
+    let status = daemon.terminate(Duration::from_secs(10)).expect("exits");
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn unknown_api_exits_2_and_unreachable_consul_exits_1_with_a_clear_message() {
+    let stack = Stack::start_with(&policy_with(""), false);
+    let cfg = stack.config("a", listen_addr(), &Stack::unreachable_url());
+    for args in [
+        &["pause", "nosuch"][..],
+        &["promote", "nosuch"],
+        &["status", "nosuch"],
+    ] {
+        let done = stack.greenlight(&cfg, args, &[]);
+        done.expect_code(2);
+        assert!(done.stderr.contains("nosuch"), "{args:?}: {}", done.stderr);
+    }
+
+    let dead_consul = Stack::unreachable_url();
+    let cfg = stack.config_full(
+        "b",
+        listen_addr(),
+        &Stack::unreachable_url(),
+        &dead_consul,
+        "",
+    );
+    for args in [
+        &["pause", "checkout"][..],
+        &["status"],
+        &["status", "--json"],
+    ] {
+        let done = stack.greenlight(&cfg, args, &[]);
+        done.expect_code(1);
+        assert!(
+            done.stderr.contains("Consul agent is unreachable"),
+            "{args:?}: {}",
+            done.stderr
+        );
+        assert!(done.stdout.is_empty(), "{args:?}: {}", done.stdout);
+    }
+}
+
+#[test]
+fn consul_acl_token_from_the_environment_is_used_and_never_printed() {
+    const TOKEN: &str = "7d3f0c2e-acl-token-9b1a";
+    let mut stack = Stack::start_with(&policy_with(""), false);
+    let open = std::mem::replace(&mut stack.consul, ConsulDouble::start());
+    stack.consul = open.with_acl(TOKEN);
+    let cfg = stack.config("a", listen_addr(), &Stack::unreachable_url());
+    let never_printed = |done: &Finished| {
+        assert!(
+            !done.stdout.contains(TOKEN) && !done.stderr.contains(TOKEN),
+            "the token was printed:\n{}\n{}",
+            done.stdout,
+            done.stderr
+        );
+    };
+
+    // Without a token, and with a wrong one: refused, exit 1, saying why.
+    let done = stack.greenlight(&cfg, &["status"], &[]);
+    done.expect_code(1);
+    assert!(done.stderr.contains("ACL token"), "{}", done.stderr);
+    let done = stack.greenlight(
+        &cfg,
+        &["pause", "checkout"],
+        &[("CONSUL_HTTP_TOKEN", "wrong-token")],
+    );
+    done.expect_code(1);
+    assert!(done.stderr.contains("ACL not found"), "{}", done.stderr);
+    assert!(!done.stderr.contains("wrong-token"), "{}", done.stderr);
+
+    // With the token: commands and the daemon work; the token appears nowhere, even in debug logs.
+    let env = [("CONSUL_HTTP_TOKEN", TOKEN), ("RUST_LOG", "debug")];
+    let done = stack.greenlight(&cfg, &["pause", "checkout"], &env);
+    done.expect_code(0);
+    never_printed(&done);
+    let done = stack.greenlight(&cfg, &["status", "--json"], &env);
+    done.expect_code(0);
+    never_printed(&done);
+    assert!(
+        done.stdout.contains("\"intent\": \"pause\""),
+        "{}",
+        done.stdout
+    );
+    let done = stack.greenlight(&cfg, &["run", "--once"], &env);
+    done.expect_code(0);
+    never_printed(&done);
+    assert_eq!(phase(&stack.state().unwrap()), "paused");
+}
