@@ -8,7 +8,7 @@ use greenlight::engine::{CheckData, DataProblem};
 use greenlight::metrics::{
     observe, Backend, MetricsSettings, PromClient, QueryError, QueryResult, Window,
 };
-use greenlight::policy::{Check, CheckKind, MaxStepAction, Policy, Traffic, TrafficTarget};
+use greenlight::policy::{Check, CheckKind, Policy};
 use jiff::{SignedDuration, Timestamp};
 use support::prometheus::Prometheus;
 
@@ -23,34 +23,12 @@ fn client(prom: &Prometheus) -> PromClient {
 }
 
 fn policy(checks: Vec<Check>) -> Policy {
-    Policy {
-        api: "checkout".into(),
-        source: None,
-        interval: Duration::from_secs(60),
-        steps: vec![10.0, 100.0],
-        min_step_duration: Duration::from_secs(600),
-        min_green_requests_per_step: 100,
-        max_step_duration: None,
-        on_max_step_duration: MaxStepAction::Hold,
-        false_rollback_rate: 0.01,
-        false_advance_rate: 0.05,
-        warmup_intervals: 1,
-        auto_start: true,
-        no_data_alert_after: Duration::from_secs(600),
-        stuck_alert_after: Duration::from_secs(3600),
-        traffic: Traffic {
-            target: TrafficTarget::Haproxy {
-                backend: "api_checkout".into(),
-                blue: "blue".into(),
-                green: "green".into(),
-            },
-            total_weight: 100,
-            haproxy_backend: None,
-        },
-        schedule: None,
+    support::fixtures::policy(
+        "checkout",
+        support::fixtures::haproxy("api_checkout"),
+        &[10.0, 100.0],
         checks,
-        alerts: vec![],
-    }
+    )
 }
 
 fn threshold(name: &str, query: &str) -> Check {

@@ -12,7 +12,7 @@ use greenlight::metrics::{
     aligned_end, observe, Auth, Backend, MetricsSettings, PromClient, QueryError, QueryResult,
     Window,
 };
-use greenlight::policy::{Check, CheckKind, MaxStepAction, Policy, Traffic, TrafficTarget};
+use greenlight::policy::{Check, CheckKind, Policy};
 use jiff::{SignedDuration, Timestamp};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -81,33 +81,14 @@ fn threshold_check(name: &str, query: &str) -> Check {
 }
 
 fn policy(api: &str, interval: Duration, checks: Vec<Check>) -> Policy {
-    Policy {
-        api: api.into(),
-        source: None,
-        interval,
-        steps: vec![1.0, 10.0, 50.0, 100.0],
-        min_step_duration: Duration::from_secs(600),
-        min_green_requests_per_step: 100,
-        max_step_duration: None,
-        on_max_step_duration: MaxStepAction::Hold,
-        false_rollback_rate: 0.01,
-        false_advance_rate: 0.05,
-        warmup_intervals: 1,
-        auto_start: true,
-        no_data_alert_after: Duration::from_secs(600),
-        stuck_alert_after: Duration::from_secs(3600),
-        traffic: Traffic {
-            target: TrafficTarget::ConsulKeys {
-                blue: "w/blue".into(),
-                green: "w/green".into(),
-            },
-            total_weight: 100,
-            haproxy_backend: None,
-        },
-        schedule: None,
+    let mut p = support::fixtures::policy(
+        api,
+        support::fixtures::consul_keys("w/blue", "w/green"),
+        &[1.0, 10.0, 50.0, 100.0],
         checks,
-        alerts: vec![],
-    }
+    );
+    p.interval = interval;
+    p
 }
 
 fn checkout_policy(interval: Duration) -> Policy {

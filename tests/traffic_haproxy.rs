@@ -4,39 +4,17 @@ mod support;
 
 use std::time::Duration;
 
-use greenlight::policy::{MaxStepAction, Policy, Traffic, TrafficTarget, Weights};
+use greenlight::policy::{Policy, Weights};
 use greenlight::traffic::{Actuator, HaproxyRuntime, Retry, TrafficError};
 use support::haproxy::{runtime_unix, Haproxy, BACKEND};
 
 fn policy() -> Policy {
-    Policy {
-        api: "checkout".into(),
-        source: None,
-        interval: Duration::from_secs(60),
-        steps: vec![1.0, 5.0, 10.0, 100.0],
-        min_step_duration: Duration::from_secs(600),
-        min_green_requests_per_step: 2000,
-        max_step_duration: None,
-        on_max_step_duration: MaxStepAction::Hold,
-        false_rollback_rate: 0.01,
-        false_advance_rate: 0.05,
-        warmup_intervals: 1,
-        auto_start: true,
-        no_data_alert_after: Duration::from_secs(600),
-        stuck_alert_after: Duration::from_secs(3600),
-        traffic: Traffic {
-            target: TrafficTarget::Haproxy {
-                backend: BACKEND.into(),
-                blue: "blue".into(),
-                green: "green".into(),
-            },
-            total_weight: 100,
-            haproxy_backend: None,
-        },
-        schedule: None,
-        checks: vec![],
-        alerts: vec![],
-    }
+    support::fixtures::policy(
+        "checkout",
+        support::fixtures::haproxy(BACKEND),
+        &[1.0, 5.0, 10.0, 100.0],
+        vec![],
+    )
 }
 
 fn w(blue: u32, green: u32) -> Weights {

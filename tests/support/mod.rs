@@ -5,6 +5,7 @@
 pub mod alertmanager;
 pub mod consul_double;
 pub mod fake_http;
+pub mod fixtures;
 pub mod haproxy;
 pub mod prometheus;
 pub mod stack;

@@ -1,0 +1,50 @@
+//! Policies built in code, for tests that need one without going through a file.
+
+use std::time::Duration;
+
+use greenlight::policy::{Check, MaxStepAction, Policy, Traffic, TrafficTarget};
+
+/// A policy with the documented defaults, the given target, steps and checks.
+pub fn policy(api: &str, target: TrafficTarget, steps: &[f64], checks: Vec<Check>) -> Policy {
+    Policy {
+        api: api.into(),
+        source: None,
+        interval: Duration::from_secs(60),
+        steps: steps.to_vec(),
+        min_step_duration: Duration::from_secs(600),
+        min_green_requests_per_step: 2000,
+        max_step_duration: None,
+        on_max_step_duration: MaxStepAction::Hold,
+        false_rollback_rate: 0.01,
+        false_advance_rate: 0.05,
+        warmup_intervals: 1,
+        auto_start: true,
+        no_data_alert_after: Duration::from_secs(600),
+        stuck_alert_after: Duration::from_secs(3 * 3600),
+        traffic: Traffic {
+            target,
+            total_weight: 100,
+            haproxy_backend: None,
+        },
+        schedule: None,
+        checks,
+        alerts: vec![],
+    }
+}
+
+/// Weights in two Consul KV keys.
+pub fn consul_keys(blue: impl Into<String>, green: impl Into<String>) -> TrafficTarget {
+    TrafficTarget::ConsulKeys {
+        blue: blue.into(),
+        green: green.into(),
+    }
+}
+
+/// Weights set through the HAProxy Runtime API on servers `blue` and `green` of `backend`.
+pub fn haproxy(backend: &str) -> TrafficTarget {
+    TrafficTarget::Haproxy {
+        backend: backend.into(),
+        blue: "blue".into(),
+        green: "green".into(),
+    }
+}
