@@ -5,7 +5,9 @@
 pub mod alertmanager;
 pub mod consul_double;
 pub mod haproxy;
+pub mod haproxy_apis;
 pub mod prometheus;
+pub mod scraping;
 pub mod victoria;
 
 use std::io::{Read, Write};
