@@ -390,6 +390,14 @@ fn healthy_api_is_promoted_and_faulty_api_rolled_back_through_a_real_stack_despi
         Duration::from_secs(20),
         || (checkout_green() == Some(100) && search_green() == Some(0)).then_some(()),
     );
+    eventually(
+        "the watcher to see the final weights",
+        Duration::from_secs(5),
+        || {
+            let last = |api| watcher.seen(api).last().copied();
+            (last("checkout") == Some(100) && last("search") == Some(0)).then_some(())
+        },
+    );
 
     // checkout: one start, an advance through every step, one promotion, nothing repeated —
     // the restarted instance continued the same rollout.
@@ -459,7 +467,9 @@ fn healthy_api_is_promoted_and_faulty_api_rolled_back_through_a_real_stack_despi
         "checkout was never rolled back"
     );
     eprintln!(
-        "search was {search_when_killed:?} when greenlight and sync were killed; {} search alerts",
+        "search was {search_when_killed:?} when greenlight and sync were killed, rolled back \
+         {} decisions after its start; {} search alerts",
+        rolled - started,
         alerts.len()
     );
 
