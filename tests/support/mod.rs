@@ -7,7 +7,9 @@ pub mod consul_double;
 pub mod fake_http;
 pub mod fixtures;
 pub mod haproxy;
+pub mod haproxy_apis;
 pub mod prometheus;
+pub mod scraping;
 pub mod stack;
 pub mod victoria;
 
