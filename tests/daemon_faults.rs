@@ -11,9 +11,13 @@ use support::stack::{
     POLICY,
 };
 
-/// Seeds a rollout: one `run --once` starts it and sets green to the first step on HAProxy.
+/// Seeds a rollout: an operator's `start` (an automatic start would wait for usable metrics),
+/// then one `run --once` sets green to the first step on HAProxy.
 fn seed(stack: &Stack, metrics_url: &str) -> Value {
     let cfg = stack.config("seed", listen_addr(), metrics_url);
+    stack
+        .greenlight(&cfg, &["start", "checkout"], &[])
+        .expect_code(0);
     stack.run_once(&cfg);
     let state = stack.state().expect("a state after the first run");
     assert_eq!(phase(&state), "progressing", "{state}");
@@ -149,7 +153,11 @@ fn consul_weights_edited_by_hand_pause_the_api_keep_the_edit_and_alert() {
         "[[alert]]\nname = \"oncall\"\nkind = \"webhook\"\nurl = { file = \"hook-url\" }\n";
     let cfg = stack.config_with("a", listen_addr(), &Stack::unreachable_url(), alerts);
 
-    // First run: the keys are created and green goes to the first step.
+    // An operator starts the rollout; the first run creates the keys and moves green to the
+    // first step.
+    stack
+        .greenlight(&cfg, &["start", "checkout"], &[])
+        .expect_code(0);
     stack.run_once(&cfg);
     let started = stack.state().unwrap();
     assert_eq!(phase(&started), "progressing");

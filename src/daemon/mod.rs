@@ -342,10 +342,13 @@ impl Shell {
                 tracing::warn!(api = %policy.api, last = %last, end = %end, "Skipping a gap in evaluation; those windows are not counted.");
             }
         }
-        // Only a progressing rollout needs the window's data; an operator intent, or the
-        // automatic start of a pending rollout, is decided without it. Anything else (paused,
-        // promoted, rolled back, waiting for `start`) has nothing to decide until an intent.
-        let needs_data = state.phase == Phase::Progressing && state.intent.is_none();
+        // A progressing rollout needs the window's data, and so does an automatic start (it
+        // waits for usable metrics); an operator intent is decided without it. Anything else
+        // (paused, promoted, rolled back, waiting for `start`) has nothing to decide until an
+        // intent arrives.
+        let needs_data = state.intent.is_none()
+            && (state.phase == Phase::Progressing
+                || (state.phase == Phase::Pending && policy.auto_start));
         let wants_decision = state.intent.is_some()
             || state.phase == Phase::Progressing
             || (state.phase == Phase::Pending && policy.auto_start);

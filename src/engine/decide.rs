@@ -201,6 +201,16 @@ fn evaluate(
                 d.set(Action::Hold, "Waiting for `greenlight start`.");
             } else if !in_schedule(policy, now) {
                 d.set(Action::Hold, "Waiting for a schedule window to start.");
+            } else if let problems @ [_, ..] = backend_problems(policy, obs).as_slice() {
+                // Green has no traffic (and often no series) yet, so only a failing metrics
+                // backend holds the start back.
+                d.set(
+                    Action::Hold,
+                    format!(
+                        "Waiting for the metrics backend before starting: {}.",
+                        problems.join("; ")
+                    ),
+                );
             } else {
                 s.begin_rollout(policy, now);
                 s.last_window_end = Some(obs.end);
@@ -241,19 +251,7 @@ fn evaluate(
     s.intervals_at_step += 1;
 
     // Data quality: every check must have clean data, or nothing of this window counts.
-    for check in &policy.checks {
-        match obs.check(&check.name) {
-            None => d
-                .problems
-                .push(format!("{}: {}", check.name, DataProblem::NoData)),
-            Some(Err(p)) => d.problems.push(format!("{}: {p}", check.name)),
-            Some(Ok(data)) => {
-                if let Err(p) = shape_matches(&check.kind, data) {
-                    d.problems.push(format!("{}: {p}", check.name));
-                }
-            }
-        }
-    }
+    d.problems = data_problems(policy, obs);
     if !d.problems.is_empty() {
         let since = s
             .last_good_data_at
@@ -643,6 +641,35 @@ fn round4(x: f64) -> f64 {
     } else {
         x
     }
+}
+
+/// The checks whose queries failed in the metrics backend itself, as `check: problem`.
+fn backend_problems(policy: &Policy, obs: &Observation) -> Vec<String> {
+    policy
+        .checks
+        .iter()
+        .filter_map(|check| match obs.check(&check.name) {
+            Some(Err(p @ DataProblem::Backend(_))) => Some(format!("{}: {p}", check.name)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Every reason this window's data cannot be used, as `check: problem` (empty when clean).
+fn data_problems(policy: &Policy, obs: &Observation) -> Vec<String> {
+    let mut problems = Vec::new();
+    for check in &policy.checks {
+        match obs.check(&check.name) {
+            None => problems.push(format!("{}: {}", check.name, DataProblem::NoData)),
+            Some(Err(p)) => problems.push(format!("{}: {p}", check.name)),
+            Some(Ok(data)) => {
+                if let Err(p) = shape_matches(&check.kind, data) {
+                    problems.push(format!("{}: {p}", check.name));
+                }
+            }
+        }
+    }
+    problems
 }
 
 /// Whether the observation's data has the shape the check expects (and finite, non-negative counts).

@@ -201,6 +201,28 @@ fn decision_table() {
             green_weight: 5,
         },
         Case {
+            name: "pending with auto_start waits for a failing metrics backend",
+            state: Box::new(RolloutState::new),
+            obs: with_problem(
+                obs(1, healthy()),
+                "latency",
+                DataProblem::Backend("connection refused".into()),
+            ),
+            now: at(1),
+            action: Action::Hold,
+            reason: "Waiting for the metrics backend",
+            green_weight: 0,
+        },
+        Case {
+            name: "pending with auto_start starts although green has no data yet",
+            state: Box::new(RolloutState::new),
+            obs: with_problem(obs(1, healthy()), "latency", DataProblem::NoData),
+            now: at(1),
+            action: Action::Start,
+            reason: "started",
+            green_weight: 5,
+        },
+        Case {
             name: "first window after a weight change is warm-up",
             state: Box::new(started),
             obs: obs(1, bad),
