@@ -601,6 +601,10 @@ fn weights_unreadable(metrics: &SyncMetrics, error: &SyncError) {
         Some("unreachable") => {
             tracing::warn!(%error, "Could not read the weights from Consul; retrying.")
         }
+        // Normal until greenlight's first evaluation creates the keys.
+        Some("missing") => {
+            tracing::warn!(%error, "Weight keys do not exist yet; HAProxy left unchanged.")
+        }
         _ => tracing::error!(%error, "Weight keys are unusable; HAProxy left unchanged."),
     }
 }
