@@ -739,3 +739,35 @@ async fn queries_carry_credentials_time_and_no_cache() {
     assert!(form.contains("time=1795754059.250"), "{form}");
     assert!(form.contains("nocache=1"), "{form}");
 }
+
+#[tokio::test]
+async fn checks_reading_the_same_series_share_one_freshness_query_per_colour() {
+    let body = r#"{"status":"success","data":{"resultType":"vector","result":[]}}"#;
+    let (addr, requests) = canned_server(format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    ));
+    let client = client(&format!("http://{addr}"), Duration::from_secs(5));
+    // A histogram comparison and a quantile guard on the same buckets.
+    let p99 = r#"histogram_quantile(0.99, sum by (le) (rate(http_request_duration_seconds_bucket{app="{api}",color="{color}"}[{interval}])))"#;
+    let policy = policy(
+        "checkout",
+        MINUTE,
+        vec![
+            latency_check("latency", BUCKETS, &[0.25]),
+            threshold_check("p99", p99),
+        ],
+    );
+    let w = Window::latest(Timestamp::now(), MINUTE, Duration::ZERO);
+    let obs = observe(&client, &policy, w.start, w.end).await;
+    assert_eq!(problem_of(&obs, "latency"), DataProblem::NoData);
+    assert_eq!(problem_of(&obs, "p99"), DataProblem::NoData);
+    let forms: Vec<String> = requests.try_iter().collect();
+    let freshness: Vec<&String> = forms
+        .iter()
+        .filter(|r| r.contains("tlast_over_time"))
+        .collect();
+    // Two bucket queries, two quantile queries, and one freshness query per colour.
+    assert_eq!(freshness.len(), 2, "{freshness:#?}");
+    assert_eq!(forms.len(), 6, "{forms:#?}");
+}

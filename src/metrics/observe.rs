@@ -29,7 +29,9 @@
 //! - nothing within the lookback either: [`DataProblem::NoData`].
 //!
 //! The newest sample across a query's inputs counts, so one pod that stops while others keep
-//! reporting is not detected. Queries without a range selector get no freshness check.
+//! reporting is not detected. Queries without a range selector get no freshness check. Checks
+//! reading the same series (a latency histogram and a quantile guard on it) share one freshness
+//! query per window.
 //!
 //! # Missing error series
 //!
@@ -41,7 +43,8 @@
 //! value (not an absence) from the errors query must be finite and non-negative, and at most
 //! the requests count.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -104,6 +107,7 @@ pub async fn observe_with(
             .max_sample_age
             .unwrap_or_else(|| (window / 2).max(Duration::from_secs(30))),
         lookback: options.freshness_lookback,
+        newest: Mutex::new(HashMap::new()),
     };
     let mut checks = Vec::with_capacity(policy.checks.len());
     for check in &policy.checks {
@@ -143,6 +147,8 @@ struct Ctx<'a> {
     end: Timestamp,
     max_age: Duration,
     lookback: Duration,
+    /// Answers of the freshness queries already made for this window, by query text.
+    newest: Mutex<HashMap<String, Result<QueryResult, QueryError>>>,
 }
 
 #[derive(Clone, Copy)]
@@ -204,7 +210,7 @@ impl<'a> Ctx<'a> {
         let mut newest: Option<Timestamp> = None;
         for selector in selectors {
             let q = freshness_query(self.client.backend(), &selector, self.lookback);
-            let value = match self.client.instant(&q, self.end).await {
+            let value = match self.newest_sample(&q).await {
                 Ok(result) => single(&result).unwrap_or_default(),
                 Err(QueryError::Syntax { message }) => {
                     warn!(%query, %q, %message, "Freshness query rejected; skipping the freshness check.");
@@ -220,6 +226,20 @@ impl<'a> Ctx<'a> {
             }
         }
         Ok(newest.map_or(Freshness::Absent, Freshness::Newest))
+    }
+
+    /// The answer of freshness query `q` at the window end, asked once per window: the checks of
+    /// one policy run one after the other, so a later check reuses an earlier one's answer.
+    async fn newest_sample(&self, q: &str) -> Result<QueryResult, QueryError> {
+        let known = self.newest.lock().ok().and_then(|m| m.get(q).cloned());
+        if let Some(answer) = known {
+            return answer;
+        }
+        let answer = self.client.instant(q, self.end).await;
+        if let Ok(mut m) = self.newest.lock() {
+            m.insert(q.to_string(), answer.clone());
+        }
+        answer
     }
 
     /// The single value of `m`, or `None` for an empty answer, after the freshness rules.
