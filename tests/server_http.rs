@@ -75,6 +75,7 @@ fn policy(api: &str) -> Policy {
             },
         ],
         alerts: vec![format!("oncall-{SECRET}")],
+        alert_routes: Default::default(),
     }
 }
 

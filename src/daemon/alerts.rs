@@ -145,11 +145,43 @@ pub fn for_decision(
             AlertEvent::new(
                 &policy.api,
                 EventKind::Paused,
-                &format!("{id}-{}", d.state.revision),
+                &id,
                 format!("greenlight paused {}: {}", policy.api, d.reason),
                 at,
             )
             .with_field("weights", weights(d.state.weights)),
+        ),
+        // The condition behind an earlier alert has ended: resolve it.
+        Action::Resume => {
+            let (kind, what) = if before
+                .reason
+                .as_deref()
+                .is_some_and(|r| r.contains("by hand"))
+            {
+                (EventKind::ManualOverride, "manual weight change")
+            } else {
+                (EventKind::Paused, "pause")
+            };
+            events.push(
+                AlertEvent::new(
+                    &policy.api,
+                    kind,
+                    &rollout_id(before),
+                    format!("{}: {what} ended, rollout resumed", policy.api),
+                    at,
+                )
+                .resolve(at),
+            );
+        }
+        Action::Start if before.phase == crate::engine::Phase::RolledBack => events.push(
+            AlertEvent::new(
+                &policy.api,
+                EventKind::Rollback,
+                &rollout_id(before),
+                format!("{}: a new rollout started after the rollback", policy.api),
+                at,
+            )
+            .resolve(at),
         ),
         _ => {}
     }
@@ -214,7 +246,7 @@ pub fn manual_override(
     AlertEvent::new(
         &policy.api,
         EventKind::ManualOverride,
-        &format!("{}-{}", rollout_id(state), state.revision),
+        &rollout_id(state),
         format!(
             "Weights of {} were changed outside greenlight (expected {}, found {}); rollout paused",
             policy.api,
@@ -240,4 +272,78 @@ pub fn internal_error(api: &str, what: &str, detail: &str, at: Timestamp) -> Ale
         format!("greenlight cannot evaluate {api}: {detail}"),
         at,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{decide, Intent, Observation, Phase};
+
+    fn policy() -> Policy {
+        let text = r#"
+api = "checkout"
+steps = [10, 100]
+alerts = ["oncall"]
+[traffic]
+consul_keys = { blue = "b", green = "g" }
+[[check]]
+name = "errors"
+kind = "error_rate"
+requests = 'r{color}[{interval}]'
+errors = 'e{color}[{interval}]'
+"#;
+        Policy::from_toml(text, std::path::Path::new("p.toml"), None).unwrap()
+    }
+
+    fn empty(at: Timestamp) -> Observation {
+        Observation {
+            start: at,
+            end: at,
+            checks: vec![],
+        }
+    }
+
+    #[test]
+    fn resuming_resolves_the_pause_and_a_new_rollout_resolves_the_rollback() {
+        let p = policy();
+        let t0: Timestamp = "2026-01-05T00:00:00Z".parse().unwrap();
+        let mut s = RolloutState::started(&p, t0);
+        s.intent = Some(Intent::Pause {
+            reason: "checking".into(),
+        });
+        let paused = decide(&p, &s, &empty(t0), t0);
+        let fired = for_decision(&p, &s, &paused, None);
+        assert_eq!(fired.len(), 1);
+        assert_eq!(fired[0].kind, EventKind::Paused);
+        assert!(!fired[0].resolved);
+
+        let mut s = paused.state.clone();
+        s.intent = Some(Intent::Resume);
+        let resumed = decide(&p, &s, &empty(t0), t0);
+        let resolved = for_decision(&p, &s, &resumed, None);
+        assert_eq!(resolved.len(), 1);
+        assert!(resolved[0].resolved);
+        assert_eq!(
+            resolved[0].key, fired[0].key,
+            "the resolve must match the alert"
+        );
+
+        let mut s = resumed.state.clone();
+        s.intent = Some(Intent::Rollback {
+            reason: "bad".into(),
+        });
+        let rolled = decide(&p, &s, &empty(t0), t0);
+        assert_eq!(rolled.state.phase, Phase::RolledBack);
+        let rollback = for_decision(&p, &s, &rolled, None);
+        assert_eq!(rollback[0].kind, EventKind::Rollback);
+
+        let mut s = rolled.state.clone();
+        s.intent = Some(Intent::Start);
+        let t1 = t0 + jiff::SignedDuration::from_hours(1);
+        let restarted = decide(&p, &s, &empty(t1), t1);
+        let resolved = for_decision(&p, &s, &restarted, None);
+        assert_eq!(resolved.len(), 1);
+        assert!(resolved[0].resolved);
+        assert_eq!(resolved[0].key, rollback[0].key);
+    }
 }

@@ -227,12 +227,13 @@ impl Shell {
     }
 
     async fn alert(&self, policy: &Policy, event: &AlertEvent) {
-        if policy.alerts.is_empty() {
+        let channels = policy.alert_channels(event.kind.as_str());
+        if channels.is_empty() {
             return;
         }
-        match self.notifier.notify(event, &policy.alerts).await {
+        match self.notifier.notify(event, channels).await {
             Ok(report) => {
-                for name in &policy.alerts {
+                for name in channels {
                     self.telemetry
                         .alert_delivery(name, report.retrying == 0 && report.rejected == 0);
                 }

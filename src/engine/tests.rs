@@ -79,6 +79,7 @@ pub(crate) fn policy() -> Policy {
             },
         ],
         alerts: vec![],
+        alert_routes: Default::default(),
     }
 }
 

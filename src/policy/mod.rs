@@ -65,6 +65,8 @@ pub struct Policy {
     pub checks: Vec<Check>,
     /// Alert channel names (from the daemon config) that receive this API's events.
     pub alerts: Vec<String>,
+    /// Per-event channel lists (event kind, e.g. `rollback`, → channels), overriding `alerts`.
+    pub alert_routes: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 /// Policy for a step that outlives `max_step_duration`.
@@ -242,6 +244,12 @@ impl Policy {
     pub fn advance_alpha_per_stream(&self) -> f64 {
         let streams: usize = self.checks.iter().map(|c| c.kind.rollback_streams()).sum();
         self.false_advance_rate / streams.max(1) as f64
+    }
+
+    /// The channels that receive events of kind `event` (`rollback`, `manual_override`,
+    /// `paused`, `metrics_unavailable`, `stuck`, `promoted`, `internal_error`).
+    pub fn alert_channels(&self, event: &str) -> &[String] {
+        self.alert_routes.get(event).unwrap_or(&self.alerts)
     }
 
     /// Weights at step `index` (0-based).

@@ -237,6 +237,43 @@ pub(super) struct RawPolicy {
     /// Alert channel names from the daemon config. Default: none.
     #[serde(default)]
     alerts: Vec<Spanned<String>>,
+    /// Optional per-event channel lists; an event not listed goes to `alerts`.
+    #[serde(default)]
+    alert_routes: Option<RawAlertRoutes>,
+}
+
+/// `[alert_routes]`: which channels receive which events (an empty list silences the event).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAlertRoutes {
+    #[serde(default)]
+    rollback: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    manual_override: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    paused: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    metrics_unavailable: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    stuck: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    promoted: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    internal_error: Option<Vec<Spanned<String>>>,
+}
+
+impl RawAlertRoutes {
+    fn entries(&self) -> [(&'static str, &Option<Vec<Spanned<String>>>); 7] {
+        [
+            ("rollback", &self.rollback),
+            ("manual_override", &self.manual_override),
+            ("paused", &self.paused),
+            ("metrics_unavailable", &self.metrics_unavailable),
+            ("stuck", &self.stuck),
+            ("promoted", &self.promoted),
+            ("internal_error", &self.internal_error),
+        ]
+    }
 }
 
 fn default_interval() -> Spanned<HumanDuration> {
@@ -571,6 +608,14 @@ impl RawPolicy {
             .and_then(|s| validate_schedule(s, errors));
         let checks = validate_checks(&self.checks, &self.api, errors);
         let alerts = validate_alerts(&self.alerts, channels, errors);
+        let mut alert_routes = std::collections::BTreeMap::new();
+        if let Some(routes) = &self.alert_routes {
+            for (event, list) in routes.entries() {
+                if let Some(list) = list {
+                    alert_routes.insert(event.to_string(), validate_alerts(list, channels, errors));
+                }
+            }
+        }
 
         Some(Policy {
             api,
@@ -594,6 +639,7 @@ impl RawPolicy {
             schedule,
             checks,
             alerts,
+            alert_routes,
         })
     }
 }
@@ -1706,6 +1752,35 @@ max = 0.5
         );
         let text = variant("[\"oncall\"]", "[\"pager\"]");
         assert!(Policy::from_toml(&text, Path::new("p.toml"), None).is_ok());
+    }
+
+    #[test]
+    fn alert_routes_choose_channels_per_event() {
+        let text = GOOD.replacen(
+            "alerts = [\"oncall\"]\n",
+            "alerts = [\"oncall\"]\n\n[alert_routes]\npromoted = []\nrollback = [\"oncall\", \"oncall\"]\nstuk = [\"oncall\"]\n",
+            1,
+        );
+        let e = errors_of(&text);
+        assert!(
+            e.iter().any(|m| m.contains("unknown field `stuk`")),
+            "{e:?}"
+        );
+        let text = GOOD.replacen(
+            "alerts = [\"oncall\"]\n",
+            "alerts = [\"oncall\"]\n\n[alert_routes]\npromoted = []\nrollback = [\"oncall\", \"pager\"]\n",
+            1,
+        );
+        let channels = vec!["oncall".to_string(), "pager".to_string()];
+        let p = Policy::from_toml(&text, Path::new("p.toml"), Some(&channels)).unwrap();
+        assert_eq!(p.alert_channels("rollback"), ["oncall", "pager"]);
+        assert!(p.alert_channels("promoted").is_empty());
+        assert_eq!(p.alert_channels("stuck"), ["oncall"]);
+        let e = Policy::from_toml(&text, Path::new("p.toml"), Some(&channels[..1])).unwrap_err();
+        assert!(
+            e[0].message.contains("unknown alert channel \"pager\""),
+            "{e:?}"
+        );
     }
 
     #[test]

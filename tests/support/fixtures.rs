@@ -29,6 +29,7 @@ pub fn policy(api: &str, target: TrafficTarget, steps: &[f64], checks: Vec<Check
         schedule: None,
         checks,
         alerts: vec![],
+        alert_routes: Default::default(),
     }
 }
 
