@@ -18,6 +18,37 @@
 //! - [`cli`]: the command-line front used by the `greenlight` binary.
 //!
 //! `policy`, `stats`, `engine` and `sim` are synchronous and free of I/O; only the daemon awaits.
+//!
+//! # Example
+//!
+//! Validate a policy and let the real engine roll it out in a synthetic world:
+//!
+//! ```
+//! use std::path::Path;
+//! use greenlight::policy::Policy;
+//! use greenlight::sim::{simulate, Outcome, SimConfig};
+//!
+//! let text = r#"
+//! api = "checkout"
+//! steps = [5, 25, 100]
+//! [traffic]
+//! consul_keys = { blue = "weights/blue", green = "weights/green" }
+//! [[check]]
+//! name = "errors"
+//! kind = "error_rate"
+//! requests = 'sum(increase(http_requests_total{cluster="{color}"}[{interval}]))'
+//! errors = 'sum(increase(http_requests_total{cluster="{color}",code=~"5.."}[{interval}]))'
+//! "#;
+//! let policy = Policy::from_toml(text, Path::new("checkout.toml"), None).unwrap();
+//!
+//! let bad = SimConfig { scenario: "errors=5x".parse().unwrap(), ..SimConfig::default() };
+//! assert_eq!(simulate(&policy, &bad).outcome, Outcome::RolledBack);
+//!
+//! // A typo is reported with its location.
+//! let errors = Policy::from_toml(&text.replace("[5, 25, 100]", "[25, 5, 100]"), Path::new("checkout.toml"), None)
+//!     .unwrap_err();
+//! assert!(errors[0].to_string().starts_with("checkout.toml:3:"));
+//! ```
 
 pub mod alert;
 pub mod cli;
