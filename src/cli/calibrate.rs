@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use serde::Serialize;
 
-use super::replay::{prepare, runtime, windows};
+use super::replay::{prepare, windows};
 use crate::engine::{CheckData, Observation};
 use crate::metrics::{observe_with, ObserveOptions, PromClient};
 use crate::policy::{CheckKind, Policy};
@@ -143,7 +143,7 @@ pub fn run(config: Option<&Path>, args: CalibrateArgs) -> i32 {
             Ok(v) => v,
             Err(code) => return code,
         };
-    let observations = match runtime() {
+    let observations = match super::runtime() {
         Ok(rt) => rt.block_on(fetch(&client, &policy, &options, from, to)),
         Err(code) => return code,
     };

@@ -9,10 +9,8 @@ use jiff::{SignedDuration, Timestamp};
 
 use super::simulate::load_one;
 use crate::engine::Observation;
-use crate::metrics::{
-    aligned_end, observe_with, Auth, Backend, MetricsSettings, ObserveOptions, PromClient,
-};
-use crate::policy::{Config, MetricsAuth, MetricsBackend, Policy};
+use crate::metrics::{aligned_end, observe_with, MetricsSettings, ObserveOptions, PromClient};
+use crate::policy::{Config, Policy};
 use crate::sim::replay::{Replay, ReplayReport, ReplayWindow};
 use crate::sim::Outcome;
 
@@ -41,7 +39,7 @@ pub fn run(config: Option<&Path>, args: ReplayArgs) -> i32 {
             Ok(v) => v,
             Err(code) => return code,
         };
-    let report = match runtime() {
+    let report = match super::runtime() {
         Ok(rt) => rt.block_on(replay(&client, &policy, &options, from, to)),
         Err(code) => return code,
     };
@@ -84,7 +82,7 @@ pub(crate) fn prepare(
             return Err(super::EXIT_CONFIG);
         }
     };
-    let settings = metrics_settings(&config).map_err(|e| {
+    let settings = MetricsSettings::from_config(&config.metrics).map_err(|e| {
         eprintln!("error: {e}");
         super::EXIT_CONFIG
     })?;
@@ -97,44 +95,6 @@ pub(crate) fn prepare(
         ..ObserveOptions::default()
     };
     Ok((policy, client, options, from, to))
-}
-
-pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, i32> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| {
-            eprintln!("error: cannot start the async runtime: {e}");
-            super::EXIT_FAILURE
-        })
-}
-
-/// The daemon config's metrics section as client settings (secrets read now).
-pub(crate) fn metrics_settings(config: &Config) -> Result<MetricsSettings, String> {
-    let m = &config.metrics;
-    let auth = match &m.auth {
-        None => None,
-        Some(MetricsAuth::Bearer(token)) => Some(Auth::Bearer(
-            token
-                .resolve()
-                .map_err(|e| format!("metrics bearer token: {e}"))?,
-        )),
-        Some(MetricsAuth::Basic { username, password }) => Some(Auth::Basic {
-            user: username.clone(),
-            password: password
-                .resolve()
-                .map_err(|e| format!("metrics password: {e}"))?,
-        }),
-    };
-    Ok(MetricsSettings {
-        url: m.url.clone(),
-        kind: match m.kind {
-            MetricsBackend::VictoriaMetrics => Backend::VictoriaMetrics,
-            MetricsBackend::Prometheus => Backend::Prometheus,
-        },
-        timeout: m.timeout,
-        auth,
-    })
 }
 
 /// RFC 3339, `now`, or a duration before now (`-2h`, `90m`).

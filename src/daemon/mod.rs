@@ -29,10 +29,7 @@ use crate::consul::{ConsulClient, ConsulError, Fence, Lock, LockOptions};
 use crate::engine::{decide, Observation, Phase, RolloutState};
 use crate::metrics::window::aligned_end;
 use crate::metrics::{observe_with, ObserveOptions, PromClient};
-use crate::policy::{
-    load_dir, AlertChannelKind, Config, MetricsAuth, MetricsBackend, Policy, PolicyError,
-    TrafficTarget,
-};
+use crate::policy::{load_dir, AlertChannelKind, Config, Policy, PolicyError, TrafficTarget};
 use crate::server::logging::log_decision;
 use crate::server::telemetry::Telemetry;
 use crate::traffic::{Actuator, ConsulKv, HaproxyRuntime, TrafficError};
@@ -123,31 +120,11 @@ impl Shell {
     /// Connects the parts described by `config` (no network traffic yet).
     pub fn new(config: Config) -> Result<Shell, DaemonError> {
         let consul = consul_client(&config)?;
-        let auth = match &config.metrics.auth {
-            None => None,
-            Some(MetricsAuth::Bearer(secret)) => {
-                Some(crate::metrics::Auth::Bearer(secret.resolve().map_err(
-                    |e| DaemonError::Config(format!("metrics bearer token: {e}")),
-                )?))
-            }
-            Some(MetricsAuth::Basic { username, password }) => Some(crate::metrics::Auth::Basic {
-                user: username.clone(),
-                password: password
-                    .resolve()
-                    .map_err(|e| DaemonError::Config(format!("metrics password: {e}")))?,
-            }),
-        };
-        let kind = match config.metrics.kind {
-            MetricsBackend::VictoriaMetrics => crate::metrics::Backend::VictoriaMetrics,
-            MetricsBackend::Prometheus => crate::metrics::Backend::Prometheus,
-        };
-        let metrics = PromClient::new(crate::metrics::MetricsSettings {
-            url: config.metrics.url.clone(),
-            kind,
-            timeout: config.metrics.timeout,
-            auth,
-        })
-        .map_err(|e| DaemonError::Config(format!("metrics: {e}")))?;
+        let settings = crate::metrics::MetricsSettings::from_config(&config.metrics)
+            .map_err(DaemonError::Config)?;
+        let kind = settings.kind;
+        let metrics =
+            PromClient::new(settings).map_err(|e| DaemonError::Config(format!("metrics: {e}")))?;
         let haproxy = if config.haproxy.nodes.is_empty() {
             None
         } else {

@@ -72,6 +72,36 @@ pub struct MetricsSettings {
     pub auth: Option<Auth>,
 }
 
+impl MetricsSettings {
+    /// The daemon config's `[metrics]` section as client settings; secrets are read now.
+    pub fn from_config(m: &crate::policy::MetricsConfig) -> Result<MetricsSettings, String> {
+        use crate::policy::{MetricsAuth, MetricsBackend};
+        let auth = match &m.auth {
+            None => None,
+            Some(MetricsAuth::Bearer(token)) => Some(Auth::Bearer(
+                token
+                    .resolve()
+                    .map_err(|e| format!("metrics bearer token: {e}"))?,
+            )),
+            Some(MetricsAuth::Basic { username, password }) => Some(Auth::Basic {
+                user: username.clone(),
+                password: password
+                    .resolve()
+                    .map_err(|e| format!("metrics password: {e}"))?,
+            }),
+        };
+        Ok(MetricsSettings {
+            url: m.url.clone(),
+            kind: match m.kind {
+                MetricsBackend::VictoriaMetrics => Backend::VictoriaMetrics,
+                MetricsBackend::Prometheus => Backend::Prometheus,
+            },
+            timeout: m.timeout,
+            auth,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
