@@ -558,7 +558,13 @@ fn svg(rows: &[(&Case, Vec<Summary>, f64)]) -> String {
     let ax = qx(0.01);
     let _ = writeln!(s, "<line x1=\"{ax:.1}\" y1=\"{y0}\" x2=\"{ax:.1}\" y2=\"{:.1}\" stroke=\"#c00\" stroke-dasharray=\"3,3\"/><text x=\"{:.1}\" y=\"{:.1}\" fill=\"#c00\">α</text>", y0 + ph, ax + 3.0, y0 + 12.0);
     for (j, (fx, by)) in pts.iter().enumerate() {
-        let _ = writeln!(s, "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"5\" fill=\"{}\"/><text x=\"{:.1}\" y=\"{:.1}\" fill=\"{}\">{} ({:.0})</text>", qx(*fx), qy(*by), colours[j], qx(*fx) + 7.0, qy(*by) + 4.0, colours[j], JUDGES[j], by);
+        // Labels of points in the right half go to the left of the point, so they stay inside.
+        let (lx, anchor) = if qx(*fx) > x0 + pw / 2.0 {
+            (qx(*fx) - 7.0, "end")
+        } else {
+            (qx(*fx) + 7.0, "start")
+        };
+        let _ = writeln!(s, "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"5\" fill=\"{}\"/><text x=\"{lx:.1}\" y=\"{:.1}\" fill=\"{}\" text-anchor=\"{anchor}\">{} ({:.0})</text>", qx(*fx), qy(*by), colours[j], qy(*by) + 4.0, colours[j], JUDGES[j], by);
     }
     s.push_str("</svg>\n");
     s
