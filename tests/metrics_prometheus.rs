@@ -39,6 +39,7 @@ fn threshold(name: &str, query: &str) -> Check {
             max: Some(1.0),
             min: None,
             failures: 1,
+            min_green_requests: 0,
         },
     }
 }

@@ -76,6 +76,7 @@ fn threshold_check(name: &str, query: &str) -> Check {
             max: Some(10.0),
             min: None,
             failures: 1,
+            min_green_requests: 0,
         },
     }
 }

@@ -177,3 +177,33 @@ fn cli_rejects_bad_input_with_exit_2() {
     assert_eq!(code, 2);
     assert!(err.contains(&format!("bad.toml:{line}:")), "{err}");
 }
+
+#[test]
+fn guards_ignore_windows_with_too_few_green_requests() {
+    // 5 req/s overnight: at 1–25 % green, a window holds a handful of green requests and their
+    // p99 is just their slowest one.
+    let mut policy = example("checkout.toml");
+    policy.schedule = None;
+    policy.min_green_requests_per_step = 200;
+    let rollbacks = |policy: &Policy| {
+        outcomes(policy, "rps=5", 0..100)
+            .into_iter()
+            .filter(|o| *o == Outcome::RolledBack)
+            .count()
+    };
+    assert_eq!(
+        rollbacks(&policy),
+        0,
+        "guard noise rolled back healthy canaries"
+    );
+    // The same worlds with the guard counting every window: noise alone rolls some back.
+    for check in &mut policy.checks {
+        if let greenlight::policy::CheckKind::Threshold {
+            min_green_requests, ..
+        } = &mut check.kind
+        {
+            *min_green_requests = 0;
+        }
+    }
+    assert!(rollbacks(&policy) > 0, "the worlds carry no guard noise");
+}

@@ -317,12 +317,26 @@ fn evaluate(
         d.counted.push((stream.id.clone(), pair));
     }
 
-    // Threshold guards.
+    // Threshold guards. Green's requests this window, from the first error-rate check.
+    let window_green_requests =
+        policy
+            .checks
+            .iter()
+            .find_map(|c| match (&c.kind, obs.check(&c.name)) {
+                (CheckKind::ErrorRate { .. }, Some(Ok(CheckData::Errors { counts }))) => {
+                    Some(counts.green.requests)
+                }
+                _ => None,
+            });
     let mut guard_breach = None;
     let mut guard_failing = false;
     for check in &policy.checks {
         let CheckKind::Threshold {
-            max, min, failures, ..
+            max,
+            min,
+            failures,
+            min_green_requests,
+            ..
         } = &check.kind
         else {
             continue;
@@ -332,7 +346,11 @@ fn evaluate(
         };
         let breaches = |v: f64| max.is_some_and(|m| v > m) || min.is_some_and(|m| v < m);
         let count = s.threshold_failures.entry(check.name.clone()).or_insert(0);
-        if breaches(*green) && !blue.is_some_and(breaches) {
+        let enough_traffic = window_green_requests.is_none_or(|n| n >= *min_green_requests as f64);
+        if !enough_traffic {
+            // Too few green requests for the value to mean anything: the window neither counts
+            // as a failure nor clears earlier ones.
+        } else if breaches(*green) && !blue.is_some_and(breaches) {
             *count += 1;
             guard_failing = true;
             if *count >= *failures && guard_breach.is_none() {

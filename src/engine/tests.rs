@@ -75,6 +75,7 @@ pub(crate) fn policy() -> Policy {
                     max: Some(0.5),
                     min: None,
                     failures: 2,
+                    min_green_requests: 100,
                 },
             },
         ],
@@ -372,6 +373,38 @@ fn decision_table() {
             action: Action::Rollback,
             reason: "p99 guard failed 2 windows",
             green_weight: 0,
+        },
+        Case {
+            name: "a guard breached on a handful of green requests is noise, not a failure",
+            state: Box::new(|p| {
+                run(
+                    p,
+                    started(p),
+                    1,
+                    4,
+                    W {
+                        n_g: 40.0,
+                        err_g: 0.0,
+                        slow_g: 4.0,
+                        p99_g: 0.9,
+                        ..healthy()
+                    },
+                )
+            }),
+            obs: obs(
+                5,
+                W {
+                    n_g: 40.0,
+                    err_g: 0.0,
+                    slow_g: 4.0,
+                    p99_g: 0.9,
+                    ..healthy()
+                },
+            ),
+            now: at(5),
+            action: Action::Hold,
+            reason: "",
+            green_weight: 5,
         },
         Case {
             name: "a guard failing on both colours is an environment problem",

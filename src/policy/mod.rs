@@ -219,6 +219,10 @@ pub enum CheckKind {
         min: Option<f64>,
         /// Consecutive breaching intervals (green only) before it rolls back.
         failures: u32,
+        /// A window counts for this guard only when green served at least this many requests in
+        /// it (as measured by the policy's first error_rate check; without one, every window
+        /// counts): a p99 or an error ratio of a handful of requests is noise.
+        min_green_requests: u64,
     },
 }
 

@@ -445,6 +445,9 @@ struct RawCheck {
     /// threshold: consecutive breaching intervals before rollback. Default 3.
     #[serde(default)]
     failures: Option<Spanned<i64>>,
+    /// threshold: green requests a window needs to count for the guard. Default 100.
+    #[serde(default)]
+    min_green_requests: Option<Spanned<i64>>,
     /// Not a check field: caught to explain that a top-level `alerts` written after a
     /// `[[check]]` header belongs to that check table.
     #[serde(default)]
@@ -465,6 +468,9 @@ fn default_min_errors() -> u64 {
 }
 fn default_failures() -> i64 {
     3
+}
+fn default_guard_min_green_requests() -> u64 {
+    100
 }
 
 /// A latency bucket edge as written: a string (`"0.25"`, like Prometheus `le` labels) or a number.
@@ -1144,6 +1150,7 @@ fn validate_check(c: &RawCheck, errors: &mut Errors<'_>) -> Option<CheckKind> {
         ("max", span(&c.max), threshold),
         ("min", span(&c.min), threshold),
         ("failures", span(&c.failures), threshold),
+        ("min_green_requests", span(&c.min_green_requests), threshold),
     ];
     let mut ok = true;
     for (field, span, allowed) in fields {
@@ -1305,11 +1312,28 @@ fn validate_check(c: &RawCheck, errors: &mut Errors<'_>) -> Option<CheckKind> {
                     1
                 }
             };
+            let min_green_requests = match &c.min_green_requests {
+                None => default_guard_min_green_requests(),
+                Some(v) => match u64::try_from(*v.get_ref()) {
+                    Ok(n) => n,
+                    Err(_) => {
+                        errors.at(
+                            v.span(),
+                            format!(
+                                "min_green_requests must be a count (0 or more), got {}",
+                                v.get_ref()
+                            ),
+                        );
+                        0
+                    }
+                },
+            };
             Some(CheckKind::Threshold {
                 query: query?,
                 max: max.map(|(x, _)| x),
                 min: min.map(|(x, _)| x),
                 failures,
+                min_green_requests,
             })
             .filter(|_| ok)
         }
