@@ -5,45 +5,54 @@
 mod support;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::Value;
 use support::stack::{actions, phase, step, ErrorRates, Feeder, Stack};
-use support::victoria::Victoria;
-use support::{eventually, free_port, http};
+use support::{eventually, free_port, http, Proc};
 
-fn metrics_url(vm: &Victoria) -> String {
-    vm.url()
+/// A stack with traffic flowing (error rates per colour) and one daemon ("a") running. Fields
+/// drop in order: the daemon first, then the feeder, then the servers.
+struct Running {
+    daemon: Proc,
+    feeder: Feeder,
+    listen: SocketAddr,
+    cfg: PathBuf,
+    stack: Stack,
+}
+
+fn running(blue: f64, green: f64, seed: u64) -> Running {
+    let stack = Stack::start();
+    let feeder = Feeder::start(&stack.haproxy, stack.vm(), ErrorRates { blue, green }, seed);
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let cfg = stack.config("a", listen, &stack.vm().url());
+    let daemon = stack.daemon("a", &cfg, &[]);
+    Running {
+        daemon,
+        feeder,
+        listen,
+        cfg,
+        stack,
+    }
 }
 
 #[test]
 fn healthy_green_advances_through_every_step_and_is_promoted() {
-    let stack = Stack::start();
-    let feeder = Feeder::start(
-        &stack.haproxy,
-        stack.vm(),
-        ErrorRates {
-            blue: 0.0,
-            green: 0.0,
-        },
-        1,
-    );
-    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let cfg = stack.config("a", listen, &metrics_url(stack.vm()));
-    let mut daemon = stack.daemon("a", &cfg, &[]);
+    let mut r = running(0.0, 0.0, 1);
 
     let mut greens_seen = vec![];
     let state = eventually("promotion", Duration::from_secs(90), || {
-        daemon.assert_running();
-        let g = stack.green_weight();
+        r.daemon.assert_running();
+        let g = r.stack.green_weight();
         if greens_seen.last() != Some(&g) {
             greens_seen.push(g);
         }
-        stack
+        r.stack
             .state()
             .filter(|s| phase(s) == "promoted" && s["applying_from"].is_null())
     });
-    assert_eq!(stack.green_weight(), 100);
+    assert_eq!(r.stack.green_weight(), 100);
     if greens_seen.last() != Some(&100) {
         greens_seen.push(100);
     }
@@ -61,87 +70,61 @@ fn healthy_green_advances_through_every_step_and_is_promoted() {
         "weights seen {greens_seen:?}"
     );
     // All new traffic now reaches green.
-    feeder.reset_served();
-    let split = stack.haproxy.split(40);
+    r.feeder.reset_served();
+    let split = r.stack.haproxy.split(40);
     assert_eq!(split.get("green"), Some(&40), "{split:?}");
     // The daemon's own /metrics shows the rollout.
-    let (code, body) = http(listen, "GET", "/metrics", b"").unwrap();
+    let (code, body) = http(r.listen, "GET", "/metrics", b"").unwrap();
     assert_eq!(code, 200);
     assert!(
         body.contains("greenlight_green_weight{api=\"checkout\"} 100"),
         "{body}"
     );
     // SIGTERM: a clean exit.
-    let status = daemon
+    let status = r
+        .daemon
         .terminate(Duration::from_secs(10))
         .expect("exits on SIGTERM");
-    assert!(status.success(), "{status:?}\n{}", daemon.output());
+    assert!(status.success(), "{status:?}\n{}", r.daemon.output());
 }
 
 #[test]
 fn bad_green_is_rolled_back_and_stops_receiving_traffic() {
-    let stack = Stack::start();
-    let feeder = Feeder::start(
-        &stack.haproxy,
-        stack.vm(),
-        ErrorRates {
-            blue: 0.01,
-            green: 0.4,
-        },
-        2,
-    );
-    let cfg = stack.config(
-        "a",
-        format!("127.0.0.1:{}", free_port()).parse().unwrap(),
-        &metrics_url(stack.vm()),
-    );
-    let _daemon = stack.daemon("a", &cfg, &[]);
-    let state = stack.wait_state("rollback", Duration::from_secs(60), |s| {
-        phase(s) == "rolled_back" && s["applying_from"].is_null()
-    });
+    let r = running(0.01, 0.4, 2);
+    let state = r
+        .stack
+        .wait_state("rollback", Duration::from_secs(60), |s| {
+            phase(s) == "rolled_back" && s["applying_from"].is_null()
+        });
     assert!(
         state["reason"].as_str().unwrap().contains("errors"),
         "{state}"
     );
-    assert_eq!(stack.green_weight(), 0);
-    feeder.reset_served();
-    let split = stack.haproxy.split(30);
+    assert_eq!(r.stack.green_weight(), 0);
+    r.feeder.reset_served();
+    let split = r.stack.haproxy.split(30);
     assert_eq!(split.get("blue"), Some(&30), "{split:?}");
-    drop(feeder);
 }
 
 #[test]
 fn killed_mid_rollout_and_restarted_continues_with_the_same_step_and_evidence() {
-    let stack = Stack::start();
     // Enough errors on both colours for evidence to accumulate, green no worse.
-    let _feeder = Feeder::start(
-        &stack.haproxy,
-        stack.vm(),
-        ErrorRates {
-            blue: 0.02,
-            green: 0.02,
-        },
-        3,
-    );
-    let cfg = stack.config(
-        "a",
-        format!("127.0.0.1:{}", free_port()).parse().unwrap(),
-        &metrics_url(stack.vm()),
-    );
-    let mut first = stack.daemon("a", &cfg, &[]);
+    let mut r = running(0.02, 0.02, 3);
     // Wait until the rollout is at step 1 with evidence counted there.
-    let before = stack.wait_state("counted windows", Duration::from_secs(60), |s| {
-        phase(s) == "progressing"
-            && s["streams"][0]["total"]["green"]["requests"].as_f64() > Some(0.0)
-    });
-    first.kill();
-    let killed = stack.state().unwrap();
+    let before = r
+        .stack
+        .wait_state("counted windows", Duration::from_secs(60), |s| {
+            phase(s) == "progressing"
+                && s["streams"][0]["total"]["green"]["requests"].as_f64() > Some(0.0)
+        });
+    r.daemon.kill();
+    let killed = r.stack.state().unwrap();
     assert!(killed["revision"].as_u64() >= before["revision"].as_u64());
 
     // The dead instance's session expires after 2×TTL; then its lock-delay passes.
-    stack.consul.advance_clock(Duration::from_secs(25));
-    let mut second = stack.daemon("b", &cfg, &[]);
-    let after = stack.wait_state(
+    r.stack.consul.advance_clock(Duration::from_secs(25));
+    let mut second = r.stack.daemon("b", &r.cfg, &[]);
+    let after = r.stack.wait_state(
         "the restarted daemon to decide",
         Duration::from_secs(30),
         |s| s["revision"].as_u64() > killed["revision"].as_u64(),
@@ -182,8 +165,8 @@ fn two_daemons_only_one_acts_and_the_other_takes_over() {
     );
     let la: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let lb: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let ca = stack.config("a", la, &metrics_url(stack.vm()));
-    let cb = stack.config("b", lb, &metrics_url(stack.vm()));
+    let ca = stack.config("a", la, &stack.vm().url());
+    let cb = stack.config("b", lb, &stack.vm().url());
     let mut a = stack.daemon("a", &ca, &[]);
     let mut b = stack.daemon("b", &cb, &[]);
     let leader = |addr: SocketAddr| -> Option<bool> {
@@ -222,32 +205,20 @@ fn two_daemons_only_one_acts_and_the_other_takes_over() {
 
 #[test]
 fn a_weight_changed_by_hand_pauses_the_rollout_and_is_never_overwritten() {
-    let stack = Stack::start();
-    let _feeder = Feeder::start(
-        &stack.haproxy,
-        stack.vm(),
-        ErrorRates {
-            blue: 0.0,
-            green: 0.0,
-        },
-        5,
-    );
-    let cfg = stack.config(
-        "a",
-        format!("127.0.0.1:{}", free_port()).parse().unwrap(),
-        &metrics_url(stack.vm()),
-    );
-    let _daemon = stack.daemon("a", &cfg, &[]);
-    stack.wait_state("the first step", Duration::from_secs(30), |s| {
-        phase(s) == "progressing" && s["applying_from"].is_null()
-    });
-    assert_eq!(stack.green_weight(), 10);
+    let r = running(0.0, 0.0, 5);
+    r.stack
+        .wait_state("the first step", Duration::from_secs(30), |s| {
+            phase(s) == "progressing" && s["applying_from"].is_null()
+        });
+    assert_eq!(r.stack.green_weight(), 10);
     // An operator moves green by hand.
     assert_eq!(
-        stack.haproxy.runtime("set weight api_checkout/green 33"),
+        r.stack.haproxy.runtime("set weight api_checkout/green 33"),
         "\n"
     );
-    let paused = stack.wait_state("pause", Duration::from_secs(20), |s| phase(s) == "paused");
+    let paused = r
+        .stack
+        .wait_state("pause", Duration::from_secs(20), |s| phase(s) == "paused");
     assert!(
         paused["reason"].as_str().unwrap().contains("by hand"),
         "{paused}"
@@ -257,53 +228,43 @@ fn a_weight_changed_by_hand_pauses_the_rollout_and_is_never_overwritten() {
     let until = std::time::Instant::now() + Duration::from_secs(7);
     while std::time::Instant::now() < until {
         assert_eq!(
-            stack.green_weight(),
+            r.stack.green_weight(),
             33,
             "the hand-set weight was overwritten"
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert_eq!(stack.state().unwrap()["revision"].as_u64(), Some(rev));
-    assert_eq!(stack.green_weight(), 33);
+    assert_eq!(r.stack.state().unwrap()["revision"].as_u64(), Some(rev));
+    assert_eq!(r.stack.green_weight(), 33);
 }
 
 #[test]
 fn a_metrics_outage_holds_the_weights_and_never_rolls_back() {
-    let mut stack = Stack::start();
-    let _feeder = Feeder::start(
-        &stack.haproxy,
-        stack.vm(),
-        ErrorRates {
-            blue: 0.0,
-            green: 0.0,
-        },
-        6,
-    );
-    let cfg = stack.config(
-        "a",
-        format!("127.0.0.1:{}", free_port()).parse().unwrap(),
-        &metrics_url(stack.vm()),
-    );
-    let _daemon = stack.daemon("a", &cfg, &[]);
-    stack.wait_state("the first step", Duration::from_secs(30), |s| {
-        phase(s) == "progressing" && s["applying_from"].is_null()
-    });
-    stack.vm_mut().kill();
-    let held = stack.wait_state("holds on the outage", Duration::from_secs(20), |s| {
-        s["history"]
-            .as_array()
-            .and_then(|h| h.last())
-            .and_then(|r| r["reason"].as_str())
-            .is_some_and(|r| r.contains("unusable metrics"))
-    });
-    let green = stack.green_weight();
+    let mut r = running(0.0, 0.0, 6);
+    r.stack
+        .wait_state("the first step", Duration::from_secs(30), |s| {
+            phase(s) == "progressing" && s["applying_from"].is_null()
+        });
+    r.stack.vm_mut().kill();
+    let held = r
+        .stack
+        .wait_state("holds on the outage", Duration::from_secs(20), |s| {
+            s["history"]
+                .as_array()
+                .and_then(|h| h.last())
+                .and_then(|r| r["reason"].as_str())
+                .is_some_and(|r| r.contains("unusable metrics"))
+        });
+    let green = r.stack.green_weight();
     let rev = held["revision"].as_u64().unwrap();
-    let later = stack.wait_state("more holds", Duration::from_secs(20), |s| {
-        s["revision"].as_u64() >= Some(rev + 3)
-    });
+    let later = r
+        .stack
+        .wait_state("more holds", Duration::from_secs(20), |s| {
+            s["revision"].as_u64() >= Some(rev + 3)
+        });
     assert_eq!(phase(&later), "progressing");
     assert_eq!(
-        stack.green_weight(),
+        r.stack.green_weight(),
         green,
         "weights moved during an outage"
     );

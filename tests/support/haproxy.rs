@@ -125,25 +125,7 @@ frontend fe_stats
             blue = blue.addr,
             green = green.addr,
         );
-        let cfg_path = dir.path().join("haproxy.cfg");
-        std::fs::write(&cfg_path, cfg).expect("write haproxy.cfg");
-        let mut cmd = Command::new(binary("haproxy"));
-        cmd.arg("-db").arg("-f").arg(&cfg_path);
-        let mut proc = Proc::spawn("haproxy", cmd, dir.path());
-        let until = Instant::now() + Duration::from_secs(15);
-        loop {
-            proc.assert_running();
-            if runtime_tcp(admin, "show info").is_ok_and(|r| r.contains("Name: HAProxy")) {
-                break;
-            }
-            if Instant::now() > until {
-                panic!(
-                    "haproxy Runtime API not ready on {admin}; output:\n{}",
-                    proc.output()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
+        let proc = spawn(&cfg, dir.path(), admin);
         Haproxy {
             proc,
             app,
@@ -204,7 +186,32 @@ frontend fe_stats
     }
 }
 
-fn runtime_tcp(addr: SocketAddr, line: &str) -> std::io::Result<String> {
+/// Writes `cfg` to `dir/haproxy.cfg`, starts HAProxy in the foreground and waits (with a
+/// deadline) until its Runtime API answers on `admin`.
+pub fn spawn(cfg: &str, dir: &Path, admin: SocketAddr) -> Proc {
+    let cfg_path = dir.join("haproxy.cfg");
+    std::fs::write(&cfg_path, cfg).expect("write haproxy.cfg");
+    let mut cmd = Command::new(binary("haproxy"));
+    cmd.arg("-db").arg("-f").arg(&cfg_path);
+    let mut proc = Proc::spawn("haproxy", cmd, dir);
+    let until = Instant::now() + Duration::from_secs(15);
+    loop {
+        proc.assert_running();
+        if runtime_tcp(admin, "show info").is_ok_and(|r| r.contains("Name: HAProxy")) {
+            return proc;
+        }
+        if Instant::now() > until {
+            panic!(
+                "haproxy Runtime API not ready on {admin}; output:\n{}",
+                proc.output()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// Sends one Runtime API line over TCP and reads the reply to EOF.
+pub fn runtime_tcp(addr: SocketAddr, line: &str) -> std::io::Result<String> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     s.write_all(format!("{line}\n").as_bytes())?;

@@ -4,10 +4,11 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use super::{binary, free_port, Proc};
+pub use super::haproxy::runtime_tcp as runtime;
+use super::haproxy::spawn;
+use super::{free_port, Proc};
 
 /// One API behind HAProxy: frontend `fe_<name>` → backend `api_<name>` with servers `blue`
 /// (weight 100) and `green` (weight 0).
@@ -84,25 +85,7 @@ backend api_{name}
                 green = api.green,
             ));
         }
-        let cfg_path = dir.path().join("haproxy.cfg");
-        std::fs::write(&cfg_path, cfg).expect("write haproxy.cfg");
-        let mut cmd = Command::new(binary("haproxy"));
-        cmd.arg("-db").arg("-f").arg(&cfg_path);
-        let mut proc = Proc::spawn("haproxy", cmd, dir.path());
-        let until = Instant::now() + Duration::from_secs(15);
-        loop {
-            proc.assert_running();
-            if runtime(admin, "show info").is_ok_and(|r| r.contains("Name: HAProxy")) {
-                break;
-            }
-            if Instant::now() > until {
-                panic!(
-                    "haproxy Runtime API not ready on {admin}; output:\n{}",
-                    proc.output()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
+        let proc = spawn(&cfg, dir.path(), admin);
         HaproxyApis {
             proc,
             frontends,
@@ -155,14 +138,4 @@ pub fn request(frontend: SocketAddr, api: &str) -> Option<Served> {
             .then(|| value.trim().to_string())
     })?;
     Some(Served { status, server })
-}
-
-/// Sends one Runtime API line over TCP and reads the reply to EOF.
-pub fn runtime(addr: SocketAddr, line: &str) -> std::io::Result<String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.write_all(format!("{line}\n").as_bytes())?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    Ok(out)
 }
