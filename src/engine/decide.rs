@@ -468,7 +468,21 @@ fn evaluate(
         .collect();
     let max_dwell_over = policy.max_step_duration.is_some_and(|m| at_step >= m);
     if !lacking.is_empty() {
-        if max_dwell_over && policy.on_max_step_duration == MaxStepAction::Advance {
+        if policy.is_probe_step(s.step) {
+            // A probe step exposes few users; the rollback evidence keeps accumulating across
+            // steps, so moving on does not raise the harm a bad green does before it is caught,
+            // and it reaches the traffic that catches it sooner.
+            advance(
+                policy,
+                s,
+                now,
+                format!(
+                    "Probe step ({} % < advance_on_dwell_below): dwell and requests met with no evidence against green.",
+                    policy.steps[s.step]
+                ),
+                d,
+            );
+        } else if max_dwell_over && policy.on_max_step_duration == MaxStepAction::Advance {
             advance(
                 policy,
                 s,

@@ -27,6 +27,7 @@ pub(crate) fn policy() -> Policy {
         min_green_requests_per_step: 2000,
         max_step_duration: None,
         on_max_step_duration: MaxStepAction::Hold,
+        advance_on_dwell_below: None,
         false_rollback_rate: 0.01,
         false_advance_rate: 0.05,
         warmup_intervals: 1,
@@ -576,6 +577,51 @@ fn max_step_duration_advances_or_holds_as_the_policy_says() {
     let d = decide(&p, &s, &obs(60, quiet), at(60));
     assert_eq!(d.action, Action::Hold, "{}", d.reason);
     assert!(d.reason.contains("Collecting evidence"), "{}", d.reason);
+}
+
+#[test]
+fn probe_steps_advance_on_dwell_but_never_against_evidence() {
+    let mut p = policy();
+    p.advance_on_dwell_below = Some(25.0);
+    // Too few errors anywhere for non-inferiority evidence on the error stream.
+    let quiet = W {
+        err_b: 0.0,
+        err_g: 0.0,
+        ..healthy()
+    };
+    // Step 0 (5 %) is a probe step: minimum dwell and requests met → advance.
+    let s = run(&p, started(&p), 1, 9, quiet);
+    let d = decide(&p, &s, &obs(10, quiet), at(10));
+    assert_eq!(d.action, Action::Advance, "{}", d.reason);
+    assert!(d.reason.contains("Probe step"), "{}", d.reason);
+    assert_eq!(d.state.step, 1);
+    // Step 1 (25 %) is not a probe step: it needs evidence.
+    let s = run(&p, d.state, 11, 20, quiet);
+    assert_eq!(s.step, 1);
+    let d = decide(&p, &s, &obs(31, quiet), at(31));
+    assert_eq!(d.action, Action::Hold, "{}", d.reason);
+    assert!(d.reason.contains("Collecting evidence"), "{}", d.reason);
+    // Not before the minimum dwell.
+    let early = run(&p, started(&p), 1, 4, quiet);
+    let d = decide(&p, &early, &obs(5, quiet), at(5));
+    assert_eq!(d.action, Action::Hold, "{}", d.reason);
+    assert!(d.reason.contains("Minimum step duration"), "{}", d.reason);
+    // Some evidence against green (E ≥ 10, below 1/α) stops a probe step from advancing.
+    let worse = W {
+        err_g: 6.0,
+        ..healthy()
+    };
+    let s = run(&p, started(&p), 1, 9, worse);
+    let d = decide(&p, &s, &obs(10, worse), at(10));
+    let e = d.state.streams[0].rollback.e_value();
+    assert!((10.0..1.0 / p.alpha_per_stream()).contains(&e), "E = {e}");
+    assert_eq!(d.action, Action::Hold, "{}", d.reason);
+    assert!(d.reason.contains("evidence against green"), "{}", d.reason);
+    // Without the option the same quiet probe step holds.
+    p.advance_on_dwell_below = None;
+    let s = run(&p, started(&p), 1, 9, quiet);
+    let d = decide(&p, &s, &obs(10, quiet), at(10));
+    assert_eq!(d.action, Action::Hold, "{}", d.reason);
 }
 
 #[test]

@@ -42,6 +42,10 @@ pub struct Policy {
     pub max_step_duration: Option<Duration>,
     /// What to do once `max_step_duration` has passed without advance evidence.
     pub on_max_step_duration: MaxStepAction,
+    /// Steps whose share is below this percentage are probe steps: green advances from them once
+    /// the minimum dwell and request count are met and no rollback stream shows evidence against
+    /// it (E < 10), without waiting for positive evidence. `None`: every step needs evidence.
+    pub advance_on_dwell_below: Option<f64>,
     /// α: bound on the probability of ever rolling back a healthy canary during the rollout.
     /// Split evenly (Bonferroni) across the statistical rollback streams.
     pub false_rollback_rate: f64,
@@ -254,6 +258,14 @@ impl Policy {
     /// `paused`, `metrics_unavailable`, `stuck`, `promoted`, `internal_error`).
     pub fn alert_channels(&self, event: &str) -> &[String] {
         self.alert_routes.get(event).unwrap_or(&self.alerts)
+    }
+
+    /// Whether step `index` is a probe step (see `advance_on_dwell_below`).
+    pub fn is_probe_step(&self, index: usize) -> bool {
+        match (self.advance_on_dwell_below, self.steps.get(index)) {
+            (Some(below), Some(share)) => *share < below,
+            _ => false,
+        }
     }
 
     /// Weights at step `index` (0-based).

@@ -208,6 +208,9 @@ pub(super) struct RawPolicy {
     /// `"hold"` or `"advance"` once `max_step_duration` has passed. Default `"hold"`.
     #[serde(default = "default_on_max_step_duration")]
     on_max_step_duration: RawMaxStepAction,
+    /// Steps with a share below this percentage advance on dwell alone. Default: none.
+    #[serde(default)]
+    advance_on_dwell_below: Option<Spanned<f64>>,
     /// α: probability of ever rolling back a healthy canary, in (0, 0.5). Default 0.01.
     #[serde(default = "default_false_rollback_rate")]
     false_rollback_rate: Spanned<f64>,
@@ -596,6 +599,16 @@ impl RawPolicy {
             }
         }
 
+        if let Some(below) = &self.advance_on_dwell_below {
+            let v = *below.get_ref();
+            if !(v > 0.0 && v <= 100.0) {
+                errors.at(
+                    below.span(),
+                    format!("advance_on_dwell_below must be a share in (0, 100] percent, got {v}"),
+                );
+            }
+        }
+
         for (name, rate) in [
             ("false_rollback_rate", &self.false_rollback_rate),
             ("false_advance_rate", &self.false_advance_rate),
@@ -635,6 +648,7 @@ impl RawPolicy {
                 RawMaxStepAction::Hold => MaxStepAction::Hold,
                 RawMaxStepAction::Advance => MaxStepAction::Advance,
             },
+            advance_on_dwell_below: self.advance_on_dwell_below.map(|b| *b.get_ref()),
             false_rollback_rate: *self.false_rollback_rate.get_ref(),
             false_advance_rate: *self.false_advance_rate.get_ref(),
             warmup_intervals: self.warmup_intervals,
@@ -1429,6 +1443,7 @@ max = 0.5
         assert_eq!(p.min_step_duration, Duration::from_secs(600));
         assert_eq!(p.min_green_requests_per_step, 2000);
         assert_eq!(p.max_step_duration, None);
+        assert_eq!(p.advance_on_dwell_below, None);
         assert_eq!(p.on_max_step_duration, MaxStepAction::Hold);
         assert_eq!(p.false_rollback_rate, 0.01);
         assert_eq!(p.false_advance_rate, 0.05);
@@ -1539,6 +1554,25 @@ max = 0.5
             e[1].starts_with("p.toml:3:17: step 14% gives the same"),
             "{e:?}"
         );
+    }
+
+    #[test]
+    fn advance_on_dwell_below_is_a_share() {
+        let e = errors_of(&variant(
+            "alerts = [",
+            "advance_on_dwell_below = 0\nalerts = [",
+        ));
+        assert_eq!(
+            e,
+            vec!["p.toml:3:26: advance_on_dwell_below must be a share in (0, 100] percent, got 0"]
+        );
+        let p = Policy::from_toml(
+            &variant("alerts = [", "advance_on_dwell_below = 10\nalerts = ["),
+            Path::new("p.toml"),
+            Some(&["oncall".into()]),
+        )
+        .unwrap();
+        assert!(p.is_probe_step(0) && p.is_probe_step(1) && !p.is_probe_step(2));
     }
 
     #[test]
