@@ -9,6 +9,10 @@ use serde::{Deserialize, Serialize};
 
 /// Alternatives for the rollback test (green worse than r0 × blue).
 pub const ROLLBACK_GRID: [f64; 6] = [1.25, 1.5, 2.0, 3.0, 5.0, 10.0];
+/// Prior weights of [`ROLLBACK_GRID`] in the rollback test. Moderate regressions (×1.5–×2 the
+/// null boundary) are the slow ones to detect, so they get the most weight; large ones carry so
+/// much evidence per event that their smaller weight costs them under one event.
+pub const ROLLBACK_WEIGHTS: [f64; 6] = [0.15, 0.25, 0.25, 0.15, 0.1, 0.1];
 /// Alternatives for the non-inferiority (advance) test (green better than r_adv × blue).
 pub const ADVANCE_GRID: [f64; 4] = [0.8, 0.67, 0.5, 0.33];
 /// Alternatives for the absolute SLO test (green's rate below q_max).
@@ -39,6 +43,9 @@ pub struct RatioEProcess {
     pub max_log_e: f64,
     /// Intervals that carried information.
     pub intervals: u64,
+    /// ln of the prior weight of each alternative; empty means equal weights.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub log_weights: Vec<f64>,
 }
 
 impl RatioEProcess {
@@ -51,12 +58,23 @@ impl RatioEProcess {
             log_lr: vec![0.0; grid.len()],
             max_log_e: 0.0,
             intervals: 0,
+            log_weights: Vec::new(),
         }
     }
 
-    /// Rollback test: H0 r ≤ 1 + tolerance, alternatives [`ROLLBACK_GRID`].
+    /// The same e-process with prior weights on the alternatives (normalised here). Any fixed
+    /// weights summing to one keep it an e-process.
+    pub fn weighted(mut self, weights: &[f64]) -> Self {
+        assert_eq!(weights.len(), self.grid.len(), "one weight per alternative");
+        let total: f64 = weights.iter().sum();
+        self.log_weights = weights.iter().map(|w| (w / total).ln()).collect();
+        self
+    }
+
+    /// Rollback test: H0 r ≤ 1 + tolerance, alternatives [`ROLLBACK_GRID`] weighted by
+    /// [`ROLLBACK_WEIGHTS`].
     pub fn rollback(tolerance: f64, phi: f64) -> Self {
-        Self::new(1.0 + tolerance, &ROLLBACK_GRID, phi)
+        Self::new(1.0 + tolerance, &ROLLBACK_GRID, phi).weighted(&ROLLBACK_WEIGHTS)
     }
 
     /// Non-inferiority test: H0 r ≥ 1 + tolerance, alternatives [`ADVANCE_GRID`].
@@ -87,7 +105,17 @@ impl RatioEProcess {
 
     /// ln E_t.
     pub fn log_e(&self) -> f64 {
-        mixture(&self.log_lr)
+        if self.log_weights.len() == self.log_lr.len() {
+            let terms: Vec<f64> = self
+                .log_lr
+                .iter()
+                .zip(&self.log_weights)
+                .map(|(l, w)| l + w)
+                .collect();
+            log_sum_exp(&terms)
+        } else {
+            mixture(&self.log_lr)
+        }
     }
 
     /// E_t.
@@ -164,6 +192,44 @@ mod tests {
         );
     }
 
+    /// The equally weighted mixture of statistics reference §1, which the vectors pin.
+    fn reference_rollback(tolerance: f64) -> RatioEProcess {
+        RatioEProcess::new(1.0 + tolerance, &ROLLBACK_GRID, 1.0)
+    }
+
+    #[test]
+    fn weighted_rollback_is_the_weighted_mixture() {
+        let mut plain = reference_rollback(0.2);
+        let mut weighted = RatioEProcess::rollback(0.2, 1.0);
+        for (n_g, n_b, e_g, e_b) in SEQ {
+            plain.update(n_g, n_b, e_g, e_b);
+            weighted.update(n_g, n_b, e_g, e_b);
+        }
+        assert_eq!(plain.log_lr, weighted.log_lr);
+        let want: f64 = weighted
+            .log_lr
+            .iter()
+            .zip(ROLLBACK_WEIGHTS)
+            .map(|(l, w)| w * l.exp())
+            .sum();
+        close(weighted.e_value(), want, 1e-12);
+        // Weights summing to one: E starts at 1.
+        assert!(RatioEProcess::rollback(0.2, 1.0).log_e().abs() < 1e-12);
+        // A ×2 regression (r/r0 ≈ 1.7) is weighted more than under equal weights.
+        let mut a = reference_rollback(0.2);
+        let mut b = RatioEProcess::rollback(0.2, 1.0);
+        for _ in 0..10 {
+            a.update(600.0, 11400.0, 6.0, 57.0);
+            b.update(600.0, 11400.0, 6.0, 57.0);
+        }
+        assert!(
+            b.log_e() > a.log_e() + 0.2,
+            "{} vs {}",
+            b.log_e(),
+            a.log_e()
+        );
+    }
+
     const SEQ: [(f64, f64, f64, f64); 5] = [
         (500.0, 9500.0, 2.0, 30.0),
         (500.0, 9500.0, 1.0, 25.0),
@@ -181,7 +247,7 @@ mod tests {
             0.5637836610,
             1.0185099684,
         ];
-        let mut e = RatioEProcess::rollback(0.0, 1.0);
+        let mut e = reference_rollback(0.0);
         for (interval, want) in SEQ.iter().zip(expected) {
             e.update(interval.0, interval.1, interval.2, interval.3);
             close(e.e_value(), want, 1e-9);
@@ -197,7 +263,7 @@ mod tests {
             0.2830457207,
             0.3880730471,
         ];
-        let mut e = RatioEProcess::rollback(0.2, 1.0);
+        let mut e = reference_rollback(0.2);
         for (interval, want) in SEQ.iter().zip(expected) {
             e.update(interval.0, interval.1, interval.2, interval.3);
             close(e.e_value(), want, 1e-9);
@@ -206,13 +272,13 @@ mod tests {
 
     #[test]
     fn single_interval_vectors() {
-        let mut e = RatioEProcess::rollback(0.0, 1.0);
+        let mut e = reference_rollback(0.0);
         e.update(500.0, 9500.0, 4.0, 0.0);
         close(e.e_value(), 439.83154631, 1e-9);
-        let mut e = RatioEProcess::rollback(0.0, 1.0);
+        let mut e = reference_rollback(0.0);
         e.update(500.0, 9500.0, 3.0, 0.0);
         close(e.e_value(), 72.094431944, 1e-9);
-        let mut e = RatioEProcess::rollback(0.0, 1.0);
+        let mut e = reference_rollback(0.0);
         e.update(600.0, 11400.0, 18.0, 114.0);
         close(e.e_value(), 325.3622082, 1e-8);
     }
