@@ -1,7 +1,7 @@
 //! Decision-quality benchmark: greenlight against a Flagger-style and a Kayenta-style judge and
 //! Wald's SPRT oracle, on the same synthetic worlds and step schedule (bench/policy.toml).
 //!
-//! `cargo bench --bench quality [-- --seeds N] [-- --quick]` writes
+//! `cargo bench --bench quality [-- --seeds N] [-- --quick] [-- --policy FILE]` writes
 //! `bench/results/quality.{md,csv,svg}`. Each (scenario, seed) is run once per judge, each in
 //! its own world built from that seed: the same seed and the same green shares give the same
 //! draws, so the judges meet identical traffic until their decisions differ.
@@ -19,7 +19,13 @@ use greenlight::sim::{default_start, Scenario, World};
 use greenlight::stats::estimate_dispersion;
 use jiff::SignedDuration;
 
-const JUDGES: [&str; 4] = ["greenlight", "flagger", "kayenta", "oracle"];
+const JUDGES: [&str; 5] = [
+    "greenlight",
+    "flagger",
+    "kayenta",
+    "oracle",
+    "oracle at tolerance",
+];
 
 /// One row of the scenario suite.
 struct Case {
@@ -84,6 +90,7 @@ struct Options {
     healthy_seeds: u64,
     regression_seeds: u64,
     out: PathBuf,
+    policy: PathBuf,
 }
 
 fn options() -> Options {
@@ -91,6 +98,7 @@ fn options() -> Options {
         healthy_seeds: 1000,
         regression_seeds: 400,
         out: Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/results"),
+        policy: Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/policy.toml"),
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -108,6 +116,7 @@ fn options() -> Options {
                 o.regression_seeds = n;
             }
             "--out" => o.out = PathBuf::from(args.next().expect("--out needs a directory")),
+            "--policy" => o.policy = PathBuf::from(args.next().expect("--policy needs a file")),
             // `cargo bench` passes --bench; filters are ignored.
             _ => {}
         }
@@ -116,10 +125,9 @@ fn options() -> Options {
 }
 
 /// greenlight's policy for this world: the bench policy with φ set to what `greenlight
-/// calibrate` would recommend from two hours of blue vs blue (a 50/50 split of one version),
-/// and without the absolute p99 guard. The guard is a fixed-horizon threshold outside the α
-/// budget: on 5 req/s its three-windows-in-a-row rule alone rolled back 3 % of healthy runs
-/// (a p99 of a few dozen requests is their maximum). The baselines still read the p99 from it.
+/// calibrate` would recommend from two hours of blue vs blue (a 50/50 split of one version).
+/// The absolute p99 guard stays: windows with fewer than its `min_green_requests` do not count,
+/// so a p99 of a handful of requests at 5 req/s cannot roll a healthy green back.
 fn calibrated(policy: &Policy, scenario: &Scenario) -> (Policy, f64) {
     let aa = Scenario {
         error_multiplier: 1.0,
@@ -145,8 +153,6 @@ fn calibrated(policy: &Policy, scenario: &Scenario) -> (Policy, f64) {
         .map(|d| d.recommended_phi)
         .unwrap_or(1.0);
     let mut p = policy.clone();
-    p.checks
-        .retain(|c| !matches!(c.kind, CheckKind::Threshold { .. }));
     for c in &mut p.checks {
         if let CheckKind::ErrorRate { overdispersion, .. } = &mut c.kind {
             *overdispersion = phi;
@@ -174,7 +180,7 @@ fn run_case(policy: &Policy, case: &Case, seeds: u64, threads: usize) -> (Vec<Ce
     let chunks: Vec<&[u64]> = seed_list
         .chunks(seed_list.len().div_ceil(threads).max(1))
         .collect();
-    let per_thread: Vec<Vec<[JudgeRun; 4]>> = std::thread::scope(|s| {
+    let per_thread: Vec<Vec<[JudgeRun; 5]>> = std::thread::scope(|s| {
         let handles: Vec<_> = chunks
             .iter()
             .map(|chunk| {
@@ -188,17 +194,26 @@ fn run_case(policy: &Policy, case: &Case, seeds: u64, threads: usize) -> (Vec<Ce
                                 green_sigma: case.green_sigma,
                                 horizon,
                                 count_after_promotion: case.regression,
-                                shadow: None,
+                                shadow: Vec::new(),
                             };
                             let shadowed = RunSettings {
-                                shadow: stream.clone(),
+                                shadow: stream
+                                    .iter()
+                                    .flat_map(|s| [s.clone(), s.at_tolerance(policy)])
+                                    .collect(),
                                 ..settings.clone()
                             };
-                            let mut judges: [Box<dyn Judge>; 4] = [
+                            let mut judges: [Box<dyn Judge>; 5] = [
                                 Box::new(Greenlight::new(gl_policy, start)),
                                 Box::new(Flagger::new(policy, start)),
                                 Box::new(Kayenta::new(policy, start)),
                                 Box::new(Oracle::new(policy, start, stream.clone())),
+                                Box::new(Oracle::named(
+                                    JUDGES[4],
+                                    policy,
+                                    start,
+                                    stream.as_ref().map(|s| s.at_tolerance(policy)),
+                                )),
                             ];
                             let runs: Vec<JudgeRun> = judges
                                 .iter_mut()
@@ -209,7 +224,7 @@ fn run_case(policy: &Policy, case: &Case, seeds: u64, threads: usize) -> (Vec<Ce
                                     run_judge(p, scenario, j.as_mut(), st)
                                 })
                                 .collect();
-                            runs.try_into().expect("four judges")
+                            runs.try_into().expect("five judges")
                         })
                         .collect()
                 })
@@ -220,7 +235,9 @@ fn run_case(policy: &Policy, case: &Case, seeds: u64, threads: usize) -> (Vec<Ce
             .map(|h| h.join().expect("worker"))
             .collect()
     });
-    let mut cells: Vec<Cell> = (0..4).map(|_| Cell { runs: Vec::new() }).collect();
+    let mut cells: Vec<Cell> = (0..JUDGES.len())
+        .map(|_| Cell { runs: Vec::new() })
+        .collect();
     for runs in per_thread.into_iter().flatten() {
         for (i, r) in runs.into_iter().enumerate() {
             cells[i].runs.push(r);
@@ -245,9 +262,11 @@ struct Summary {
     delay_median_min: Option<f64>,
     delay_p90_min: Option<f64>,
     bad_mean: f64,
+    excess_mean: f64,
     promote_median_min: Option<f64>,
     promoted_rate: f64,
     shadow_median_min: Option<f64>,
+    shadow_tolerance_median_min: Option<f64>,
 }
 
 fn summarise(cell: &Cell) -> Summary {
@@ -269,7 +288,14 @@ fn summarise(cell: &Cell) -> Summary {
         .filter(|r| r.verdict == Verdict::Promoted)
         .map(|r| r.decided_after_s)
         .collect();
-    let shadow = minutes(cell.runs.iter().filter_map(|r| r.shadow_oracle_s).collect());
+    let shadow = |k: usize| {
+        minutes(
+            cell.runs
+                .iter()
+                .filter_map(|r| r.shadow_oracle_s.get(k).copied().flatten())
+                .collect(),
+        )
+    };
     let delays = minutes(rolled.clone());
     let promotes = minutes(promoted.clone());
     Summary {
@@ -278,9 +304,11 @@ fn summarise(cell: &Cell) -> Summary {
         delay_median_min: quantile(&delays, 0.5),
         delay_p90_min: quantile(&delays, 0.9),
         bad_mean: cell.runs.iter().map(|r| r.bad_green as f64).sum::<f64>() / n.max(1) as f64,
+        excess_mean: cell.runs.iter().map(|r| r.excess_bad_green).sum::<f64>() / n.max(1) as f64,
         promote_median_min: quantile(&promotes, 0.5),
         promoted_rate: promoted.len() as f64 / n.max(1) as f64,
-        shadow_median_min: quantile(&shadow, 0.5),
+        shadow_median_min: quantile(&shadow(0), 0.5),
+        shadow_tolerance_median_min: quantile(&shadow(1), 0.5),
     }
 }
 
@@ -290,11 +318,14 @@ fn opt(v: Option<f64>) -> String {
 
 fn main() {
     let o = options();
-    let text =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/policy.toml"))
-            .expect("read bench/policy.toml");
-    let policy = Policy::from_toml(&text, Path::new("bench/policy.toml"), None)
-        .expect("bench/policy.toml is valid");
+    let text = std::fs::read_to_string(&o.policy)
+        .unwrap_or_else(|e| panic!("read {}: {e}", o.policy.display()));
+    let policy = Policy::from_toml(&text, &o.policy, None).unwrap_or_else(|errors| {
+        for e in errors.iter() {
+            eprintln!("{e}");
+        }
+        panic!("{} is not a valid policy", o.policy.display())
+    });
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let began = Instant::now();
     let mut rows: Vec<(&Case, Vec<Summary>, f64)> = Vec::new();
@@ -349,9 +380,9 @@ fn markdown(
     let _ = writeln!(s);
     let _ = writeln!(
         s,
-        "| scenario | judge | false rollback | detected | TTD median / p90 (min) | bad green req (mean) | promoted | time to promote, median (min) |"
+        "| scenario | judge | false rollback | detected | TTD median / p90 (min) | bad green req (mean) | caused by the release (mean) | promoted | time to promote, median (min) |"
     );
-    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
     for (case, sums, phi) in rows {
         for (j, sm) in JUDGES.iter().zip(sums) {
             let judge = if *j == "greenlight" && *phi > 1.0 {
@@ -360,19 +391,20 @@ fn markdown(
                 j.to_string()
             };
             let rate = format!("{:.1} %", 100.0 * sm.rollback_rate);
-            let (fr, det, ttd, bad) = if case.regression {
+            let (fr, det, ttd, bad, excess) = if case.regression {
                 (
                     "—".to_string(),
                     rate,
                     format!("{} / {}", opt(sm.delay_median_min), opt(sm.delay_p90_min)),
                     format!("{:.0}", sm.bad_mean),
+                    format!("{:.0}", sm.excess_mean),
                 )
             } else {
-                (rate, "—".into(), "—".into(), "—".into())
+                (rate, "—".into(), "—".into(), "—".into(), "—".into())
             };
             let _ = writeln!(
                 s,
-                "| {} | {judge} | {fr} | {det} | {ttd} | {bad} | {:.1} % | {} |",
+                "| {} | {judge} | {fr} | {det} | {ttd} | {bad} | {excess} | {:.1} % | {} |",
                 case.name,
                 100.0 * sm.promoted_rate,
                 opt(sm.promote_median_min)
@@ -384,23 +416,36 @@ fn markdown(
         s,
         "Statistical efficiency on identical traffic: median minutes until greenlight rolled back \
          vs until Wald's SPRT (known ratio, α = {}) run on the very windows greenlight saw would \
-         have crossed.",
+         have crossed, testing r = 1 (statistics reference §5) and testing the policy's own null \
+         r = 1 + tolerance.",
         policy.false_rollback_rate
     );
     let _ = writeln!(s);
     let _ = writeln!(
         s,
-        "| scenario | greenlight | SPRT on greenlight's traffic | ratio |"
+        "| scenario | greenlight | SPRT vs r = 1 | ratio | SPRT vs r = 1 + tolerance | ratio |"
     );
-    let _ = writeln!(s, "|---|---:|---:|---:|");
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|");
+    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+        _ => "—".into(),
+    };
     for (case, sums, _) in rows.iter().filter(|(c, _, _)| c.regression) {
         let g = sums[0].delay_median_min;
-        let sh = sums[0].shadow_median_min;
-        let ratio = match (g, sh) {
-            (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
-            _ => "—".into(),
-        };
-        let _ = writeln!(s, "| {} | {} | {} | {ratio} |", case.name, opt(g), opt(sh));
+        let (sh, st) = (
+            sums[0].shadow_median_min,
+            sums[0].shadow_tolerance_median_min,
+        );
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} |",
+            case.name,
+            opt(g),
+            opt(sh),
+            ratio(g, sh),
+            opt(st),
+            ratio(g, st)
+        );
     }
     let _ = writeln!(s);
     let _ = writeln!(
@@ -409,22 +454,21 @@ fn markdown(
          until the rollback; a promoted bad green keeps serving all traffic until the 24 h horizon. \
          The oracle knows which stream regressed and by how much and advances on the schedule; \
          it cannot falsely roll back. greenlight's φ is what `greenlight calibrate` recommends \
-         from two hours of blue-vs-blue traffic of the same world; greenlight runs without the \
-         policy's absolute p99 guard (outside its α budget), which the baselines read their p99 from."
+         from two hours of blue-vs-blue traffic of the same world."
     );
     s
 }
 
 fn csv(rows: &[(&Case, Vec<Summary>, f64)]) -> String {
     let mut s = String::from(
-        "scenario,judge,regression,runs,rollback_rate,ttd_median_min,ttd_p90_min,bad_green_mean,promoted_rate,promote_median_min,sprt_same_traffic_median_min,phi\n",
+        "scenario,judge,regression,runs,rollback_rate,ttd_median_min,ttd_p90_min,bad_green_mean,excess_bad_green_mean,promoted_rate,promote_median_min,sprt_same_traffic_median_min,sprt_at_tolerance_same_traffic_median_min,phi\n",
     );
     let f = |v: Option<f64>| v.map_or(String::new(), |x| format!("{x:.2}"));
     for (case, sums, phi) in rows {
         for (j, sm) in JUDGES.iter().zip(sums) {
             let _ = writeln!(
                 s,
-                "\"{}\",{j},{},{},{:.4},{},{},{:.1},{:.4},{},{},{}",
+                "\"{}\",{j},{},{},{:.4},{},{},{:.1},{:.1},{:.4},{},{},{},{}",
                 case.name,
                 case.regression,
                 sm.n,
@@ -432,9 +476,11 @@ fn csv(rows: &[(&Case, Vec<Summary>, f64)]) -> String {
                 f(sm.delay_median_min),
                 f(sm.delay_p90_min),
                 sm.bad_mean,
+                sm.excess_mean,
                 sm.promoted_rate,
                 f(sm.promote_median_min),
                 f(sm.shadow_median_min),
+                f(sm.shadow_tolerance_median_min),
                 if *j == "greenlight" { *phi } else { 1.0 }
             );
         }
@@ -446,7 +492,7 @@ fn csv(rows: &[(&Case, Vec<Summary>, f64)]) -> String {
 /// the trade-off of mean false-rollback rate over the healthy scenarios against mean bad green
 /// requests over the regressions.
 fn svg(rows: &[(&Case, Vec<Summary>, f64)]) -> String {
-    let colours = ["#1b9e77", "#d95f02", "#7570b3", "#444444"];
+    let colours = ["#1b9e77", "#d95f02", "#7570b3", "#444444", "#999999"];
     let (w, h) = (900.0, 380.0);
     let mut s = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
@@ -481,7 +527,7 @@ fn svg(rows: &[(&Case, Vec<Summary>, f64)]) -> String {
             .iter()
             .map(|(r, m)| format!("{:.1},{:.1}", px(*r), py(*m)))
             .collect();
-        let dash = if j == 3 {
+        let dash = if j >= 3 {
             " stroke-dasharray=\"5,4\""
         } else {
             ""
@@ -509,7 +555,7 @@ fn svg(rows: &[(&Case, Vec<Summary>, f64)]) -> String {
     }
     // Panel 2: trade-off.
     let (x0, pw) = (500.0, 360.0);
-    let pts: Vec<(f64, f64)> = (0..4)
+    let pts: Vec<(f64, f64)> = (0..JUDGES.len())
         .map(|j| {
             let healthy: Vec<f64> = rows
                 .iter()

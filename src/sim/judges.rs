@@ -375,6 +375,29 @@ pub struct OracleStream {
     pub edge: Option<f64>,
     /// The true ratio of green's to blue's rate of bad events on this stream.
     pub ratio: f64,
+    /// The ratio the SPRT tests against: 1 (statistics reference §5), or 1 + the check's
+    /// tolerance for the best test of the policy's own null hypothesis.
+    pub null_ratio: f64,
+}
+
+impl OracleStream {
+    /// The same stream tested against the check's tolerance (r0 = 1 + tolerance).
+    pub fn at_tolerance(&self, policy: &Policy) -> OracleStream {
+        let tolerance =
+            policy
+                .checks
+                .iter()
+                .find(|c| c.name == self.check)
+                .map_or(0.0, |c| match &c.kind {
+                    CheckKind::ErrorRate { tolerance, .. }
+                    | CheckKind::LatencyHistogram { tolerance, .. } => *tolerance,
+                    CheckKind::Threshold { .. } => 0.0,
+                });
+        OracleStream {
+            null_ratio: 1.0 + tolerance,
+            ..self.clone()
+        }
+    }
 }
 
 /// The stream a regression in `scenario` (with green's latency σ `green_sigma`) is easiest to
@@ -398,6 +421,7 @@ pub fn oracle_stream(
                     check: check.to_string(),
                     edge,
                     ratio,
+                    null_ratio: 1.0,
                 },
             ));
         }
@@ -425,8 +449,9 @@ pub fn oracle_stream(
     best.map(|(_, s)| s)
 }
 
-/// Wald's SPRT of H0: r = 1 against the true ratio r on one stream, with the conditional
-/// binomial likelihood of statistics reference §1; crosses at ln(1/α).
+/// Wald's SPRT of H0: r = r0 (the stream's `null_ratio`) against the true ratio r on one
+/// stream, with the conditional binomial likelihood of statistics reference §1; crosses at
+/// ln(1/α).
 #[derive(Debug, Clone)]
 pub struct Sprt {
     pub stream: OracleStream,
@@ -456,7 +481,8 @@ impl Sprt {
             let (ng, nb) = (c.green.requests, c.blue.requests);
             if ng > 0.0 && nb > 0.0 {
                 let r = self.stream.ratio;
-                let p0 = ng / (ng + nb);
+                let r0 = self.stream.null_ratio;
+                let p0 = ng * r0 / (ng * r0 + nb);
                 let p1 = ng * r / (ng * r + nb);
                 self.llr +=
                     c.green.bad * (p1 / p0).ln() + c.blue.bad * ((1.0 - p1) / (1.0 - p0)).ln();
@@ -474,13 +500,25 @@ impl Sprt {
 /// policy's whole α (statistics reference §5), and otherwise advances on the schedule. It never
 /// rolls back a healthy green (its alternative equals the null).
 pub struct Oracle<'a> {
+    name: &'static str,
     schedule: Schedule<'a>,
     sprt: Option<Sprt>,
 }
 
 impl<'a> Oracle<'a> {
     pub fn new(policy: &'a Policy, start: Timestamp, stream: Option<OracleStream>) -> Self {
+        Self::named("oracle", policy, start, stream)
+    }
+
+    /// An oracle reported under `name` (e.g. one testing against the policy's tolerance).
+    pub fn named(
+        name: &'static str,
+        policy: &'a Policy,
+        start: Timestamp,
+        stream: Option<OracleStream>,
+    ) -> Self {
         Oracle {
+            name,
             schedule: Schedule::new(policy, start),
             sprt: stream.map(|s| Sprt::new(s, policy.false_rollback_rate)),
         }
@@ -489,7 +527,7 @@ impl<'a> Oracle<'a> {
 
 impl Judge for Oracle<'_> {
     fn name(&self) -> &'static str {
-        "oracle"
+        self.name
     }
 
     fn green_share(&self) -> f64 {
@@ -521,11 +559,14 @@ pub struct JudgeRun {
     pub decided_after_s: u64,
     /// Bad green requests until the rollback, or until the horizon (at 100 % after promotion).
     pub bad_green: u64,
+    /// `bad_green` minus what the same green requests would have suffered at blue's rates:
+    /// the harm caused by the release itself.
+    pub excess_bad_green: f64,
     pub green_requests: u64,
-    /// With a shadow oracle: seconds until Wald's SPRT on the same windows this judge saw would
+    /// Per shadow stream: seconds until Wald's SPRT on the same windows this judge saw would
     /// have crossed (continuing at the judge's last share after a rollback); `None` if never
     /// within the horizon.
-    pub shadow_oracle_s: Option<u64>,
+    pub shadow_oracle_s: Vec<Option<u64>>,
 }
 
 /// Settings of [`run_judge`].
@@ -538,8 +579,8 @@ pub struct RunSettings {
     pub horizon: Duration,
     /// Keep drawing after a promotion to count the harm a promoted bad green does.
     pub count_after_promotion: bool,
-    /// Run Wald's SPRT on this stream beside the judge.
-    pub shadow: Option<OracleStream>,
+    /// Run Wald's SPRT on each of these streams beside the judge.
+    pub shadow: Vec<OracleStream>,
 }
 
 /// Runs `judge` in a fresh world of `scenario` with `settings.seed`, window by window, from the
@@ -555,13 +596,14 @@ pub fn run_judge(
         World::new(policy, scenario, settings.seed).with_green_sigma(settings.green_sigma);
     let interval =
         SignedDuration::try_from(policy.interval).unwrap_or(SignedDuration::from_mins(1));
-    let mut shadow = settings
+    let mut shadow: Vec<Sprt> = settings
         .shadow
-        .clone()
-        .map(|s| Sprt::new(s, policy.false_rollback_rate));
-    let mut shadow_at: Option<u64> = None;
+        .iter()
+        .map(|s| Sprt::new(s.clone(), policy.false_rollback_rate))
+        .collect();
+    let mut shadow_at: Vec<Option<u64>> = vec![None; shadow.len()];
     let mut t = start;
-    let (mut bad, mut requests) = (0u64, 0u64);
+    let (mut bad, mut requests, mut excess) = (0u64, 0u64, 0.0);
     let mut verdict = Verdict::Continue;
     let mut decided: Option<u64> = None;
     let mut last_share = judge.green_share();
@@ -577,7 +619,7 @@ pub fn run_judge(
             Verdict::Promoted => 1.0,
             Verdict::RolledBack => last_share,
         };
-        let need_shadow = shadow.is_some() && shadow_at.is_none();
+        let need_shadow = shadow_at.iter().any(Option::is_none);
         let need_harm = verdict == Verdict::Promoted && settings.count_after_promotion;
         if after_decision && !need_shadow && !need_harm {
             break;
@@ -587,11 +629,12 @@ pub fn run_judge(
         let end_s = elapsed_s + policy.interval.as_secs();
         if verdict != Verdict::RolledBack {
             bad += d.bad_green;
+            excess += d.bad_green as f64 - d.bad_green_at_blue_level;
             requests += d.green.requests as u64;
         }
-        if let Some(sprt) = &mut shadow {
-            if shadow_at.is_none() && verdict != Verdict::Promoted && sprt.update(&d.observation) {
-                shadow_at = Some(end_s);
+        for (sprt, at) in shadow.iter_mut().zip(shadow_at.iter_mut()) {
+            if at.is_none() && verdict != Verdict::Promoted && sprt.update(&d.observation) {
+                *at = Some(end_s);
             }
         }
         if verdict == Verdict::Continue {
@@ -608,6 +651,7 @@ pub fn run_judge(
         verdict,
         decided_after_s: decided.unwrap_or(settings.horizon.as_secs()),
         bad_green: bad,
+        excess_bad_green: excess,
         green_requests: requests,
         shadow_oracle_s: shadow_at,
     }
@@ -768,7 +812,7 @@ mod tests {
             green_sigma: s.latency_sigma,
             horizon: Duration::from_secs(6 * 3600),
             count_after_promotion: true,
-            shadow: None,
+            shadow: Vec::new(),
         };
         let a = run_judge(&p, &s, &mut Oracle::new(&p, t(0), None), &settings);
         let b = run_judge(&p, &s, &mut Flagger::new(&p, t(0)), &settings);
@@ -792,13 +836,41 @@ mod tests {
             green_sigma: s.latency_sigma,
             horizon: Duration::from_secs(6 * 3600),
             count_after_promotion: true,
-            shadow: stream.clone(),
+            shadow: stream
+                .iter()
+                .flat_map(|st| [st.clone(), st.at_tolerance(&p)])
+                .collect(),
         };
         let start = default_start(&p);
         let g = run_judge(&p, &s, &mut Greenlight::new(&p, start), &settings);
         assert_eq!(g.verdict, Verdict::RolledBack);
-        assert!(g.shadow_oracle_s.is_some());
+        // The SPRT against the policy's tolerance needs more evidence than the one against 1.
+        let (vs_one, vs_tolerance) = (g.shadow_oracle_s[0], g.shadow_oracle_s[1]);
+        assert!(
+            vs_one.unwrap() <= vs_tolerance.unwrap(),
+            "{vs_one:?} {vs_tolerance:?}"
+        );
+        // Harm caused by the release: most of green's bad requests, not blue-level ones.
+        assert!(g.excess_bad_green > 0.5 * g.bad_green as f64, "{g:?}");
         let o = run_judge(&p, &s, &mut Oracle::new(&p, start, stream), &settings);
         assert_eq!(o.verdict, Verdict::RolledBack);
+    }
+
+    #[test]
+    fn a_healthy_green_causes_no_excess_harm() {
+        let p = policy();
+        let s = Scenario::default();
+        let settings = RunSettings {
+            seed: 3,
+            green_sigma: s.latency_sigma,
+            horizon: Duration::from_secs(3 * 3600),
+            count_after_promotion: true,
+            shadow: Vec::new(),
+        };
+        let o = run_judge(&p, &s, &mut Oracle::new(&p, t(0), None), &settings);
+        assert_eq!(o.verdict, Verdict::Promoted);
+        // Bad requests at blue's own rates are not harm caused by the release.
+        assert!(o.bad_green > 100, "{o:?}");
+        assert!(o.excess_bad_green.abs() < 0.1 * o.bad_green as f64, "{o:?}");
     }
 }

@@ -118,6 +118,9 @@ pub struct Draw {
     pub green: Counts,
     /// Green requests that failed or were slower than the policy's highest latency edge.
     pub bad_green: u64,
+    /// How many of green's requests would have been bad at blue's error rate and latency: what
+    /// the same users would have suffered without the release.
+    pub bad_green_at_blue_level: f64,
 }
 
 /// What one colour did in one window.
@@ -204,11 +207,20 @@ impl<'a> World<'a> {
     ) -> Draw {
         let (observation, blue, green, bad_green) =
             self.window(start, end, elapsed, green_share, step);
+        let slow_p = self.top_edge.map_or(0.0, |e| {
+            1.0 - lognormal_cdf(
+                e,
+                self.scenario.latency_median_s,
+                self.scenario.latency_sigma,
+            )
+        });
+        let bad_green_at_blue_level = green.requests * (self.scenario.blue_error_rate + slow_p);
         Draw {
             observation,
             blue,
             green,
             bad_green,
+            bad_green_at_blue_level,
         }
     }
 
