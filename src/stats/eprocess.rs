@@ -106,13 +106,17 @@ impl RatioEProcess {
     /// ln E_t.
     pub fn log_e(&self) -> f64 {
         if self.log_weights.len() == self.log_lr.len() {
-            let terms: Vec<f64> = self
-                .log_lr
-                .iter()
-                .zip(&self.log_weights)
-                .map(|(l, w)| l + w)
-                .collect();
-            log_sum_exp(&terms)
+            let terms = || {
+                self.log_lr
+                    .iter()
+                    .zip(&self.log_weights)
+                    .map(|(l, w)| l + w)
+            };
+            let max = terms().fold(f64::NEG_INFINITY, f64::max);
+            if max == f64::NEG_INFINITY {
+                return max;
+            }
+            max + terms().map(|x| (x - max).exp()).sum::<f64>().ln()
         } else {
             mixture(&self.log_lr)
         }
