@@ -8,76 +8,56 @@ use greenlight::engine::{
     decide, Action, CheckData, CheckObservation, Counts, Decision, EdgeCounts, Observation, Pair,
     Phase, RolloutState,
 };
-use greenlight::policy::{
-    Check, CheckKind, MaxStepAction, Policy, Traffic, TrafficTarget, Weights,
-};
+use greenlight::policy::{Check, CheckKind, Policy, Weights};
 use greenlight::server::{serve, RolloutView, StaticStatus, StatusSource, Telemetry};
 use jiff::{SignedDuration, Timestamp};
 use reqwest::StatusCode;
+
+mod support;
+use support::fixtures;
 
 /// A string that stands for a credential: it must never appear in any answer.
 const SECRET: &str = "s3cr3t-t0ken-do-not-leak";
 
 fn policy(api: &str) -> Policy {
-    Policy {
-        api: api.into(),
-        source: None,
-        interval: Duration::from_secs(60),
-        steps: vec![5.0, 25.0, 50.0, 100.0],
-        min_step_duration: Duration::from_secs(600),
-        min_green_requests_per_step: 2000,
-        max_step_duration: None,
-        on_max_step_duration: MaxStepAction::Hold,
-        advance_on_dwell_below: None,
-        false_rollback_rate: 0.01,
-        false_advance_rate: 0.05,
-        warmup_intervals: 1,
-        auto_start: true,
-        no_data_alert_after: Duration::from_secs(600),
-        stuck_alert_after: Duration::from_secs(3 * 3600),
-        traffic: Traffic {
-            target: TrafficTarget::ConsulKeys {
-                blue: format!("haproxy/{api}/weights/blue?token={SECRET}"),
-                green: format!("haproxy/{api}/weights/green?token={SECRET}"),
+    let target = fixtures::consul_keys(
+        format!("haproxy/{api}/weights/blue?token={SECRET}"),
+        format!("haproxy/{api}/weights/green?token={SECRET}"),
+    );
+    let checks = vec![
+        Check {
+            name: "errors".into(),
+            kind: CheckKind::ErrorRate {
+                requests: format!(
+                    r#"sum(increase(req{{color="{{color}}",auth="{SECRET}"}}[{{interval}}]))"#
+                ),
+                errors: format!(
+                    r#"sum(increase(err{{color="{{color}}",auth="{SECRET}"}}[{{interval}}]))"#
+                ),
+                tolerance: 0.2,
+                advance_tolerance: 0.5,
+                overdispersion: 1.0,
+                min_errors: 5,
+                advance_max_rate: None,
+                blue_max_error_rate: Some(0.2),
             },
-            total_weight: 100,
-            haproxy_backend: None,
         },
-        schedule: None,
-        checks: vec![
-            Check {
-                name: "errors".into(),
-                kind: CheckKind::ErrorRate {
-                    requests: format!(
-                        r#"sum(increase(req{{color="{{color}}",auth="{SECRET}"}}[{{interval}}]))"#
-                    ),
-                    errors: format!(
-                        r#"sum(increase(err{{color="{{color}}",auth="{SECRET}"}}[{{interval}}]))"#
-                    ),
-                    tolerance: 0.2,
-                    advance_tolerance: 0.5,
-                    overdispersion: 1.0,
-                    min_errors: 5,
-                    advance_max_rate: None,
-                    blue_max_error_rate: Some(0.2),
-                },
+        Check {
+            name: "latency".into(),
+            kind: CheckKind::LatencyHistogram {
+                buckets: format!(r#"sum by (le) (b{{color="{{color}}",auth="{SECRET}"}})"#),
+                edges: vec![0.25, 1.0],
+                tolerance: 0.2,
+                advance_tolerance: 0.5,
+                overdispersion: 1.0,
+                min_errors: 5,
+                advance_max_rate: Some(0.02),
             },
-            Check {
-                name: "latency".into(),
-                kind: CheckKind::LatencyHistogram {
-                    buckets: format!(r#"sum by (le) (b{{color="{{color}}",auth="{SECRET}"}})"#),
-                    edges: vec![0.25, 1.0],
-                    tolerance: 0.2,
-                    advance_tolerance: 0.5,
-                    overdispersion: 1.0,
-                    min_errors: 5,
-                    advance_max_rate: Some(0.02),
-                },
-            },
-        ],
-        alerts: vec![format!("oncall-{SECRET}")],
-        alert_routes: Default::default(),
-    }
+        },
+    ];
+    let mut p = fixtures::policy(api, target, &[5.0, 25.0, 50.0, 100.0], checks);
+    p.alerts = vec![format!("oncall-{SECRET}")];
+    p
 }
 
 fn at(minute: i64) -> Timestamp {
