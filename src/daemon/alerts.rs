@@ -263,6 +263,53 @@ pub fn manual_override(
     )
 }
 
+/// A decided rollback could not be written to the traffic target (critical; resolved when it
+/// lands). Routed like a rollback.
+pub fn rollback_not_applied(
+    policy: &Policy,
+    state: &RolloutState,
+    error: &str,
+    at: Timestamp,
+) -> AlertEvent {
+    let mut e = AlertEvent::new(
+        &policy.api,
+        EventKind::Rollback,
+        &format!("{}-not-applied", rollout_id(state)),
+        format!(
+            "Rollback of {} decided but NOT applied: green still receives traffic ({error}); retrying at every tick",
+            policy.api
+        ),
+        at,
+    )
+    .with_field("target_weights", weights(state.weights))
+    .with_description(
+        "greenlight keeps retrying the rollback. If the traffic target stays unreachable, set \
+         the weights by hand (blue = total, green = 0) or run `greenlight rollback API --now`.",
+    );
+    if let Some(from) = state.applying_from {
+        e = e.with_field("live_weights", weights(from));
+    }
+    e.severity = crate::alert::Severity::Critical;
+    e
+}
+
+/// The stored state of an API cannot be decoded (critical): greenlight holds that API.
+pub fn state_unreadable(api: &str, detail: &str, at: Timestamp) -> AlertEvent {
+    let mut e = AlertEvent::new(
+        api,
+        EventKind::InternalError,
+        "state_unreadable",
+        format!("The stored state of {api} cannot be decoded; greenlight holds it: {detail}"),
+        at,
+    )
+    .with_description(
+        "Weights stay where they are. `greenlight rollback API --now` moves all traffic to blue \
+         without reading the state; `greenlight status` shows the error.",
+    );
+    e.severity = crate::alert::Severity::Critical;
+    e
+}
+
 /// The progressor itself failed in a way an operator must look at.
 pub fn internal_error(api: &str, what: &str, detail: &str, at: Timestamp) -> AlertEvent {
     AlertEvent::new(

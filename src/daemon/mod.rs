@@ -9,8 +9,10 @@
 //! state (and re-decides the same window) or the marked one (and finishes the change).
 
 mod alerts;
+pub mod env;
+pub mod plan;
 mod status;
-mod store;
+pub mod store;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
@@ -24,19 +26,18 @@ use tokio::sync::{watch, Mutex, Semaphore};
 pub use status::LiveStatus;
 pub use store::{StateStore, StoreError};
 
+pub use env::{AlertIo, Clock, Env, MetricsIo, RealEnv, StateIo, WeightIo};
+
 use crate::alert::{AlertEvent, ChannelKind, ChannelSettings, Notifier};
 use crate::consul::{ConsulClient, ConsulError, Fence, Lock, LockOptions};
 use crate::engine::{decide, Observation, Phase, RolloutState};
 use crate::metrics::window::aligned_end;
-use crate::metrics::{observe_with, ObserveOptions, PromClient};
-use crate::policy::{load_dir, AlertChannelKind, Config, Policy, PolicyError, TrafficTarget};
+use crate::metrics::{ObserveOptions, PromClient};
+use crate::policy::{load_dir, AlertChannelKind, Config, Policy, PolicyError, Weights};
 use crate::server::logging::log_decision;
 use crate::server::telemetry::Telemetry;
-use crate::traffic::{Actuator, ConsulKv, HaproxyRuntime, TrafficError};
-
-/// A gap longer than this many intervals since the last counted window is skipped, not
-/// evaluated as one long window.
-const MAX_CATCH_UP_INTERVALS: i64 = 10;
+use crate::traffic::{ConsulKv, HaproxyRuntime, TrafficError};
+use plan::{LivePlan, WindowKind, WindowPlan};
 
 /// Why the daemon could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -86,18 +87,14 @@ fn default_instance() -> String {
     format!("{host}-{}", std::process::id())
 }
 
-/// Everything the loop needs, shared by the evaluation tasks.
-pub struct Shell {
-    pub config: Config,
-    pub store: StateStore,
-    metrics: PromClient,
-    consul_kv: ConsulKv,
-    haproxy: Option<HaproxyRuntime>,
-    notifier: Notifier,
+/// The shell: evaluates one API at a time through its [`Env`], keeping only telemetry and the
+/// alerts it raised in memory (everything that matters is in the store).
+pub struct Shell<E: Env = RealEnv> {
+    pub env: E,
+    /// Windows end this long before the evaluation time (the backend's ingestion delay).
+    latency_offset: Duration,
     pub telemetry: Arc<Telemetry>,
     pub status: Arc<LiveStatus>,
-    observe: ObserveOptions,
-    backend: &'static str,
     /// Internal-error alerts already raised by this process (api, what).
     raised: Mutex<HashSet<(String, String)>>,
 }
@@ -116,91 +113,88 @@ pub fn consul_client(config: &Config) -> Result<ConsulClient, DaemonError> {
     )?)
 }
 
-impl Shell {
+/// Connects the production parts described by `config` (no network traffic yet).
+pub fn real_env(config: &Config) -> Result<RealEnv, DaemonError> {
+    let consul = consul_client(config)?;
+    let settings = crate::metrics::MetricsSettings::from_config(&config.metrics)
+        .map_err(DaemonError::Config)?;
+    let kind = settings.kind;
+    let metrics =
+        PromClient::new(settings).map_err(|e| DaemonError::Config(format!("metrics: {e}")))?;
+    let haproxy = if config.haproxy.nodes.is_empty() {
+        None
+    } else {
+        let urls: Vec<String> = config.haproxy.nodes.iter().map(|n| n.to_string()).collect();
+        Some(HaproxyRuntime::from_urls(&urls).map_err(DaemonError::Config)?)
+    };
+    let mut channels = Vec::new();
+    for c in &config.alerts {
+        let secret = |r: Result<String, String>| {
+            r.map_err(|e| DaemonError::Config(format!("alert channel {}: {e}", c.name)))
+        };
+        let kind = match &c.kind {
+            AlertChannelKind::Alertmanager { url } => ChannelKind::AlertmanagerUrl(url.clone()),
+            AlertChannelKind::Slack { webhook_url } => ChannelKind::Slack {
+                webhook_url: secret(webhook_url.resolve().map_err(|e| e.to_string()))?,
+            },
+            AlertChannelKind::Webhook { url, hmac_secret } => ChannelKind::Webhook {
+                url: secret(url.resolve().map_err(|e| e.to_string()))?,
+                hmac_secret: match hmac_secret {
+                    Some(s) => Some(secret(s.resolve().map_err(|e| e.to_string()))?),
+                    None => None,
+                },
+            },
+        };
+        channels.push(ChannelSettings {
+            name: c.name.clone(),
+            kind,
+        });
+    }
+    let notifier = Notifier::new(
+        channels,
+        config.state_dir.join("outbox"),
+        Duration::from_secs(5),
+    )
+    .map_err(|e| DaemonError::Config(format!("alert outbox: {e}")))?;
+    let backend = match kind {
+        crate::metrics::Backend::VictoriaMetrics => "victoriametrics",
+        crate::metrics::Backend::Prometheus => "prometheus",
+    };
+    Ok(RealEnv {
+        store: StateStore::new(consul.clone(), &config.consul.prefix),
+        consul_kv: ConsulKv::new(consul),
+        haproxy,
+        metrics,
+        observe: ObserveOptions {
+            max_sample_age: Some(config.metrics.max_staleness),
+            ..ObserveOptions::default()
+        },
+        backend,
+        metrics_url: config.metrics.url.clone(),
+        notifier,
+    })
+}
+
+impl Shell<RealEnv> {
     /// Connects the parts described by `config` (no network traffic yet).
-    pub fn new(config: Config) -> Result<Shell, DaemonError> {
-        let consul = consul_client(&config)?;
-        let settings = crate::metrics::MetricsSettings::from_config(&config.metrics)
-            .map_err(DaemonError::Config)?;
-        let kind = settings.kind;
-        let metrics =
-            PromClient::new(settings).map_err(|e| DaemonError::Config(format!("metrics: {e}")))?;
-        let haproxy = if config.haproxy.nodes.is_empty() {
-            None
-        } else {
-            let urls: Vec<String> = config.haproxy.nodes.iter().map(|n| n.to_string()).collect();
-            Some(HaproxyRuntime::from_urls(&urls).map_err(DaemonError::Config)?)
-        };
-        let mut channels = Vec::new();
-        for c in &config.alerts {
-            let kind = match &c.kind {
-                AlertChannelKind::Alertmanager { url } => ChannelKind::AlertmanagerUrl(url.clone()),
-                AlertChannelKind::Slack { webhook_url } => ChannelKind::Slack {
-                    webhook_url: webhook_url.resolve().map_err(|e| {
-                        DaemonError::Config(format!("alert channel {}: {e}", c.name))
-                    })?,
-                },
-                AlertChannelKind::Webhook { url, hmac_secret } => ChannelKind::Webhook {
-                    url: url.resolve().map_err(|e| {
-                        DaemonError::Config(format!("alert channel {}: {e}", c.name))
-                    })?,
-                    hmac_secret: match hmac_secret {
-                        Some(s) => Some(s.resolve().map_err(|e| {
-                            DaemonError::Config(format!("alert channel {}: {e}", c.name))
-                        })?),
-                        None => None,
-                    },
-                },
-            };
-            channels.push(ChannelSettings {
-                name: c.name.clone(),
-                kind,
-            });
-        }
-        let notifier = Notifier::new(
-            channels,
-            config.state_dir.join("outbox"),
-            Duration::from_secs(5),
-        )
-        .map_err(|e| DaemonError::Config(format!("alert outbox: {e}")))?;
-        let backend = match kind {
-            crate::metrics::Backend::VictoriaMetrics => "victoriametrics",
-            crate::metrics::Backend::Prometheus => "prometheus",
-        };
-        Ok(Shell {
-            store: StateStore::new(consul.clone(), &config.consul.prefix),
-            consul_kv: ConsulKv::new(consul),
-            haproxy,
-            metrics,
-            notifier,
+    pub fn new(config: &Config) -> Result<Self, DaemonError> {
+        Ok(Shell::with_env(
+            real_env(config)?,
+            config.metrics.latency_offset,
+        ))
+    }
+}
+
+impl<E: Env> Shell<E> {
+    /// A shell over `env`; windows end `latency_offset` before the evaluation time.
+    pub fn with_env(env: E, latency_offset: Duration) -> Self {
+        Shell {
+            env,
+            latency_offset,
             telemetry: Arc::new(Telemetry::new()),
             status: Arc::new(LiveStatus::default()),
-            observe: ObserveOptions {
-                max_sample_age: Some(config.metrics.max_staleness),
-                ..ObserveOptions::default()
-            },
-            backend,
             raised: Mutex::new(HashSet::new()),
-            config,
-        })
-    }
-
-    fn actuator(&self, policy: &Policy) -> Result<Actuator, TrafficError> {
-        match &policy.traffic.target {
-            TrafficTarget::ConsulKeys { .. } => Ok(Actuator::ConsulKv(self.consul_kv.clone())),
-            TrafficTarget::Haproxy { .. } => match &self.haproxy {
-                Some(h) => Ok(Actuator::Haproxy(h.clone())),
-                None => Err(TrafficError::WrongTarget {
-                    api: policy.api.clone(),
-                    wanted: "haproxy (no [haproxy] nodes configured)",
-                }),
-            },
         }
-    }
-
-    /// Base URL of the metrics UI for alert links (VictoriaMetrics only).
-    fn metrics_ui(&self) -> Option<&str> {
-        (self.backend == "victoriametrics").then_some(self.config.metrics.url.as_str())
     }
 
     async fn alert(&self, policy: &Policy, event: &AlertEvent) {
@@ -208,7 +202,7 @@ impl Shell {
         if channels.is_empty() {
             return;
         }
-        match self.notifier.notify(event, channels).await {
+        match self.env.notify(event, channels).await {
             Ok(report) => {
                 for name in channels {
                     self.telemetry
@@ -219,107 +213,96 @@ impl Shell {
                 tracing::error!(api = %policy.api, error = %e, "Could not record an alert in the outbox.")
             }
         }
-        self.telemetry.outbox_depth(self.notifier.outbox_depth());
+        self.telemetry.outbox_depth(self.env.outbox_depth());
     }
 
-    async fn internal_error(&self, policy: &Policy, what: &str, detail: &str) {
+    /// Raises `event` once per process and occurrence `what` (until the API evaluates cleanly).
+    async fn raise_once(&self, policy: &Policy, what: &str, event: AlertEvent) -> bool {
         let first = self
             .raised
             .lock()
             .await
             .insert((policy.api.clone(), what.to_string()));
         if first {
-            let e = alerts::internal_error(&policy.api, what, detail, Timestamp::now());
-            self.alert(policy, &e).await;
+            self.alert(policy, &event).await;
         }
+        first
+    }
+
+    pub async fn internal_error(&self, policy: &Policy, what: &str, detail: &str) {
+        let e = alerts::internal_error(&policy.api, what, detail, self.env.now());
+        self.raise_once(policy, what, e).await;
     }
 
     async fn clear_internal_errors(&self, api: &str) {
         self.raised.lock().await.retain(|(a, _)| a != api);
     }
 
-    async fn save(
-        &self,
-        state: &RolloutState,
-        index: u64,
-        fence: Option<&Fence>,
-    ) -> Result<u64, StoreError> {
-        self.store.save(state, index, fence).await
+    /// The stored state cannot be decoded: a critical alert, once; the API holds.
+    async fn state_unreadable(&self, policy: &Policy, error: &StoreError) {
+        self.telemetry.shell_event(&policy.api, "state_unreadable");
+        let e = alerts::state_unreadable(&policy.api, &error.to_string(), self.env.now());
+        if self.raise_once(policy, "state_unreadable", e).await {
+            tracing::error!(api = %policy.api, %error, "The stored state cannot be decoded; holding. `greenlight rollback API --now` moves all traffic to blue without it.");
+        }
     }
 
-    /// One evaluation of one API at `now`. Returns the end of the last counted window.
+    /// One evaluation of one API at `now`. Returns the end of the last window it is done with
+    /// (`None`: come back at the next tick).
     pub async fn evaluate(
         &self,
         policy: &Policy,
         fence: Option<&Fence>,
         now: Timestamp,
     ) -> Result<Option<Timestamp>, EvalError> {
-        let (mut state, mut index) = self.store.load(policy).await?;
-        state.reconcile(policy);
-        let end = aligned_end(now, policy.interval, self.config.metrics.latency_offset);
-        let actuator = self.actuator(policy)?;
-
-        // The live split.
-        let live = match actuator.read(policy).await {
-            Ok(w) => w,
-            Err(TrafficError::Missing { keys }) => {
-                if let Actuator::ConsulKv(kv) = &actuator {
-                    tracing::info!(api = %policy.api, keys = ?keys, "Creating the missing weight keys.");
-                    kv.initialize(policy, state.weights).await?;
-                }
-                actuator.read(policy).await?
+        let (mut state, mut index) = match self.env.load(policy).await {
+            Ok(loaded) => loaded,
+            Err(e @ StoreError::Corrupt { .. }) => {
+                self.state_unreadable(policy, &e).await;
+                return Err(e.into());
             }
             Err(e) => return Err(e.into()),
         };
+        state.reconcile(policy);
+        let end = aligned_end(now, policy.interval, self.latency_offset);
 
-        // A change decided earlier but not confirmed applied (crash, failed write).
-        if let Some(from) = state.applying_from {
-            if live == state.weights {
+        // The live split.
+        let live = match self.env.read_weights(policy).await {
+            Ok(w) => w,
+            Err(TrafficError::Missing { keys }) => {
+                tracing::info!(api = %policy.api, keys = ?keys, "Creating the missing weight keys.");
+                self.env.init_weights(policy, state.weights).await?;
+                self.env.read_weights(policy).await?
+            }
+            Err(e) => return Err(e.into()),
+        };
+        match plan::reconcile_live(&state, live) {
+            LivePlan::InSync => {}
+            LivePlan::Confirmed => {
                 state.applying_from = None;
-                index = self.save(&state, index, fence).await?;
-            } else if live == from {
-                self.apply(policy, &actuator, &mut state, &mut index, from, fence, now)
+                index = self.env.save(&state, index, fence).await?;
+                self.rollback_landed(policy, &mut state, &mut index, fence)
+                    .await?;
+            }
+            LivePlan::Finish { from } => {
+                self.apply(policy, &mut state, &mut index, from, fence, now)
                     .await?;
                 if state.applying_from.is_some() {
                     return Ok(None);
                 }
-            } else {
-                let expected = state.weights;
-                self.paused_by_hand(policy, &mut state, &mut index, expected, live, fence, now)
+            }
+            LivePlan::Override { expected, found } => {
+                self.overridden(policy, &mut state, &mut index, expected, found, fence, now)
                     .await?;
                 return Ok(Some(end));
             }
-        } else if live != state.weights {
-            match state.phase {
-                Phase::Progressing | Phase::Pending => {
-                    let expected = state.weights;
-                    self.paused_by_hand(policy, &mut state, &mut index, expected, live, fence, now)
-                        .await?;
-                    return Ok(Some(end));
-                }
-                // Paused, promoted or rolled back: people own the weights; follow them quietly.
-                _ => {
-                    tracing::info!(api = %policy.api, blue = live.blue, green = live.green, phase = state.phase.as_str(), "Adopted weights set outside greenlight.");
-                    state.weights = live;
-                    index = self.save(&state, index, fence).await?;
-                }
+            LivePlan::Adopt { live } => {
+                tracing::info!(api = %policy.api, blue = live.blue, green = live.green, phase = state.phase.as_str(), "Adopted weights set outside greenlight.");
+                state.weights = live;
+                index = self.env.save(&state, index, fence).await?;
             }
         }
 
-        // The window to evaluate.
-        let interval =
-            SignedDuration::try_from(policy.interval).unwrap_or(SignedDuration::from_mins(1));
-        let mut start = end - interval;
-        let mut new_window = true;
-        if let Some(last) = state.last_window_end {
-            if last >= end {
-                new_window = false;
-            } else if last >= end - interval * MAX_CATCH_UP_INTERVALS as i32 {
-                start = last;
-            } else {
-                tracing::warn!(api = %policy.api, last = %last, end = %end, "Skipping a gap in evaluation; those windows are not counted.");
-            }
-        }
         // A progressing rollout needs the window's data, and so does an automatic start (it
         // waits for usable metrics); an operator intent is decided without it. Anything else
         // (paused, promoted, rolled back, waiting for `start`) has nothing to decide until an
@@ -327,26 +310,41 @@ impl Shell {
         let needs_data = state.intent.is_none()
             && (state.phase == Phase::Progressing
                 || (state.phase == Phase::Pending && policy.auto_start));
-        let wants_decision = state.intent.is_some()
-            || state.phase == Phase::Progressing
-            || (state.phase == Phase::Pending && policy.auto_start);
-        if !wants_decision || (needs_data && !new_window) {
+        let wants_decision = state.intent.is_some() || needs_data;
+        if !wants_decision {
             self.status.update(policy, &state);
             return Ok(Some(end));
         }
+        let interval =
+            SignedDuration::try_from(policy.interval).unwrap_or(SignedDuration::from_mins(1));
+        let window = plan::choose_window(
+            state.last_window_end,
+            state.last_good_data_at,
+            end,
+            interval,
+        );
+        if needs_data {
+            self.window_anomaly(policy, &window).await;
+            if let WindowKind::Reanchored { from, .. } = window.kind {
+                // Nothing was counted beyond `from`: the windows consumed ahead of the clock
+                // are given up, so that the decision engine accepts the current one.
+                state.last_window_end = from;
+            }
+            if !window.is_new() {
+                self.status.update(policy, &state);
+                return Ok(Some(end));
+            }
+        }
         let obs = if needs_data {
             let t = Instant::now();
-            let obs = observe_with(&self.metrics, policy, start, end, &self.observe).await;
-            let outcome = if obs
-                .checks
-                .iter()
-                .any(|c| matches!(&c.data, Err(crate::engine::DataProblem::Backend(_))))
-            {
+            let obs = self.env.observe(policy, window.start, window.end).await;
+            let outcome = if env::backend_failed(&obs) {
                 Err(crate::server::telemetry::QueryErrorKind::Unreachable)
             } else {
                 Ok(())
             };
-            self.telemetry.query(self.backend, t.elapsed(), outcome);
+            self.telemetry
+                .query(self.env.backend(), t.elapsed(), outcome);
             obs
         } else {
             Observation {
@@ -359,16 +357,16 @@ impl Shell {
         let d = decide(policy, &state, &obs, now);
         // Alerts first: an alert recorded for a decision that is then not persisted is
         // re-decided and deduplicated; a persisted decision never loses its alert.
-        for event in alerts::for_decision(policy, &state, &d, self.metrics_ui()) {
+        for event in alerts::for_decision(policy, &state, &d, self.env.ui()) {
             self.alert(policy, &event).await;
         }
         let before = state.weights;
         let mut next = d.state.clone();
-        index = self.save(&next, index, fence).await?;
+        index = self.env.save(&next, index, fence).await?;
         log_decision(&policy.api, &d);
         self.telemetry.decision(&policy.api, &d);
         if d.set_weights.is_some() {
-            self.apply(policy, &actuator, &mut next, &mut index, before, fence, now)
+            self.apply(policy, &mut next, &mut index, before, fence, now)
                 .await?;
         }
         self.status.update(policy, &next);
@@ -383,63 +381,155 @@ impl Shell {
         )
     }
 
+    /// Says (once per occurrence) that the clock went backwards or that windows are skipped.
+    async fn window_anomaly(&self, policy: &Policy, window: &WindowPlan) {
+        let (what, detail) = match window.kind {
+            WindowKind::ClockBehind { last } => (
+                "clock_behind",
+                format!(
+                    "the clock is behind the last counted window (window end {}, last counted {last}); nothing is counted until it catches up",
+                    window.end
+                ),
+            ),
+            WindowKind::Reanchored { ahead, .. } => (
+                "clock_behind",
+                format!(
+                    "windows up to {ahead} were consumed while the clock was ahead (none had data); evaluation goes on from the window ending {}",
+                    window.end
+                ),
+            ),
+            WindowKind::Gap { last, skipped } => (
+                "windows_skipped",
+                format!(
+                    "{skipped} windows since {last} were not evaluated (clock jump or a long stop); they are skipped, not counted"
+                ),
+            ),
+            _ => return,
+        };
+        self.telemetry.shell_event(&policy.api, what);
+        let e = alerts::internal_error(&policy.api, what, &detail, self.env.now());
+        if self.raise_once(policy, what, e).await {
+            tracing::warn!(api = %policy.api, %detail, "Evaluation windows out of order.");
+        }
+    }
+
     /// Moves the live weights from `from` to `state.weights` and clears the pending mark; on a
-    /// manual change pauses instead. Leaves the mark in place on other failures.
-    #[allow(clippy::too_many_arguments)]
+    /// manual change pauses instead. Leaves the mark in place on other failures; a rollback that
+    /// cannot be written raises a critical alert, retried at every tick until it lands.
     async fn apply(
         &self,
         policy: &Policy,
-        actuator: &Actuator,
         state: &mut RolloutState,
         index: &mut u64,
-        from: crate::policy::Weights,
+        from: Weights,
         fence: Option<&Fence>,
         now: Timestamp,
     ) -> Result<(), EvalError> {
         let to = state.weights;
-        match actuator.write_fenced(policy, from, to, fence).await {
+        match self.env.write_weights(policy, from, to, fence).await {
             Ok(()) => {
                 self.telemetry.weight_write(&policy.api, true);
                 state.applying_from = None;
-                *index = self.save(state, *index, fence).await?;
+                *index = self.env.save(state, *index, fence).await?;
+                self.rollback_landed(policy, state, index, fence).await?;
                 self.telemetry.rollout(&policy.api, state);
                 Ok(())
             }
             Err(TrafficError::Override { found }) => {
                 self.telemetry.weight_write(&policy.api, false);
-                self.paused_by_hand(policy, state, index, from, found, fence, now)
+                self.overridden(policy, state, index, from, found, fence, now)
                     .await
             }
             Err(e) => {
                 self.telemetry.weight_write(&policy.api, false);
+                if state.phase == Phase::RolledBack {
+                    self.rollback_not_applied(policy, state, index, &e, fence)
+                        .await;
+                }
                 Err(e.into())
             }
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn paused_by_hand(
+    /// A decided rollback could not be written: critical alert (once per rollback), marked in
+    /// the state so that its resolution follows wherever the rollback finally lands.
+    async fn rollback_not_applied(
         &self,
         policy: &Policy,
         state: &mut RolloutState,
         index: &mut u64,
-        expected: crate::policy::Weights,
-        found: crate::policy::Weights,
+        error: &TrafficError,
+        fence: Option<&Fence>,
+    ) {
+        self.telemetry
+            .shell_event(&policy.api, "rollback_not_applied");
+        tracing::error!(api = %policy.api, %error, "Rollback decided but not applied; retrying at every tick.");
+        if state.rollback_unapplied {
+            return;
+        }
+        let e = alerts::rollback_not_applied(policy, state, &error.to_string(), self.env.now());
+        self.alert(policy, &e).await;
+        state.rollback_unapplied = true;
+        match self.env.save(state, *index, fence).await {
+            Ok(i) => *index = i,
+            Err(e) => {
+                tracing::warn!(api = %policy.api, error = %e, "Could not mark the rollback as not applied.")
+            }
+        }
+    }
+
+    /// Resolves the "rollback not applied" alert once the rollback is live.
+    async fn rollback_landed(
+        &self,
+        policy: &Policy,
+        state: &mut RolloutState,
+        index: &mut u64,
+        fence: Option<&Fence>,
+    ) -> Result<(), EvalError> {
+        if !state.rollback_unapplied || state.applying_from.is_some() {
+            return Ok(());
+        }
+        let e =
+            alerts::rollback_not_applied(policy, state, "", self.env.now()).resolve(self.env.now());
+        self.alert(policy, &e).await;
+        state.rollback_unapplied = false;
+        *index = self.env.save(state, *index, fence).await?;
+        tracing::info!(api = %policy.api, "The rollback is applied now.");
+        Ok(())
+    }
+
+    /// Someone changed the weights by hand: never overwrite them. A progressing rollout pauses;
+    /// a rolled-back one stays rolled back (a resume must never return to the bad step).
+    #[allow(clippy::too_many_arguments)]
+    async fn overridden(
+        &self,
+        policy: &Policy,
+        state: &mut RolloutState,
+        index: &mut u64,
+        expected: Weights,
+        found: Weights,
         fence: Option<&Fence>,
         now: Timestamp,
     ) -> Result<(), EvalError> {
         self.telemetry.override_detected(&policy.api);
         let event = alerts::manual_override(policy, state, expected, found, now);
         self.alert(policy, &event).await;
-        state.phase = Phase::Paused;
-        state.reason = Some(format!(
+        let by_hand = format!(
             "weights changed by hand (expected blue={} green={}, found blue={} green={})",
             expected.blue, expected.green, found.blue, found.green
-        ));
+        );
+        if state.phase == Phase::RolledBack {
+            let why = state.reason.take().unwrap_or_default();
+            state.reason = Some(format!("{why}; then {by_hand}"));
+        } else {
+            state.phase = Phase::Paused;
+            state.reason = Some(by_hand);
+        }
         state.weights = found;
         state.applying_from = None;
+        state.rollback_unapplied = false;
         state.revision += 1;
-        *index = self.save(state, *index, fence).await?;
+        *index = self.env.save(state, *index, fence).await?;
         self.status.update(policy, state);
         self.telemetry.rollout(&policy.api, state);
         Ok(())
@@ -453,6 +543,8 @@ pub enum EvalError {
     Store(#[from] StoreError),
     #[error("traffic: {0}")]
     Traffic(#[from] TrafficError),
+    #[error("evaluation did not finish within {0:?}")]
+    TimedOut(Duration),
 }
 
 impl EvalError {
@@ -525,7 +617,7 @@ pub async fn run(
     opts: RunOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), DaemonError> {
-    let shell = Arc::new(Shell::new(config)?);
+    let shell = Arc::new(Shell::new(&config)?);
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
@@ -533,21 +625,21 @@ pub async fn run(
     });
 
     let mut policies = Policies::default();
-    let channels = shell.config.channel_names();
+    let channels = config.channel_names();
     policies.reload(
-        &shell.config.policies_dir,
+        &config.policies_dir,
         &channels,
         &shell.telemetry,
         &shell.status,
     );
     if opts.once && policies.by_api.is_empty() && policies.errors > 0 {
-        let report = load_dir(&shell.config.policies_dir, Some(&channels));
+        let report = load_dir(&config.policies_dir, Some(&channels));
         return Err(DaemonError::Policies(report.errors));
     }
 
     if opts.serve && !opts.once {
-        let listener = tokio::net::TcpListener::bind(shell.config.listen).await?;
-        tracing::info!(listen = %shell.config.listen, "Serving /metrics, /healthz, /readyz and /api/v1/rollouts.");
+        let listener = tokio::net::TcpListener::bind(config.listen).await?;
+        tracing::info!(listen = %config.listen, "Serving /metrics, /healthz, /readyz and /api/v1/rollouts.");
         let telemetry = shell.telemetry.clone();
         let status: Arc<dyn crate::server::StatusSource> = shell.status.clone();
         let mut rx = stop_rx.clone();
@@ -562,16 +654,18 @@ pub async fn run(
     }
 
     // Deliver whatever a previous run left in the outbox.
-    shell.notifier.flush().await;
+    shell.env.flush().await;
 
     let lock_opts = LockOptions {
-        lock_delay: shell.config.consul.lock_delay,
+        lock_delay: config.consul.lock_delay,
         retry_after: Duration::from_secs(1),
         watch_wait: Duration::from_secs(10),
-        ..LockOptions::new(opts.instance.clone(), shell.config.consul.session_ttl)
+        ..LockOptions::new(opts.instance.clone(), config.consul.session_ttl)
     }
     .value(opts.instance.clone().into_bytes());
-    let leader_key = shell.store.leader_key();
+    let store = shell.env.store.clone();
+    let leader_key = store.leader_key();
+    let concurrency = Arc::new(Semaphore::new(config.max_concurrency.max(1)));
 
     let mut hup = signal_hup();
     loop {
@@ -579,13 +673,13 @@ pub async fn run(
             return Ok(());
         }
         // Followers are ready too, as long as Consul answers.
-        let probe = shell.store.client().get(&leader_key).await;
+        let probe = store.client().get(&leader_key).await;
         shell
             .status
             .set_consul(probe.as_ref().map(|_| ()).map_err(|e| e.to_string()));
         // Become the leader.
         let lock = if opts.once {
-            match Lock::try_acquire(shell.store.client(), &leader_key, &lock_opts).await? {
+            match Lock::try_acquire(store.client(), &leader_key, &lock_opts).await? {
                 Some(lock) => lock,
                 None => return Err(DaemonError::NotLeader(leader_key)),
             }
@@ -593,7 +687,7 @@ pub async fn run(
             let mut rx = stop_rx.clone();
             tokio::select! {
                 _ = rx.wait_for(|s| *s) => return Ok(()),
-                acquired = Lock::acquire(shell.store.client(), &leader_key, &lock_opts) => match acquired {
+                acquired = Lock::acquire(store.client(), &leader_key, &lock_opts) => match acquired {
                     Ok(lock) => lock,
                     Err(e) => {
                         tracing::warn!(error = %e, "Cannot reach Consul for the leader lock; retrying.");
@@ -609,32 +703,29 @@ pub async fn run(
         shell.status.set_consul(Ok(()));
         tracing::info!(instance = %opts.instance, "Leading: evaluating policies.");
         let fence = lock.fence().clone();
-        let mut last_end: HashMap<String, Timestamp> = HashMap::new();
+        let mut evals = Evaluations::new(shell.clone(), fence, concurrency.clone());
         let outcome = loop {
             if !lock.is_held() {
                 break Ok(());
             }
-            let (failed, total, lost) = tick(
-                &shell,
-                &policies,
-                &fence,
-                &mut last_end,
-                opts.once,
-                shell.config.max_concurrency,
-            )
-            .await;
-            shell.notifier.flush().await;
-            shell.telemetry.outbox_depth(shell.notifier.outbox_depth());
-            if lost {
-                tracing::warn!("Lost the leader lock; stopping evaluations.");
-                break Ok(());
-            }
+            evals.start_due(&policies, opts.once);
             if opts.once {
-                break if failed > 0 {
+                while evals.in_flight() > 0 {
+                    evals.finished().await;
+                }
+                shell.env.flush().await;
+                let (failed, total) = (evals.failed, evals.total);
+                break if evals.lost {
+                    Ok(())
+                } else if failed > 0 {
                     Err(DaemonError::Evaluations { failed, total })
                 } else {
                     Ok(())
                 };
+            }
+            if evals.lost {
+                tracing::warn!("Lost the leader lock; stopping evaluations.");
+                break Ok(());
             }
             let mut rx = stop_rx.clone();
             tokio::select! {
@@ -643,17 +734,23 @@ pub async fn run(
                     tracing::warn!("Lost the leader lock; stopping evaluations.");
                     break Ok(());
                 }
+                _ = evals.finished(), if evals.in_flight() > 0 => {}
                 _ = hup.recv() => {
                     tracing::info!("SIGHUP: reloading policies.");
-                    policies.reload(&shell.config.policies_dir, &channels, &shell.telemetry, &shell.status);
+                    policies.reload(&config.policies_dir, &channels, &shell.telemetry, &shell.status);
                 }
                 _ = tokio::time::sleep(opts.tick) => {
-                    if dir_stamp(&shell.config.policies_dir) != policies.stamp {
-                        policies.reload(&shell.config.policies_dir, &channels, &shell.telemetry, &shell.status);
+                    shell.env.flush().await;
+                    shell.telemetry.outbox_depth(shell.env.outbox_depth());
+                    if dir_stamp(&config.policies_dir) != policies.stamp {
+                        policies.reload(&config.policies_dir, &channels, &shell.telemetry, &shell.status);
                     }
                 }
             }
         };
+        // Evaluations still running were started under the lock that is gone: stop them (a
+        // stopped evaluation is a crash the next leader recovers from).
+        evals.abort();
         shell.telemetry.leader(false);
         shell.status.set_leader(false);
         if let Err(e) = lock.release().await {
@@ -666,70 +763,166 @@ pub async fn run(
     }
 }
 
-/// Evaluates every due policy, at most `concurrency` at once. Returns (failed, total, lock lost).
-async fn tick(
-    shell: &Arc<Shell>,
-    policies: &Policies,
-    fence: &Fence,
-    last_end: &mut HashMap<String, Timestamp>,
-    all: bool,
-    concurrency: usize,
-) -> (usize, usize, bool) {
-    let now = Timestamp::now();
-    let sem = Arc::new(Semaphore::new(concurrency.max(1)));
-    let mut tasks = tokio::task::JoinSet::new();
-    for (api, policy) in &policies.by_api {
-        let end = aligned_end(now, policy.interval, shell.config.metrics.latency_offset);
-        let due = all || last_end.get(api).is_none_or(|last| *last < end);
-        if !due {
-            continue;
+/// The evaluations under way, one task per API: each API runs on its own schedule, and one
+/// slow or hanging API never delays another (no barrier per tick). Every evaluation is bounded
+/// in time, and a panic in one is caught, alerted and counted.
+struct Evaluations {
+    shell: Arc<Shell>,
+    fence: Fence,
+    concurrency: Arc<Semaphore>,
+    tasks: tokio::task::JoinSet<(String, Result<Option<Timestamp>, EvalError>)>,
+    /// The API and policy of each running task.
+    running: HashMap<tokio::task::Id, Arc<Policy>>,
+    /// End of the last window each API is done with.
+    last_end: HashMap<String, Timestamp>,
+    failed: usize,
+    total: usize,
+    lost: bool,
+}
+
+impl Evaluations {
+    fn new(shell: Arc<Shell>, fence: Fence, concurrency: Arc<Semaphore>) -> Self {
+        Evaluations {
+            shell,
+            fence,
+            concurrency,
+            tasks: tokio::task::JoinSet::new(),
+            running: HashMap::new(),
+            last_end: HashMap::new(),
+            failed: 0,
+            total: 0,
+            lost: false,
         }
-        let shell = shell.clone();
-        let policy = policy.clone();
-        let fence = fence.clone();
-        let sem = sem.clone();
-        tasks.spawn(async move {
-            let _permit = sem.acquire_owned().await;
-            let result = shell.evaluate(&policy, Some(&fence), now).await;
-            (policy, result)
-        });
     }
-    let (mut failed, mut total, mut lost) = (0, 0, false);
-    while let Some(joined) = tasks.join_next().await {
-        total += 1;
-        let Ok((policy, result)) = joined else {
-            failed += 1;
-            continue;
-        };
-        match result {
-            Ok(end) => {
-                if let Some(end) = end {
-                    last_end.insert(policy.api.clone(), end);
-                }
+
+    fn in_flight(&self) -> usize {
+        self.running.len()
+    }
+
+    /// Starts an evaluation of every due API that is not being evaluated already.
+    fn start_due(&mut self, policies: &Policies, all: bool) {
+        let now = self.shell.env.now();
+        for (api, policy) in &policies.by_api {
+            if self.running.values().any(|p| &p.api == api) {
+                continue;
             }
+            let end = aligned_end(now, policy.interval, self.shell.latency_offset);
+            // Due at every new window end; an end before the last one (the clock went back)
+            // is looked at too, so that the shell can say so.
+            let due = all || self.last_end.get(api).is_none_or(|last| *last != end);
+            if !due {
+                continue;
+            }
+            let shell = self.shell.clone();
+            let task_policy = policy.clone();
+            let fence = self.fence.clone();
+            let sem = self.concurrency.clone();
+            let bound = evaluation_bound(policy);
+            let handle = self.tasks.spawn(async move {
+                let _permit = sem.acquire_owned().await;
+                let result = match tokio::time::timeout(
+                    bound,
+                    shell.evaluate(&task_policy, Some(&fence), now),
+                )
+                .await
+                {
+                    Ok(result) => result,
+                    Err(_) => Err(EvalError::TimedOut(bound)),
+                };
+                (task_policy.api.clone(), result)
+            });
+            self.running.insert(handle.id(), policy.clone());
+        }
+    }
+
+    /// Waits for the next evaluation to finish and records its outcome.
+    async fn finished(&mut self) {
+        let Some(joined) = self.tasks.join_next_with_id().await else {
+            return;
+        };
+        self.total += 1;
+        let (policy, result) = match joined {
+            Ok((id, (_, result))) => (self.running.remove(&id), result),
             Err(e) => {
-                failed += 1;
-                lost |= e.lock_lost();
-                match &e {
-                    EvalError::Store(StoreError::Conflict { .. }) => {
-                        tracing::info!(api = %policy.api, "State changed meanwhile (operator command); evaluating again next tick.");
-                    }
-                    EvalError::Traffic(TrafficError::Unreachable { .. })
-                    | EvalError::Store(StoreError::Consul(_)) => {
-                        tracing::warn!(api = %policy.api, error = %e, "Evaluation failed; holding and retrying.");
-                    }
-                    _ if e.lock_lost() => {}
-                    _ => {
-                        tracing::error!(api = %policy.api, error = %e, "Evaluation failed; an operator must look.");
-                        shell
-                            .internal_error(&policy, "evaluation", &e.to_string())
+                let policy = self.running.remove(&e.id());
+                self.failed += 1;
+                if e.is_panic() {
+                    if let Some(policy) = policy {
+                        let detail = panic_message(e.into_panic());
+                        tracing::error!(api = %policy.api, panic = %detail, "Evaluation panicked; the other APIs go on.");
+                        self.shell
+                            .telemetry
+                            .shell_event(&policy.api, "evaluation_panicked");
+                        self.shell
+                            .internal_error(
+                                &policy,
+                                "panic",
+                                &format!("evaluation panicked: {detail}"),
+                            )
                             .await;
                     }
                 }
+                return;
+            }
+        };
+        let Some(policy) = policy else { return };
+        match result {
+            Ok(end) => {
+                if let Some(end) = end {
+                    self.last_end.insert(policy.api.clone(), end);
+                }
+            }
+            Err(e) => {
+                self.failed += 1;
+                self.lost |= e.lock_lost();
+                self.report(&policy, &e).await;
             }
         }
     }
-    (failed, total, lost)
+
+    async fn report(&self, policy: &Policy, e: &EvalError) {
+        match e {
+            EvalError::Store(StoreError::Conflict { .. }) => {
+                tracing::info!(api = %policy.api, "State changed meanwhile (operator command); evaluating again next tick.");
+            }
+            EvalError::Store(StoreError::Corrupt { .. }) => {}
+            EvalError::TimedOut(_) => {
+                tracing::warn!(api = %policy.api, error = %e, "Evaluation did not finish in time; holding and retrying.");
+                self.shell
+                    .telemetry
+                    .shell_event(&policy.api, "evaluation_timed_out");
+            }
+            EvalError::Traffic(TrafficError::Unreachable { .. })
+            | EvalError::Store(StoreError::Consul(_)) => {
+                tracing::warn!(api = %policy.api, error = %e, "Evaluation failed; holding and retrying.");
+            }
+            _ if e.lock_lost() => {}
+            _ => {
+                tracing::error!(api = %policy.api, error = %e, "Evaluation failed; an operator must look.");
+                self.shell
+                    .internal_error(policy, "evaluation", &e.to_string())
+                    .await;
+            }
+        }
+    }
+
+    fn abort(&mut self) {
+        self.tasks.abort_all();
+        self.running.clear();
+    }
+}
+
+/// How long one evaluation of `policy` may take: its interval, at least 30 s.
+fn evaluation_bound(policy: &Policy) -> Duration {
+    policy.interval.max(Duration::from_secs(30))
+}
+
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
 }
 
 /// (number of policy files, newest modification time) of `dir`; `None` if it cannot be read.

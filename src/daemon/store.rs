@@ -25,6 +25,24 @@ pub enum StoreError {
     Consul(#[from] ConsulError),
 }
 
+/// The stored form of a state (JSON).
+pub fn encode(state: &RolloutState, key: &str) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(state).map_err(|e| StoreError::Corrupt {
+        api: state.api.clone(),
+        key: key.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// A state from its stored form.
+pub fn decode(api: &str, key: &str, bytes: &[u8]) -> Result<RolloutState, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        api: api.to_string(),
+        key: key.to_string(),
+        reason: e.to_string(),
+    })
+}
+
 /// Reads and writes rollout states.
 #[derive(Debug, Clone)]
 pub struct StateStore {
@@ -59,15 +77,7 @@ impl StateStore {
         let key = self.key(&policy.api);
         match self.client.get(&key).await? {
             None => Ok((RolloutState::new(policy), 0)),
-            Some(entry) => {
-                let state: RolloutState =
-                    serde_json::from_slice(&entry.value).map_err(|e| StoreError::Corrupt {
-                        api: policy.api.clone(),
-                        key: key.clone(),
-                        reason: e.to_string(),
-                    })?;
-                Ok((state, entry.modify_index))
-            }
+            Some(entry) => Ok((decode(&policy.api, &key, &entry.value)?, entry.modify_index)),
         }
     }
 
@@ -80,11 +90,7 @@ impl StateStore {
         fence: Option<&Fence>,
     ) -> Result<u64, StoreError> {
         let key = self.key(&state.api);
-        let body = serde_json::to_vec(state).map_err(|e| StoreError::Corrupt {
-            api: state.api.clone(),
-            key: key.clone(),
-            reason: e.to_string(),
-        })?;
+        let body = encode(state, &key)?;
         let mut ops = Vec::with_capacity(2);
         if let Some(f) = fence {
             ops.push(TxnOp::check_session(&f.key, &f.session));

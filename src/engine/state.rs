@@ -100,6 +100,10 @@ pub struct RolloutState {
     pub no_data_alerted: bool,
     /// Whether the "stuck" alert for the current step has been raised.
     pub stuck_alerted: bool,
+    /// Whether the critical "rollback not applied" alert is outstanding (resolved when the
+    /// rollback lands).
+    #[serde(default)]
+    pub rollback_unapplied: bool,
     pub streams: Vec<Stream>,
     /// Consecutive breaching windows per threshold check.
     pub threshold_failures: BTreeMap<String, u32>,
@@ -129,6 +133,7 @@ impl RolloutState {
             last_good_data_at: None,
             no_data_alerted: false,
             stuck_alerted: false,
+            rollback_unapplied: false,
             streams: Vec::new(),
             threshold_failures: BTreeMap::new(),
             intent: None,

@@ -43,6 +43,7 @@ pub const WEIGHT_WRITES_TOTAL: &str = "greenlight_weight_writes_total";
 pub const MANUAL_OVERRIDES_TOTAL: &str = "greenlight_manual_overrides_total";
 pub const POLICIES_LOADED: &str = "greenlight_policies_loaded";
 pub const POLICY_LOAD_ERRORS: &str = "greenlight_policy_load_errors";
+pub const SHELL_EVENTS_TOTAL: &str = "greenlight_shell_events_total";
 
 /// Upper bounds of the query duration histogram, seconds.
 const QUERY_BUCKETS: [f64; 12] = [
@@ -142,6 +143,12 @@ struct ChannelLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct EventLabels {
+    api: String,
+    event: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct WriteLabels {
     api: String,
     result: &'static str,
@@ -171,6 +178,7 @@ pub struct Telemetry {
     overrides: Family<ApiLabels, Counter>,
     policies_loaded: Gauge,
     policy_errors: Gauge,
+    shell_events: Family<EventLabels, Counter>,
     /// Evidence stream ids exported per API, to drop the series of vanished streams.
     streams: Mutex<BTreeMap<String, BTreeSet<String>>>,
 }
@@ -203,6 +211,7 @@ impl Telemetry {
             overrides: Family::default(),
             policies_loaded: Gauge::default(),
             policy_errors: Gauge::default(),
+            shell_events: Family::default(),
             streams: Mutex::new(BTreeMap::new()),
         };
         let mut r = Registry::default();
@@ -291,6 +300,13 @@ impl Telemetry {
             "Errors found in policy files at the last load",
             t.policy_errors.clone(),
         );
+        r.register(
+            counter_base(SHELL_EVENTS_TOTAL),
+            "Shell events an operator should see, per API and event (clock_behind, \
+             windows_skipped, rollback_not_applied, state_unreadable, evaluation_timed_out, \
+             evaluation_panicked)",
+            t.shell_events.clone(),
+        );
         Telemetry { registry: r, ..t }
     }
 
@@ -377,6 +393,16 @@ impl Telemetry {
             .get_or_create(&WriteLabels {
                 api: api.to_string(),
                 result: if ok { "ok" } else { "error" },
+            })
+            .inc();
+    }
+
+    /// Counts one shell event of `api` (`event` is one of a fixed set of names).
+    pub fn shell_event(&self, api: &str, event: &'static str) {
+        self.shell_events
+            .get_or_create(&EventLabels {
+                api: api.to_string(),
+                event,
             })
             .inc();
     }

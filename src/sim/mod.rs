@@ -8,6 +8,7 @@
 //! error ratio.
 
 pub mod judges;
+pub mod night;
 pub mod replay;
 mod scenario;
 

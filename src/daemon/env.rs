@@ -1,0 +1,212 @@
+//! The shell's I/O, behind small traits: the stored states, the live weights, the metrics
+//! backend, alert delivery and the clock. [`RealEnv`] talks to Consul, HAProxy, the metrics
+//! backend and the alert receivers; the world simulator (`sim::night`) implements the same
+//! traits in memory, so the very same [`super::Shell`] runs in both.
+
+use std::future::Future;
+use std::time::Instant;
+
+use jiff::Timestamp;
+
+use super::store::{StateStore, StoreError};
+use crate::alert::{AlertEvent, DeliveryReport, Notifier};
+use crate::consul::Fence;
+use crate::engine::{DataProblem, Observation, RolloutState};
+use crate::metrics::{observe_with, ObserveOptions, PromClient};
+use crate::policy::{Policy, TrafficTarget, Weights};
+use crate::traffic::{Actuator, ConsulKv, HaproxyRuntime, TrafficError};
+
+/// Where rollout states are kept (Consul KV in production).
+pub trait StateIo: Send + Sync {
+    /// The stored state of `policy`'s API and its modify index (a fresh state and 0 if none).
+    fn load(
+        &self,
+        policy: &Policy,
+    ) -> impl Future<Output = Result<(RolloutState, u64), StoreError>> + Send;
+    /// Compare-and-set on the modify index, fenced by the lock when given; the new index.
+    fn save(
+        &self,
+        state: &RolloutState,
+        index: u64,
+        fence: Option<&Fence>,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+}
+
+/// Where the blue/green split lives (Consul KV keys or HAProxy's Runtime API).
+pub trait WeightIo: Send + Sync {
+    fn read_weights(
+        &self,
+        policy: &Policy,
+    ) -> impl Future<Output = Result<Weights, TrafficError>> + Send;
+    /// Creates missing weight keys with `weights` (a no-op for targets without keys).
+    fn init_weights(
+        &self,
+        policy: &Policy,
+        weights: Weights,
+    ) -> impl Future<Output = Result<(), TrafficError>> + Send;
+    /// Compare-and-set from `expected` to `new`, fenced by the lock when given.
+    fn write_weights(
+        &self,
+        policy: &Policy,
+        expected: Weights,
+        new: Weights,
+        fence: Option<&Fence>,
+    ) -> impl Future<Output = Result<(), TrafficError>> + Send;
+}
+
+/// The metrics backend: one observation of one window.
+pub trait MetricsIo: Send + Sync {
+    fn observe(
+        &self,
+        policy: &Policy,
+        start: Timestamp,
+        end: Timestamp,
+    ) -> impl Future<Output = Observation> + Send;
+    /// Name of the backend for /metrics labels.
+    fn backend(&self) -> &'static str;
+    /// Base URL of the metrics UI for alert links, if it has one.
+    fn ui(&self) -> Option<&str>;
+}
+
+/// Durable alert delivery.
+pub trait AlertIo: Send + Sync {
+    /// Records `event` durably for `channels` and tries to deliver it once.
+    fn notify(
+        &self,
+        event: &AlertEvent,
+        channels: &[String],
+    ) -> impl Future<Output = Result<DeliveryReport, String>> + Send;
+    /// Delivers whatever is due in the outbox.
+    fn flush(&self) -> impl Future<Output = ()> + Send;
+    /// Entries waiting in the outbox.
+    fn outbox_depth(&self) -> u64;
+}
+
+/// Wall-clock time.
+pub trait Clock: Send + Sync {
+    fn now(&self) -> Timestamp;
+}
+
+/// Everything the shell needs from the outside world.
+pub trait Env: StateIo + WeightIo + MetricsIo + AlertIo + Clock + 'static {}
+
+impl<T: StateIo + WeightIo + MetricsIo + AlertIo + Clock + 'static> Env for T {}
+
+/// The production world: Consul, HAProxy, the metrics backend, the alert receivers.
+pub struct RealEnv {
+    pub store: StateStore,
+    pub(super) metrics: PromClient,
+    pub(super) observe: ObserveOptions,
+    pub(super) backend: &'static str,
+    pub(super) metrics_url: String,
+    pub(super) consul_kv: ConsulKv,
+    pub(super) haproxy: Option<HaproxyRuntime>,
+    pub(super) notifier: Notifier,
+}
+
+impl RealEnv {
+    fn actuator(&self, policy: &Policy) -> Result<Actuator, TrafficError> {
+        match &policy.traffic.target {
+            TrafficTarget::ConsulKeys { .. } => Ok(Actuator::ConsulKv(self.consul_kv.clone())),
+            TrafficTarget::Haproxy { .. } => match &self.haproxy {
+                Some(h) => Ok(Actuator::Haproxy(h.clone())),
+                None => Err(TrafficError::WrongTarget {
+                    api: policy.api.clone(),
+                    wanted: "haproxy (no [haproxy] nodes configured)",
+                }),
+            },
+        }
+    }
+}
+
+impl StateIo for RealEnv {
+    async fn load(&self, policy: &Policy) -> Result<(RolloutState, u64), StoreError> {
+        self.store.load(policy).await
+    }
+
+    async fn save(
+        &self,
+        state: &RolloutState,
+        index: u64,
+        fence: Option<&Fence>,
+    ) -> Result<u64, StoreError> {
+        self.store.save(state, index, fence).await
+    }
+}
+
+impl WeightIo for RealEnv {
+    async fn read_weights(&self, policy: &Policy) -> Result<Weights, TrafficError> {
+        self.actuator(policy)?.read(policy).await
+    }
+
+    async fn init_weights(&self, policy: &Policy, weights: Weights) -> Result<(), TrafficError> {
+        match self.actuator(policy)? {
+            Actuator::ConsulKv(kv) => kv.initialize(policy, weights).await.map(drop),
+            _ => Ok(()),
+        }
+    }
+
+    async fn write_weights(
+        &self,
+        policy: &Policy,
+        expected: Weights,
+        new: Weights,
+        fence: Option<&Fence>,
+    ) -> Result<(), TrafficError> {
+        self.actuator(policy)?
+            .write_fenced(policy, expected, new, fence)
+            .await
+    }
+}
+
+impl MetricsIo for RealEnv {
+    async fn observe(&self, policy: &Policy, start: Timestamp, end: Timestamp) -> Observation {
+        let t = Instant::now();
+        let obs = observe_with(&self.metrics, policy, start, end, &self.observe).await;
+        tracing::trace!(api = %policy.api, elapsed_ms = t.elapsed().as_millis() as u64, "Observed a window.");
+        obs
+    }
+
+    fn backend(&self) -> &'static str {
+        self.backend
+    }
+
+    fn ui(&self) -> Option<&str> {
+        (self.backend == "victoriametrics").then_some(self.metrics_url.as_str())
+    }
+}
+
+impl AlertIo for RealEnv {
+    async fn notify(
+        &self,
+        event: &AlertEvent,
+        channels: &[String],
+    ) -> Result<DeliveryReport, String> {
+        self.notifier
+            .notify(event, channels)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn flush(&self) {
+        self.notifier.flush().await;
+    }
+
+    fn outbox_depth(&self) -> u64 {
+        self.notifier.outbox_depth()
+    }
+}
+
+impl Clock for RealEnv {
+    fn now(&self) -> Timestamp {
+        Timestamp::now()
+    }
+}
+
+/// Whether a query failed in the metrics backend itself (unreachable, error answer), as opposed
+/// to answering with unusable data.
+pub fn backend_failed(obs: &Observation) -> bool {
+    obs.checks
+        .iter()
+        .any(|c| matches!(&c.data, Err(DataProblem::Backend(_))))
+}
