@@ -549,6 +549,11 @@ impl Watch {
         self
     }
 
+    /// Makes the next query answer at once (index 0), as after a refused lock attempt.
+    pub fn reset(&mut self) {
+        self.index = 0;
+    }
+
     /// The index the next query will send.
     pub fn index(&self) -> u64 {
         self.index
