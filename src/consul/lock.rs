@@ -7,7 +7,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::{ConsulClient, ConsulError, SessionBehavior, SessionRequest};
+use super::txn::is_session_check_failure;
+use super::{ConsulClient, ConsulError, SessionBehavior, SessionRequest, TxnOp};
 
 /// How a [`Lock`] creates its session and follows its key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +57,23 @@ pub struct Fence {
     pub key: String,
     pub lock_index: u64,
     pub session: String,
+}
+
+impl Fence {
+    /// The `check-session` operation that guards a write with this fence.
+    pub fn check(&self) -> TxnOp {
+        TxnOp::check_session(&self.key, &self.session)
+    }
+
+    /// Whether a rolled-back transaction failed because this fence's `check-session`
+    /// operation, at index `op`, found that the session no longer holds the key. Any other
+    /// failure of that operation (an ACL denial, a commit error, which Consul also reports at
+    /// operation 0: agent/consul/state/txn.go `TxnRW`) is not a lost lock.
+    pub fn lost_in(&self, errors: &[(usize, String)], op: usize) -> bool {
+        errors
+            .iter()
+            .any(|(i, what)| *i == op && is_session_check_failure(what))
+    }
 }
 
 /// A held Consul lock. Dropping it releases the key and destroys the session (best effort, in

@@ -1,7 +1,8 @@
 //! Consul HTTP client: KV reads and writes, compare-and-set, blocking queries, sessions.
 //!
 //! Follows the Consul HTTP API contract: the ACL token travels in `X-Consul-Token` (never in
-//! the query string, never logged), 403 answers become [`ConsulError::PermissionDenied`], and
+//! the query string, never logged), 403 answers (and per-operation ACL failures inside a
+//! transaction, which Consul answers with a 409) become [`ConsulError::PermissionDenied`], and
 //! blocking queries follow the client rules (index reset when it goes backwards, index ≥ 1,
 //! rate-limited loop; see [`Watch`]). Transactions live in [`txn`], the lock recipe in [`lock`].
 
@@ -16,7 +17,7 @@ use reqwest::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 
 pub use lock::{Fence, Lock, LockOptions};
-pub use txn::{TxnOp, TxnResults};
+pub use txn::{is_session_check_failure, is_stale_index, TxnOp, TxnResults};
 
 /// Errors from the Consul HTTP API.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -366,7 +367,8 @@ impl ConsulClient {
         parse_bool(reply).map(|_| ())
     }
 
-    /// Deletes `key` only if its ModifyIndex is `index`. Returns whether it was deleted.
+    /// Deletes `key` only if its ModifyIndex is `index`. Returns false if it has another
+    /// index; true if it was deleted or was already missing (Consul's `kvsDeleteCASTxn`).
     pub async fn delete_cas(&self, key: &str, index: u64) -> Result<bool, ConsulError> {
         let reply = self
             .call(
