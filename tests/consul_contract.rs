@@ -108,8 +108,8 @@ fn real_agent(acl: bool) -> Option<(Proc, tempfile::TempDir, String)> {
     .args(["-serf-lan-port", &free_port().to_string()])
     .args(["-serf-wan-port", &free_port().to_string()])
     .args(["-server-port", &free_port().to_string()])
-    .arg("-data-dir")
-    .arg(dir.path().join("data"));
+    // Dev agents also open a gRPC TLS port (8503) by default; several run at once here.
+    .args(["-hcl", "ports { grpc_tls = -1 }"]);
     if acl {
         cmd.arg("-hcl").arg(format!(
             r#"acl {{ enabled = true default_policy = "deny" tokens {{ initial_management = "{ROOT}" }} }}"#
