@@ -118,3 +118,28 @@ async fn fenced_weight_write_keeps_consul_reasons_when_the_commit_fails() {
     );
     assert_eq!(kv.read(&p).await.unwrap(), w(95, 5));
 }
+
+#[tokio::test]
+async fn a_txn_error_without_op_index_is_not_read_as_a_lost_lock() {
+    // An agent (or proxy) answering with errors that do not name their operation: nothing
+    // says the check-session operation failed, so this is no lost lock.
+    let fake = support::fake_http::FakeHttp::start(support::fake_http::Behaviour::Answer {
+        status: 409,
+        content_type: "application/json",
+        body: r#"{"Results":null,"Errors":[{"What":"rpc error: No cluster leader"}]}"#.into(),
+    });
+    let client = ConsulClient::new(fake.url(), None, Duration::from_secs(5)).unwrap();
+    let store = StateStore::new(client, "greenlight");
+    let fence = greenlight::consul::Fence {
+        key: store.leader_key(),
+        lock_index: 1,
+        session: "00000000-0000-4000-8000-000000000001".into(),
+    };
+    let state = RolloutState::new(&policy());
+    match store.save(&state, 0, Some(&fence)).await {
+        Err(StoreError::Consul(ConsulError::Decode(text))) => {
+            assert!(text.contains("No cluster leader"), "{text}")
+        }
+        other => panic!("expected the unattributed error, got {other:?}"),
+    }
+}
