@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::{http_error, ConsulClient, ConsulError, KvEntry, RawKvEntry};
 
 /// Consul's limit on operations in one transaction (agent/txn_endpoint.go `maxTxnOps`: 128
-/// in current releases, 64 before 1.7).
+/// in current releases, 64 in older ones).
 pub const MAX_TXN_OPS: usize = 128;
 
 /// One KV operation of a transaction.

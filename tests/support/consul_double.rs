@@ -22,8 +22,8 @@ use tokio::sync::watch;
 
 /// Largest KV value Consul accepts.
 pub const MAX_VALUE_SIZE: usize = 512 * 1024;
-/// Most operations in one transaction (agent/txn_endpoint.go `maxTxnOps`: 128 since Consul
-/// 1.7, 64 before; the double follows Consul 1.17 and later).
+/// Most operations in one transaction (agent/txn_endpoint.go `maxTxnOps`: 128 in current
+/// releases, 64 in older ones; the double follows Consul 1.17 and later).
 pub const MAX_TXN_OPS: usize = 128;
 /// Largest transaction body (`txn_max_req_len`, default raft's suggested 512 KiB).
 pub const MAX_TXN_REQ_LEN: usize = 512 * 1024;
