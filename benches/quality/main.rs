@@ -439,7 +439,7 @@ fn markdown(policy: &Policy, rows: &[(&Case, Vec<Summary>, f64)], o: &Options) -
         s,
         "Statistical efficiency on identical traffic: median minutes until greenlight rolled back \
          vs until Wald's SPRT (known ratio, α = {}) run on the very windows greenlight saw would \
-         have crossed, testing r = 1 (statistics reference §5) and testing the policy's own null \
+         have crossed, testing r = 1 (docs/statistics.md §8) and testing the policy's own null \
          r = 1 + tolerance.",
         policy.false_rollback_rate
     );

@@ -7,7 +7,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::{ConsulClient, ConsulError, SessionBehavior, SessionRequest};
+use super::txn::is_session_check_failure;
+use super::{ConsulClient, ConsulError, SessionBehavior, SessionRequest, TxnOp};
 
 /// How a [`Lock`] creates its session and follows its key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +57,23 @@ pub struct Fence {
     pub key: String,
     pub lock_index: u64,
     pub session: String,
+}
+
+impl Fence {
+    /// The `check-session` operation that guards a write with this fence.
+    pub fn check(&self) -> TxnOp {
+        TxnOp::check_session(&self.key, &self.session)
+    }
+
+    /// Whether a rolled-back transaction failed because this fence's `check-session`
+    /// operation, at index `op`, found that the session no longer holds the key. Any other
+    /// failure of that operation (an ACL denial, a commit error, which Consul also reports at
+    /// operation 0: agent/consul/state/txn.go `TxnRW`) is not a lost lock.
+    pub fn lost_in(&self, errors: &[(usize, String)], op: usize) -> bool {
+        errors
+            .iter()
+            .any(|(i, what)| *i == op && is_session_check_failure(what))
+    }
 }
 
 /// A held Consul lock. Dropping it releases the key and destroys the session (best effort, in
@@ -122,24 +140,47 @@ impl Lock {
         }))
     }
 
-    /// Waits until the lock is acquired: follows the key with blocking queries, tries whenever
-    /// no session holds it, and pauses `retry_after` after a failed attempt. Cancel by dropping
-    /// the future.
+    /// Waits until the lock is acquired: follows the key with blocking queries and tries
+    /// whenever no session holds it. Cancel by dropping the future.
+    ///
+    /// An attempt refused while no session held the key means a lock-delay is in effect (or
+    /// another instance won the race). Nothing changes the key's index when a lock-delay ends,
+    /// so, as Consul's `api/lock.go` (`Lock.Lock`) does, the index is reset and the next attempt
+    /// follows a *timed* wait instead of a blocking read on the old index: at most
+    /// `retry_after`, and no later than `lock_delay` after the key was first seen free (the
+    /// lock-delay began before that). A standby therefore takes over within lock-delay of the
+    /// holder's session being invalidated, itself at most 2×TTL after the holder died.
     pub async fn acquire(
         client: &ConsulClient,
         key: &str,
         opts: &LockOptions,
     ) -> Result<Lock, ConsulError> {
         let mut watch = client.watcher(key, opts.watch_wait);
+        // When the key was first seen with no holder, in the current run of refused attempts.
+        let mut free_since: Option<Instant> = None;
         loop {
             let entries = watch.next().await?;
             if entries.first().is_some_and(|e| e.session.is_some()) {
+                free_since = None;
                 continue;
             }
+            let seen_free = *free_since.get_or_insert_with(Instant::now);
             if let Some(lock) = Lock::try_acquire(client, key, opts).await? {
                 return Ok(lock);
             }
-            tokio::time::sleep(opts.retry_after).await;
+            let now = Instant::now();
+            let delay_ends = seen_free + opts.lock_delay;
+            let next = if delay_ends > now {
+                delay_ends.min(now + opts.retry_after)
+            } else {
+                now + opts.retry_after
+            };
+            tracing::debug!(
+                key,
+                "Lock refused while free: lock-delay; retrying after a timed wait."
+            );
+            tokio::time::sleep_until(next).await;
+            watch.reset();
         }
     }
 

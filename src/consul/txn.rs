@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use super::{http_error, ConsulClient, ConsulError, KvEntry, RawKvEntry};
 
-/// Consul's limit on operations in one transaction.
+/// Consul's limit on operations in one transaction (agent/txn_endpoint.go `maxTxnOps`: 128
+/// in current releases, 64 in older ones).
 pub const MAX_TXN_OPS: usize = 128;
 
 /// One KV operation of a transaction.
@@ -88,7 +89,7 @@ impl TxnOp {
         Self::new("delete", key)
     }
 
-    /// Deletes the key only if its ModifyIndex is `index`.
+    /// Deletes the key only if its ModifyIndex is `index`; a missing key counts as deleted.
     pub fn delete_cas(key: &str, index: u64) -> Self {
         Self::new("delete-cas", key).index(index)
     }
@@ -145,16 +146,35 @@ struct TxnResult {
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
 struct TxnErrorBody {
+    /// Always present in Consul's answers (agent/structs/txn.go `TxnError`); an answer without
+    /// it is not attributed to operation 0.
     #[serde(default)]
-    op_index: usize,
+    op_index: Option<usize>,
     #[serde(default)]
     what: String,
 }
 
+/// Whether `what` is Consul's reason for a failed `check-session`: the key is missing or
+/// another session (or none) holds it (agent/consul/state/kvs.go `kvsCheckSessionTxn`:
+/// `failed session check for key "k", current session "a" != "b"` and
+/// `failed to check session, key "k" doesn't exist`).
+pub fn is_session_check_failure(what: &str) -> bool {
+    what.starts_with("failed session check for key")
+        || what.starts_with("failed to check session, key")
+}
+
+/// Whether `what` is Consul's reason for a failed `cas` or `delete-cas`: the key's ModifyIndex
+/// is not the one given (agent/consul/state/txn.go `txnKVS`:
+/// `failed to set key "k", index is stale`).
+pub fn is_stale_index(what: &str) -> bool {
+    what.ends_with(", index is stale")
+}
+
 impl ConsulClient {
     /// Runs `ops` atomically: all apply or none. A rollback is
-    /// [`ConsulError::TxnRolledBack`] with each failed operation's index and reason; an ACL
-    /// failure inside the transaction is [`ConsulError::PermissionDenied`].
+    /// [`ConsulError::TxnRolledBack`] with each failed operation's index and Consul's reason
+    /// (Consul reports every failed operation, not only the first); an ACL failure of any
+    /// operation is [`ConsulError::PermissionDenied`] carrying each denied operation's text.
     pub async fn txn(&self, ops: &[TxnOp]) -> Result<TxnResults, ConsulError> {
         if ops.len() > MAX_TXN_OPS {
             return Err(ConsulError::Http {
@@ -176,14 +196,30 @@ impl ConsulClient {
         }
         let parsed: TxnResponse = serde_json::from_str(&reply.body)
             .map_err(|e| ConsulError::Decode(format!("transaction response: {e}")))?;
-        let errors = parsed.errors.unwrap_or_default();
-        if reply.status == StatusCode::CONFLICT || !errors.is_empty() {
-            if let Some(denied) = errors.iter().find(|e| e.what.contains("Permission denied")) {
-                return Err(ConsulError::PermissionDenied(denied.what.clone()));
+        let mut errors = Vec::new();
+        for e in parsed.errors.unwrap_or_default() {
+            match e.op_index {
+                Some(i) => errors.push((i, e.what)),
+                None => {
+                    return Err(ConsulError::Decode(format!(
+                        "transaction error without an OpIndex: {}",
+                        e.what
+                    )))
+                }
             }
-            return Err(ConsulError::TxnRolledBack(
-                errors.into_iter().map(|e| (e.op_index, e.what)).collect(),
-            ));
+        }
+        if reply.status == StatusCode::CONFLICT || !errors.is_empty() {
+            // Per-operation ACL failures come back as a 409 rolled-back transaction
+            // (agent/consul/txn_endpoint.go `Txn.preCheck`), not as a 403.
+            let denied: Vec<String> = errors
+                .iter()
+                .filter(|(_, what)| what.contains("Permission denied"))
+                .map(|(i, what)| format!("op {i}: {what}"))
+                .collect();
+            if !denied.is_empty() {
+                return Err(ConsulError::PermissionDenied(denied.join("; ")));
+            }
+            return Err(ConsulError::TxnRolledBack(errors));
         }
         let entries = parsed
             .results
@@ -199,6 +235,22 @@ impl ConsulClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn consul_reasons_are_classified_by_their_source_texts() {
+        // agent/consul/state/kvs.go kvsCheckSessionTxn and state/txn.go txnKVS.
+        assert!(is_session_check_failure(
+            r#"failed session check for key "l", current session "" != "s1""#
+        ));
+        assert!(is_session_check_failure(
+            r#"failed to check session, key "l" doesn't exist"#
+        ));
+        assert!(!is_session_check_failure("Permission denied"));
+        assert!(is_stale_index(r#"failed to set key "k", index is stale"#));
+        assert!(!is_stale_index(
+            r#"failed to lock key "k", lock is already held"#
+        ));
+    }
 
     #[test]
     fn ops_serialize_to_the_documented_shape() {

@@ -1,7 +1,7 @@
 //! Rollout state in Consul KV: one JSON document per API under `<prefix>/state/<api>`, always
 //! written by compare-and-set (and, for the daemon, fenced by its lock).
 
-use crate::consul::{ConsulClient, ConsulError, Fence, TxnOp};
+use crate::consul::{is_stale_index, ConsulClient, ConsulError, Fence, TxnOp};
 use crate::engine::{Intent, RolloutState};
 use crate::policy::Policy;
 
@@ -83,6 +83,11 @@ impl StateStore {
 
     /// Writes `state` if the stored one still has ModifyIndex `index` (0: does not exist yet),
     /// and, with a fence, only while that lock is held. Returns the new ModifyIndex.
+    ///
+    /// [`StoreError::LockLost`] only when the fence's `check-session` failed because the session
+    /// no longer holds the lock; [`StoreError::Conflict`] only when the compare-and-set found a
+    /// newer state; any other rolled-back transaction is
+    /// `StoreError::Consul(ConsulError::TxnRolledBack(..))` with Consul's per-operation reasons.
     pub async fn save(
         &self,
         state: &RolloutState,
@@ -93,8 +98,9 @@ impl StateStore {
         let body = encode(state, &key)?;
         let mut ops = Vec::with_capacity(2);
         if let Some(f) = fence {
-            ops.push(TxnOp::check_session(&f.key, &f.session));
+            ops.push(f.check());
         }
+        let state_op = ops.len();
         ops.push(TxnOp::cas(&key, &body, index));
         match self.client.txn(&ops).await {
             Ok(results) => Ok(results
@@ -104,14 +110,20 @@ impl StateStore {
                 .map(|e| e.modify_index)
                 .unwrap_or(index)),
             Err(ConsulError::TxnRolledBack(errors)) => {
-                if fence.is_some() && errors.iter().any(|(i, _)| *i == 0) {
+                if fence.is_some_and(|f| f.lost_in(&errors, 0)) {
                     Err(StoreError::LockLost {
                         api: state.api.clone(),
                     })
-                } else {
+                } else if errors
+                    .iter()
+                    .all(|(i, what)| *i == state_op && is_stale_index(what))
+                {
                     Err(StoreError::Conflict {
                         api: state.api.clone(),
                     })
+                } else {
+                    // Neither a lost lock nor a race: keep Consul's own reasons.
+                    Err(StoreError::Consul(ConsulError::TxnRolledBack(errors)))
                 }
             }
             Err(e) => Err(e.into()),

@@ -7,7 +7,7 @@ use crate::engine::observation::{CheckData, DataProblem, Observation, Pair};
 use crate::engine::state::{Intent, Phase, RolloutState, HISTORY_LEN};
 use crate::policy::{CheckKind, MaxStepAction, Policy, Weights};
 
-/// Rollback streams must all be below this for an advance (statistics reference §4).
+/// Rollback streams must all be below this for an advance (docs/statistics.md §6).
 pub const ADVANCE_MAX_ROLLBACK_E: f64 = 10.0;
 
 /// What the decision does.

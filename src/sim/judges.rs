@@ -375,7 +375,7 @@ pub struct OracleStream {
     pub edge: Option<f64>,
     /// The true ratio of green's to blue's rate of bad events on this stream.
     pub ratio: f64,
-    /// The ratio the SPRT tests against: 1 (statistics reference §5), or 1 + the check's
+    /// The ratio the SPRT tests against: 1 (docs/statistics.md §8), or 1 + the check's
     /// tolerance for the best test of the policy's own null hypothesis.
     pub null_ratio: f64,
 }
@@ -450,7 +450,7 @@ pub fn oracle_stream(
 }
 
 /// Wald's SPRT of H0: r = r0 (the stream's `null_ratio`) against the true ratio r on one
-/// stream, with the conditional binomial likelihood of statistics reference §1; crosses at
+/// stream, with the conditional binomial likelihood of docs/statistics.md §2; crosses at
 /// ln(1/α).
 #[derive(Debug, Clone)]
 pub struct Sprt {
@@ -497,7 +497,7 @@ impl Sprt {
 }
 
 /// The oracle: knows which stream regressed and by how much, runs Wald's SPRT on it at the
-/// policy's whole α (statistics reference §5), and otherwise advances on the schedule. It never
+/// policy's whole α (docs/statistics.md §8), and otherwise advances on the schedule. It never
 /// rolls back a healthy green (its alternative equals the null).
 pub struct Oracle<'a> {
     name: &'static str,

@@ -196,7 +196,7 @@ mod tests {
         );
     }
 
-    /// The equally weighted mixture of statistics reference §1, which the vectors pin.
+    /// The equally weighted mixture of docs/statistics.md §3, which the §10 vectors pin.
     fn reference_rollback(tolerance: f64) -> RatioEProcess {
         RatioEProcess::new(1.0 + tolerance, &ROLLBACK_GRID, 1.0)
     }

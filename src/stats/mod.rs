@@ -1,6 +1,6 @@
 //! Statistics: anytime-valid e-processes for the decisions, fixed-horizon tests for reports.
 //!
-//! Pure numeric code, pinned to the test vectors of the statistics reference.
+//! Pure numeric code, pinned to the test vectors of docs/statistics.md §10 (formulas in §3–§9).
 //!
 //! - [`RatioEProcess`], [`SloEProcess`]: the grid-mixture e-processes that decide rollback and
 //!   advance; valid however often they are looked at.

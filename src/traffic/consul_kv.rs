@@ -2,7 +2,7 @@
 
 use super::{Retry, TrafficError};
 use crate::consul::lock::Fence;
-use crate::consul::{ConsulClient, ConsulError, KvEntry, TxnOp};
+use crate::consul::{is_stale_index, ConsulClient, ConsulError, KvEntry, TxnOp};
 use crate::policy::{Policy, TrafficTarget, Weights};
 
 /// Rounds of read → compare → CAS before giving up on a key that keeps changing to the same
@@ -71,10 +71,19 @@ impl ConsulKv {
         match self.txn(&ops).await {
             Ok(entries) => match <[KvEntry; 2]>::try_from(entries) {
                 Ok([b, g]) => Ok((b, g)),
-                Err(entries) => Err(TrafficError::Consul(ConsulError::Decode(format!(
-                    "reading two weight keys returned {} entries",
-                    entries.len()
-                )))),
+                // A `get` of a missing key fails the transaction, so a committed read that lacks
+                // an entry had it filtered out by ACLs (agent/consul/txn_endpoint.go
+                // `FilterTxnResults`): the token may not read that key.
+                Err(entries) => {
+                    let hidden: Vec<&str> = [blue, green]
+                        .into_iter()
+                        .filter(|k| !entries.iter().any(|e| e.key == *k))
+                        .collect();
+                    Err(TrafficError::PermissionDenied(format!(
+                        "Permission denied: Consul filtered {} out of a transaction read (the token lacks key:read)",
+                        hidden.join(", ")
+                    )))
+                }
             },
             Err(ConsulError::TxnRolledBack(errors)) => {
                 let keys = [blue, green];
@@ -134,8 +143,9 @@ impl ConsulKv {
             }
             let mut ops = Vec::with_capacity(3);
             if let Some(f) = fence {
-                ops.push(TxnOp::check_session(&f.key, &f.session));
+                ops.push(f.check());
             }
+            let first_cas = ops.len();
             ops.push(TxnOp::cas(
                 blue,
                 new.blue.to_string().as_bytes(),
@@ -149,14 +159,20 @@ impl ConsulKv {
             match self.txn(&ops).await {
                 Ok(_) => return Ok(()),
                 Err(ConsulError::TxnRolledBack(errors))
-                    if fence.is_some() && errors.iter().any(|(i, _)| *i == 0) =>
+                    if fence.is_some_and(|f| f.lost_in(&errors, 0)) =>
                 {
                     return Err(TrafficError::LockLost);
                 }
-                Err(ConsulError::TxnRolledBack(errors)) => {
+                Err(ConsulError::TxnRolledBack(errors))
+                    if errors
+                        .iter()
+                        .all(|(i, what)| *i >= first_cas && is_stale_index(what)) =>
+                {
                     tracing::debug!(api = %policy.api, round, "Weight CAS lost a race; re-reading.");
                     last = Some(ConsulError::TxnRolledBack(errors));
                 }
+                // Neither a lost lock nor a race: report Consul's own reasons at once.
+                Err(e @ ConsulError::TxnRolledBack(_)) => return Err(TrafficError::Consul(e)),
                 Err(e) => return Err(self.map_err(e)),
             }
         }

@@ -22,8 +22,11 @@ use tokio::sync::watch;
 
 /// Largest KV value Consul accepts.
 pub const MAX_VALUE_SIZE: usize = 512 * 1024;
-/// Most operations in one transaction.
+/// Most operations in one transaction (agent/txn_endpoint.go `maxTxnOps`: 128 in current
+/// releases, 64 in older ones; the double follows Consul 1.17 and later).
 pub const MAX_TXN_OPS: usize = 128;
+/// Largest transaction body (`txn_max_req_len`, default raft's suggested 512 KiB).
+pub const MAX_TXN_REQ_LEN: usize = 512 * 1024;
 /// Default blocking wait.
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(300);
 /// Longest blocking wait.
@@ -73,6 +76,8 @@ struct State {
     /// Key → virtual time until which acquires fail.
     lock_delays: HashMap<String, Instant>,
     acl: Option<String>,
+    /// Reason the next write transaction's commit fails with (see `fail_next_commit`).
+    commit_failure: Option<String>,
     clock_offset: Duration,
     rng: rand::rngs::StdRng,
 }
@@ -191,6 +196,8 @@ impl Kv {
         self.table_index = idx;
     }
 
+    /// agent/consul/state/kvs.go `kvsSetCASTxn`: index 0 writes only a missing key; any other
+    /// index only a key whose ModifyIndex it is (a missing key fails).
     fn cas(&mut self, key: &str, value: &[u8], flags: u64, cas: u64, idx: u64) -> bool {
         let ok = match self.entries.get(key) {
             None => cas == 0,
@@ -263,13 +270,16 @@ impl Kv {
         }
     }
 
+    /// agent/consul/state/kvs.go `kvsDeleteCASTxn`: deletes only if the ModifyIndex is `cas`;
+    /// a missing key counts as deleted (`true`).
     fn delete_cas(&mut self, key: &str, cas: u64, idx: u64) -> bool {
         match self.entries.get(key) {
+            None => true,
             Some(e) if e.modify_index == cas => {
                 self.delete(key, idx);
                 true
             }
-            _ => false,
+            Some(_) => false,
         }
     }
 
@@ -362,6 +372,7 @@ impl ConsulDouble {
                 sessions: HashMap::new(),
                 lock_delays: HashMap::new(),
                 acl: None,
+                commit_failure: None,
                 clock_offset: Duration::ZERO,
                 rng: rand::rngs::StdRng::seed_from_u64(0x636f_6e73_756c),
             }),
@@ -439,6 +450,13 @@ impl ConsulDouble {
         let found = self.shared.lock().invalidate(id);
         self.shared.notify();
         found
+    }
+
+    /// Makes the commit of the next write transaction fail with `what`, as a Raft apply or
+    /// state-store commit failure does: 409, reported at operation 0 (agent/consul/state/txn.go
+    /// `TxnRW`), nothing applied.
+    pub fn fail_next_commit(&self, what: &str) {
+        self.shared.lock().commit_failure = Some(what.to_string());
     }
 
     /// Moves the virtual clock used for TTLs and lock-delays forward, expiring what is due.
@@ -723,13 +741,15 @@ fn access(st: &State, token: Option<&str>) -> Access {
     }
 }
 
-fn denied(what: &str, resource: &str) -> Response {
-    text(
-        StatusCode::FORBIDDEN,
-        format!(
-            "Permission denied: token with AccessorID '{ANONYMOUS_ACCESSOR}' lacks permission '{what}' on \"{resource}\""
-        ),
+/// acl/errors.go `PermissionDeniedError` text for the anonymous token.
+fn denied_text(what: &str, resource: &str) -> String {
+    format!(
+        "Permission denied: token with AccessorID '{ANONYMOUS_ACCESSOR}' lacks permission '{what}' on \"{resource}\""
     )
+}
+
+fn denied(what: &str, resource: &str) -> Response {
+    text(StatusCode::FORBIDDEN, denied_text(what, resource))
 }
 
 fn acl_not_found() -> Response {
@@ -1015,8 +1035,49 @@ fn kv_delete(shared: &Arc<Shared>, key: &str, query: &Query, token: Option<&str>
     json_response(StatusCode::OK, shared.lock().index, &json!(result))
 }
 
+/// One KV operation of a transaction, decoded from the API format
+/// (agent/txn_endpoint.go `convertOps`).
+struct KvTxnOp {
+    verb: String,
+    key: String,
+    value: Vec<u8>,
+    flags: u64,
+    index: u64,
+    session: String,
+}
+
+/// Whether a verb writes (agent/txn_endpoint.go `isWrite`).
+fn is_write(verb: &str) -> bool {
+    matches!(
+        verb,
+        "set" | "delete" | "delete-cas" | "delete-tree" | "cas" | "lock" | "unlock"
+    )
+}
+
+/// `PUT /v1/txn`, as Consul (1.17 and later) answers it:
+/// - agent/txn_endpoint.go `convertOps`: a body over `txn_max_req_len` (512 KiB) is 413, an
+///   undecodable one 400, more than [`MAX_TXN_OPS`] operations 413, a value over
+///   `kv_max_value_size` (512 KiB) 413;
+/// - agent/consul/txn_endpoint.go `Txn.Apply` / `Txn.Read`: an unknown token is a whole-request
+///   403 (`ResolveToken` fails), but a known token lacking a permission fails *per operation*
+///   in `preCheck` (agent/consul/kvs_endpoint.go `kvsPreApply`: key:write for writes, key:read
+///   for check-session / check-index, nothing for reads, whose results are filtered instead),
+///   as does a `lock` during a lock-delay; any pre-check error is a 409 listing them, nothing
+///   applied;
+/// - agent/consul/state/txn.go `txnDispatch`: every operation runs and every failure is
+///   reported with its OpIndex (not only the first); any failure rolls everything back (409);
+///   a commit failure is reported at OpIndex 0 (`TxnRW`).
 fn txn(shared: &Arc<Shared>, token: Option<&str>, body: &[u8]) -> Response {
-    let ops: Vec<Value> = match serde_json::from_slice(body) {
+    if body.len() > MAX_TXN_REQ_LEN {
+        return text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "Request body({} bytes) too large, max size: {MAX_TXN_REQ_LEN} bytes. See https://www.consul.io/docs/agent/config/config-files#txn_max_req_len.",
+                body.len()
+            ),
+        );
+    }
+    let raw: Vec<Value> = match serde_json::from_slice(body) {
         Ok(Value::Array(ops)) => ops,
         Ok(_) | Err(_) => {
             return text(
@@ -1025,27 +1086,17 @@ fn txn(shared: &Arc<Shared>, token: Option<&str>, body: &[u8]) -> Response {
             )
         }
     };
-    if ops.len() > MAX_TXN_OPS {
+    if raw.len() > MAX_TXN_OPS {
         return text(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!(
                 "Transaction contains too many operations ({} > {MAX_TXN_OPS})",
-                ops.len()
+                raw.len()
             ),
         );
     }
-    let mut st = shared.lock();
-    match access(&st, token) {
-        Access::Allowed => {}
-        Access::NotFound => return acl_not_found(),
-        Access::Anonymous => return denied("key:write", ""),
-    }
-    let idx = st.index + 1;
-    let mut kv = st.kv.clone();
-    let mut results = Vec::new();
-    let mut errors = Vec::new();
-    let mut writes = false;
-    for (i, op) in ops.iter().enumerate() {
+    let mut ops = Vec::with_capacity(raw.len());
+    for (i, op) in raw.iter().enumerate() {
         let Some(op) = op.get("KV") else {
             return text(
                 StatusCode::BAD_REQUEST,
@@ -1059,16 +1110,15 @@ fn txn(shared: &Arc<Shared>, token: Option<&str>, body: &[u8]) -> Response {
                 .to_string()
         };
         let n = |name: &str| op.get(name).and_then(Value::as_u64).unwrap_or(0);
-        let verb = s("Verb");
         let key = s("Key");
         let value = match op.get("Value").and_then(Value::as_str) {
             None => Vec::new(),
             Some(v) => match base64::engine::general_purpose::STANDARD.decode(v) {
                 Ok(v) => v,
-                Err(_) => {
+                Err(e) => {
                     return text(
                         StatusCode::BAD_REQUEST,
-                        format!("Failed to decode value of operation {i}"),
+                        format!("Failed to parse body: failed to decode value: {e}"),
                     )
                 }
             },
@@ -1076,113 +1126,49 @@ fn txn(shared: &Arc<Shared>, token: Option<&str>, body: &[u8]) -> Response {
         if value.len() > MAX_VALUE_SIZE {
             return text(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                "Value exceeds 524288 byte limit",
+                format!(
+                    "Value for key {key:?} is too large ({} > {MAX_VALUE_SIZE} bytes)",
+                    value.len()
+                ),
             );
         }
-        let flags = n("Flags");
-        let index = n("Index");
-        let session = s("Session");
-        let mut fail = |what: String| errors.push(json!({"OpIndex": i, "What": what}));
-        let mut result = |kv: &Kv, key: &str, with_value: bool| {
-            if let Some(e) = kv.entries.get(key) {
-                results.push(json!({"KV": entry_json(key, e, with_value)}));
-            }
+        ops.push(KvTxnOp {
+            verb: s("Verb"),
+            key,
+            value,
+            flags: n("Flags"),
+            index: n("Index"),
+            session: s("Session"),
+        });
+    }
+    let writes = ops.iter().any(|op| is_write(&op.verb));
+
+    let mut st = shared.lock();
+    let anonymous = match access(&st, token) {
+        Access::Allowed => false,
+        Access::NotFound => return acl_not_found(),
+        Access::Anonymous => true,
+    };
+
+    // agent/consul/txn_endpoint.go `Txn.preCheck`, via kvsPreApply.
+    let mut errors = Vec::new();
+    for (i, op) in ops.iter().enumerate() {
+        if op.key.is_empty() && op.verb != "delete-tree" {
+            errors.push(json!({"OpIndex": i, "What": "Must provide key"}));
+            continue;
+        }
+        let needs = match op.verb.as_str() {
+            "get" | "get-tree" | "get-or-empty" => None,
+            "check-session" | "check-index" => Some("key:read"),
+            _ => Some("key:write"),
         };
-        match verb.as_str() {
-            "set" => {
-                kv.set(&key, &value, flags, idx);
-                writes = true;
-                result(&kv, &key, false);
-            }
-            "cas" => {
-                if kv.cas(&key, &value, flags, index, idx) {
-                    writes = true;
-                    result(&kv, &key, false);
-                } else {
-                    fail(format!("failed to set key \"{key}\", index is stale"));
-                }
-            }
-            "lock" => {
-                if !st.sessions.contains_key(&session) {
-                    fail(format!("invalid session \"{session}\""));
-                } else if st.lock_delayed(&key) {
-                    fail(format!("failed to lock key \"{key}\", lock delay active"));
-                } else if kv.acquire(&key, &value, flags, &session, idx) {
-                    writes = true;
-                    result(&kv, &key, false);
-                } else {
-                    fail(format!(
-                        "failed to lock key \"{key}\", lock is already held"
-                    ));
-                }
-            }
-            "unlock" => {
-                if kv.release(&key, &value, flags, &session, idx) {
-                    writes = true;
-                    result(&kv, &key, false);
-                } else {
-                    fail(format!(
-                        "failed to unlock key \"{key}\", lock isn't held, or is held by another session"
-                    ));
-                }
-            }
-            "get" => {
-                if kv.entries.contains_key(&key) {
-                    result(&kv, &key, true);
-                } else {
-                    fail(format!("key \"{key}\" doesn't exist"));
-                }
-            }
-            "get-or-empty" => {
-                if kv.entries.contains_key(&key) {
-                    result(&kv, &key, true);
-                } else {
-                    results.push(json!({"KV": {"LockIndex": 0, "Key": key, "Flags": 0,
-                        "Value": null, "CreateIndex": 0, "ModifyIndex": 0}}));
-                }
-            }
-            "get-tree" => {
-                for (k, e) in kv.entries.iter().filter(|(k, _)| k.starts_with(&key)) {
-                    results.push(json!({"KV": entry_json(k, e, true)}));
-                }
-            }
-            "check-index" => match kv.entries.get(&key) {
-                None => fail(format!("key \"{key}\" doesn't exist")),
-                Some(e) if e.modify_index != index => fail(format!(
-                    "current modify index {} != {index}",
-                    e.modify_index
-                )),
-                Some(_) => result(&kv, &key, false),
-            },
-            "check-session" => match kv.entries.get(&key) {
-                None => fail(format!("key \"{key}\" doesn't exist")),
-                Some(e) if e.session.as_deref().unwrap_or("") != session => fail(format!(
-                    "failed session check for key \"{key}\", current session {:?} != {session:?}",
-                    e.session.as_deref().unwrap_or("")
-                )),
-                Some(_) => result(&kv, &key, false),
-            },
-            "check-not-exists" => {
-                if kv.entries.contains_key(&key) {
-                    fail(format!("key \"{key}\" exists"));
-                }
-            }
-            "delete" => {
-                kv.delete(&key, idx);
-                writes = true;
-            }
-            "delete-tree" => {
-                kv.delete_tree(&key, idx);
-                writes = true;
-            }
-            "delete-cas" => {
-                if kv.delete_cas(&key, index, idx) {
-                    writes = true;
-                } else {
-                    fail(format!("failed to delete key \"{key}\", index is stale"));
-                }
-            }
-            other => fail(format!("unknown KV verb \"{other}\"")),
+        if let (true, Some(what)) = (anonymous, needs) {
+            errors.push(json!({"OpIndex": i, "What": denied_text(what, &op.key)}));
+            continue;
+        }
+        if op.verb == "lock" && st.lock_delayed(&op.key) {
+            errors.push(json!({"OpIndex": i,
+                "What": format!("failed to lock key {:?} due to lock delay", op.key)}));
         }
     }
     if !errors.is_empty() {
@@ -1192,6 +1178,138 @@ fn txn(shared: &Arc<Shared>, token: Option<&str>, body: &[u8]) -> Response {
             index,
             &json!({"Results": null, "Errors": errors}),
         );
+    }
+
+    // agent/consul/state/txn.go `txnDispatch` and `txnKVS`, on a copy that is kept only if
+    // every operation succeeded.
+    let idx = st.index + 1;
+    let mut kv = st.kv.clone();
+    let mut results = Vec::new();
+    for (i, op) in ops.iter().enumerate() {
+        let (key, value, flags, index, session) =
+            (&op.key, &op.value, op.flags, op.index, &op.session);
+        let mut fail = |what: String| errors.push(json!({"OpIndex": i, "What": what}));
+        // Results carry the entry without its value, except for reads (`txnKVS`).
+        let mut result = |kv: &Kv, key: &str, with_value: bool| {
+            if let Some(e) = kv.entries.get(key) {
+                results.push(json!({"KV": entry_json(key, e, with_value)}));
+            }
+        };
+        match op.verb.as_str() {
+            "set" => {
+                kv.set(key, value, flags, idx);
+                result(&kv, key, false);
+            }
+            // kvsSetCASTxn: Index 0 means "only if it does not exist"; a missing key with a
+            // non-zero Index fails.
+            "cas" => {
+                if kv.cas(key, value, flags, index, idx) {
+                    result(&kv, key, false);
+                } else {
+                    fail(format!("failed to set key {key:?}, index is stale"));
+                }
+            }
+            // kvsLockTxn.
+            "lock" => {
+                if session.is_empty() {
+                    fail("missing session".into());
+                } else if !st.sessions.contains_key(session) {
+                    fail(format!("invalid session {session:?}"));
+                } else if kv.acquire(key, value, flags, session, idx) {
+                    result(&kv, key, false);
+                } else {
+                    fail(format!("failed to lock key {key:?}, lock is already held"));
+                }
+            }
+            // kvsUnlockTxn.
+            "unlock" => {
+                if session.is_empty() {
+                    fail("missing session".into());
+                } else if kv.release(key, value, flags, session, idx) {
+                    result(&kv, key, false);
+                } else {
+                    fail(format!(
+                        "failed to unlock key {key:?}, lock isn't held, or is held by another session"
+                    ));
+                }
+            }
+            "get" => {
+                if kv.entries.contains_key(key) {
+                    result(&kv, key, true);
+                } else {
+                    fail(format!("key {key:?} doesn't exist"));
+                }
+            }
+            "get-or-empty" => {
+                if kv.entries.contains_key(key) {
+                    result(&kv, key, true);
+                } else {
+                    results.push(json!({"KV": {"LockIndex": 0, "Key": key, "Flags": flags,
+                        "Value": null, "CreateIndex": 0, "ModifyIndex": index}}));
+                }
+            }
+            "get-tree" => {
+                for (k, e) in kv
+                    .entries
+                    .iter()
+                    .filter(|(k, _)| k.starts_with(key.as_str()))
+                {
+                    results.push(json!({"KV": entry_json(k, e, true)}));
+                }
+            }
+            // kvsCheckIndexTxn.
+            "check-index" => match kv.entries.get(key) {
+                None => fail(format!("failed to check index, key {key:?} doesn't exist")),
+                Some(e) if e.modify_index != index => fail(format!(
+                    "failed index check for key {key:?}, current modify index {} != {index}",
+                    e.modify_index
+                )),
+                Some(_) => result(&kv, key, false),
+            },
+            // kvsCheckSessionTxn.
+            "check-session" => match kv.entries.get(key) {
+                None => fail(format!(
+                    "failed to check session, key {key:?} doesn't exist"
+                )),
+                Some(e) if e.session.as_deref().unwrap_or("") != session.as_str() => fail(format!(
+                    "failed session check for key {key:?}, current session {:?} != {session:?}",
+                    e.session.as_deref().unwrap_or("")
+                )),
+                Some(_) => result(&kv, key, false),
+            },
+            "check-not-exists" => {
+                if kv.entries.contains_key(key) {
+                    fail(format!("key {key:?} exists"));
+                }
+            }
+            "delete" => kv.delete(key, idx),
+            "delete-tree" => kv.delete_tree(key, idx),
+            // kvsDeleteCASTxn: a missing key counts as deleted.
+            "delete-cas" => {
+                if !kv.delete_cas(key, index, idx) {
+                    fail(format!("failed to delete key {key:?}, index is stale"));
+                }
+            }
+            other => fail(format!("unknown KV verb {other:?}")),
+        }
+    }
+    if errors.is_empty() && writes {
+        if let Some(what) = st.commit_failure.take() {
+            // TxnRW: a failed commit is reported at operation 0.
+            errors.push(json!({"OpIndex": 0, "What": what}));
+        }
+    }
+    if !errors.is_empty() {
+        let index = st.index;
+        return json_response(
+            StatusCode::CONFLICT,
+            index,
+            &json!({"Results": null, "Errors": errors}),
+        );
+    }
+    if anonymous {
+        // FilterTxnResults: entries the token may not read are dropped.
+        results.clear();
     }
     if writes {
         st.kv = kv;
