@@ -1,14 +1,17 @@
 //! Weights set directly through the HAProxy Runtime API on every node, checked first and read
 //! back after.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::{Retry, TrafficError};
+use crate::consul::Fence;
 use crate::policy::{Policy, TrafficTarget, Weights};
 
 /// Where one HAProxy node's Runtime API listens: `tcp://host:port` or `unix:///path`.
@@ -58,6 +61,7 @@ pub struct HaproxyRuntime {
     nodes: Vec<RuntimeAddr>,
     timeout: Duration,
     retry: Retry,
+    seen: Seen,
 }
 
 impl HaproxyRuntime {
@@ -67,6 +71,7 @@ impl HaproxyRuntime {
             nodes,
             timeout: Duration::from_secs(5),
             retry: Retry::default(),
+            seen: Seen::default(),
         }
     }
 
@@ -169,13 +174,46 @@ impl HaproxyRuntime {
         blue: &str,
         green: &str,
     ) -> Result<Weights, TrafficError> {
-        let (b, _) = self.get_weight(node, backend, blue).await?;
-        let (g, _) = self.get_weight(node, backend, green).await?;
-        Ok(Weights { blue: b, green: g })
+        Ok(self.read_node(node, backend, blue, green).await?.weights)
     }
 
-    /// Sets both absolute weights on `node` in one command line, then reads them back. Both
-    /// servers are looked up first, so a wrong name never leaves one weight changed.
+    /// One exchange with `node`: which process answered (`show info`) and both servers' current
+    /// and configured weights, all from the same connection and so the same process. Records
+    /// the process and tells whether it was restarted since the last look and came back at its
+    /// configured weights (a reload, not a human edit).
+    pub async fn read_node(
+        &self,
+        node: &RuntimeAddr,
+        backend: &str,
+        blue: &str,
+        green: &str,
+    ) -> Result<NodeWeights, TrafficError> {
+        let command =
+            format!("show info; get weight {backend}/{blue}; get weight {backend}/{green}");
+        let reply = self.command_retried(node, &command).await?;
+        let (process, weights, initial) =
+            parse_node_reply(&reply, unix_now()).map_err(|message| TrafficError::Haproxy {
+                node: node.to_string(),
+                command,
+                message,
+            })?;
+        let reloaded = self
+            .seen
+            .observe(node, backend, process, weights == initial);
+        if reloaded {
+            tracing::info!(%node, backend, pid = process.pid, blue = weights.blue, green = weights.green, "HAProxy restarted with its configured weights.");
+        }
+        Ok(NodeWeights {
+            node: node.to_string(),
+            weights,
+            initial,
+            process,
+            reloaded,
+        })
+    }
+
+    /// Sets both absolute weights on `node` in one command line, then reads them back (which
+    /// also confirms the same process still answers).
     async fn set_node(
         &self,
         node: &RuntimeAddr,
@@ -184,7 +222,6 @@ impl HaproxyRuntime {
         green: &str,
         weights: Weights,
     ) -> Result<(), TrafficError> {
-        self.node_weights(node, backend, blue, green).await?;
         let command = format!(
             "set weight {backend}/{blue} {}; set weight {backend}/{green} {}",
             weights.blue, weights.green
@@ -197,20 +234,22 @@ impl HaproxyRuntime {
                 message: reply.trim().to_string(),
             });
         }
-        let found = self.node_weights(node, backend, blue, green).await?;
-        if found != weights {
+        let found = self.read_node(node, backend, blue, green).await?;
+        if found.weights != weights {
             return Err(TrafficError::ReadBack {
                 node: node.to_string(),
                 wrote: weights,
-                found,
+                found: found.weights,
             });
         }
+        self.seen.applied(node, backend);
         tracing::debug!(%node, backend, blue = weights.blue, green = weights.green, "Set HAProxy weights.");
         Ok(())
     }
 
     /// Sets the weights on every node without comparing first (for mirroring Consul into
-    /// HAProxy). Every node is attempted; failures are reported together.
+    /// HAProxy). Both servers are looked up first, so a wrong name never leaves one weight
+    /// changed. Every node is attempted; failures are reported together.
     pub async fn apply(
         &self,
         backend: &str,
@@ -220,7 +259,11 @@ impl HaproxyRuntime {
     ) -> Result<(), TrafficError> {
         let mut errors = Vec::new();
         for node in &self.nodes {
-            if let Err(e) = self.set_node(node, backend, blue, green, weights).await {
+            let set = async {
+                self.read_node(node, backend, blue, green).await?;
+                self.set_node(node, backend, blue, green, weights).await
+            };
+            if let Err(e) = set.await {
                 tracing::warn!(%node, error = %e, "Could not set HAProxy weights.");
                 errors.push(e);
             }
@@ -242,49 +285,245 @@ impl HaproxyRuntime {
         }
     }
 
-    /// Weights on every node; they must agree.
-    async fn all_weights(
+    /// Every node's weights, or the first node's error.
+    async fn all_nodes(
         &self,
         backend: &str,
         blue: &str,
         green: &str,
-    ) -> Result<Vec<(String, Weights)>, TrafficError> {
+    ) -> Result<Vec<NodeWeights>, TrafficError> {
         let mut found = Vec::with_capacity(self.nodes.len());
         for node in &self.nodes {
-            found.push((
-                node.to_string(),
-                self.node_weights(node, backend, blue, green).await?,
-            ));
+            found.push(self.read_node(node, backend, blue, green).await?);
         }
         Ok(found)
     }
 
+    /// The weights every node agrees on. [`TrafficError::Reloaded`] when nodes came back from
+    /// a restart at their configured weights (unless a node that was not restarted shows the
+    /// same weights everywhere), [`TrafficError::Diverged`] with every node's weights when
+    /// they disagree otherwise.
     pub(crate) async fn read(&self, policy: &Policy) -> Result<Weights, TrafficError> {
         let (backend, blue, green) = Self::target(policy)?;
-        let found = self.all_weights(backend, blue, green).await?;
-        match found.first() {
-            None => Err(TrafficError::Missing {
+        let found = self.all_nodes(backend, blue, green).await?;
+        let Some(first) = found.first() else {
+            return Err(TrafficError::Missing {
                 keys: vec![format!("{backend} (no HAProxy nodes configured)")],
-            }),
-            Some((_, first)) if found.iter().all(|(_, w)| w == first) => Ok(*first),
-            Some(_) => Err(TrafficError::Diverged(found)),
+            });
+        };
+        let agree = found.iter().all(|n| n.weights == first.weights);
+        let steady = found.iter().any(|n| !n.reloaded);
+        let per_node = || found.iter().map(|n| (n.node.clone(), n.weights)).collect();
+        if agree && steady {
+            return Ok(first.weights);
         }
+        if found.iter().any(|n| n.reloaded) {
+            return Err(TrafficError::Reloaded {
+                nodes: found
+                    .iter()
+                    .filter(|n| n.reloaded)
+                    .map(|n| n.node.clone())
+                    .collect(),
+                found: per_node(),
+            });
+        }
+        Err(TrafficError::Diverged(per_node()))
     }
 
-    /// Compare-and-set over all nodes: every node is checked before any is written.
+    /// Compare-and-set over all nodes, node by node: a node already at `new` is left as it is,
+    /// a node at `expected` or just restarted at its configured weights is written, any other
+    /// node was changed by hand.
+    ///
+    /// A change that keeps traffic on green checks every node before writing any: one node
+    /// changed by hand ([`TrafficError::Override`]) or unreachable, and nothing is written. A
+    /// change that takes green out of service (`new.green == 0`: rollback, abort) is written
+    /// to every node it can reach even when others are down or changed by hand, and
+    /// [`TrafficError::Partial`] names the nodes that have it and why the others do not.
+    ///
+    /// With a `fence`, nothing is written once the lock is known lost
+    /// ([`TrafficError::LockLost`]); it is checked again before each node.
     pub(crate) async fn write(
         &self,
         policy: &Policy,
         expected: Weights,
         new: Weights,
+        fence: Option<&Fence>,
     ) -> Result<(), TrafficError> {
-        let (backend, blue, green) = Self::target(policy)?;
-        let found = self.all_weights(backend, blue, green).await?;
-        if let Some((node, w)) = found.iter().find(|(_, w)| *w != expected) {
-            tracing::debug!(%node, "HAProxy weights differ from the expected ones.");
-            return Err(TrafficError::Override { found: *w });
+        let lock_held = || fence.is_none_or(|f| f.is_held());
+        if !lock_held() {
+            return Err(TrafficError::LockLost);
         }
-        self.apply(backend, blue, green, new).await
+        let (backend, blue, green) = Self::target(policy)?;
+        let drains_green = new.green == 0;
+        let mut applied = Vec::new();
+        let mut writable = Vec::new();
+        let mut failed: Vec<(String, TrafficError)> = Vec::new();
+        for node in &self.nodes {
+            match self.read_node(node, backend, blue, green).await {
+                Ok(n) if n.weights == new => {
+                    self.seen.applied(node, backend);
+                    applied.push(n.node);
+                }
+                Ok(n) if n.weights == expected || n.reloaded => writable.push(node),
+                Ok(n) => {
+                    tracing::debug!(%node, "HAProxy weights differ from the expected ones.");
+                    let found = n.weights;
+                    failed.push((n.node, TrafficError::Override { found }));
+                }
+                Err(e) => failed.push((node.to_string(), e)),
+            }
+        }
+        if !drains_green && !failed.is_empty() {
+            // Nothing written: a human edit first (it pauses), else the unreachable nodes.
+            if let Some(i) = failed
+                .iter()
+                .position(|(_, e)| matches!(e, TrafficError::Override { .. }))
+            {
+                return Err(failed.swap_remove(i).1);
+            }
+            return Err(collect(failed.into_iter().map(|(_, e)| e).collect()).unwrap_err());
+        }
+        for node in writable {
+            if !lock_held() {
+                tracing::warn!(api = %policy.api, applied = ?applied, "Lock lost while writing HAProxy weights; stopped.");
+                return Err(TrafficError::LockLost);
+            }
+            match self.set_node(node, backend, blue, green, new).await {
+                Ok(()) => applied.push(node.to_string()),
+                Err(e) => {
+                    tracing::warn!(%node, error = %e, "Could not set HAProxy weights.");
+                    failed.push((node.to_string(), e));
+                }
+            }
+        }
+        match (applied.is_empty(), failed.len()) {
+            (_, 0) => Ok(()),
+            (true, 1) => Err(failed.remove(0).1),
+            _ => Err(TrafficError::Partial { applied, failed }),
+        }
+    }
+}
+
+/// One node's view of a backend's blue and green servers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeWeights {
+    /// The node's Runtime API address.
+    pub node: String,
+    /// Current weights.
+    pub weights: Weights,
+    /// The weights in HAProxy's configuration (what a reload comes back with).
+    pub initial: Weights,
+    /// The process that answered.
+    pub process: Process,
+    /// Restarted since this runtime last looked, and still at the configured weights: the
+    /// weights greenlight set were lost with the old process, not changed by hand.
+    pub reloaded: bool,
+}
+
+/// An HAProxy process, from `show info`: a reload or restart starts a new one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Process {
+    pub pid: u32,
+    /// Start time in Unix seconds (`Start_time_sec`, or now minus `Uptime_sec`).
+    pub started: u64,
+}
+
+impl Process {
+    /// Same process: same PID and the same start (within the rounding of `Uptime_sec`; a
+    /// container restart may reuse the PID but not the start time).
+    fn same_as(&self, other: &Process) -> bool {
+        self.pid == other.pid && self.started.abs_diff(other.started) <= 2
+    }
+}
+
+/// What this runtime last saw of each (node, backend): the process, and whether that process
+/// came back from a restart at its configured weights and has not been written since. Shared
+/// by clones.
+#[derive(Debug, Clone, Default)]
+struct Seen {
+    inner: Arc<Mutex<SeenMap>>,
+}
+
+/// (node, backend) → (last process, restarted at configured weights and not written since).
+type SeenMap = HashMap<(String, String), (Process, bool)>;
+
+impl Seen {
+    fn map(&self) -> MutexGuard<'_, SeenMap> {
+        // Plain data: a panic elsewhere leaves nothing half-updated worth refusing.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records `process` for (node, backend); true if it is a restart (now or earlier, not yet
+    /// written) and the weights are still the configured ones.
+    fn observe(
+        &self,
+        node: &RuntimeAddr,
+        backend: &str,
+        process: Process,
+        at_initial: bool,
+    ) -> bool {
+        let key = (node.to_string(), backend.to_string());
+        let mut map = self.map();
+        let reloaded = at_initial
+            && map
+                .get(&key)
+                .is_some_and(|(before, reset)| !before.same_as(&process) || *reset);
+        map.insert(key, (process, reloaded));
+        reloaded
+    }
+
+    /// greenlight's weights are on (node, backend) again.
+    fn applied(&self, node: &RuntimeAddr, backend: &str) {
+        if let Some((_, reset)) = self.map().get_mut(&(node.to_string(), backend.to_string())) {
+            *reset = false;
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Parses the reply to `show info; get weight <blue>; get weight <green>`: the `Key: value`
+/// block of `show info`, then one `<current> (initial <initial>)` line per server. Anything
+/// else is the error text HAProxy printed.
+fn parse_node_reply(reply: &str, now: u64) -> Result<(Process, Weights, Weights), String> {
+    let (info, rest) = reply.split_once("\n\n").unwrap_or((reply, ""));
+    let field = |name: &str| {
+        info.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            (k == name).then(|| v.trim().parse::<u64>().ok()).flatten()
+        })
+    };
+    let pid = field("Pid").and_then(|p| u32::try_from(p).ok());
+    let started =
+        field("Start_time_sec").or_else(|| field("Uptime_sec").map(|up| now.saturating_sub(up)));
+    let (Some(pid), Some(started)) = (pid, started) else {
+        return Err(format!(
+            "no Pid and start time in show info: {}",
+            info.trim()
+        ));
+    };
+    let lines: Vec<&str> = rest
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    match lines.as_slice() {
+        [b, g] => match (parse_get_weight(b), parse_get_weight(g)) {
+            (Some((b, bi)), Some((g, gi))) => Ok((
+                Process { pid, started },
+                Weights { blue: b, green: g },
+                Weights {
+                    blue: bi,
+                    green: gi,
+                },
+            )),
+            _ => Err(lines.join("; ")),
+        },
+        _ => Err(lines.join("; ")),
     }
 }
 
@@ -325,6 +564,69 @@ mod tests {
         assert_eq!(parse_get_weight("10 (initial 0)\n\n"), Some((10, 0)));
         assert_eq!(parse_get_weight("256 (initial 100)\n"), Some((256, 100)));
         assert_eq!(parse_get_weight("No such server.\n"), None);
+    }
+
+    const INFO: &str = "Name: HAProxy\nVersion: 2.6.12\nPid: 4242\nUptime_sec: 30\nStart_time_sec: 1700000000\nTainted: 0\n\n";
+
+    #[test]
+    fn node_replies_tell_the_process_and_both_weights() {
+        let reply = format!("{INFO}90 (initial 100)\n\n10 (initial 0)\n\n");
+        assert_eq!(
+            parse_node_reply(&reply, 1_700_000_030),
+            Ok((
+                Process {
+                    pid: 4242,
+                    started: 1_700_000_000
+                },
+                Weights {
+                    blue: 90,
+                    green: 10
+                },
+                Weights {
+                    blue: 100,
+                    green: 0
+                },
+            ))
+        );
+        // Without Start_time_sec (older 2.6 releases) the start is now minus the uptime.
+        let old = INFO.replace("Start_time_sec: 1700000000\n", "");
+        let reply = format!("{old}1 (initial 1)\n\n0 (initial 0)\n\n");
+        assert_eq!(
+            parse_node_reply(&reply, 1_700_000_100).unwrap().0.started,
+            1_700_000_070
+        );
+        // HAProxy's error text comes back as the message.
+        let reply = format!("{INFO}No such server.\n\n0 (initial 0)\n\n");
+        assert_eq!(
+            parse_node_reply(&reply, 0),
+            Err("No such server.; 0 (initial 0)".to_string())
+        );
+        assert!(parse_node_reply("Permission denied\n", 0).is_err());
+    }
+
+    #[test]
+    fn a_restart_is_told_from_the_same_process() {
+        let seen = Seen::default();
+        let node = RuntimeAddr::Tcp("127.0.0.1:9999".into());
+        let p = |pid, started| Process { pid, started };
+        // First contact: nothing to compare with.
+        assert!(!seen.observe(&node, "api_a", p(10, 1000), true));
+        // Same process, at its configured weights: a hand edit, not a reload.
+        assert!(!seen.observe(&node, "api_a", p(10, 1001), true));
+        // New PID: a reload.
+        assert!(seen.observe(&node, "api_a", p(11, 2000), true));
+        // Reported until greenlight writes the node again.
+        assert!(seen.observe(&node, "api_a", p(11, 2000), true));
+        seen.applied(&node, "api_a");
+        assert!(!seen.observe(&node, "api_a", p(11, 2000), true));
+        // A container restart keeps PID 1 but not its start time.
+        assert!(!seen.observe(&node, "api_a", p(1, 3000), false));
+        assert!(seen.observe(&node, "api_a", p(1, 5000), true));
+        // Restarted with other weights than the configured ones (a state file): not a reset.
+        assert!(!seen.observe(&node, "api_a", p(2, 6000), false));
+        // Each backend is followed on its own: another API sees the same reload.
+        assert!(!seen.observe(&node, "api_b", p(10, 1000), true));
+        assert!(seen.observe(&node, "api_b", p(2, 6000), true));
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! the HAProxy Runtime API ([`HaproxyRuntime`], every node checked, written and read back), or
 //! memory ([`MemoryTraffic`], for tests and simulation). A write whose `expected` weights no
 //! longer match the live ones fails with [`TrafficError::Override`]: someone changed the split
-//! by hand, and greenlight never overwrites a human.
+//! by hand, and greenlight never overwrites a human. An HAProxy reload is not a hand edit: it
+//! is reported as [`TrafficError::Reloaded`] and the next write sets the weights again.
 
 mod consul_kv;
 mod haproxy;
@@ -15,7 +16,7 @@ use std::future::Future;
 use std::time::Duration;
 
 pub use consul_kv::ConsulKv;
-pub use haproxy::{HaproxyRuntime, RuntimeAddr};
+pub use haproxy::{HaproxyRuntime, NodeWeights, Process, RuntimeAddr};
 pub use memory::MemoryTraffic;
 pub use sync::{SyncSettings, SyncTarget, Syncer};
 
@@ -57,9 +58,25 @@ pub enum TrafficError {
         wrote: Weights,
         found: Weights,
     },
-    /// HAProxy nodes disagree about the current weights.
+    /// HAProxy nodes disagree about the current weights; every node's weights.
     #[error("HAProxy nodes disagree about the weights: {}", describe_nodes(.0))]
     Diverged(Vec<(String, Weights)>),
+    /// HAProxy `nodes` were restarted (reloaded) since the last read and came back at the
+    /// weights of their configuration: the weights greenlight set were lost, not changed by
+    /// hand. `found` is every node's weights. A write brings them back (see
+    /// [`TrafficError::finishable`]).
+    #[error("HAProxy reloaded on {} and came back at its configured weights ({}); the decided weights must be set again", .nodes.join(", "), describe_nodes(.found))]
+    Reloaded {
+        nodes: Vec<String>,
+        found: Vec<(String, Weights)>,
+    },
+    /// A write reached only some nodes: `applied` have the new weights, `failed` says why each
+    /// other node does not (an [`TrafficError::Override`] there is a hand edit on that node).
+    #[error("weights applied on {} only; not on {}", list_or_none(.applied), .failed.iter().map(|(n, e)| format!("{n} ({e})")).collect::<Vec<_>>().join(", "))]
+    Partial {
+        applied: Vec<String>,
+        failed: Vec<(String, TrafficError)>,
+    },
     /// Several nodes failed; each error in turn.
     #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
     Nodes(Vec<TrafficError>),
@@ -72,6 +89,33 @@ pub enum TrafficError {
     /// Any other Consul failure.
     #[error("{0}")]
     Consul(crate::consul::ConsulError),
+}
+
+fn list_or_none(nodes: &[String]) -> String {
+    if nodes.is_empty() {
+        "no node".to_string()
+    } else {
+        nodes.join(", ")
+    }
+}
+
+impl TrafficError {
+    /// Whether the live split differs from the decided one only in ways a write from `from`
+    /// to `to` repairs without overwriting a human: nodes reloaded back to their configured
+    /// weights, or an earlier write from `from` to `to` that reached only some nodes (every
+    /// other node is at `from` or `to`). The caller then writes `from` → `to` (with
+    /// `from == to` when no change was pending) instead of pausing.
+    pub fn finishable(&self, from: Weights, to: Weights) -> bool {
+        let between = |w: &Weights| *w == from || *w == to;
+        match self {
+            TrafficError::Diverged(found) => found.iter().all(|(_, w)| between(w)),
+            TrafficError::Reloaded { nodes, found } => found
+                .iter()
+                .filter(|(n, _)| !nodes.contains(n))
+                .all(|(_, w)| between(w)),
+            _ => false,
+        }
+    }
 }
 
 fn describe_nodes(nodes: &[(String, Weights)]) -> String {
@@ -165,7 +209,8 @@ impl Actuator {
     }
 
     /// [`Actuator::write`] guarded by a held lock: Consul KV checks the lock in the same
-    /// transaction; the HAProxy and memory targets refuse once the lock is known lost.
+    /// transaction; the HAProxy and memory targets refuse with [`TrafficError::LockLost`] once
+    /// the lock task has seen the lock lost (HAProxy checks again before each node).
     pub async fn write_fenced(
         &self,
         policy: &Policy,
@@ -175,7 +220,10 @@ impl Actuator {
     ) -> Result<(), TrafficError> {
         let result = match self {
             Actuator::ConsulKv(a) => a.write_fenced(policy, expected, new, fence).await,
-            Actuator::Haproxy(a) => a.write(policy, expected, new).await,
+            Actuator::Haproxy(a) => a.write(policy, expected, new, fence).await,
+            Actuator::Memory(_) if fence.is_some_and(|f| !f.is_held()) => {
+                Err(TrafficError::LockLost)
+            }
             Actuator::Memory(a) => a.write(policy, expected, new),
         };
         match &result {

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{binary, free_port, Proc};
+use super::{binary, eventually, free_port, Proc};
 
 pub const BACKEND: &str = "api_checkout";
 
@@ -140,6 +140,41 @@ frontend fe_stats
     /// `tcp://127.0.0.1:<admin port>`.
     pub fn tcp_url(&self) -> String {
         format!("tcp://{}", self.admin)
+    }
+
+    /// The PID in `show info`: the process that answers the Runtime API.
+    pub fn answering_pid(&self) -> Option<u32> {
+        let info = runtime_tcp(self.admin, "show info").ok()?;
+        info.lines()
+            .find_map(|l| l.strip_prefix("Pid: "))?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Reloads HAProxy as an operator's `haproxy -sf <pid>` (or a service reload) does: a new
+    /// process on the same configuration takes over the sockets and the old one finishes.
+    /// Returns once the new process answers the Runtime API and the old one has exited.
+    pub fn reload(&mut self) {
+        let old = self.proc.pid();
+        let mut cmd = Command::new(binary("haproxy"));
+        cmd.arg("-db")
+            .arg("-f")
+            .arg(self.dir.path().join("haproxy.cfg"))
+            .arg("-sf")
+            .arg(old.to_string());
+        let mut new = Proc::spawn(&format!("haproxy-after-{old}"), cmd, self.dir.path());
+        let pid = new.pid();
+        eventually(
+            "the reloaded HAProxy to answer and the old one to exit",
+            Duration::from_secs(15),
+            || {
+                new.assert_running();
+                let old_gone = matches!(self.proc.child.try_wait(), Ok(Some(_)));
+                (old_gone && self.answering_pid() == Some(pid)).then_some(())
+            },
+        );
+        self.proc = new;
     }
 
     /// `unix://<temp dir>/admin.sock`.
