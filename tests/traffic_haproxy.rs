@@ -240,6 +240,24 @@ async fn a_reload_is_reapplied_not_reported_as_a_hand_edit() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_server_state_file_a_reload_keeps_greenlights_weights() {
+    let mut h = Haproxy::start_with_state_file();
+    let act = Actuator::Haproxy(runtime(&[h.tcp_url()]));
+    let p = policy();
+    act.write(&p, w(100, 0), w(90, 10)).await.unwrap();
+    let before = h.answering_pid();
+
+    h.save_server_state();
+    tokio::task::block_in_place(|| h.reload());
+    assert_ne!(h.answering_pid(), before);
+    // The new process loaded the saved weights: nothing lost, nothing to re-apply.
+    assert_eq!(green(&h), "10 (initial 0)");
+    assert_eq!(act.read(&p).await.unwrap(), w(90, 10));
+    act.write(&p, w(90, 10), w(80, 20)).await.unwrap();
+    assert_eq!(green(&h), "20 (initial 0)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_reloaded_node_among_several_is_named_and_reapplied() {
     let mut a = Haproxy::start();
     let b = Haproxy::start();

@@ -88,6 +88,16 @@ pub struct Haproxy {
 
 impl Haproxy {
     pub fn start() -> Haproxy {
+        Haproxy::start_with(false)
+    }
+
+    /// With `server-state-file <dir>/server-state` and `load-server-state-from-file global`, the
+    /// setup the README recommends (see [`Haproxy::save_server_state`]).
+    pub fn start_with_state_file() -> Haproxy {
+        Haproxy::start_with(true)
+    }
+
+    fn start_with(state_file: bool) -> Haproxy {
         let dir = tempfile::tempdir().expect("temp dir");
         let blue = TinyServer::start("blue");
         let green = TinyServer::start("green");
@@ -95,14 +105,23 @@ impl Haproxy {
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let stats_port = free_port();
         let socket = dir.path().join("admin.sock");
+        let (global_state, defaults_state) = if state_file {
+            let path = dir.path().join("server-state");
+            (
+                format!("    server-state-file {}\n", path.display()),
+                "    load-server-state-from-file global\n",
+            )
+        } else {
+            (String::new(), "")
+        };
         let cfg = format!(
             "global
     stats socket {sock} mode 600 level admin
     stats socket ipv4@{admin} level admin
     stats timeout 30s
     log stderr format raw local0 info
-defaults
-    mode http
+{global_state}defaults
+{defaults_state}    mode http
     log global
     timeout connect 2s
     timeout client 10s
@@ -150,6 +169,13 @@ frontend fe_stats
             .trim()
             .parse()
             .ok()
+    }
+
+    /// Writes `show servers state` to `<dir>/server-state`, as an operator's reload hook does.
+    pub fn save_server_state(&self) {
+        let state = self.runtime("show servers state");
+        assert!(state.starts_with("1\n"), "unexpected server state: {state}");
+        std::fs::write(self.dir.path().join("server-state"), state).expect("write server state");
     }
 
     /// Reloads HAProxy as an operator's `haproxy -sf <pid>` (or a service reload) does: a new
