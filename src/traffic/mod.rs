@@ -189,6 +189,13 @@ pub enum Actuator {
 
 impl Actuator {
     /// The live weights of `policy`'s API.
+    ///
+    /// HAProxy nodes that disagree come back as [`TrafficError::Reloaded`] (some were restarted
+    /// at their configured weights) or [`TrafficError::Diverged`], both with every node's
+    /// weights. When [`TrafficError::finishable`] says so for the change in hand (`from` =
+    /// the pending change's origin, or the decided weights when none is pending; `to` = the
+    /// decided weights), writing `from` → `to` brings every node back in line; otherwise the
+    /// difference is a hand edit.
     pub async fn read(&self, policy: &Policy) -> Result<Weights, TrafficError> {
         match self {
             Actuator::ConsulKv(a) => a.read(policy).await,
