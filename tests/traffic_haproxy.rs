@@ -332,6 +332,26 @@ async fn a_rollback_with_a_node_down_lands_on_the_others_and_names_the_missing_n
 
     let down = format!("tcp://127.0.0.1:{}", support::free_port());
     let act = Actuator::Haproxy(runtime(&[a.tcp_url(), down.clone(), b.tcp_url()]));
+    // The read names the missing node and says what the others show, enough to decide.
+    match act.read(&p).await {
+        Err(TrafficError::NodesDown {
+            weights,
+            down: missing,
+        }) => {
+            assert_eq!(weights, w(90, 10));
+            assert_eq!(missing.len(), 1);
+            assert_eq!(missing[0].0, down);
+            assert!(matches!(missing[0].1, TrafficError::Unreachable { .. }));
+        }
+        other => panic!("expected NodesDown, got {other:?}"),
+    }
+    // With every node down there is nothing to go by.
+    assert!(matches!(
+        Actuator::Haproxy(runtime(std::slice::from_ref(&down)))
+            .read(&p)
+            .await,
+        Err(TrafficError::Unreachable { .. })
+    ));
     // A step forward with a node down writes nothing.
     assert!(matches!(
         act.write(&p, w(90, 10), w(80, 20)).await,

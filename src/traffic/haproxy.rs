@@ -285,39 +285,49 @@ impl HaproxyRuntime {
         }
     }
 
-    /// Every node's weights, or the first node's error.
-    async fn all_nodes(
-        &self,
-        backend: &str,
-        blue: &str,
-        green: &str,
-    ) -> Result<Vec<NodeWeights>, TrafficError> {
-        let mut found = Vec::with_capacity(self.nodes.len());
-        for node in &self.nodes {
-            found.push(self.read_node(node, backend, blue, green).await?);
-        }
-        Ok(found)
-    }
-
     /// The weights every node agrees on. [`TrafficError::Reloaded`] when nodes came back from
     /// a restart at their configured weights (unless a node that was not restarted shows the
     /// same weights everywhere), [`TrafficError::Diverged`] with every node's weights when
-    /// they disagree otherwise.
+    /// they disagree otherwise. With nodes unreachable while the others agree (none of them
+    /// reloaded): [`TrafficError::NodesDown`] with those weights, so a rollback can still be
+    /// decided and written to the nodes that answer.
     pub(crate) async fn read(&self, policy: &Policy) -> Result<Weights, TrafficError> {
         let (backend, blue, green) = Self::target(policy)?;
-        let found = self.all_nodes(backend, blue, green).await?;
-        let Some(first) = found.first() else {
-            return Err(TrafficError::Missing {
-                keys: vec![format!("{backend} (no HAProxy nodes configured)")],
-            });
+        let mut found = Vec::with_capacity(self.nodes.len());
+        let mut down = Vec::new();
+        for node in &self.nodes {
+            match self.read_node(node, backend, blue, green).await {
+                Ok(n) => found.push(n),
+                Err(e @ TrafficError::Unreachable { .. }) => down.push((node.to_string(), e)),
+                Err(e) => return Err(e),
+            }
+        }
+        let first = match found.first() {
+            Some(first) => first.weights,
+            None if down.is_empty() => {
+                return Err(TrafficError::Missing {
+                    keys: vec![format!("{backend} (no HAProxy nodes configured)")],
+                })
+            }
+            None => return Err(collect(down.into_iter().map(|(_, e)| e).collect()).unwrap_err()),
         };
-        let agree = found.iter().all(|n| n.weights == first.weights);
+        let agree = found.iter().all(|n| n.weights == first);
         let steady = found.iter().any(|n| !n.reloaded);
+        let reloaded = found.iter().any(|n| n.reloaded);
+        if !down.is_empty() {
+            if agree && !reloaded {
+                return Err(TrafficError::NodesDown {
+                    weights: first,
+                    down,
+                });
+            }
+            return Err(down.remove(0).1);
+        }
         let per_node = || found.iter().map(|n| (n.node.clone(), n.weights)).collect();
         if agree && steady {
-            return Ok(first.weights);
+            return Ok(first);
         }
-        if found.iter().any(|n| n.reloaded) {
+        if reloaded {
             return Err(TrafficError::Reloaded {
                 nodes: found
                     .iter()

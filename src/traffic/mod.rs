@@ -70,6 +70,14 @@ pub enum TrafficError {
         nodes: Vec<String>,
         found: Vec<(String, Weights)>,
     },
+    /// Some HAProxy nodes could not be reached; every node that answered shows `weights`.
+    /// A step forward is refused until every node answers; a rollback is written to the nodes
+    /// that answer (and comes back as [`TrafficError::Partial`]).
+    #[error("HAProxy {} unreachable (the other nodes show blue={} green={}): {}", .down.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", "), .weights.blue, .weights.green, .down.iter().map(|(_, e)| e.to_string()).collect::<Vec<_>>().join("; "))]
+    NodesDown {
+        weights: Weights,
+        down: Vec<(String, TrafficError)>,
+    },
     /// A write reached only some nodes: `applied` have the new weights, `failed` says why each
     /// other node does not (an [`TrafficError::Override`] there is a hand edit on that node).
     #[error("weights applied on {} only; not on {}", list_or_none(.applied), .failed.iter().map(|(n, e)| format!("{n} ({e})")).collect::<Vec<_>>().join(", "))]
@@ -195,7 +203,8 @@ impl Actuator {
     /// weights. When [`TrafficError::finishable`] says so for the change in hand (`from` =
     /// the pending change's origin, or the decided weights when none is pending; `to` = the
     /// decided weights), writing `from` → `to` brings every node back in line; otherwise the
-    /// difference is a hand edit.
+    /// difference is a hand edit. [`TrafficError::NodesDown`] carries the weights of the nodes
+    /// that answered: enough to decide a rollback, which is then written to those nodes.
     pub async fn read(&self, policy: &Policy) -> Result<Weights, TrafficError> {
         match self {
             Actuator::ConsulKv(a) => a.read(policy).await,
