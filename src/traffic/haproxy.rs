@@ -511,10 +511,8 @@ fn parse_node_reply(reply: &str, now: u64) -> Result<(Process, Weights, Weights)
     let started =
         field("Start_time_sec").or_else(|| field("Uptime_sec").map(|up| now.saturating_sub(up)));
     let (Some(pid), Some(started)) = (pid, started) else {
-        return Err(format!(
-            "no Pid and start time in show info: {}",
-            info.trim()
-        ));
+        let text: String = info.trim().chars().take(200).collect();
+        return Err(format!("no Pid and start time in show info: {text}"));
     };
     let lines: Vec<&str> = rest
         .lines()
@@ -531,10 +529,16 @@ fn parse_node_reply(reply: &str, now: u64) -> Result<(Process, Weights, Weights)
                     green: gi,
                 },
             )),
-            _ => Err(lines.join("; ")),
+            _ => Err(error_text(lines)),
         },
-        _ => Err(lines.join("; ")),
+        _ => Err(error_text(lines)),
     }
+}
+
+/// HAProxy's error lines, each said once ("No such backend." comes back for both servers).
+fn error_text(mut lines: Vec<&str>) -> String {
+    lines.dedup();
+    lines.join("; ")
 }
 
 fn collect(mut errors: Vec<TrafficError>) -> Result<(), TrafficError> {
