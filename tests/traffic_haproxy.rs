@@ -258,6 +258,44 @@ async fn with_a_server_state_file_a_reload_keeps_greenlights_weights() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_before_greenlight_first_looks_is_told_by_the_process_start() {
+    let mut h = Haproxy::start();
+    let p = policy();
+    let url = h.tcp_url();
+    let fresh = || Actuator::Haproxy(runtime(std::slice::from_ref(&url)));
+    fresh().write(&p, w(100, 0), w(90, 10)).await.unwrap();
+    let written = jiff::Timestamp::now();
+    // HAProxy reports its start to the second: reload in a later second than the write.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while jiff::Timestamp::now().as_second() <= written.as_second() {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::task::block_in_place(|| h.reload());
+
+    // A greenlight that never saw the old process, without the hint: looks like a hand edit.
+    assert_eq!(fresh().read(&p).await.unwrap(), w(100, 0));
+    // Told when its weights were last live, it knows the process started after that.
+    let act = fresh();
+    match act.read_since(&p, Some(written)).await {
+        Err(e @ TrafficError::Reloaded { .. }) => assert!(e.finishable(w(90, 10), w(90, 10))),
+        other => panic!("expected Reloaded, got {other:?}"),
+    }
+    act.write(&p, w(90, 10), w(90, 10)).await.unwrap();
+    assert_eq!(green(&h), "10 (initial 0)");
+
+    // A hand edit on a process that was already running then is still an override.
+    let written = jiff::Timestamp::now();
+    h.runtime("set weight api_checkout/blue 100; set weight api_checkout/green 0");
+    let act = fresh();
+    assert_eq!(act.read_since(&p, Some(written)).await.unwrap(), w(100, 0));
+    assert_eq!(
+        act.write(&p, w(90, 10), w(80, 20)).await,
+        Err(TrafficError::Override { found: w(100, 0) })
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_reloaded_node_among_several_is_named_and_reapplied() {
     let mut a = Haproxy::start();
     let b = Haproxy::start();

@@ -188,6 +188,20 @@ impl HaproxyRuntime {
         blue: &str,
         green: &str,
     ) -> Result<NodeWeights, TrafficError> {
+        self.read_node_since(node, backend, blue, green, None).await
+    }
+
+    /// [`Self::read_node`]; on first contact with (node, backend), a process started after
+    /// `written` (Unix seconds: when greenlight's weights were last known on every node) and
+    /// at its configured weights also counts as reloaded.
+    async fn read_node_since(
+        &self,
+        node: &RuntimeAddr,
+        backend: &str,
+        blue: &str,
+        green: &str,
+        written: Option<u64>,
+    ) -> Result<NodeWeights, TrafficError> {
         let command =
             format!("show info; get weight {backend}/{blue}; get weight {backend}/{green}");
         let reply = self.command_retried(node, &command).await?;
@@ -199,7 +213,7 @@ impl HaproxyRuntime {
             })?;
         let reloaded = self
             .seen
-            .observe(node, backend, process, weights == initial);
+            .observe(node, backend, process, weights == initial, written);
         if reloaded {
             tracing::info!(%node, backend, pid = process.pid, blue = weights.blue, green = weights.green, "HAProxy restarted with its configured weights.");
         }
@@ -291,12 +305,24 @@ impl HaproxyRuntime {
     /// they disagree otherwise. With nodes unreachable while the others agree (none of them
     /// reloaded): [`TrafficError::NodesDown`] with those weights, so a rollback can still be
     /// decided and written to the nodes that answer.
-    pub(crate) async fn read(&self, policy: &Policy) -> Result<Weights, TrafficError> {
+    ///
+    /// `written` is when greenlight last knew its weights to be on every node: a node this
+    /// runtime has not seen before (after a restart of greenlight, or with `run --once`) whose
+    /// process started later and shows its configured weights was reloaded in between.
+    pub(crate) async fn read(
+        &self,
+        policy: &Policy,
+        written: Option<jiff::Timestamp>,
+    ) -> Result<Weights, TrafficError> {
         let (backend, blue, green) = Self::target(policy)?;
+        let written = written.and_then(|t| u64::try_from(t.as_second()).ok());
         let mut found = Vec::with_capacity(self.nodes.len());
         let mut down = Vec::new();
         for node in &self.nodes {
-            match self.read_node(node, backend, blue, green).await {
+            match self
+                .read_node_since(node, backend, blue, green, written)
+                .await
+            {
                 Ok(n) => found.push(n),
                 Err(e @ TrafficError::Unreachable { .. }) => down.push((node.to_string(), e)),
                 Err(e) => return Err(e),
@@ -464,20 +490,23 @@ impl Seen {
     }
 
     /// Records `process` for (node, backend); true if it is a restart (now or earlier, not yet
-    /// written) and the weights are still the configured ones.
+    /// written) and the weights are still the configured ones. Without an earlier look, a
+    /// process started after `written` (greenlight's weights were on the node then) is one.
     fn observe(
         &self,
         node: &RuntimeAddr,
         backend: &str,
         process: Process,
         at_initial: bool,
+        written: Option<u64>,
     ) -> bool {
         let key = (node.to_string(), backend.to_string());
         let mut map = self.map();
-        let reloaded = at_initial
-            && map
-                .get(&key)
-                .is_some_and(|(before, reset)| !before.same_as(&process) || *reset);
+        let restarted = match map.get(&key) {
+            Some((before, reset)) => !before.same_as(&process) || *reset,
+            None => written.is_some_and(|t| process.started > t),
+        };
+        let reloaded = at_initial && restarted;
         map.insert(key, (process, reloaded));
         reloaded
     }
@@ -624,23 +653,28 @@ mod tests {
         let node = RuntimeAddr::Tcp("127.0.0.1:9999".into());
         let p = |pid, started| Process { pid, started };
         // First contact: nothing to compare with.
-        assert!(!seen.observe(&node, "api_a", p(10, 1000), true));
+        assert!(!seen.observe(&node, "api_a", p(10, 1000), true, None));
         // Same process, at its configured weights: a hand edit, not a reload.
-        assert!(!seen.observe(&node, "api_a", p(10, 1001), true));
+        assert!(!seen.observe(&node, "api_a", p(10, 1001), true, None));
         // New PID: a reload.
-        assert!(seen.observe(&node, "api_a", p(11, 2000), true));
+        assert!(seen.observe(&node, "api_a", p(11, 2000), true, None));
         // Reported until greenlight writes the node again.
-        assert!(seen.observe(&node, "api_a", p(11, 2000), true));
+        assert!(seen.observe(&node, "api_a", p(11, 2000), true, None));
         seen.applied(&node, "api_a");
-        assert!(!seen.observe(&node, "api_a", p(11, 2000), true));
+        assert!(!seen.observe(&node, "api_a", p(11, 2000), true, None));
         // A container restart keeps PID 1 but not its start time.
-        assert!(!seen.observe(&node, "api_a", p(1, 3000), false));
-        assert!(seen.observe(&node, "api_a", p(1, 5000), true));
+        assert!(!seen.observe(&node, "api_a", p(1, 3000), false, None));
+        assert!(seen.observe(&node, "api_a", p(1, 5000), true, None));
         // Restarted with other weights than the configured ones (a state file): not a reset.
-        assert!(!seen.observe(&node, "api_a", p(2, 6000), false));
+        assert!(!seen.observe(&node, "api_a", p(2, 6000), false, None));
         // Each backend is followed on its own: another API sees the same reload.
-        assert!(!seen.observe(&node, "api_b", p(10, 1000), true));
-        assert!(seen.observe(&node, "api_b", p(2, 6000), true));
+        assert!(!seen.observe(&node, "api_b", p(10, 1000), true, None));
+        assert!(seen.observe(&node, "api_b", p(2, 6000), true, None));
+        // First contact, told when greenlight's weights were last on the node: a process
+        // started later and at its configured weights was reloaded since.
+        assert!(seen.observe(&node, "api_c", p(3, 7000), true, Some(6999)));
+        assert!(!seen.observe(&node, "api_d", p(3, 7000), true, Some(7000)));
+        assert!(!seen.observe(&node, "api_e", p(3, 7000), false, Some(6999)));
     }
 
     #[test]

@@ -206,9 +206,22 @@ impl Actuator {
     /// difference is a hand edit. [`TrafficError::NodesDown`] carries the weights of the nodes
     /// that answered: enough to decide a rollback, which is then written to those nodes.
     pub async fn read(&self, policy: &Policy) -> Result<Weights, TrafficError> {
+        self.read_since(policy, None).await
+    }
+
+    /// [`Actuator::read`], told when greenlight last knew its weights to be live on every
+    /// node (e.g. when its last weight change was confirmed). An HAProxy node first seen by
+    /// this process (after a restart of greenlight, another instance taking over, or with
+    /// `run --once`) whose process started later and shows its configured weights is then
+    /// reported as reloaded instead of changed by hand. The other targets ignore it.
+    pub async fn read_since(
+        &self,
+        policy: &Policy,
+        written: Option<jiff::Timestamp>,
+    ) -> Result<Weights, TrafficError> {
         match self {
             Actuator::ConsulKv(a) => a.read(policy).await,
-            Actuator::Haproxy(a) => a.read(policy).await,
+            Actuator::Haproxy(a) => a.read(policy, written).await,
             Actuator::Memory(a) => a.read(policy),
         }
     }
