@@ -9,6 +9,7 @@
 
 mod consul_kv;
 mod haproxy;
+mod haproxy_node;
 mod memory;
 pub mod sync;
 
@@ -16,7 +17,8 @@ use std::future::Future;
 use std::time::Duration;
 
 pub use consul_kv::ConsulKv;
-pub use haproxy::{HaproxyRuntime, NodeWeights, Process, RuntimeAddr};
+pub use haproxy::{HaproxyRuntime, RuntimeAddr};
+pub use haproxy_node::{NodeWeights, Process};
 pub use memory::MemoryTraffic;
 pub use sync::{SyncSettings, SyncTarget, Syncer};
 
