@@ -51,12 +51,30 @@ impl LockOptions {
 }
 
 /// The fencing sequencer of a held lock: a write guarded by it is valid only while the key still
-/// carries this LockIndex and Session.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// carries this LockIndex and Session. Targets that cannot check the key in the same step as
+/// the write (HAProxy) ask [`Fence::is_held`].
+#[derive(Debug, Clone)]
 pub struct Fence {
     pub key: String,
     pub lock_index: u64,
     pub session: String,
+    held: watch::Receiver<bool>,
+}
+
+impl PartialEq for Fence {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.key, self.lock_index, &self.session)
+            == (&other.key, other.lock_index, &other.session)
+    }
+}
+
+impl Eq for Fence {}
+
+impl Fence {
+    /// False once the lock task saw the lock lost, or the lock was released or dropped.
+    pub fn is_held(&self) -> bool {
+        *self.held.borrow() && self.held.has_changed().is_ok()
+    }
 }
 
 impl Fence {
@@ -123,13 +141,14 @@ impl Lock {
                 return Ok(None);
             }
         };
+        let (tx, rx) = watch::channel(true);
         let fence = Fence {
             key: key.to_string(),
             lock_index,
             session,
+            held: rx.clone(),
         };
         tracing::info!(key, lock_index, "Acquired lock.");
-        let (tx, rx) = watch::channel(true);
         let task = tokio::spawn(keep(client.clone(), fence.clone(), opts.clone(), index, tx));
         Ok(Some(Lock {
             client: client.clone(),

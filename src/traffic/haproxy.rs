@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use super::haproxy_node::{parse_node_reply, unix_now, NodeWeights, Seen};
 use super::{Retry, TrafficError};
+use crate::consul::Fence;
 use crate::policy::{Policy, TrafficTarget, Weights};
 
 /// Where one HAProxy node's Runtime API listens: `tcp://host:port` or `unix:///path`.
@@ -58,6 +60,7 @@ pub struct HaproxyRuntime {
     nodes: Vec<RuntimeAddr>,
     timeout: Duration,
     retry: Retry,
+    seen: Seen,
 }
 
 impl HaproxyRuntime {
@@ -67,6 +70,7 @@ impl HaproxyRuntime {
             nodes,
             timeout: Duration::from_secs(5),
             retry: Retry::default(),
+            seen: Seen::default(),
         }
     }
 
@@ -169,13 +173,60 @@ impl HaproxyRuntime {
         blue: &str,
         green: &str,
     ) -> Result<Weights, TrafficError> {
-        let (b, _) = self.get_weight(node, backend, blue).await?;
-        let (g, _) = self.get_weight(node, backend, green).await?;
-        Ok(Weights { blue: b, green: g })
+        Ok(self.read_node(node, backend, blue, green).await?.weights)
     }
 
-    /// Sets both absolute weights on `node` in one command line, then reads them back. Both
-    /// servers are looked up first, so a wrong name never leaves one weight changed.
+    /// One exchange with `node`: which process answered (`show info`) and both servers' current
+    /// and configured weights, all from the same connection and so the same process. Records
+    /// the process and tells whether it was restarted since the last look and came back at its
+    /// configured weights (a reload, not a human edit).
+    pub async fn read_node(
+        &self,
+        node: &RuntimeAddr,
+        backend: &str,
+        blue: &str,
+        green: &str,
+    ) -> Result<NodeWeights, TrafficError> {
+        self.read_node_since(node, backend, blue, green, None).await
+    }
+
+    /// [`Self::read_node`]; on first contact with (node, backend), a process started after
+    /// `written` (Unix seconds: when greenlight's weights were last known on every node) and
+    /// at its configured weights also counts as reloaded.
+    async fn read_node_since(
+        &self,
+        node: &RuntimeAddr,
+        backend: &str,
+        blue: &str,
+        green: &str,
+        written: Option<u64>,
+    ) -> Result<NodeWeights, TrafficError> {
+        let command =
+            format!("show info; get weight {backend}/{blue}; get weight {backend}/{green}");
+        let reply = self.command_retried(node, &command).await?;
+        let (process, weights, initial) =
+            parse_node_reply(&reply, unix_now()).map_err(|message| TrafficError::Haproxy {
+                node: node.to_string(),
+                command,
+                message,
+            })?;
+        let reloaded = self
+            .seen
+            .observe(node, backend, process, weights == initial, written);
+        if reloaded {
+            tracing::info!(%node, backend, pid = process.pid, blue = weights.blue, green = weights.green, "HAProxy restarted with its configured weights.");
+        }
+        Ok(NodeWeights {
+            node: node.to_string(),
+            weights,
+            initial,
+            process,
+            reloaded,
+        })
+    }
+
+    /// Sets both absolute weights on `node` in one command line, then reads them back (which
+    /// also confirms the same process still answers).
     async fn set_node(
         &self,
         node: &RuntimeAddr,
@@ -184,7 +235,6 @@ impl HaproxyRuntime {
         green: &str,
         weights: Weights,
     ) -> Result<(), TrafficError> {
-        self.node_weights(node, backend, blue, green).await?;
         let command = format!(
             "set weight {backend}/{blue} {}; set weight {backend}/{green} {}",
             weights.blue, weights.green
@@ -197,20 +247,22 @@ impl HaproxyRuntime {
                 message: reply.trim().to_string(),
             });
         }
-        let found = self.node_weights(node, backend, blue, green).await?;
-        if found != weights {
+        let found = self.read_node(node, backend, blue, green).await?;
+        if found.weights != weights {
             return Err(TrafficError::ReadBack {
                 node: node.to_string(),
                 wrote: weights,
-                found,
+                found: found.weights,
             });
         }
+        self.seen.applied(node, backend);
         tracing::debug!(%node, backend, blue = weights.blue, green = weights.green, "Set HAProxy weights.");
         Ok(())
     }
 
     /// Sets the weights on every node without comparing first (for mirroring Consul into
-    /// HAProxy). Every node is attempted; failures are reported together.
+    /// HAProxy). Both servers are looked up first, so a wrong name never leaves one weight
+    /// changed. Every node is attempted; failures are reported together.
     pub async fn apply(
         &self,
         backend: &str,
@@ -220,7 +272,11 @@ impl HaproxyRuntime {
     ) -> Result<(), TrafficError> {
         let mut errors = Vec::new();
         for node in &self.nodes {
-            if let Err(e) = self.set_node(node, backend, blue, green, weights).await {
+            let set = async {
+                self.read_node(node, backend, blue, green).await?;
+                self.set_node(node, backend, blue, green, weights).await
+            };
+            if let Err(e) = set.await {
                 tracing::warn!(%node, error = %e, "Could not set HAProxy weights.");
                 errors.push(e);
             }
@@ -242,49 +298,144 @@ impl HaproxyRuntime {
         }
     }
 
-    /// Weights on every node; they must agree.
-    async fn all_weights(
+    /// The weights every node agrees on. [`TrafficError::Reloaded`] when nodes came back from
+    /// a restart at their configured weights (unless a node that was not restarted shows the
+    /// same weights everywhere), [`TrafficError::Diverged`] with every node's weights when
+    /// they disagree otherwise. With nodes unreachable while the others agree (none of them
+    /// reloaded): [`TrafficError::NodesDown`] with those weights, so a rollback can still be
+    /// decided and written to the nodes that answer.
+    ///
+    /// `written` is when greenlight last knew its weights to be on every node: a node this
+    /// runtime has not seen before (after a restart of greenlight, or with `run --once`) whose
+    /// process started later and shows its configured weights was reloaded in between.
+    pub(crate) async fn read(
         &self,
-        backend: &str,
-        blue: &str,
-        green: &str,
-    ) -> Result<Vec<(String, Weights)>, TrafficError> {
-        let mut found = Vec::with_capacity(self.nodes.len());
-        for node in &self.nodes {
-            found.push((
-                node.to_string(),
-                self.node_weights(node, backend, blue, green).await?,
-            ));
-        }
-        Ok(found)
-    }
-
-    pub(crate) async fn read(&self, policy: &Policy) -> Result<Weights, TrafficError> {
+        policy: &Policy,
+        written: Option<jiff::Timestamp>,
+    ) -> Result<Weights, TrafficError> {
         let (backend, blue, green) = Self::target(policy)?;
-        let found = self.all_weights(backend, blue, green).await?;
-        match found.first() {
-            None => Err(TrafficError::Missing {
-                keys: vec![format!("{backend} (no HAProxy nodes configured)")],
-            }),
-            Some((_, first)) if found.iter().all(|(_, w)| w == first) => Ok(*first),
-            Some(_) => Err(TrafficError::Diverged(found)),
+        let written = written.and_then(|t| u64::try_from(t.as_second()).ok());
+        let mut found = Vec::with_capacity(self.nodes.len());
+        let mut down = Vec::new();
+        for node in &self.nodes {
+            match self
+                .read_node_since(node, backend, blue, green, written)
+                .await
+            {
+                Ok(n) => found.push(n),
+                Err(e @ TrafficError::Unreachable { .. }) => down.push((node.to_string(), e)),
+                Err(e) => return Err(e),
+            }
         }
+        let first = match found.first() {
+            Some(first) => first.weights,
+            None if down.is_empty() => {
+                return Err(TrafficError::Missing {
+                    keys: vec![format!("{backend} (no HAProxy nodes configured)")],
+                })
+            }
+            None => return Err(collect(down.into_iter().map(|(_, e)| e).collect()).unwrap_err()),
+        };
+        let agree = found.iter().all(|n| n.weights == first);
+        let steady = found.iter().any(|n| !n.reloaded);
+        let reloaded = found.iter().any(|n| n.reloaded);
+        if !down.is_empty() {
+            if agree && !reloaded {
+                return Err(TrafficError::NodesDown {
+                    weights: first,
+                    down,
+                });
+            }
+            return Err(down.remove(0).1);
+        }
+        let per_node = || found.iter().map(|n| (n.node.clone(), n.weights)).collect();
+        if agree && steady {
+            return Ok(first);
+        }
+        if reloaded {
+            return Err(TrafficError::Reloaded {
+                nodes: found
+                    .iter()
+                    .filter(|n| n.reloaded)
+                    .map(|n| n.node.clone())
+                    .collect(),
+                found: per_node(),
+            });
+        }
+        Err(TrafficError::Diverged(per_node()))
     }
 
-    /// Compare-and-set over all nodes: every node is checked before any is written.
+    /// Compare-and-set over all nodes, node by node: a node already at `new` is left as it is,
+    /// a node at `expected` or just restarted at its configured weights is written, any other
+    /// node was changed by hand.
+    ///
+    /// A change that keeps traffic on green checks every node before writing any: one node
+    /// changed by hand ([`TrafficError::Override`]) or unreachable, and nothing is written. A
+    /// change that takes green out of service (`new.green == 0`: rollback, abort) is written
+    /// to every node it can reach even when others are down or changed by hand, and
+    /// [`TrafficError::Partial`] names the nodes that have it and why the others do not.
+    ///
+    /// With a `fence`, nothing is written once the lock is known lost
+    /// ([`TrafficError::LockLost`]); it is checked again before each node.
     pub(crate) async fn write(
         &self,
         policy: &Policy,
         expected: Weights,
         new: Weights,
+        fence: Option<&Fence>,
     ) -> Result<(), TrafficError> {
-        let (backend, blue, green) = Self::target(policy)?;
-        let found = self.all_weights(backend, blue, green).await?;
-        if let Some((node, w)) = found.iter().find(|(_, w)| *w != expected) {
-            tracing::debug!(%node, "HAProxy weights differ from the expected ones.");
-            return Err(TrafficError::Override { found: *w });
+        let lock_held = || fence.is_none_or(|f| f.is_held());
+        if !lock_held() {
+            return Err(TrafficError::LockLost);
         }
-        self.apply(backend, blue, green, new).await
+        let (backend, blue, green) = Self::target(policy)?;
+        let drains_green = new.green == 0;
+        let mut applied = Vec::new();
+        let mut writable = Vec::new();
+        let mut failed: Vec<(String, TrafficError)> = Vec::new();
+        for node in &self.nodes {
+            match self.read_node(node, backend, blue, green).await {
+                Ok(n) if n.weights == new => {
+                    self.seen.applied(node, backend);
+                    applied.push(n.node);
+                }
+                Ok(n) if n.weights == expected || n.reloaded => writable.push(node),
+                Ok(n) => {
+                    tracing::debug!(%node, "HAProxy weights differ from the expected ones.");
+                    let found = n.weights;
+                    failed.push((n.node, TrafficError::Override { found }));
+                }
+                Err(e) => failed.push((node.to_string(), e)),
+            }
+        }
+        if !drains_green && !failed.is_empty() {
+            // Nothing written: a human edit first (it pauses), else the unreachable nodes.
+            if let Some(i) = failed
+                .iter()
+                .position(|(_, e)| matches!(e, TrafficError::Override { .. }))
+            {
+                return Err(failed.swap_remove(i).1);
+            }
+            return Err(collect(failed.into_iter().map(|(_, e)| e).collect()).unwrap_err());
+        }
+        for node in writable {
+            if !lock_held() {
+                tracing::warn!(api = %policy.api, applied = ?applied, "Lock lost while writing HAProxy weights; stopped.");
+                return Err(TrafficError::LockLost);
+            }
+            match self.set_node(node, backend, blue, green, new).await {
+                Ok(()) => applied.push(node.to_string()),
+                Err(e) => {
+                    tracing::warn!(%node, error = %e, "Could not set HAProxy weights.");
+                    failed.push((node.to_string(), e));
+                }
+            }
+        }
+        match (applied.is_empty(), failed.len()) {
+            (_, 0) => Ok(()),
+            (true, 1) => Err(failed.remove(0).1),
+            _ => Err(TrafficError::Partial { applied, failed }),
+        }
     }
 }
 
@@ -309,7 +460,7 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// Parses `"<current> (initial <initial>)"`.
-fn parse_get_weight(reply: &str) -> Option<(u32, u32)> {
+pub(super) fn parse_get_weight(reply: &str) -> Option<(u32, u32)> {
     let text = reply.trim();
     let (current, rest) = text.split_once(' ')?;
     let initial = rest.strip_prefix("(initial ")?.strip_suffix(')')?;

@@ -4,10 +4,12 @@
 //! the HAProxy Runtime API ([`HaproxyRuntime`], every node checked, written and read back), or
 //! memory ([`MemoryTraffic`], for tests and simulation). A write whose `expected` weights no
 //! longer match the live ones fails with [`TrafficError::Override`]: someone changed the split
-//! by hand, and greenlight never overwrites a human.
+//! by hand, and greenlight never overwrites a human. An HAProxy reload is not a hand edit: it
+//! is reported as [`TrafficError::Reloaded`] and the next write sets the weights again.
 
 mod consul_kv;
 mod haproxy;
+mod haproxy_node;
 mod memory;
 pub mod sync;
 
@@ -16,6 +18,7 @@ use std::time::Duration;
 
 pub use consul_kv::ConsulKv;
 pub use haproxy::{HaproxyRuntime, RuntimeAddr};
+pub use haproxy_node::{NodeWeights, Process};
 pub use memory::MemoryTraffic;
 pub use sync::{SyncSettings, SyncTarget, Syncer};
 
@@ -57,9 +60,33 @@ pub enum TrafficError {
         wrote: Weights,
         found: Weights,
     },
-    /// HAProxy nodes disagree about the current weights.
+    /// HAProxy nodes disagree about the current weights; every node's weights.
     #[error("HAProxy nodes disagree about the weights: {}", describe_nodes(.0))]
     Diverged(Vec<(String, Weights)>),
+    /// HAProxy `nodes` were restarted (reloaded) since the last read and came back at the
+    /// weights of their configuration: the weights greenlight set were lost, not changed by
+    /// hand. `found` is every node's weights. A write brings them back (see
+    /// [`TrafficError::finishable`]).
+    #[error("HAProxy reloaded on {} and came back at its configured weights ({}); the decided weights must be set again", .nodes.join(", "), describe_nodes(.found))]
+    Reloaded {
+        nodes: Vec<String>,
+        found: Vec<(String, Weights)>,
+    },
+    /// Some HAProxy nodes could not be reached; every node that answered shows `weights`.
+    /// A step forward is refused until every node answers; a rollback is written to the nodes
+    /// that answer (and comes back as [`TrafficError::Partial`]).
+    #[error("HAProxy {} unreachable (the other nodes show blue={} green={}): {}", .down.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", "), .weights.blue, .weights.green, .down.iter().map(|(_, e)| e.to_string()).collect::<Vec<_>>().join("; "))]
+    NodesDown {
+        weights: Weights,
+        down: Vec<(String, TrafficError)>,
+    },
+    /// A write reached only some nodes: `applied` have the new weights, `failed` says why each
+    /// other node does not (an [`TrafficError::Override`] there is a hand edit on that node).
+    #[error("weights applied on {} only; not on {}", list_or_none(.applied), .failed.iter().map(|(n, e)| format!("{n} ({e})")).collect::<Vec<_>>().join(", "))]
+    Partial {
+        applied: Vec<String>,
+        failed: Vec<(String, TrafficError)>,
+    },
     /// Several nodes failed; each error in turn.
     #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
     Nodes(Vec<TrafficError>),
@@ -72,6 +99,33 @@ pub enum TrafficError {
     /// Any other Consul failure.
     #[error("{0}")]
     Consul(crate::consul::ConsulError),
+}
+
+fn list_or_none(nodes: &[String]) -> String {
+    if nodes.is_empty() {
+        "no node".to_string()
+    } else {
+        nodes.join(", ")
+    }
+}
+
+impl TrafficError {
+    /// Whether the live split differs from the decided one only in ways a write from `from`
+    /// to `to` repairs without overwriting a human: nodes reloaded back to their configured
+    /// weights, or an earlier write from `from` to `to` that reached only some nodes (every
+    /// other node is at `from` or `to`). The caller then writes `from` → `to` (with
+    /// `from == to` when no change was pending) instead of pausing.
+    pub fn finishable(&self, from: Weights, to: Weights) -> bool {
+        let between = |w: &Weights| *w == from || *w == to;
+        match self {
+            TrafficError::Diverged(found) => found.iter().all(|(_, w)| between(w)),
+            TrafficError::Reloaded { nodes, found } => found
+                .iter()
+                .filter(|(n, _)| !nodes.contains(n))
+                .all(|(_, w)| between(w)),
+            _ => false,
+        }
+    }
 }
 
 fn describe_nodes(nodes: &[(String, Weights)]) -> String {
@@ -145,10 +199,31 @@ pub enum Actuator {
 
 impl Actuator {
     /// The live weights of `policy`'s API.
+    ///
+    /// HAProxy nodes that disagree come back as [`TrafficError::Reloaded`] (some were restarted
+    /// at their configured weights) or [`TrafficError::Diverged`], both with every node's
+    /// weights. When [`TrafficError::finishable`] says so for the change in hand (`from` =
+    /// the pending change's origin, or the decided weights when none is pending; `to` = the
+    /// decided weights), writing `from` → `to` brings every node back in line; otherwise the
+    /// difference is a hand edit. [`TrafficError::NodesDown`] carries the weights of the nodes
+    /// that answered: enough to decide a rollback, which is then written to those nodes.
     pub async fn read(&self, policy: &Policy) -> Result<Weights, TrafficError> {
+        self.read_since(policy, None).await
+    }
+
+    /// [`Actuator::read`], told when greenlight last knew its weights to be live on every
+    /// node (e.g. when its last weight change was confirmed). An HAProxy node first seen by
+    /// this process (after a restart of greenlight, another instance taking over, or with
+    /// `run --once`) whose process started later and shows its configured weights is then
+    /// reported as reloaded instead of changed by hand. The other targets ignore it.
+    pub async fn read_since(
+        &self,
+        policy: &Policy,
+        written: Option<jiff::Timestamp>,
+    ) -> Result<Weights, TrafficError> {
         match self {
             Actuator::ConsulKv(a) => a.read(policy).await,
-            Actuator::Haproxy(a) => a.read(policy).await,
+            Actuator::Haproxy(a) => a.read(policy, written).await,
             Actuator::Memory(a) => a.read(policy),
         }
     }
@@ -165,7 +240,8 @@ impl Actuator {
     }
 
     /// [`Actuator::write`] guarded by a held lock: Consul KV checks the lock in the same
-    /// transaction; the HAProxy and memory targets refuse once the lock is known lost.
+    /// transaction; the HAProxy and memory targets refuse with [`TrafficError::LockLost`] once
+    /// the lock task has seen the lock lost (HAProxy checks again before each node).
     pub async fn write_fenced(
         &self,
         policy: &Policy,
@@ -175,7 +251,10 @@ impl Actuator {
     ) -> Result<(), TrafficError> {
         let result = match self {
             Actuator::ConsulKv(a) => a.write_fenced(policy, expected, new, fence).await,
-            Actuator::Haproxy(a) => a.write(policy, expected, new).await,
+            Actuator::Haproxy(a) => a.write(policy, expected, new, fence).await,
+            Actuator::Memory(_) if fence.is_some_and(|f| !f.is_held()) => {
+                Err(TrafficError::LockLost)
+            }
             Actuator::Memory(a) => a.write(policy, expected, new),
         };
         match &result {

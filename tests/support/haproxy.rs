@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{binary, free_port, Proc};
+use super::{binary, eventually, free_port, Proc};
 
 pub const BACKEND: &str = "api_checkout";
 
@@ -88,6 +88,16 @@ pub struct Haproxy {
 
 impl Haproxy {
     pub fn start() -> Haproxy {
+        Haproxy::start_with(false)
+    }
+
+    /// With `server-state-file <dir>/server-state` and `load-server-state-from-file global`, the
+    /// setup the README recommends (see [`Haproxy::save_server_state`]).
+    pub fn start_with_state_file() -> Haproxy {
+        Haproxy::start_with(true)
+    }
+
+    fn start_with(state_file: bool) -> Haproxy {
         let dir = tempfile::tempdir().expect("temp dir");
         let blue = TinyServer::start("blue");
         let green = TinyServer::start("green");
@@ -95,14 +105,23 @@ impl Haproxy {
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let stats_port = free_port();
         let socket = dir.path().join("admin.sock");
+        let (global_state, defaults_state) = if state_file {
+            let path = dir.path().join("server-state");
+            (
+                format!("    server-state-file {}\n", path.display()),
+                "    load-server-state-from-file global\n",
+            )
+        } else {
+            (String::new(), "")
+        };
         let cfg = format!(
             "global
     stats socket {sock} mode 600 level admin
     stats socket ipv4@{admin} level admin
     stats timeout 30s
     log stderr format raw local0 info
-defaults
-    mode http
+{global_state}defaults
+{defaults_state}    mode http
     log global
     timeout connect 2s
     timeout client 10s
@@ -140,6 +159,48 @@ frontend fe_stats
     /// `tcp://127.0.0.1:<admin port>`.
     pub fn tcp_url(&self) -> String {
         format!("tcp://{}", self.admin)
+    }
+
+    /// The PID in `show info`: the process that answers the Runtime API.
+    pub fn answering_pid(&self) -> Option<u32> {
+        let info = runtime_tcp(self.admin, "show info").ok()?;
+        info.lines()
+            .find_map(|l| l.strip_prefix("Pid: "))?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Writes `show servers state` to `<dir>/server-state`, as an operator's reload hook does.
+    pub fn save_server_state(&self) {
+        let state = self.runtime("show servers state");
+        assert!(state.starts_with("1\n"), "unexpected server state: {state}");
+        std::fs::write(self.dir.path().join("server-state"), state).expect("write server state");
+    }
+
+    /// Reloads HAProxy as an operator's `haproxy -sf <pid>` (or a service reload) does: a new
+    /// process on the same configuration takes over the sockets and the old one finishes.
+    /// Returns once the new process answers the Runtime API and the old one has exited.
+    pub fn reload(&mut self) {
+        let old = self.proc.pid();
+        let mut cmd = Command::new(binary("haproxy"));
+        cmd.arg("-db")
+            .arg("-f")
+            .arg(self.dir.path().join("haproxy.cfg"))
+            .arg("-sf")
+            .arg(old.to_string());
+        let mut new = Proc::spawn(&format!("haproxy-after-{old}"), cmd, self.dir.path());
+        let pid = new.pid();
+        eventually(
+            "the reloaded HAProxy to answer and the old one to exit",
+            Duration::from_secs(15),
+            || {
+                new.assert_running();
+                let old_gone = matches!(self.proc.child.try_wait(), Ok(Some(_)));
+                (old_gone && self.answering_pid() == Some(pid)).then_some(())
+            },
+        );
+        self.proc = new;
     }
 
     /// `unix://<temp dir>/admin.sock`.
