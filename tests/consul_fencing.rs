@@ -130,11 +130,11 @@ async fn a_txn_error_without_op_index_is_not_read_as_a_lost_lock() {
     });
     let client = ConsulClient::new(fake.url(), None, Duration::from_secs(5)).unwrap();
     let store = StateStore::new(client, "greenlight");
-    let fence = greenlight::consul::Fence {
-        key: store.leader_key(),
-        lock_index: 1,
-        session: "00000000-0000-4000-8000-000000000001".into(),
-    };
+    let (fence, _held) = greenlight::consul::Fence::held_by(
+        store.leader_key(),
+        1,
+        "00000000-0000-4000-8000-000000000001",
+    );
     let state = RolloutState::new(&policy());
     match store.save(&state, 0, Some(&fence)).await {
         Err(StoreError::Consul(ConsulError::Decode(text))) => {

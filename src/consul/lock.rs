@@ -71,6 +71,23 @@ impl PartialEq for Fence {
 impl Eq for Fence {}
 
 impl Fence {
+    /// A fence held for as long as the returned sender lives and says `true` (for in-memory
+    /// locks, e.g. the world simulator's).
+    pub fn held_by(
+        key: impl Into<String>,
+        lock_index: u64,
+        session: impl Into<String>,
+    ) -> (Fence, watch::Sender<bool>) {
+        let (tx, rx) = watch::channel(true);
+        let fence = Fence {
+            key: key.into(),
+            lock_index,
+            session: session.into(),
+            held: rx,
+        };
+        (fence, tx)
+    }
+
     /// False once the lock task saw the lock lost, or the lock was released or dropped.
     pub fn is_held(&self) -> bool {
         *self.held.borrow() && self.held.has_changed().is_ok()

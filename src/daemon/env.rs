@@ -34,9 +34,13 @@ pub trait StateIo: Send + Sync {
 
 /// Where the blue/green split lives (Consul KV keys or HAProxy's Runtime API).
 pub trait WeightIo: Send + Sync {
+    /// The live weights. `confirmed` is when greenlight last knew its weights to be live
+    /// everywhere: an HAProxy node restarted since then at its configured weights is a reload,
+    /// not a hand edit ([`TrafficError::Reloaded`]).
     fn read_weights(
         &self,
         policy: &Policy,
+        confirmed: Option<Timestamp>,
     ) -> impl Future<Output = Result<Weights, TrafficError>> + Send;
     /// Creates missing weight keys with `weights` (a no-op for targets without keys).
     fn init_weights(
@@ -135,8 +139,12 @@ impl StateIo for RealEnv {
 }
 
 impl WeightIo for RealEnv {
-    async fn read_weights(&self, policy: &Policy) -> Result<Weights, TrafficError> {
-        self.actuator(policy)?.read(policy).await
+    async fn read_weights(
+        &self,
+        policy: &Policy,
+        confirmed: Option<Timestamp>,
+    ) -> Result<Weights, TrafficError> {
+        self.actuator(policy)?.read_since(policy, confirmed).await
     }
 
     async fn init_weights(&self, policy: &Policy, weights: Weights) -> Result<(), TrafficError> {

@@ -267,12 +267,47 @@ impl<E: Env> Shell<E> {
         let end = aligned_end(now, policy.interval, self.latency_offset);
 
         // The live split.
-        let live = match self.env.read_weights(policy).await {
+        let from = state.applying_from.unwrap_or(state.weights);
+        let live = match self
+            .env
+            .read_weights(policy, state.weights_confirmed_at)
+            .await
+        {
             Ok(w) => w,
             Err(TrafficError::Missing { keys }) => {
                 tracing::info!(api = %policy.api, keys = ?keys, "Creating the missing weight keys.");
                 self.env.init_weights(policy, state.weights).await?;
-                self.env.read_weights(policy).await?
+                self.env.read_weights(policy, None).await?
+            }
+            // HAProxy nodes reloaded at their configured weights, or a write that reached only
+            // some nodes: finish greenlight's own change on every node.
+            Err(e) if e.finishable(from, state.weights) => {
+                tracing::warn!(api = %policy.api, error = %e, "Re-applying greenlight's weights (HAProxy reload or partial write).");
+                self.telemetry.shell_event(&policy.api, "weights_reapplied");
+                self.apply(policy, &mut state, &mut index, from, fence, now)
+                    .await?;
+                if state.applying_from.is_some() || state.phase == Phase::Paused {
+                    return Ok(None);
+                }
+                state.weights
+            }
+            // Some nodes are down, the others agree: decide on what they show (a rollback
+            // still lands on them; a step forward is refused until all answer).
+            Err(TrafficError::NodesDown { weights, down }) => {
+                tracing::warn!(api = %policy.api, down = ?down, "Some HAProxy nodes are unreachable; deciding on the others.");
+                weights
+            }
+            // Nodes disagree beyond greenlight's own change: someone edited one by hand.
+            Err(TrafficError::Diverged(found)) | Err(TrafficError::Reloaded { found, .. }) => {
+                let odd = found
+                    .iter()
+                    .map(|(_, w)| *w)
+                    .find(|w| *w != from && *w != state.weights)
+                    .unwrap_or(from);
+                let expected = state.weights;
+                self.overridden(policy, &mut state, &mut index, expected, odd, fence, now)
+                    .await?;
+                return Ok(Some(end));
             }
             Err(e) => return Err(e.into()),
         };
@@ -280,6 +315,7 @@ impl<E: Env> Shell<E> {
             LivePlan::InSync => {}
             LivePlan::Confirmed => {
                 state.applying_from = None;
+                state.weights_confirmed_at = Some(now);
                 index = self.env.save(&state, index, fence).await?;
                 self.rollback_landed(policy, &mut state, &mut index, fence)
                     .await?;
@@ -430,6 +466,7 @@ impl<E: Env> Shell<E> {
             Ok(()) => {
                 self.telemetry.weight_write(&policy.api, true);
                 state.applying_from = None;
+                state.weights_confirmed_at = Some(now);
                 *index = self.env.save(state, *index, fence).await?;
                 self.rollback_landed(policy, state, index, fence).await?;
                 self.telemetry.rollout(&policy.api, state);

@@ -104,6 +104,10 @@ pub struct RolloutState {
     /// rollback lands).
     #[serde(default)]
     pub rollback_unapplied: bool,
+    /// When greenlight last confirmed its weights live on the traffic target (tells an HAProxy
+    /// reload since then from a hand edit).
+    #[serde(default)]
+    pub weights_confirmed_at: Option<Timestamp>,
     pub streams: Vec<Stream>,
     /// Consecutive breaching windows per threshold check.
     pub threshold_failures: BTreeMap<String, u32>,
@@ -134,6 +138,7 @@ impl RolloutState {
             no_data_alerted: false,
             stuck_alerted: false,
             rollback_unapplied: false,
+            weights_confirmed_at: None,
             streams: Vec::new(),
             threshold_failures: BTreeMap::new(),
             intent: None,

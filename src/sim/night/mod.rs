@@ -162,6 +162,8 @@ fn run_ready<F: Future>(f: F) -> F::Output {
 struct Instance {
     shell: Shell<SimEnv>,
     fence: Option<Fence>,
+    /// Keeps `fence` held while this instance believes it leads.
+    held: Option<tokio::sync::watch::Sender<bool>>,
     /// End of the last window done with, per API (the daemon's schedule, lost on a crash).
     last_end: HashMap<String, Timestamp>,
 }
@@ -179,6 +181,7 @@ impl Instance {
         Instance {
             shell,
             fence: None,
+            held: None,
             last_end: HashMap::new(),
         }
     }
@@ -363,18 +366,20 @@ pub fn run_night(cfg: &NightConfig) -> NightResult {
                     (Some((h, s)), Some(f)) => *h == i && *s == f.session,
                     _ => false,
                 };
-                if !holds {
+                // A leader that lost its session may not know yet: half the time it learns
+                // before its next evaluation, otherwise its fenced writes must be refused.
+                if !holds && (p.fence.is_none() || w.rng.random_bool(0.5)) {
                     p.fence = None;
+                    p.held = None;
                     if w.holder.is_none() {
                         w.sessions += 1;
                         let session = format!("session-{}", w.sessions);
                         w.holder = Some((i, session.clone()));
                         w.log(|| format!("instance {i} acquires the lock ({session})"));
-                        p.fence = Some(Fence {
-                            key: "greenlight/leader".into(),
-                            lock_index: w.sessions,
-                            session,
-                        });
+                        let (fence, held) =
+                            Fence::held_by("greenlight/leader", w.sessions, session);
+                        p.fence = Some(fence);
+                        p.held = Some(held);
                     }
                 }
             }

@@ -329,7 +329,11 @@ impl StateIo for SimEnv {
 }
 
 impl WeightIo for SimEnv {
-    async fn read_weights(&self, policy: &Policy) -> Result<Weights, TrafficError> {
+    async fn read_weights(
+        &self,
+        policy: &Policy,
+        _confirmed: Option<Timestamp>,
+    ) -> Result<Weights, TrafficError> {
         let mut w = self.w();
         if w.crashed[self.instance] || w.fire(Fault::ConsulError, "read weights", self.instance) {
             return Err(TrafficError::Unreachable {
