@@ -3,9 +3,9 @@
 use jiff::Timestamp;
 
 use crate::alert::{vmui_link, AlertEvent, EventKind};
-use crate::engine::{Action, Counts, Decision, Notice, RolloutState};
+use crate::engine::{percent, Action, Counts, Decision, Notice, RolloutState};
 use crate::metrics::template::render;
-use crate::policy::{CheckKind, Policy, Weights};
+use crate::policy::{CheckKind, GreenMissingAction, Policy, Weights};
 
 /// The identity of one rollout, used in alert keys so that re-decisions deduplicate.
 fn rollout_id(state: &RolloutState) -> String {
@@ -201,6 +201,53 @@ pub fn for_decision(
                 )
                 .with_description(detail.clone()),
             ),
+            Notice::GreenDataMissing { since, detail } => events.push(
+                AlertEvent::new(
+                    &policy.api,
+                    EventKind::GreenDataMissing,
+                    &format!("{id}-{}", since.as_second()),
+                    format!(
+                        "Green of {} stopped reporting metrics at {} % while blue still reports (since {since}); {}",
+                        policy.api,
+                        d.explanation.green_percent,
+                        green_missing_outcome(policy)
+                    ),
+                    at,
+                )
+                .with_field("weights", weights(d.state.weights))
+                .with_field("since", since.to_string())
+                .with_description(format!(
+                    "{detail}\nA green that crashes or is no longer scraped looks like this. {}",
+                    d.reason
+                )),
+            ),
+            Notice::TrafficSplitMismatch {
+                observed_percent,
+                configured_percent,
+                windows,
+            } => events.push(
+                AlertEvent::new(
+                    &policy.api,
+                    EventKind::TrafficSplitMismatch,
+                    &format!("{id}-{}", d.state.step),
+                    format!(
+                        "Green of {} receives {} % of requests, configured {} %; not advancing",
+                        policy.api,
+                        percent(*observed_percent),
+                        percent(*configured_percent)
+                    ),
+                    at,
+                )
+                .with_field("observed_green_percent", percent(*observed_percent))
+                .with_field("configured_green_percent", percent(*configured_percent))
+                .with_field("weights", weights(d.state.weights))
+                .with_field("windows", windows.to_string())
+                .with_description(
+                    "The traffic split HAProxy applies is not the one greenlight configured: \
+                     weight sync stopped, green ejected by health checks, or a node not updated. \
+                     Check the live weights and server states on every HAProxy node.",
+                ),
+            ),
             Notice::Stuck { since } => events.push(AlertEvent::new(
                 &policy.api,
                 EventKind::Stuck,
@@ -214,6 +261,37 @@ pub fn for_decision(
                 at,
             )),
         }
+    }
+    // Green reports again (or the step changed): resolve its alert.
+    let (was, now) = (&before.quality, &d.state.quality);
+    if was.green_missing_alerted && !now.green_missing_alerted {
+        if let Some(since) = was.green_missing_since {
+            events.push(
+                AlertEvent::new(
+                    &policy.api,
+                    EventKind::GreenDataMissing,
+                    &format!("{}-{}", rollout_id(before), since.as_second()),
+                    format!("Green of {} reports metrics again", policy.api),
+                    at,
+                )
+                .resolve(at),
+            );
+        }
+    }
+    if was.split_mismatch_alerted && !now.split_mismatch_alerted {
+        events.push(
+            AlertEvent::new(
+                &policy.api,
+                EventKind::TrafficSplitMismatch,
+                &format!("{}-{}", rollout_id(before), before.step),
+                format!(
+                    "Green of {} receives its configured share again",
+                    policy.api
+                ),
+                at,
+            )
+            .resolve(at),
+        );
     }
     // Metrics are back: resolve the outage alert.
     if before.no_data_alerted && !d.state.no_data_alerted {
@@ -233,6 +311,20 @@ pub fn for_decision(
         );
     }
     events
+}
+
+/// What happens next while green's data stay missing.
+fn green_missing_outcome(policy: &Policy) -> String {
+    let dq = &policy.data_quality;
+    match dq.on_green_data_missing {
+        GreenMissingAction::Rollback => format!(
+            "greenlight rolls green back once this has lasted {}",
+            humantime::format_duration(dq.green_data_missing_for)
+        ),
+        GreenMissingAction::Hold => {
+            "weights stay where they are (on_green_data_missing = \"hold\")".to_string()
+        }
+    }
 }
 
 /// A manual weight change was found: the API is paused.

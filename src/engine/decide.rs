@@ -12,6 +12,12 @@ mod guards;
 mod intents;
 mod quality;
 mod rollback;
+mod split;
+
+pub use quality::{
+    QualityState, GREEN_MISSING_NOTICE_WINDOWS, MAGNITUDE_FACTOR, MAGNITUDE_FLOOR, RECENT_WINDOWS,
+};
+pub use split::{percent, SPLIT_MISMATCH_WINDOWS};
 
 /// Rollback streams must all be below this for an advance (statistics reference §4).
 pub const ADVANCE_MAX_ROLLBACK_E: f64 = 10.0;
@@ -51,11 +57,19 @@ impl Action {
 }
 
 /// Something the operator should hear about, raised once per occurrence.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "notice", rename_all = "snake_case")]
 pub enum Notice {
     /// No usable metrics since `since` (weights frozen).
     MetricsUnavailable { since: Timestamp, detail: String },
+    /// Green's data have been missing since `since` while blue's are present.
+    GreenDataMissing { since: Timestamp, detail: String },
+    /// Green has not received its configured share of requests for `windows` windows.
+    TrafficSplitMismatch {
+        observed_percent: f64,
+        configured_percent: f64,
+        windows: u32,
+    },
     /// No step progress since `since`.
     Stuck { since: Timestamp },
 }
@@ -228,9 +242,20 @@ fn evaluate(
         check_stuck(policy, s, now, d);
         return;
     }
+    let split_mismatch = split::mismatch(policy, s, obs, d);
     count_window(s, obs, d);
     let guards = guards::evaluate(policy, s, obs, d);
     if rollback::due(policy, s, guards.breach, d) {
+        return;
+    }
+    if let Some(why) = split_mismatch {
+        // The counts are still evidence (rollback stays armed), but the world is not the one
+        // greenlight configured: no advance on it.
+        d.set(
+            Action::Hold,
+            format!("Traffic split mismatch: {why}; not advancing."),
+        );
+        check_stuck(policy, s, now, d);
         return;
     }
     advance::advance_or_hold(policy, s, now, guards.failing, d);

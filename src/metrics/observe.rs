@@ -167,13 +167,16 @@ impl Color {
 }
 
 /// The newest sample among a query's inputs.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 enum Freshness {
     /// The query has no range selector to check.
     Unknown,
     /// No input had a sample within the lookback.
     Absent,
     Newest(Timestamp),
+    /// The freshness answer is not a usable timestamp (NaN, ±Inf, several series, a sample time
+    /// far from the evaluation time): freshness unknown, so not fresh.
+    Invalid(String),
 }
 
 /// A query's answer, with the freshness of its inputs when asked for.
@@ -211,19 +214,34 @@ impl<'a> Ctx<'a> {
         for selector in selectors {
             let q = freshness_query(self.client.backend(), &selector, self.lookback);
             let value = match self.newest_sample(&q).await {
-                Ok(result) => single(&result).unwrap_or_default(),
+                Ok(result) => {
+                    if let Some(problem) = self.sample_time_problem(&result) {
+                        return Ok(Freshness::Invalid(format!("freshness answer {problem}")));
+                    }
+                    match single(&result) {
+                        Ok(v) => v,
+                        Err(d) => return Ok(Freshness::Invalid(format!("freshness answer: {d}"))),
+                    }
+                }
                 Err(QueryError::Syntax { message }) => {
                     warn!(%query, %q, %message, "Freshness query rejected; skipping the freshness check.");
                     return Ok(Freshness::Unknown);
                 }
                 Err(e) => return Err(e),
             };
-            let Some(seconds) = value.filter(|v| v.is_finite()) else {
+            // An empty answer: this input had no sample within the lookback.
+            let Some(seconds) = value else {
                 continue;
             };
-            if let Ok(t) = Timestamp::from_millisecond((seconds * 1000.0).round() as i64) {
-                newest = Some(newest.map_or(t, |n| n.max(t)));
-            }
+            let t = (seconds.is_finite())
+                .then(|| Timestamp::from_millisecond((seconds * 1000.0).round() as i64).ok())
+                .flatten();
+            let Some(t) = t else {
+                return Ok(Freshness::Invalid(format!(
+                    "freshness answer {seconds} is not a sample time"
+                )));
+            };
+            newest = Some(newest.map_or(t, |n| n.max(t)));
         }
         Ok(newest.map_or(Freshness::Absent, Freshness::Newest))
     }
@@ -249,21 +267,50 @@ impl<'a> Ctx<'a> {
             .as_ref()
             .map_err(|e| DataProblem::Backend(format!("{}: {e}", m.what)))?;
         let value = single(result).map_err(|d| DataProblem::Partial(format!("{}: {d}", m.what)))?;
+        if let Some(problem) = self.sample_time_problem(result) {
+            return Err(DataProblem::Stale(format!("{}: {problem}", m.what)));
+        }
         let freshness = m
             .freshness
             .as_ref()
             .map_err(|e| DataProblem::Backend(format!("{} freshness: {e}", m.what)))?;
-        self.check_fresh(&m.what, value.is_some(), *freshness)?;
+        self.check_fresh(&m.what, value.is_some(), freshness)?;
         Ok(value)
     }
 
+    /// Why the sample times of `result` are not the evaluation time (within `max_age`), if they
+    /// are not. A backend echoes the evaluation time; any other time means the answer is not
+    /// about this window.
+    fn sample_time_problem(&self, result: &QueryResult) -> Option<String> {
+        let times: Vec<Timestamp> = match result {
+            QueryResult::Vector(v) => v.iter().map(|s| s.time).collect(),
+            QueryResult::Scalar { time, .. } | QueryResult::String { time, .. } => vec![*time],
+            QueryResult::Matrix(_) => Vec::new(),
+        };
+        times.into_iter().find_map(|t| {
+            let off = t.duration_until(self.end);
+            (off.abs().as_secs_f64() > self.max_age.as_secs_f64()).then(|| {
+                let side = if off.is_negative() { "after" } else { "before" };
+                format!(
+                    "sample time {t} is {} {side} the evaluation time {} (allowed {})",
+                    promql_duration(off.unsigned_abs()),
+                    self.end,
+                    promql_duration(self.max_age)
+                )
+            })
+        })
+    }
+
+    /// Fails closed: a value is fresh only when its inputs' newest sample is known and recent, or
+    /// when the query has no range selector to check.
     fn check_fresh(
         &self,
         what: &str,
         present: bool,
-        freshness: Freshness,
+        freshness: &Freshness,
     ) -> Result<(), DataProblem> {
         match (present, freshness) {
+            (_, Freshness::Invalid(d)) => Err(DataProblem::Stale(format!("{what}: {d}"))),
             (true, Freshness::Newest(t)) => {
                 let age = t.duration_until(self.end);
                 if age.as_secs_f64() > self.max_age.as_secs_f64() {
@@ -273,9 +320,20 @@ impl<'a> Ctx<'a> {
                         promql_duration(self.max_age)
                     )));
                 }
+                if -age.as_secs_f64() > self.max_age.as_secs_f64() {
+                    return Err(DataProblem::Stale(format!(
+                        "{what}: newest sample {} after the window end (allowed {})",
+                        promql_duration(age.unsigned_abs()),
+                        promql_duration(self.max_age)
+                    )));
+                }
                 Ok(())
             }
-            (true, _) => Ok(()),
+            (true, Freshness::Unknown) => Ok(()),
+            (true, Freshness::Absent) => Err(DataProblem::Stale(format!(
+                "{what}: a value, but no sample of its inputs within {}; its freshness is unknown",
+                promql_duration(self.lookback)
+            ))),
             (false, Freshness::Newest(t)) => Err(DataProblem::Stale(format!(
                 "{what}: no samples in the window; newest sample {} before the window end",
                 promql_duration(t.duration_until(self.end).unsigned_abs())
@@ -316,9 +374,9 @@ fn worst(a: DataProblem, b: DataProblem) -> DataProblem {
     fn rank(p: &DataProblem) -> u8 {
         match p {
             DataProblem::Backend(_) => 4,
-            DataProblem::Partial(_) => 3,
+            DataProblem::Partial(_) | DataProblem::OutOfRange(_) => 3,
             DataProblem::NotFinite(_) => 2,
-            DataProblem::Stale(_) => 1,
+            DataProblem::Stale(_) | DataProblem::GreenMissing(_) => 1,
             DataProblem::NoData => 0,
         }
     }
@@ -329,14 +387,26 @@ fn worst(a: DataProblem, b: DataProblem) -> DataProblem {
     }
 }
 
+/// Both colours' data, or the problem. Green's data missing or stale while blue's are usable is
+/// [`DataProblem::GreenMissing`]: green stopped reporting, the metrics pipeline did not.
 fn both<T>(
     blue: Result<T, DataProblem>,
     green: Result<T, DataProblem>,
 ) -> Result<(T, T), DataProblem> {
     match (blue, green) {
         (Ok(b), Ok(g)) => Ok((b, g)),
-        (Err(e), Ok(_)) | (Ok(_), Err(e)) => Err(e),
+        (Ok(_), Err(e)) => Err(green_missing(e)),
+        (Err(e), Ok(_)) => Err(e),
         (Err(b), Err(g)) => Err(worst(b, g)),
+    }
+}
+
+/// Green's problem when blue's data are usable.
+fn green_missing(problem: DataProblem) -> DataProblem {
+    match problem {
+        DataProblem::NoData => DataProblem::GreenMissing("green: no data".into()),
+        DataProblem::Stale(d) => DataProblem::GreenMissing(d),
+        other => other,
     }
 }
 
@@ -373,7 +443,7 @@ async fn error_counts(
         Err(other) => return Err(other),
     };
     if bad > total {
-        return Err(DataProblem::Partial(format!(
+        return Err(DataProblem::OutOfRange(format!(
             "{}: {bad} errors exceed {total} requests",
             color.as_str()
         )));
@@ -441,7 +511,10 @@ fn buckets(ctx: &Ctx<'_>, m: &Measured) -> Result<Buckets, DataProblem> {
             )))
         }
     };
-    ctx.check_fresh(&m.what, !samples.is_empty(), *freshness)?;
+    if let Some(problem) = ctx.sample_time_problem(result) {
+        return Err(DataProblem::Stale(format!("{}: {problem}", m.what)));
+    }
+    ctx.check_fresh(&m.what, !samples.is_empty(), freshness)?;
     let mut by_le: BTreeMap<u64, (f64, f64)> = BTreeMap::new();
     for s in samples {
         let le_text = s.labels.get("le").ok_or_else(|| {
@@ -512,8 +585,13 @@ async fn threshold(ctx: &Ctx<'_>, template: &str) -> Result<CheckData, DataProbl
             None => Err(DataProblem::NoData),
         }
     };
-    let green = finite(&green)?;
-    let blue = match finite(&blue) {
+    let blue = finite(&blue);
+    let green = match (finite(&green), &blue) {
+        (Ok(v), _) => v,
+        (Err(problem), Ok(_)) => return Err(green_missing(problem)),
+        (Err(problem), Err(_)) => return Err(problem),
+    };
+    let blue = match blue {
         Ok(v) => Some(v),
         Err(problem) => {
             debug!(api = %ctx.api, %problem, "Blue's threshold value is unavailable.");
