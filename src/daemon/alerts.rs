@@ -438,4 +438,93 @@ errors = 'e{color}[{interval}]'
         assert!(resolved[0].resolved);
         assert_eq!(resolved[0].key, rollback[0].key);
     }
+
+    fn window(at: Timestamp, n_b: f64, n_g: f64) -> Observation {
+        use crate::engine::{CheckData, CheckObservation, Counts, Pair};
+        Observation {
+            start: at - jiff::SignedDuration::from_mins(1),
+            end: at,
+            checks: vec![CheckObservation {
+                check: "errors".into(),
+                data: Ok(CheckData::Errors {
+                    counts: Pair {
+                        blue: Counts::new(n_b, 0.0),
+                        green: Counts::new(n_g, 0.0),
+                    },
+                }),
+            }],
+        }
+    }
+
+    fn minute(m: i64) -> Timestamp {
+        "2026-01-05T00:00:00Z".parse::<Timestamp>().unwrap() + jiff::SignedDuration::from_mins(m)
+    }
+
+    #[test]
+    fn green_data_missing_pages_critical_once_and_resolves_when_green_reports_again() {
+        use crate::alert::Severity;
+        use crate::engine::{CheckObservation, DataProblem};
+        let p = policy();
+        let mut s = RolloutState::started(&p, minute(0));
+        let mut fired = Vec::new();
+        for m in 1..4 {
+            let o = Observation {
+                checks: vec![CheckObservation {
+                    check: "errors".into(),
+                    data: Err(DataProblem::GreenMissing("green requests: no data".into())),
+                }],
+                ..window(minute(m), 900.0, 100.0)
+            };
+            let d = decide(&p, &s, &o, minute(m));
+            fired.extend(for_decision(&p, &s, &d, None));
+            s = d.state;
+        }
+        assert_eq!(fired.len(), 1, "{fired:?}");
+        let page = &fired[0];
+        assert_eq!(page.kind, EventKind::GreenDataMissing);
+        assert_eq!(page.severity, Severity::Critical);
+        assert!(
+            page.summary.contains("stopped reporting metrics"),
+            "{}",
+            page.summary
+        );
+        assert!(page
+            .summary
+            .contains("rolls green back once this has lasted 5m"));
+        assert!(page.description.contains("green requests: no data"));
+        let d = decide(&p, &s, &window(minute(4), 900.0, 100.0), minute(4));
+        let resolved = for_decision(&p, &s, &d, None);
+        assert_eq!(resolved.len(), 1, "{resolved:?}");
+        assert!(resolved[0].resolved);
+        assert_eq!(resolved[0].key, page.key);
+    }
+
+    #[test]
+    fn a_traffic_split_mismatch_alerts_with_both_numbers() {
+        let p = policy();
+        // 10 % configured; green serves 3 of 1000 requests.
+        let mut s = RolloutState::started(&p, minute(0));
+        let mut fired = Vec::new();
+        for m in 1..8 {
+            let d = decide(&p, &s, &window(minute(m), 997.0, 3.0), minute(m));
+            fired.extend(for_decision(&p, &s, &d, None));
+            s = d.state;
+        }
+        assert_eq!(fired.len(), 1, "{fired:?}");
+        let e = &fired[0];
+        assert_eq!(e.kind, EventKind::TrafficSplitMismatch);
+        assert!(
+            e.summary
+                .contains("receives 0.3 % of requests, configured 10 %"),
+            "{}",
+            e.summary
+        );
+        assert_eq!(e.fields["observed_green_percent"], "0.3");
+        assert_eq!(e.fields["configured_green_percent"], "10");
+        let d = decide(&p, &s, &window(minute(8), 900.0, 100.0), minute(8));
+        let resolved = for_decision(&p, &s, &d, None);
+        assert_eq!(resolved.len(), 1, "{resolved:?}");
+        assert!(resolved[0].resolved);
+        assert_eq!(resolved[0].key, e.key);
+    }
 }

@@ -295,7 +295,8 @@ impl Policy {
     }
 
     /// The channels that receive events of kind `event` (`rollback`, `manual_override`,
-    /// `paused`, `metrics_unavailable`, `stuck`, `promoted`, `internal_error`).
+    /// `paused`, `metrics_unavailable`, `stuck`, `promoted`, `internal_error`,
+    /// `green_data_missing`, `traffic_split_mismatch`).
     pub fn alert_channels(&self, event: &str) -> &[String] {
         self.alert_routes.get(event).unwrap_or(&self.alerts)
     }
