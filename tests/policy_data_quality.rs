@@ -45,7 +45,7 @@ fn data_quality_defaults_roll_back_after_five_minutes_of_missing_green_data() {
 fn data_quality_keys_are_read() {
     let text = format!(
         "on_green_data_missing = \"hold\"\ngreen_data_missing_for = \"15m\"\n\
-         max_requests_per_second = 5e7\nalerts = [\"oncall\"]\n{BASE}\n[alert_routes]\n\
+         max_requests_per_second = 5e7\ncheck_traffic_split = false\nalerts = [\"oncall\"]\n{BASE}\n[alert_routes]\n\
          green_data_missing = [\"pager\"]\ntraffic_split_mismatch = []\n"
     );
     let p = Policy::from_toml(&text, Path::new("p.toml"), None).unwrap();
@@ -58,6 +58,7 @@ fn data_quality_keys_are_read() {
         Duration::from_secs(900)
     );
     assert_eq!(p.data_quality.max_requests_per_second, 5e7);
+    assert!(!p.data_quality.check_traffic_split);
     assert_eq!(p.alert_channels("green_data_missing"), ["pager"]);
     assert!(p.alert_channels("traffic_split_mismatch").is_empty());
     assert_eq!(p.alert_channels("rollback"), ["oncall"]);

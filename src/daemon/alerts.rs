@@ -500,6 +500,40 @@ errors = 'e{color}[{interval}]'
     }
 
     #[test]
+    fn a_rollback_for_missing_green_data_resolves_the_green_data_page() {
+        use crate::engine::{CheckObservation, DataProblem};
+        let p = policy();
+        let mut s = RolloutState::started(&p, minute(0));
+        let mut events = Vec::new();
+        for m in 1..12 {
+            let o = Observation {
+                checks: vec![CheckObservation {
+                    check: "errors".into(),
+                    data: Err(DataProblem::GreenMissing("green requests: no data".into())),
+                }],
+                ..window(minute(m), 900.0, 100.0)
+            };
+            let d = decide(&p, &s, &o, minute(m));
+            events.extend(for_decision(&p, &s, &d, None));
+            let done = d.action == Action::Rollback;
+            s = d.state;
+            if done {
+                break;
+            }
+        }
+        let kinds: Vec<(EventKind, bool)> = events.iter().map(|e| (e.kind, e.resolved)).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (EventKind::GreenDataMissing, false),
+                (EventKind::Rollback, false),
+                (EventKind::GreenDataMissing, true)
+            ]
+        );
+        assert_eq!(events[0].key, events[2].key);
+    }
+
+    #[test]
     fn a_traffic_split_mismatch_alerts_with_both_numbers() {
         let p = policy();
         // 10 % configured; green serves 3 of 1000 requests.

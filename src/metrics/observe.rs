@@ -34,9 +34,10 @@
 //! Every answer's sample times must be the evaluation time, within `max_sample_age`: a backend
 //! echoes the time asked, so any other time means the answer is not about this window (stale).
 //!
-//! When blue's data are usable and green's are missing or stale, the check's problem is
-//! [`DataProblem::GreenMissing`]: green stopped reporting, which the engine treats apart from a
-//! metrics outage.
+//! When blue's requests (or buckets) are usable and green's are missing or stale, the check's
+//! problem is [`DataProblem::GreenMissing`]: green stopped reporting, which the engine treats
+//! apart from a metrics outage. Threshold guards never report it: their query may be empty for
+//! green alone on a healthy green (an error ratio before the first error).
 //!
 //! The newest sample across a query's inputs counts, so one pod that stops while others keep
 //! reporting is not detected. Queries without a range selector get no freshness check. Checks
@@ -595,13 +596,11 @@ async fn threshold(ctx: &Ctx<'_>, template: &str) -> Result<CheckData, DataProbl
             None => Err(DataProblem::NoData),
         }
     };
-    let blue = finite(&blue);
-    let green = match (finite(&green), &blue) {
-        (Ok(v), _) => v,
-        (Err(problem), Ok(_)) => return Err(green_missing(problem)),
-        (Err(problem), Err(_)) => return Err(problem),
-    };
-    let blue = match blue {
+    // A guard's query may legitimately be empty for green alone (an error ratio without any
+    // error series yet), so its absence is not taken as green having stopped reporting: the
+    // statistical checks' request counts tell that.
+    let green = finite(&green)?;
+    let blue = match finite(&blue) {
         Ok(v) => Some(v),
         Err(problem) => {
             debug!(api = %ctx.api, %problem, "Blue's threshold value is unavailable.");

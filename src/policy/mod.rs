@@ -87,8 +87,9 @@ pub struct DataQuality {
     /// How long green's data may be missing, blue's present, before `on_green_data_missing`.
     #[serde(with = "humantime_serde")]
     pub green_data_missing_for: Duration,
-    /// Compare the observed green share of requests with the configured weights. Not a policy
-    /// key: `replay` turns it off, because history carries the split of its own time.
+    /// Compare the observed green share of requests with the configured weights. Default true;
+    /// off where the counted requests are not the ones HAProxy splits. `replay` turns it off:
+    /// history carries the split of its own time.
     pub check_traffic_split: bool,
 }
 

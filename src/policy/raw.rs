@@ -253,6 +253,9 @@ pub(super) struct RawPolicy {
     /// Default `"5m"`.
     #[serde(default)]
     green_data_missing_for: Option<Spanned<HumanDuration>>,
+    /// Compare green's observed share of requests with its weight. Default true.
+    #[serde(default)]
+    check_traffic_split: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -688,7 +691,8 @@ impl RawPolicy {
         })
     }
 
-    /// `max_requests_per_second`, `on_green_data_missing`, `green_data_missing_for`.
+    /// `max_requests_per_second`, `on_green_data_missing`, `green_data_missing_for`,
+    /// `check_traffic_split`.
     fn data_quality(&self, errors: &mut Errors<'_>) -> crate::policy::DataQuality {
         let mut dq = crate::policy::DataQuality::default();
         if let Some(rate) = &self.max_requests_per_second {
@@ -707,6 +711,9 @@ impl RawPolicy {
                 RawGreenMissingAction::Hold => crate::policy::GreenMissingAction::Hold,
                 RawGreenMissingAction::Rollback => crate::policy::GreenMissingAction::Rollback,
             };
+        }
+        if let Some(check) = self.check_traffic_split {
+            dq.check_traffic_split = check;
         }
         if let Some(d) = &self.green_data_missing_for {
             if d.get_ref().0.is_zero() {

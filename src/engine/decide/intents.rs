@@ -19,6 +19,7 @@ pub(super) fn apply(
         Intent::Start => match s.phase {
             Phase::Pending | Phase::RolledBack | Phase::Promoted => {
                 s.begin_rollout(policy, now);
+                s.quality = Default::default();
                 d.set(Action::Start, "Rollout started by an operator.");
             }
             Phase::Progressing | Phase::Paused => d.set(
@@ -89,6 +90,7 @@ pub(super) fn progressing(
                 );
             } else {
                 s.begin_rollout(policy, now);
+                s.quality = Default::default();
                 s.last_window_end = Some(obs.end);
                 d.set(Action::Start, "Rollout started automatically.");
             }

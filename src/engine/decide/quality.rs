@@ -79,10 +79,7 @@ pub(super) fn usable(
         remember(policy, q, obs);
         return true;
     }
-    if problems
-        .iter()
-        .all(|(_, p)| matches!(p, DataProblem::GreenMissing(_)))
-    {
+    if only_green_missing(policy, &problems) {
         green_missing(policy, s, obs, now, d);
         return false;
     }
@@ -103,6 +100,27 @@ pub(super) fn usable(
     );
     check_stuck(policy, s, now, d);
     false
+}
+
+/// Whether the window's problems say that green stopped reporting and nothing else: a
+/// statistical check has green's data missing with blue's present, no other statistical check
+/// has another problem, and the backend answered. A threshold guard's problem does not count
+/// against it (a guard on green stops answering when green does).
+fn only_green_missing(policy: &Policy, problems: &[(String, DataProblem)]) -> bool {
+    let statistical = |name: &str| {
+        policy
+            .checks
+            .iter()
+            .any(|c| c.name == name && !matches!(c.kind, CheckKind::Threshold { .. }))
+    };
+    problems
+        .iter()
+        .any(|(_, p)| matches!(p, DataProblem::GreenMissing(_)))
+        && problems.iter().all(|(check, p)| match p {
+            DataProblem::GreenMissing(_) => true,
+            DataProblem::Backend(_) => false,
+            _ => !statistical(check),
+        })
 }
 
 /// Green stopped reporting while blue still does: notice, then hold or roll back.

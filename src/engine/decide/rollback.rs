@@ -34,8 +34,10 @@ pub(super) fn due(
     false
 }
 
-/// Sends green back to 0 %.
+/// Sends green back to 0 %. The data-quality streaks end with it (their alerts resolve; the
+/// rollback alert says what happened).
 pub(super) fn roll_back(policy: &Policy, s: &mut RolloutState, reason: String, d: &mut Draft) {
+    s.quality = Default::default();
     s.phase = Phase::RolledBack;
     s.set_weights(policy.traffic.weights_for(0.0));
     s.reason = Some(reason.clone());

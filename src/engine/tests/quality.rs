@@ -275,6 +275,41 @@ fn green_data_missing_holds_when_the_policy_says_hold_and_clears_when_green_is_b
 }
 
 #[test]
+fn green_missing_pages_even_when_its_threshold_guard_has_no_data_either() {
+    let p = policy();
+    let mut s = run(&p, started(&p), 1, 12, healthy());
+    let mut pages = 0;
+    for m in 13..15 {
+        let o = with_problem(green_missing(m), "p99", DataProblem::NoData);
+        let d = decide(&p, &s, &o, at(m));
+        pages += d
+            .notices
+            .iter()
+            .filter(|n| matches!(n, Notice::GreenDataMissing { .. }))
+            .count();
+        s = d.state;
+    }
+    assert_eq!(pages, 1);
+}
+
+#[test]
+fn a_guard_without_data_alone_is_not_green_missing() {
+    let p = policy();
+    let mut s = run(&p, started(&p), 1, 12, healthy());
+    for m in 13..30 {
+        let o = with_problem(obs(m, healthy()), "p99", DataProblem::NoData);
+        let d = decide(&p, &s, &o, at(m));
+        assert_eq!(d.action, Action::Hold, "{}", d.reason);
+        assert!(d.reason.contains("unusable metrics"), "{}", d.reason);
+        assert!(!d
+            .notices
+            .iter()
+            .any(|n| matches!(n, Notice::GreenDataMissing { .. })));
+        s = d.state;
+    }
+}
+
+#[test]
 fn green_missing_with_another_problem_is_a_metrics_outage() {
     let p = policy();
     let mut s = run(&p, started(&p), 1, 12, healthy());
@@ -380,4 +415,18 @@ fn a_state_saved_without_quality_memory_still_loads() {
     assert_eq!(back.quality, QualityState::default());
     let d = decide(&p, &back, &obs(6, healthy()), at(6));
     assert_ne!(d.action, Action::Rollback, "{}", d.reason);
+}
+
+#[test]
+fn the_split_check_can_be_turned_off() {
+    let mut p = policy();
+    p.data_quality.check_traffic_split = false;
+    let starved = at_share(healthy(), 0.3);
+    let mut s = run(&p, started(&p), 1, 3, healthy());
+    for m in 4..10 {
+        let d = decide(&p, &s, &obs(m, starved), at(m));
+        assert!(!d.reason.contains("split"), "{}", d.reason);
+        assert!(d.notices.is_empty());
+        s = d.state;
+    }
 }
