@@ -147,10 +147,12 @@ pub struct DecisionRecord {
 
 /// Decides what to do with one API for one window. Pure: no I/O, no clock; `now` is given.
 ///
-/// Order of rules: operator intents; phase; already-counted windows; data quality (any problem →
-/// hold, nothing counted); warm-up after a weight change; blue's own health; evidence update;
-/// rollback (any stream crossing 1/α, or a threshold guard failing on green alone); advance
-/// (schedule, dwell, requests, all rollback E < 10, advance evidence or the maximum dwell).
+/// Order of rules: operator intents; phase; already-counted windows; data quality (any problem or
+/// implausible count → hold, nothing counted; green's data alone missing → notice, then hold or
+/// rollback); warm-up after a weight change; blue's own health; the observed traffic split;
+/// evidence update; rollback (any stream crossing 1/α, or a threshold guard failing on green
+/// alone); a persistent split mismatch holds; advance (schedule, dwell, requests, all rollback
+/// E < 10, advance evidence or the maximum dwell).
 pub fn decide(
     policy: &Policy,
     state: &RolloutState,
