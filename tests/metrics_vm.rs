@@ -413,9 +413,13 @@ async fn a_series_that_stopped_arriving_is_stale_not_zero() {
         Ok(QueryResult::Vector(vec![]))
     );
     let obs = observe(&client, &policy_1m, end - SignedDuration::from_mins(1), end).await;
+    // Blue still reports, so green's stale data say that green stopped reporting.
     match problem_of(&obs, "errors") {
-        DataProblem::Stale(d) => assert!(d.contains("green requests"), "{d}"),
-        other => panic!("expected stale, got {other:?}"),
+        DataProblem::GreenMissing(d) => assert!(
+            d.contains("green requests: no samples in the window"),
+            "{d}"
+        ),
+        other => panic!("expected green missing, got {other:?}"),
     }
 
     // A five-minute window covering the stop: increase() returns a clean-looking count of the
@@ -432,8 +436,8 @@ async fn a_series_that_stopped_arriving_is_stale_not_zero() {
     );
     let obs = observe(&client, &policy_5m, end - SignedDuration::from_mins(5), end).await;
     match problem_of(&obs, "errors") {
-        DataProblem::Stale(d) => assert!(d.contains("240s"), "{d}"),
-        other => panic!("expected stale, got {other:?}"),
+        DataProblem::GreenMissing(d) => assert!(d.contains("240s"), "{d}"),
+        other => panic!("expected green missing, got {other:?}"),
     }
 
     // Blue alone, still arriving, is fine over the same window.

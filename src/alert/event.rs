@@ -24,11 +24,15 @@ pub enum EventKind {
     Promoted,
     /// greenlight itself failed (Consul, HAProxy, disk…).
     InternalError,
+    /// Green stopped reporting metrics while blue still does (crashed or not scraped).
+    GreenDataMissing,
+    /// Green does not receive the share of requests its weight configures.
+    TrafficSplitMismatch,
 }
 
 impl EventKind {
     /// Every kind, in declaration order.
-    pub const ALL: [EventKind; 7] = [
+    pub const ALL: [EventKind; 9] = [
         EventKind::Rollback,
         EventKind::ManualOverride,
         EventKind::Paused,
@@ -36,13 +40,16 @@ impl EventKind {
         EventKind::Stuck,
         EventKind::Promoted,
         EventKind::InternalError,
+        EventKind::GreenDataMissing,
+        EventKind::TrafficSplitMismatch,
     ];
 
     /// The severity an event of this kind carries.
     pub fn severity(self) -> Severity {
         match self {
-            EventKind::Rollback => Severity::Critical,
+            EventKind::Rollback | EventKind::GreenDataMissing => Severity::Critical,
             EventKind::ManualOverride
+            | EventKind::TrafficSplitMismatch
             | EventKind::Paused
             | EventKind::MetricsUnavailable
             | EventKind::Stuck
@@ -61,6 +68,8 @@ impl EventKind {
             EventKind::Stuck => "stuck",
             EventKind::Promoted => "promoted",
             EventKind::InternalError => "internal_error",
+            EventKind::GreenDataMissing => "green_data_missing",
+            EventKind::TrafficSplitMismatch => "traffic_split_mismatch",
         }
     }
 
@@ -74,6 +83,8 @@ impl EventKind {
             EventKind::Stuck => "GreenlightStuck",
             EventKind::Promoted => "GreenlightPromoted",
             EventKind::InternalError => "GreenlightInternalError",
+            EventKind::GreenDataMissing => "GreenlightGreenDataMissing",
+            EventKind::TrafficSplitMismatch => "GreenlightTrafficSplitMismatch",
         }
     }
 }

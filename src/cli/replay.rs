@@ -144,6 +144,10 @@ pub async fn replay(
     from: Timestamp,
     to: Timestamp,
 ) -> ReplayReport {
+    // History carries the traffic split of its own time, not the replayed weights.
+    let mut policy = policy.clone();
+    policy.data_quality.check_traffic_split = false;
+    let policy = &policy;
     let mut r = Replay::new(policy, from);
     for w in windows(from, to, policy.interval) {
         let obs = observe_with(client, policy, w.start, w.end, options).await;

@@ -3,9 +3,9 @@
 use jiff::Timestamp;
 
 use crate::alert::{vmui_link, AlertEvent, EventKind};
-use crate::engine::{Action, Counts, Decision, Notice, RolloutState};
+use crate::engine::{percent, Action, Counts, Decision, Notice, RolloutState};
 use crate::metrics::template::render;
-use crate::policy::{CheckKind, Policy, Weights};
+use crate::policy::{CheckKind, GreenMissingAction, Policy, Weights};
 
 /// The identity of one rollout, used in alert keys so that re-decisions deduplicate.
 fn rollout_id(state: &RolloutState) -> String {
@@ -201,6 +201,53 @@ pub fn for_decision(
                 )
                 .with_description(detail.clone()),
             ),
+            Notice::GreenDataMissing { since, detail } => events.push(
+                AlertEvent::new(
+                    &policy.api,
+                    EventKind::GreenDataMissing,
+                    &format!("{id}-{}", since.as_second()),
+                    format!(
+                        "Green of {} stopped reporting metrics at {} % while blue still reports (since {since}); {}",
+                        policy.api,
+                        d.explanation.green_percent,
+                        green_missing_outcome(policy)
+                    ),
+                    at,
+                )
+                .with_field("weights", weights(d.state.weights))
+                .with_field("since", since.to_string())
+                .with_description(format!(
+                    "{detail}\nA green that crashes or is no longer scraped looks like this. {}",
+                    d.reason
+                )),
+            ),
+            Notice::TrafficSplitMismatch {
+                observed_percent,
+                configured_percent,
+                windows,
+            } => events.push(
+                AlertEvent::new(
+                    &policy.api,
+                    EventKind::TrafficSplitMismatch,
+                    &format!("{id}-{}", d.state.step),
+                    format!(
+                        "Green of {} receives {} % of requests, configured {} %; not advancing",
+                        policy.api,
+                        percent(*observed_percent),
+                        percent(*configured_percent)
+                    ),
+                    at,
+                )
+                .with_field("observed_green_percent", percent(*observed_percent))
+                .with_field("configured_green_percent", percent(*configured_percent))
+                .with_field("weights", weights(d.state.weights))
+                .with_field("windows", windows.to_string())
+                .with_description(
+                    "The traffic split HAProxy applies is not the one greenlight configured: \
+                     weight sync stopped, green ejected by health checks, or a node not updated. \
+                     Check the live weights and server states on every HAProxy node.",
+                ),
+            ),
             Notice::Stuck { since } => events.push(AlertEvent::new(
                 &policy.api,
                 EventKind::Stuck,
@@ -214,6 +261,37 @@ pub fn for_decision(
                 at,
             )),
         }
+    }
+    // Green reports again (or the step changed): resolve its alert.
+    let (was, now) = (&before.quality, &d.state.quality);
+    if was.green_missing_alerted && !now.green_missing_alerted {
+        if let Some(since) = was.green_missing_since {
+            events.push(
+                AlertEvent::new(
+                    &policy.api,
+                    EventKind::GreenDataMissing,
+                    &format!("{}-{}", rollout_id(before), since.as_second()),
+                    format!("Green of {} reports metrics again", policy.api),
+                    at,
+                )
+                .resolve(at),
+            );
+        }
+    }
+    if was.split_mismatch_alerted && !now.split_mismatch_alerted {
+        events.push(
+            AlertEvent::new(
+                &policy.api,
+                EventKind::TrafficSplitMismatch,
+                &format!("{}-{}", rollout_id(before), before.step),
+                format!(
+                    "Green of {} receives its configured share again",
+                    policy.api
+                ),
+                at,
+            )
+            .resolve(at),
+        );
     }
     // Metrics are back: resolve the outage alert.
     if before.no_data_alerted && !d.state.no_data_alerted {
@@ -233,6 +311,20 @@ pub fn for_decision(
         );
     }
     events
+}
+
+/// What happens next while green's data stay missing.
+fn green_missing_outcome(policy: &Policy) -> String {
+    let dq = &policy.data_quality;
+    match dq.on_green_data_missing {
+        GreenMissingAction::Rollback => format!(
+            "greenlight rolls green back once this has lasted {}",
+            humantime::format_duration(dq.green_data_missing_for)
+        ),
+        GreenMissingAction::Hold => {
+            "weights stay where they are (on_green_data_missing = \"hold\")".to_string()
+        }
+    }
 }
 
 /// A manual weight change was found: the API is paused.
@@ -392,5 +484,128 @@ errors = 'e{color}[{interval}]'
         assert_eq!(resolved.len(), 1);
         assert!(resolved[0].resolved);
         assert_eq!(resolved[0].key, rollback[0].key);
+    }
+
+    fn window(at: Timestamp, n_b: f64, n_g: f64) -> Observation {
+        use crate::engine::{CheckData, CheckObservation, Counts, Pair};
+        Observation {
+            start: at - jiff::SignedDuration::from_mins(1),
+            end: at,
+            checks: vec![CheckObservation {
+                check: "errors".into(),
+                data: Ok(CheckData::Errors {
+                    counts: Pair {
+                        blue: Counts::new(n_b, 0.0),
+                        green: Counts::new(n_g, 0.0),
+                    },
+                }),
+            }],
+        }
+    }
+
+    fn minute(m: i64) -> Timestamp {
+        "2026-01-05T00:00:00Z".parse::<Timestamp>().unwrap() + jiff::SignedDuration::from_mins(m)
+    }
+
+    #[test]
+    fn green_data_missing_pages_critical_once_and_resolves_when_green_reports_again() {
+        use crate::alert::Severity;
+        use crate::engine::{CheckObservation, DataProblem};
+        let p = policy();
+        let mut s = RolloutState::started(&p, minute(0));
+        let mut fired = Vec::new();
+        for m in 1..4 {
+            let o = Observation {
+                checks: vec![CheckObservation {
+                    check: "errors".into(),
+                    data: Err(DataProblem::GreenMissing("green requests: no data".into())),
+                }],
+                ..window(minute(m), 900.0, 100.0)
+            };
+            let d = decide(&p, &s, &o, minute(m));
+            fired.extend(for_decision(&p, &s, &d, None));
+            s = d.state;
+        }
+        assert_eq!(fired.len(), 1, "{fired:?}");
+        let page = &fired[0];
+        assert_eq!(page.kind, EventKind::GreenDataMissing);
+        assert_eq!(page.severity, Severity::Critical);
+        assert!(
+            page.summary.contains("stopped reporting metrics"),
+            "{}",
+            page.summary
+        );
+        assert!(page
+            .summary
+            .contains("rolls green back once this has lasted 5m"));
+        assert!(page.description.contains("green requests: no data"));
+        let d = decide(&p, &s, &window(minute(4), 900.0, 100.0), minute(4));
+        let resolved = for_decision(&p, &s, &d, None);
+        assert_eq!(resolved.len(), 1, "{resolved:?}");
+        assert!(resolved[0].resolved);
+        assert_eq!(resolved[0].key, page.key);
+    }
+
+    #[test]
+    fn a_rollback_for_missing_green_data_resolves_the_green_data_page() {
+        use crate::engine::{CheckObservation, DataProblem};
+        let p = policy();
+        let mut s = RolloutState::started(&p, minute(0));
+        let mut events = Vec::new();
+        for m in 1..12 {
+            let o = Observation {
+                checks: vec![CheckObservation {
+                    check: "errors".into(),
+                    data: Err(DataProblem::GreenMissing("green requests: no data".into())),
+                }],
+                ..window(minute(m), 900.0, 100.0)
+            };
+            let d = decide(&p, &s, &o, minute(m));
+            events.extend(for_decision(&p, &s, &d, None));
+            let done = d.action == Action::Rollback;
+            s = d.state;
+            if done {
+                break;
+            }
+        }
+        let kinds: Vec<(EventKind, bool)> = events.iter().map(|e| (e.kind, e.resolved)).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (EventKind::GreenDataMissing, false),
+                (EventKind::Rollback, false),
+                (EventKind::GreenDataMissing, true)
+            ]
+        );
+        assert_eq!(events[0].key, events[2].key);
+    }
+
+    #[test]
+    fn a_traffic_split_mismatch_alerts_with_both_numbers() {
+        let p = policy();
+        // 10 % configured; green serves 3 of 1000 requests.
+        let mut s = RolloutState::started(&p, minute(0));
+        let mut fired = Vec::new();
+        for m in 1..8 {
+            let d = decide(&p, &s, &window(minute(m), 997.0, 3.0), minute(m));
+            fired.extend(for_decision(&p, &s, &d, None));
+            s = d.state;
+        }
+        assert_eq!(fired.len(), 1, "{fired:?}");
+        let e = &fired[0];
+        assert_eq!(e.kind, EventKind::TrafficSplitMismatch);
+        assert!(
+            e.summary
+                .contains("receives 0.3 % of requests, configured 10 %"),
+            "{}",
+            e.summary
+        );
+        assert_eq!(e.fields["observed_green_percent"], "0.3");
+        assert_eq!(e.fields["configured_green_percent"], "10");
+        let d = decide(&p, &s, &window(minute(8), 900.0, 100.0), minute(8));
+        let resolved = for_decision(&p, &s, &d, None);
+        assert_eq!(resolved.len(), 1, "{resolved:?}");
+        assert!(resolved[0].resolved);
+        assert_eq!(resolved[0].key, e.key);
     }
 }

@@ -3,9 +3,21 @@
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::engine::observation::{CheckData, DataProblem, Observation, Pair};
-use crate::engine::state::{Intent, Phase, RolloutState, HISTORY_LEN};
-use crate::policy::{CheckKind, MaxStepAction, Policy, Weights};
+use crate::engine::observation::{CheckData, Observation, Pair};
+use crate::engine::state::{Phase, RolloutState, HISTORY_LEN};
+use crate::policy::{Policy, Weights};
+
+mod advance;
+mod guards;
+mod intents;
+mod quality;
+mod rollback;
+mod split;
+
+pub use quality::{
+    QualityState, GREEN_MISSING_NOTICE_WINDOWS, MAGNITUDE_FACTOR, MAGNITUDE_FLOOR, RECENT_WINDOWS,
+};
+pub use split::{percent, SPLIT_MISMATCH_WINDOWS};
 
 /// Rollback streams must all be below this for an advance (docs/statistics.md §6).
 pub const ADVANCE_MAX_ROLLBACK_E: f64 = 10.0;
@@ -45,11 +57,19 @@ impl Action {
 }
 
 /// Something the operator should hear about, raised once per occurrence.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "notice", rename_all = "snake_case")]
 pub enum Notice {
     /// No usable metrics since `since` (weights frozen).
     MetricsUnavailable { since: Timestamp, detail: String },
+    /// Green's data have been missing since `since` while blue's are present.
+    GreenDataMissing { since: Timestamp, detail: String },
+    /// Green has not received its configured share of requests for `windows` windows.
+    TrafficSplitMismatch {
+        observed_percent: f64,
+        configured_percent: f64,
+        windows: u32,
+    },
     /// No step progress since `since`.
     Stuck { since: Timestamp },
 }
@@ -127,10 +147,12 @@ pub struct DecisionRecord {
 
 /// Decides what to do with one API for one window. Pure: no I/O, no clock; `now` is given.
 ///
-/// Order of rules: operator intents; phase; already-counted windows; data quality (any problem →
-/// hold, nothing counted); warm-up after a weight change; blue's own health; evidence update;
-/// rollback (any stream crossing 1/α, or a threshold guard failing on green alone); advance
-/// (schedule, dwell, requests, all rollback E < 10, advance evidence or the maximum dwell).
+/// Order of rules: operator intents; phase; already-counted windows; data quality (any problem or
+/// implausible count → hold, nothing counted; green's data alone missing → notice, then hold or
+/// rollback); warm-up after a weight change; blue's own health; the observed traffic split;
+/// evidence update; rollback (any stream crossing 1/α, or a threshold guard failing on green
+/// alone); a persistent split mismatch holds; advance (schedule, dwell, requests, all rollback
+/// E < 10, advance evidence or the maximum dwell).
 pub fn decide(
     policy: &Policy,
     state: &RolloutState,
@@ -184,6 +206,8 @@ impl Snapshot {
     }
 }
 
+/// The rules of [`decide`], in order; each step either settles the decision or lets the next
+/// one look.
 fn evaluate(
     policy: &Policy,
     s: &mut RolloutState,
@@ -192,88 +216,18 @@ fn evaluate(
     d: &mut Draft,
 ) {
     if let Some(intent) = s.intent.take() {
-        apply_intent(policy, s, intent, now, d);
+        intents::apply(policy, s, intent, now, d);
         return;
     }
-    match s.phase {
-        Phase::Pending => {
-            if !policy.auto_start {
-                d.set(Action::Hold, "Waiting for `greenlight start`.");
-            } else if !in_schedule(policy, now) {
-                d.set(Action::Hold, "Waiting for a schedule window to start.");
-            } else if let problems @ [_, ..] = backend_problems(policy, obs).as_slice() {
-                // Green has no traffic (and often no series) yet, so only a failing metrics
-                // backend holds the start back.
-                d.set(
-                    Action::Hold,
-                    format!(
-                        "Waiting for the metrics backend before starting: {}.",
-                        problems.join("; ")
-                    ),
-                );
-            } else {
-                s.begin_rollout(policy, now);
-                s.last_window_end = Some(obs.end);
-                d.set(Action::Start, "Rollout started automatically.");
-            }
-            return;
-        }
-        Phase::Paused => {
-            let why = s.reason.clone().unwrap_or_else(|| "paused".into());
-            d.set(Action::Hold, format!("Paused: {why}"));
-            return;
-        }
-        Phase::Promoted => {
-            d.set(Action::Hold, "Promoted: green serves all traffic.");
-            return;
-        }
-        Phase::RolledBack => {
-            let why = s.reason.clone().unwrap_or_default();
-            d.set(Action::Hold, format!("Rolled back: {why}"));
-            return;
-        }
-        Phase::Progressing => {}
-    }
-
-    if let Some(last) = s.last_window_end {
-        if obs.start < last {
-            d.set(
-                Action::Hold,
-                format!(
-                    "Window {}..{} overlaps one already counted (up to {last}).",
-                    obs.start, obs.end
-                ),
-            );
-            return;
-        }
-    }
-    s.last_window_end = Some(obs.end);
-    s.intervals_at_step += 1;
-
-    // Data quality: every check must have clean data, or nothing of this window counts.
-    d.problems = data_problems(policy, obs);
-    if !d.problems.is_empty() {
-        let since = s
-            .last_good_data_at
-            .or(s.step_started_at)
-            .unwrap_or(obs.start);
-        if !s.no_data_alerted && elapsed(since, now) >= policy.no_data_alert_after {
-            s.no_data_alerted = true;
-            d.notices.push(Notice::MetricsUnavailable {
-                since,
-                detail: d.problems.join("; "),
-            });
-        }
-        d.set(
-            Action::Hold,
-            format!("Holding on unusable metrics: {}.", d.problems.join("; ")),
-        );
-        check_stuck(policy, s, now, d);
+    if !intents::progressing(policy, s, obs, now, d) {
         return;
     }
-    s.last_good_data_at = Some(obs.end);
-    s.no_data_alerted = false;
-
+    if !claim_window(s, obs, d) {
+        return;
+    }
+    if !quality::usable(policy, s, obs, now, d) {
+        return;
+    }
     if s.intervals_at_step <= policy.warmup_intervals {
         d.set(
             Action::Hold,
@@ -284,15 +238,52 @@ fn evaluate(
         );
         return;
     }
-
     // Blue's own health: an environment problem is not green's fault.
-    if let Some(why) = blue_unhealthy(policy, obs) {
+    if let Some(why) = guards::blue_unhealthy(policy, obs) {
         d.set(Action::Hold, format!("Blue is unhealthy ({why}); holding."));
         check_stuck(policy, s, now, d);
         return;
     }
+    let split_mismatch = split::mismatch(policy, s, obs, d);
+    count_window(s, obs, d);
+    let guards = guards::evaluate(policy, s, obs, d);
+    if rollback::due(policy, s, guards.breach, d) {
+        return;
+    }
+    if let Some(why) = split_mismatch {
+        // The counts are still evidence (rollback stays armed), but the world is not the one
+        // greenlight configured: no advance on it.
+        d.set(
+            Action::Hold,
+            format!("Traffic split mismatch: {why}; not advancing."),
+        );
+        check_stuck(policy, s, now, d);
+        return;
+    }
+    advance::advance_or_hold(policy, s, now, guards.failing, d);
+}
 
-    // Count the window.
+/// Consumes the window, unless it overlaps one already counted (then: hold).
+fn claim_window(s: &mut RolloutState, obs: &Observation, d: &mut Draft) -> bool {
+    if let Some(last) = s.last_window_end {
+        if obs.start < last {
+            d.set(
+                Action::Hold,
+                format!(
+                    "Window {}..{} overlaps one already counted (up to {last}).",
+                    obs.start, obs.end
+                ),
+            );
+            return false;
+        }
+    }
+    s.last_window_end = Some(obs.end);
+    s.intervals_at_step += 1;
+    true
+}
+
+/// Adds the window's counts to every evidence stream.
+fn count_window(s: &mut RolloutState, obs: &Observation, d: &mut Draft) {
     for stream in &mut s.streams {
         let Some(pair) = stream_counts(obs, &stream.check, stream.edge) else {
             continue;
@@ -315,278 +306,6 @@ fn evaluate(
         add(&mut stream.step, &pair);
         add(&mut stream.total, &pair);
         d.counted.push((stream.id.clone(), pair));
-    }
-
-    // Threshold guards. Green's requests this window, from the first error-rate check.
-    let window_green_requests =
-        policy
-            .checks
-            .iter()
-            .find_map(|c| match (&c.kind, obs.check(&c.name)) {
-                (CheckKind::ErrorRate { .. }, Some(Ok(CheckData::Errors { counts }))) => {
-                    Some(counts.green.requests)
-                }
-                _ => None,
-            });
-    let mut guard_breach = None;
-    let mut guard_failing = false;
-    for check in &policy.checks {
-        let CheckKind::Threshold {
-            max,
-            min,
-            failures,
-            min_green_requests,
-            ..
-        } = &check.kind
-        else {
-            continue;
-        };
-        let Some(Ok(CheckData::Value { green, blue })) = obs.check(&check.name) else {
-            continue;
-        };
-        let breaches = |v: f64| max.is_some_and(|m| v > m) || min.is_some_and(|m| v < m);
-        let count = s.threshold_failures.entry(check.name.clone()).or_insert(0);
-        let enough_traffic = window_green_requests.is_none_or(|n| n >= *min_green_requests as f64);
-        if !enough_traffic {
-            // Too few green requests for the value to mean anything: the window neither counts
-            // as a failure nor clears earlier ones.
-        } else if breaches(*green) && !blue.is_some_and(breaches) {
-            *count += 1;
-            guard_failing = true;
-            if *count >= *failures && guard_breach.is_none() {
-                guard_breach = Some(format!(
-                    "{} guard failed {} windows in a row (green {:.4}, limit {})",
-                    check.name,
-                    count,
-                    green,
-                    limit_text(*max, *min)
-                ));
-            }
-        } else {
-            *count = 0;
-        }
-        d.guards.push(GuardReport {
-            check: check.name.clone(),
-            green: Some(*green),
-            blue: *blue,
-            max: *max,
-            min: *min,
-            consecutive_failures: *count,
-            failures_to_rollback: *failures,
-        });
-    }
-
-    // Rollback.
-    let alpha = policy.alpha_per_stream();
-    for stream in &s.streams {
-        let min_errors = min_errors_of(policy, &stream.check);
-        if stream.rollback.crossed(alpha) && stream.total.green.bad >= min_errors as f64 {
-            let reason = format!(
-                "{}: green's rate {:.4} vs blue's {:.4}; evidence E = {:.1} ≥ 1/α = {:.0}",
-                describe_stream(stream.check.as_str(), stream.edge),
-                stream.total.green.rate(),
-                stream.total.blue.rate(),
-                stream.rollback.e_value(),
-                1.0 / alpha
-            );
-            rollback(policy, s, reason, d);
-            return;
-        }
-    }
-    if let Some(reason) = guard_breach {
-        rollback(policy, s, reason, d);
-        return;
-    }
-
-    // Advance.
-    if !in_schedule(policy, now) {
-        d.set(
-            Action::Hold,
-            "Outside the schedule windows; not advancing.".to_string(),
-        );
-        return;
-    }
-    let at_step = elapsed(s.step_started_at.unwrap_or(now), now);
-    if at_step < policy.min_step_duration {
-        d.set(
-            Action::Hold,
-            format!(
-                "Minimum step duration: {} of {} elapsed.",
-                fmt_dur(at_step),
-                fmt_dur(policy.min_step_duration)
-            ),
-        );
-        check_stuck(policy, s, now, d);
-        return;
-    }
-    let green_requests = s.step_green_requests();
-    if green_requests < policy.min_green_requests_per_step as f64 {
-        d.set(
-            Action::Hold,
-            format!(
-                "Minimum green requests: {:.0} of {} at this step.",
-                green_requests, policy.min_green_requests_per_step
-            ),
-        );
-        check_stuck(policy, s, now, d);
-        return;
-    }
-    if let Some(stream) = s
-        .streams
-        .iter()
-        .find(|st| st.rollback.e_value() >= ADVANCE_MAX_ROLLBACK_E)
-    {
-        d.set(
-            Action::Hold,
-            format!(
-                "{} shows some evidence against green (E = {:.1} ≥ {}); not advancing.",
-                describe_stream(&stream.check, stream.edge),
-                stream.rollback.e_value(),
-                ADVANCE_MAX_ROLLBACK_E
-            ),
-        );
-        check_stuck(policy, s, now, d);
-        return;
-    }
-    if guard_failing {
-        d.set(Action::Hold, "A threshold guard is failing; not advancing.");
-        check_stuck(policy, s, now, d);
-        return;
-    }
-    let adv_threshold = 1.0 / policy.advance_alpha_per_stream();
-    let lacking: Vec<String> = s
-        .streams
-        .iter()
-        .filter(|st| st.advance_e() < adv_threshold)
-        .map(|st| {
-            format!(
-                "{} E = {:.1}",
-                describe_stream(&st.check, st.edge),
-                st.advance_e()
-            )
-        })
-        .collect();
-    let max_dwell_over = policy.max_step_duration.is_some_and(|m| at_step >= m);
-    if !lacking.is_empty() {
-        if policy.is_probe_step(s.step) {
-            // A probe step exposes few users; the rollback evidence keeps accumulating across
-            // steps, so moving on does not raise the harm a bad green does before it is caught,
-            // and it reaches the traffic that catches it sooner.
-            advance(
-                policy,
-                s,
-                now,
-                format!(
-                    "Probe step ({} % < advance_on_dwell_below): dwell and requests met with no evidence against green.",
-                    policy.steps[s.step]
-                ),
-                d,
-            );
-        } else if max_dwell_over && policy.on_max_step_duration == MaxStepAction::Advance {
-            advance(
-                policy,
-                s,
-                now,
-                format!(
-                    "Maximum step duration reached with no evidence against green (still lacking: {}).",
-                    lacking.join(", ")
-                ),
-                d,
-            );
-        } else {
-            d.set(
-                Action::Hold,
-                format!(
-                    "Collecting evidence that green is no worse (need E ≥ {:.0}): {}.",
-                    adv_threshold,
-                    lacking.join(", ")
-                ),
-            );
-            check_stuck(policy, s, now, d);
-        }
-        return;
-    }
-    advance(
-        policy,
-        s,
-        now,
-        format!(
-            "Green is no worse than blue on every check (advance evidence ≥ {adv_threshold:.0})."
-        ),
-        d,
-    );
-}
-
-fn apply_intent(
-    policy: &Policy,
-    s: &mut RolloutState,
-    intent: Intent,
-    now: Timestamp,
-    d: &mut Draft,
-) {
-    match intent {
-        Intent::Start => match s.phase {
-            Phase::Pending | Phase::RolledBack | Phase::Promoted => {
-                s.begin_rollout(policy, now);
-                d.set(Action::Start, "Rollout started by an operator.");
-            }
-            Phase::Progressing | Phase::Paused => d.set(
-                Action::Hold,
-                "Start ignored: the rollout is already running.",
-            ),
-        },
-        Intent::Pause { reason } => match s.phase {
-            Phase::Progressing | Phase::Pending => {
-                s.phase = Phase::Paused;
-                s.reason = Some(reason.clone());
-                d.set(Action::Pause, format!("Paused by an operator: {reason}"));
-            }
-            _ => d.set(Action::Hold, "Pause ignored: nothing is progressing."),
-        },
-        Intent::Resume => match s.phase {
-            Phase::Paused => {
-                s.phase = Phase::Progressing;
-                s.reason = None;
-                let step = s.step;
-                // Back to the step's weights; a fresh warm-up follows.
-                s.enter_step(policy, step, now);
-                d.set(Action::Resume, "Resumed by an operator.");
-            }
-            _ => d.set(Action::Hold, "Resume ignored: the rollout is not paused."),
-        },
-        Intent::Rollback { reason } => match s.phase {
-            Phase::RolledBack => d.set(Action::Hold, "Rollback ignored: already rolled back."),
-            _ => rollback(policy, s, format!("Operator rollback: {reason}"), d),
-        },
-        Intent::Promote => match s.phase {
-            Phase::Promoted => d.set(Action::Hold, "Promote ignored: already promoted."),
-            _ => {
-                let last = policy.steps.len() - 1;
-                s.enter_step(policy, last, now);
-                s.phase = Phase::Promoted;
-                s.reason = Some("promoted by an operator".into());
-                d.set(Action::Promote, "Promoted to 100 % by an operator.");
-            }
-        },
-    }
-}
-
-fn rollback(policy: &Policy, s: &mut RolloutState, reason: String, d: &mut Draft) {
-    s.phase = Phase::RolledBack;
-    s.set_weights(policy.traffic.weights_for(0.0));
-    s.reason = Some(reason.clone());
-    d.set(Action::Rollback, reason);
-}
-
-fn advance(policy: &Policy, s: &mut RolloutState, now: Timestamp, reason: String, d: &mut Draft) {
-    let next = s.step + 1;
-    s.enter_step(policy, next, now);
-    if next + 1 == policy.steps.len() {
-        s.phase = Phase::Promoted;
-        s.reason = Some("promoted".into());
-        d.set(Action::Promote, reason);
-    } else {
-        d.set(Action::Advance, reason);
     }
 }
 
@@ -675,119 +394,6 @@ fn round4(x: f64) -> f64 {
     }
 }
 
-/// The checks whose queries failed in the metrics backend itself, as `check: problem`.
-fn backend_problems(policy: &Policy, obs: &Observation) -> Vec<String> {
-    policy
-        .checks
-        .iter()
-        .filter_map(|check| match obs.check(&check.name) {
-            Some(Err(p @ DataProblem::Backend(_))) => Some(format!("{}: {p}", check.name)),
-            _ => None,
-        })
-        .collect()
-}
-
-/// Every reason this window's data cannot be used, as `check: problem` (empty when clean).
-fn data_problems(policy: &Policy, obs: &Observation) -> Vec<String> {
-    let mut problems = Vec::new();
-    for check in &policy.checks {
-        match obs.check(&check.name) {
-            None => problems.push(format!("{}: {}", check.name, DataProblem::NoData)),
-            Some(Err(p)) => problems.push(format!("{}: {p}", check.name)),
-            Some(Ok(data)) => {
-                if let Err(p) = shape_matches(&check.kind, data) {
-                    problems.push(format!("{}: {p}", check.name));
-                }
-            }
-        }
-    }
-    problems
-}
-
-/// Whether the observation's data has the shape the check expects (and finite, non-negative counts).
-fn shape_matches(kind: &CheckKind, data: &CheckData) -> Result<(), DataProblem> {
-    let finite_pair = |p: &Pair| {
-        [p.blue.requests, p.blue.bad, p.green.requests, p.green.bad]
-            .iter()
-            .all(|x| x.is_finite() && *x >= 0.0)
-            && p.blue.bad <= p.blue.requests
-            && p.green.bad <= p.green.requests
-    };
-    match (kind, data) {
-        (CheckKind::ErrorRate { .. }, CheckData::Errors { counts }) => {
-            if finite_pair(counts) {
-                Ok(())
-            } else {
-                Err(DataProblem::NotFinite(format!("{counts:?}")))
-            }
-        }
-        (CheckKind::LatencyHistogram { edges, .. }, CheckData::Latency { edges: got }) => {
-            for edge in edges {
-                match got.iter().find(|e| e.edge == *edge) {
-                    None => return Err(DataProblem::Partial(format!("no bucket le=\"{edge}\""))),
-                    Some(e) if !finite_pair(&e.counts) => {
-                        return Err(DataProblem::NotFinite(format!("{:?}", e.counts)))
-                    }
-                    Some(_) => {}
-                }
-            }
-            Ok(())
-        }
-        (CheckKind::Threshold { .. }, CheckData::Value { green, blue }) => {
-            if green.is_finite() && blue.is_none_or(f64::is_finite) {
-                Ok(())
-            } else {
-                Err(DataProblem::NotFinite(format!(
-                    "green {green}, blue {blue:?}"
-                )))
-            }
-        }
-        _ => Err(DataProblem::Partial(
-            "data of another kind than the check".into(),
-        )),
-    }
-}
-
-fn blue_unhealthy(policy: &Policy, obs: &Observation) -> Option<String> {
-    for check in &policy.checks {
-        match (&check.kind, obs.check(&check.name)) {
-            (
-                CheckKind::ErrorRate {
-                    blue_max_error_rate: Some(max),
-                    ..
-                },
-                Some(Ok(CheckData::Errors { counts })),
-            ) if counts.blue.requests > 0.0 && counts.blue.rate() > *max => {
-                return Some(format!(
-                    "{}: blue's error rate {:.4} > {}",
-                    check.name,
-                    counts.blue.rate(),
-                    max
-                ));
-            }
-            (
-                CheckKind::Threshold { max, min, .. },
-                Some(Ok(CheckData::Value {
-                    green,
-                    blue: Some(blue),
-                })),
-            ) => {
-                let breaches = |v: f64| max.is_some_and(|m| v > m) || min.is_some_and(|m| v < m);
-                if breaches(*blue) && breaches(*green) {
-                    return Some(format!(
-                        "{}: blue {:.4} breaches {} too",
-                        check.name,
-                        blue,
-                        limit_text(*max, *min)
-                    ));
-                }
-            }
-            _ => {}
-        }
-    }
-    None
-}
-
 fn stream_counts(obs: &Observation, check: &str, edge: Option<f64>) -> Option<Pair> {
     match (obs.check(check)?, edge) {
         (Ok(CheckData::Errors { counts }), None) => Some(*counts),
@@ -796,19 +402,6 @@ fn stream_counts(obs: &Observation, check: &str, edge: Option<f64>) -> Option<Pa
         }
         _ => None,
     }
-}
-
-fn min_errors_of(policy: &Policy, check: &str) -> u64 {
-    policy
-        .checks
-        .iter()
-        .find(|c| c.name == check)
-        .map(|c| match &c.kind {
-            CheckKind::ErrorRate { min_errors, .. }
-            | CheckKind::LatencyHistogram { min_errors, .. } => *min_errors,
-            CheckKind::Threshold { .. } => 0,
-        })
-        .unwrap_or(0)
 }
 
 fn add(into: &mut Pair, p: &Pair) {

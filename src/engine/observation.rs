@@ -67,6 +67,11 @@ pub enum DataProblem {
     Partial(String),
     /// The metrics backend answered with an error or not at all.
     Backend(String),
+    /// Finite counts that cannot be true: more errors than requests, latency buckets that are
+    /// not cumulative, or a request count beyond the plausible magnitude.
+    OutOfRange(String),
+    /// Green's data are missing or stale while blue's are present: green stopped reporting.
+    GreenMissing(String),
 }
 
 impl std::fmt::Display for DataProblem {
@@ -77,6 +82,10 @@ impl std::fmt::Display for DataProblem {
             DataProblem::Stale(d) => write!(f, "stale data: {d}"),
             DataProblem::Partial(d) => write!(f, "partial data: {d}"),
             DataProblem::Backend(d) => write!(f, "metrics backend error: {d}"),
+            DataProblem::OutOfRange(d) => write!(f, "implausible counts: {d}"),
+            DataProblem::GreenMissing(d) => {
+                write!(f, "green's data missing while blue's are present: {d}")
+            }
         }
     }
 }

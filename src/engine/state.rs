@@ -117,6 +117,9 @@ pub struct RolloutState {
     pub revision: u64,
     /// The most recent decisions, newest last.
     pub history: Vec<super::DecisionRecord>,
+    /// What the data-quality rules remember between windows (recent counts, streaks).
+    #[serde(default)]
+    pub quality: super::QualityState,
 }
 
 impl RolloutState {
@@ -144,6 +147,7 @@ impl RolloutState {
             intent: None,
             revision: 0,
             history: Vec::new(),
+            quality: Default::default(),
         };
         s.reconcile(policy);
         s

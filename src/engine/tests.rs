@@ -82,6 +82,7 @@ pub(crate) fn policy() -> Policy {
         ],
         alerts: vec![],
         alert_routes: Default::default(),
+        data_quality: Default::default(),
     }
 }
 
@@ -109,6 +110,23 @@ fn healthy() -> W {
         slow_g: 60.0,
         p99_g: 0.3,
         p99_b: 0.3,
+    }
+}
+
+/// `w` with the same total and per-colour rates, green receiving `green_percent` of requests.
+fn at_share(w: W, green_percent: f64) -> W {
+    let total = w.n_b + w.n_g;
+    let n_g = total * green_percent / 100.0;
+    let n_b = total - n_g;
+    let scale = |x: f64, from: f64, to: f64| if from > 0.0 { x * to / from } else { 0.0 };
+    W {
+        n_b,
+        n_g,
+        err_b: scale(w.err_b, w.n_b, n_b),
+        err_g: scale(w.err_g, w.n_g, n_g),
+        slow_b: scale(w.slow_b, w.n_b, n_b),
+        slow_g: scale(w.slow_g, w.n_g, n_g),
+        ..w
     }
 }
 
@@ -304,6 +322,7 @@ fn decision_table() {
                     11,
                     W {
                         n_g: 100.0,
+                        n_b: 1900.0,
                         err_g: 0.0,
                         slow_g: 10.0,
                         ..healthy()
@@ -314,6 +333,7 @@ fn decision_table() {
                 12,
                 W {
                     n_g: 100.0,
+                    n_b: 1900.0,
                     err_g: 0.0,
                     slow_g: 10.0,
                     ..healthy()
@@ -482,7 +502,8 @@ fn walks_every_step_to_promotion_without_resetting_evidence() {
     let mut m = 1;
     while s.phase == Phase::Progressing && m < 500 {
         let before = s.streams[0].advance.log_lr.clone();
-        let d = decide(&p, &s, &obs(m, healthy()), at(m));
+        let w = at_share(healthy(), p.steps[s.step]);
+        let d = decide(&p, &s, &obs(m, w), at(m));
         if d.action == Action::Advance || d.action == Action::Promote {
             greens.push(d.state.weights.green);
             // Evidence carries over into the next step.
@@ -596,9 +617,9 @@ fn probe_steps_advance_on_dwell_but_never_against_evidence() {
     assert!(d.reason.contains("Probe step"), "{}", d.reason);
     assert_eq!(d.state.step, 1);
     // Step 1 (25 %) is not a probe step: it needs evidence.
-    let s = run(&p, d.state, 11, 20, quiet);
+    let s = run(&p, d.state, 11, 20, at_share(quiet, 25.0));
     assert_eq!(s.step, 1);
-    let d = decide(&p, &s, &obs(31, quiet), at(31));
+    let d = decide(&p, &s, &obs(31, at_share(quiet, 25.0)), at(31));
     assert_eq!(d.action, Action::Hold, "{}", d.reason);
     assert!(d.reason.contains("Collecting evidence"), "{}", d.reason);
     // Not before the minimum dwell.
@@ -804,3 +825,5 @@ fn reloaded_policy_keeps_matching_evidence() {
     r.reconcile(&changed);
     assert_eq!(r.streams[0].total, Pair::default());
 }
+
+mod quality;

@@ -10,6 +10,7 @@
 
 pub mod client;
 pub mod observe;
+mod selectors;
 pub mod template;
 pub mod window;
 

@@ -21,12 +21,23 @@
 //! `max(timestamp(metric{…})) or max(max_over_time(timestamp(metric{…})[lookback:1m]))` on
 //! Prometheus. Then:
 //!
-//! - the window has a value and the newest input sample is at most `max_sample_age` before the
-//!   window end: fresh;
-//! - the window has a value but the newest sample is older: [`DataProblem::Stale`];
+//! - the window has a value and the newest input sample is at most `max_sample_age` from the
+//!   window end (before or after): fresh;
+//! - the window has a value but the newest sample is older, or in the future:
+//!   [`DataProblem::Stale`];
+//! - the window has a value but the freshness query found no sample of its inputs, or answered
+//!   `NaN`, `±Inf` or several series: [`DataProblem::Stale`] (freshness unknown fails closed);
 //! - the window has no value but the series had samples within the lookback:
 //!   [`DataProblem::Stale`] (the data stopped arriving);
 //! - nothing within the lookback either: [`DataProblem::NoData`].
+//!
+//! Every answer's sample times must be the evaluation time, within `max_sample_age`: a backend
+//! echoes the time asked, so any other time means the answer is not about this window (stale).
+//!
+//! When blue's requests (or buckets) are usable and green's are missing or stale, the check's
+//! problem is [`DataProblem::GreenMissing`]: green stopped reporting, which the engine treats
+//! apart from a metrics outage. Threshold guards never report it: their query may be empty for
+//! green alone on a healthy green (an error ratio before the first error).
 //!
 //! The newest sample across a query's inputs counts, so one pod that stops while others keep
 //! reporting is not detected. Queries without a range selector get no freshness check. Checks
@@ -51,8 +62,8 @@ use jiff::Timestamp;
 use tracing::{debug, info, warn};
 
 use super::client::{PromClient, QueryError, QueryResult};
+use super::selectors::{freshness_query, range_selectors};
 use super::template::{promql_duration, render};
-use super::Backend;
 use crate::engine::{
     CheckData, CheckObservation, Counts, DataProblem, EdgeCounts, Observation, Pair,
 };
@@ -167,13 +178,16 @@ impl Color {
 }
 
 /// The newest sample among a query's inputs.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 enum Freshness {
     /// The query has no range selector to check.
     Unknown,
     /// No input had a sample within the lookback.
     Absent,
     Newest(Timestamp),
+    /// The freshness answer is not a usable timestamp (NaN, ±Inf, several series, a sample time
+    /// far from the evaluation time): freshness unknown, so not fresh.
+    Invalid(String),
 }
 
 /// A query's answer, with the freshness of its inputs when asked for.
@@ -211,19 +225,34 @@ impl<'a> Ctx<'a> {
         for selector in selectors {
             let q = freshness_query(self.client.backend(), &selector, self.lookback);
             let value = match self.newest_sample(&q).await {
-                Ok(result) => single(&result).unwrap_or_default(),
+                Ok(result) => {
+                    if let Some(problem) = self.sample_time_problem(&result) {
+                        return Ok(Freshness::Invalid(format!("freshness answer {problem}")));
+                    }
+                    match single(&result) {
+                        Ok(v) => v,
+                        Err(d) => return Ok(Freshness::Invalid(format!("freshness answer: {d}"))),
+                    }
+                }
                 Err(QueryError::Syntax { message }) => {
                     warn!(%query, %q, %message, "Freshness query rejected; skipping the freshness check.");
                     return Ok(Freshness::Unknown);
                 }
                 Err(e) => return Err(e),
             };
-            let Some(seconds) = value.filter(|v| v.is_finite()) else {
+            // An empty answer: this input had no sample within the lookback.
+            let Some(seconds) = value else {
                 continue;
             };
-            if let Ok(t) = Timestamp::from_millisecond((seconds * 1000.0).round() as i64) {
-                newest = Some(newest.map_or(t, |n| n.max(t)));
-            }
+            let t = (seconds.is_finite())
+                .then(|| Timestamp::from_millisecond((seconds * 1000.0).round() as i64).ok())
+                .flatten();
+            let Some(t) = t else {
+                return Ok(Freshness::Invalid(format!(
+                    "freshness answer {seconds} is not a sample time"
+                )));
+            };
+            newest = Some(newest.map_or(t, |n| n.max(t)));
         }
         Ok(newest.map_or(Freshness::Absent, Freshness::Newest))
     }
@@ -249,21 +278,50 @@ impl<'a> Ctx<'a> {
             .as_ref()
             .map_err(|e| DataProblem::Backend(format!("{}: {e}", m.what)))?;
         let value = single(result).map_err(|d| DataProblem::Partial(format!("{}: {d}", m.what)))?;
+        if let Some(problem) = self.sample_time_problem(result) {
+            return Err(DataProblem::Stale(format!("{}: {problem}", m.what)));
+        }
         let freshness = m
             .freshness
             .as_ref()
             .map_err(|e| DataProblem::Backend(format!("{} freshness: {e}", m.what)))?;
-        self.check_fresh(&m.what, value.is_some(), *freshness)?;
+        self.check_fresh(&m.what, value.is_some(), freshness)?;
         Ok(value)
     }
 
+    /// Why the sample times of `result` are not the evaluation time (within `max_age`), if they
+    /// are not. A backend echoes the evaluation time; any other time means the answer is not
+    /// about this window.
+    fn sample_time_problem(&self, result: &QueryResult) -> Option<String> {
+        let times: Vec<Timestamp> = match result {
+            QueryResult::Vector(v) => v.iter().map(|s| s.time).collect(),
+            QueryResult::Scalar { time, .. } | QueryResult::String { time, .. } => vec![*time],
+            QueryResult::Matrix(_) => Vec::new(),
+        };
+        times.into_iter().find_map(|t| {
+            let off = t.duration_until(self.end);
+            (off.abs().as_secs_f64() > self.max_age.as_secs_f64()).then(|| {
+                let side = if off.is_negative() { "after" } else { "before" };
+                format!(
+                    "sample time {t} is {} {side} the evaluation time {} (allowed {})",
+                    promql_duration(off.unsigned_abs()),
+                    self.end,
+                    promql_duration(self.max_age)
+                )
+            })
+        })
+    }
+
+    /// Fails closed: a value is fresh only when its inputs' newest sample is known and recent, or
+    /// when the query has no range selector to check.
     fn check_fresh(
         &self,
         what: &str,
         present: bool,
-        freshness: Freshness,
+        freshness: &Freshness,
     ) -> Result<(), DataProblem> {
         match (present, freshness) {
+            (_, Freshness::Invalid(d)) => Err(DataProblem::Stale(format!("{what}: {d}"))),
             (true, Freshness::Newest(t)) => {
                 let age = t.duration_until(self.end);
                 if age.as_secs_f64() > self.max_age.as_secs_f64() {
@@ -273,9 +331,20 @@ impl<'a> Ctx<'a> {
                         promql_duration(self.max_age)
                     )));
                 }
+                if -age.as_secs_f64() > self.max_age.as_secs_f64() {
+                    return Err(DataProblem::Stale(format!(
+                        "{what}: newest sample {} after the window end (allowed {})",
+                        promql_duration(age.unsigned_abs()),
+                        promql_duration(self.max_age)
+                    )));
+                }
                 Ok(())
             }
-            (true, _) => Ok(()),
+            (true, Freshness::Unknown) => Ok(()),
+            (true, Freshness::Absent) => Err(DataProblem::Stale(format!(
+                "{what}: a value, but no sample of its inputs within {}; its freshness is unknown",
+                promql_duration(self.lookback)
+            ))),
             (false, Freshness::Newest(t)) => Err(DataProblem::Stale(format!(
                 "{what}: no samples in the window; newest sample {} before the window end",
                 promql_duration(t.duration_until(self.end).unsigned_abs())
@@ -316,9 +385,9 @@ fn worst(a: DataProblem, b: DataProblem) -> DataProblem {
     fn rank(p: &DataProblem) -> u8 {
         match p {
             DataProblem::Backend(_) => 4,
-            DataProblem::Partial(_) => 3,
+            DataProblem::Partial(_) | DataProblem::OutOfRange(_) => 3,
             DataProblem::NotFinite(_) => 2,
-            DataProblem::Stale(_) => 1,
+            DataProblem::Stale(_) | DataProblem::GreenMissing(_) => 1,
             DataProblem::NoData => 0,
         }
     }
@@ -329,14 +398,26 @@ fn worst(a: DataProblem, b: DataProblem) -> DataProblem {
     }
 }
 
+/// Both colours' data, or the problem. Green's data missing or stale while blue's are usable is
+/// [`DataProblem::GreenMissing`]: green stopped reporting, the metrics pipeline did not.
 fn both<T>(
     blue: Result<T, DataProblem>,
     green: Result<T, DataProblem>,
 ) -> Result<(T, T), DataProblem> {
     match (blue, green) {
         (Ok(b), Ok(g)) => Ok((b, g)),
-        (Err(e), Ok(_)) | (Ok(_), Err(e)) => Err(e),
+        (Ok(_), Err(e)) => Err(green_missing(e)),
+        (Err(e), Ok(_)) => Err(e),
         (Err(b), Err(g)) => Err(worst(b, g)),
+    }
+}
+
+/// Green's problem when blue's data are usable.
+fn green_missing(problem: DataProblem) -> DataProblem {
+    match problem {
+        DataProblem::NoData => DataProblem::GreenMissing("green: no data".into()),
+        DataProblem::Stale(d) => DataProblem::GreenMissing(d),
+        other => other,
     }
 }
 
@@ -373,7 +454,7 @@ async fn error_counts(
         Err(other) => return Err(other),
     };
     if bad > total {
-        return Err(DataProblem::Partial(format!(
+        return Err(DataProblem::OutOfRange(format!(
             "{}: {bad} errors exceed {total} requests",
             color.as_str()
         )));
@@ -441,7 +522,10 @@ fn buckets(ctx: &Ctx<'_>, m: &Measured) -> Result<Buckets, DataProblem> {
             )))
         }
     };
-    ctx.check_fresh(&m.what, !samples.is_empty(), *freshness)?;
+    if let Some(problem) = ctx.sample_time_problem(result) {
+        return Err(DataProblem::Stale(format!("{}: {problem}", m.what)));
+    }
+    ctx.check_fresh(&m.what, !samples.is_empty(), freshness)?;
     let mut by_le: BTreeMap<u64, (f64, f64)> = BTreeMap::new();
     for s in samples {
         let le_text = s.labels.get("le").ok_or_else(|| {
@@ -512,6 +596,9 @@ async fn threshold(ctx: &Ctx<'_>, template: &str) -> Result<CheckData, DataProbl
             None => Err(DataProblem::NoData),
         }
     };
+    // A guard's query may legitimately be empty for green alone (an error ratio without any
+    // error series yet), so its absence is not taken as green having stopped reporting: the
+    // statistical checks' request counts tell that.
     let green = finite(&green)?;
     let blue = match finite(&blue) {
         Ok(v) => Some(v),
@@ -523,124 +610,9 @@ async fn threshold(ctx: &Ctx<'_>, template: &str) -> Result<CheckData, DataProbl
     Ok(CheckData::Value { green, blue })
 }
 
-/// The query returning the timestamp (seconds) of the newest sample of `selector`.
-fn freshness_query(backend: Backend, selector: &str, lookback: Duration) -> String {
-    let lookback = promql_duration(lookback.max(Duration::from_secs(60)));
-    match backend {
-        Backend::VictoriaMetrics => format!("max(tlast_over_time({selector}[{lookback}]))"),
-        Backend::Prometheus => format!(
-            "max(timestamp({selector})) or max(max_over_time(timestamp({selector})[{lookback}:1m]))"
-        ),
-    }
-}
-
-/// The series selectors of `query` that are read over a range (`metric{…}[…]`, `{…}[…]`), in
-/// order of appearance, without duplicates.
-fn range_selectors(query: &str) -> Vec<String> {
-    let b = query.as_bytes();
-    let mut out: Vec<String> = Vec::new();
-    let mut i = 0;
-    let skip_ws = |mut j: usize| {
-        while j < b.len() && b[j].is_ascii_whitespace() {
-            j += 1;
-        }
-        j
-    };
-    while i < b.len() {
-        let c = b[i];
-        if matches!(c, b'"' | b'\'' | b'`') {
-            i = skip_string(b, i);
-        } else if c.is_ascii_digit() || c == b'.' {
-            while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b'.') {
-                i += 1;
-            }
-        } else if c.is_ascii_alphabetic() || c == b'_' || c == b':' || c == b'{' {
-            let start = i;
-            while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b':') {
-                i += 1;
-            }
-            let mut end = i;
-            let j = skip_ws(i);
-            if j < b.len() && b[j] == b'{' {
-                end = skip_braces(b, j);
-                i = end;
-            } else if start == i {
-                i += 1;
-                continue;
-            }
-            let k = skip_ws(end);
-            if k < b.len() && b[k] == b'[' {
-                let selector = query[start..end].to_string();
-                if !out.contains(&selector) {
-                    out.push(selector);
-                }
-            }
-        } else {
-            i += 1;
-        }
-    }
-    out
-}
-
-/// Index just past the string literal starting at `i`.
-fn skip_string(b: &[u8], i: usize) -> usize {
-    let quote = b[i];
-    let mut j = i + 1;
-    while j < b.len() {
-        if b[j] == b'\\' && quote != b'`' {
-            j += 2;
-            continue;
-        }
-        if b[j] == quote {
-            return j + 1;
-        }
-        j += 1;
-    }
-    b.len()
-}
-
-/// Index just past the `}` matching the `{` at `i`, skipping string literals.
-fn skip_braces(b: &[u8], i: usize) -> usize {
-    let mut j = i + 1;
-    while j < b.len() {
-        match b[j] {
-            b'"' | b'\'' | b'`' => j = skip_string(b, j),
-            b'}' => return j + 1,
-            _ => j += 1,
-        }
-    }
-    b.len()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn range_selectors_of_typical_queries() {
-        assert_eq!(
-            range_selectors(
-                r#"sum(increase(haproxy_server_http_responses_total{proxy="api",server="green",code="5xx"}[60s]))"#
-            ),
-            vec![r#"haproxy_server_http_responses_total{proxy="api",server="green",code="5xx"}"#]
-        );
-        assert_eq!(
-            range_selectors(
-                r#"histogram_quantile(0.99, sum by (le) (rate(http_request_duration_seconds_bucket{service="checkout",cluster="green"}[60s])))"#
-            ),
-            vec![r#"http_request_duration_seconds_bucket{service="checkout",cluster="green"}"#]
-        );
-        assert_eq!(
-            range_selectors("sum(rate(a[5m])) / sum(rate(b {x=\"}[\"} [5m])) + sum(rate(a[5m]))"),
-            vec!["a".to_string(), "b {x=\"}[\"}".to_string()]
-        );
-        assert_eq!(
-            range_selectors(r#"sum(increase({__name__="x",color="blue"}[1m] offset 1m))"#),
-            vec![r#"{__name__="x",color="blue"}"#]
-        );
-        assert!(range_selectors("vector(1) * 1e3 + up").is_empty());
-        assert!(range_selectors("max_over_time((a + b)[5m:1m])").is_empty());
-    }
 
     #[test]
     fn le_parses_and_orders_numerically() {
@@ -664,22 +636,6 @@ mod tests {
         assert_eq!(
             worst(DataProblem::Stale("s".into()), DataProblem::NoData),
             DataProblem::Stale("s".into())
-        );
-    }
-
-    #[test]
-    fn freshness_queries_per_backend() {
-        assert_eq!(
-            freshness_query(
-                Backend::VictoriaMetrics,
-                "x{a=\"b\"}",
-                Duration::from_secs(3600)
-            ),
-            "max(tlast_over_time(x{a=\"b\"}[3600s]))"
-        );
-        assert_eq!(
-            freshness_query(Backend::Prometheus, "x", Duration::from_secs(3600)),
-            "max(timestamp(x)) or max(max_over_time(timestamp(x)[3600s:1m]))"
         );
     }
 }

@@ -71,6 +71,47 @@ pub struct Policy {
     pub alerts: Vec<String>,
     /// Per-event channel lists (event kind, e.g. `rollback`, → channels), overriding `alerts`.
     pub alert_routes: std::collections::BTreeMap<String, Vec<String>>,
+    /// Plausibility bound and what to do when green's data are missing.
+    pub data_quality: DataQuality,
+}
+
+/// Data-quality rules of a policy (see README, "How it decides").
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DataQuality {
+    /// Largest plausible request rate of one colour, per second: a window whose count exceeds
+    /// it times the window length is out of range (hold). Default 10 000 000.
+    pub max_requests_per_second: f64,
+    /// What to do once green's data have been missing (while blue's are present) for
+    /// `green_data_missing_for`. Default: roll back.
+    pub on_green_data_missing: GreenMissingAction,
+    /// How long green's data may be missing, blue's present, before `on_green_data_missing`.
+    #[serde(with = "humantime_serde")]
+    pub green_data_missing_for: Duration,
+    /// Compare the observed green share of requests with the configured weights. Default true;
+    /// off where the counted requests are not the ones HAProxy splits. `replay` turns it off:
+    /// history carries the split of its own time.
+    pub check_traffic_split: bool,
+}
+
+impl Default for DataQuality {
+    fn default() -> Self {
+        DataQuality {
+            max_requests_per_second: 1e7,
+            on_green_data_missing: GreenMissingAction::Rollback,
+            green_data_missing_for: Duration::from_secs(300),
+            check_traffic_split: true,
+        }
+    }
+}
+
+/// What to do when green stops reporting while blue still does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GreenMissingAction {
+    /// Keep the weights (the critical alert has been raised).
+    Hold,
+    /// Send green back to 0 %.
+    Rollback,
 }
 
 /// Policy for a step that outlives `max_step_duration`.
@@ -255,7 +296,8 @@ impl Policy {
     }
 
     /// The channels that receive events of kind `event` (`rollback`, `manual_override`,
-    /// `paused`, `metrics_unavailable`, `stuck`, `promoted`, `internal_error`).
+    /// `paused`, `metrics_unavailable`, `stuck`, `promoted`, `internal_error`,
+    /// `green_data_missing`, `traffic_split_mismatch`).
     pub fn alert_channels(&self, event: &str) -> &[String] {
         self.alert_routes.get(event).unwrap_or(&self.alerts)
     }

@@ -243,6 +243,26 @@ pub(super) struct RawPolicy {
     /// Optional per-event channel lists; an event not listed goes to `alerts`.
     #[serde(default)]
     alert_routes: Option<RawAlertRoutes>,
+    /// Largest plausible request rate of one colour, per second. Default 10 000 000.
+    #[serde(default)]
+    max_requests_per_second: Option<Spanned<f64>>,
+    /// `"hold"` or `"rollback"` once green's data are missing (blue's present) for
+    /// `green_data_missing_for`. Default `"rollback"`.
+    #[serde(default)]
+    on_green_data_missing: Option<RawGreenMissingAction>,
+    /// Default `"5m"`.
+    #[serde(default)]
+    green_data_missing_for: Option<Spanned<HumanDuration>>,
+    /// Compare green's observed share of requests with its weight. Default true.
+    #[serde(default)]
+    check_traffic_split: Option<bool>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum RawGreenMissingAction {
+    Hold,
+    Rollback,
 }
 
 /// `[alert_routes]`: which channels receive which events (an empty list silences the event).
@@ -263,10 +283,14 @@ struct RawAlertRoutes {
     promoted: Option<Vec<Spanned<String>>>,
     #[serde(default)]
     internal_error: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    green_data_missing: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    traffic_split_mismatch: Option<Vec<Spanned<String>>>,
 }
 
 impl RawAlertRoutes {
-    fn entries(&self) -> [(&'static str, &Option<Vec<Spanned<String>>>); 7] {
+    fn entries(&self) -> [(&'static str, &Option<Vec<Spanned<String>>>); 9] {
         [
             ("rollback", &self.rollback),
             ("manual_override", &self.manual_override),
@@ -275,6 +299,8 @@ impl RawAlertRoutes {
             ("stuck", &self.stuck),
             ("promoted", &self.promoted),
             ("internal_error", &self.internal_error),
+            ("green_data_missing", &self.green_data_missing),
+            ("traffic_split_mismatch", &self.traffic_split_mismatch),
         ]
     }
 }
@@ -619,6 +645,7 @@ impl RawPolicy {
             }
         }
 
+        let data_quality = self.data_quality(errors);
         let traffic = validate_traffic(&self.traffic, errors);
         let steps = validate_steps(&self.steps, traffic.as_ref(), errors);
         let schedule = self
@@ -660,7 +687,41 @@ impl RawPolicy {
             checks,
             alerts,
             alert_routes,
+            data_quality,
         })
+    }
+
+    /// `max_requests_per_second`, `on_green_data_missing`, `green_data_missing_for`,
+    /// `check_traffic_split`.
+    fn data_quality(&self, errors: &mut Errors<'_>) -> crate::policy::DataQuality {
+        let mut dq = crate::policy::DataQuality::default();
+        if let Some(rate) = &self.max_requests_per_second {
+            let v = *rate.get_ref();
+            if v.is_finite() && v > 0.0 {
+                dq.max_requests_per_second = v;
+            } else {
+                errors.at(
+                    rate.span(),
+                    format!("max_requests_per_second must be a positive number, got {v}"),
+                );
+            }
+        }
+        if let Some(action) = self.on_green_data_missing {
+            dq.on_green_data_missing = match action {
+                RawGreenMissingAction::Hold => crate::policy::GreenMissingAction::Hold,
+                RawGreenMissingAction::Rollback => crate::policy::GreenMissingAction::Rollback,
+            };
+        }
+        if let Some(check) = self.check_traffic_split {
+            dq.check_traffic_split = check;
+        }
+        if let Some(d) = &self.green_data_missing_for {
+            if d.get_ref().0.is_zero() {
+                errors.at(d.span(), "green_data_missing_for must be greater than zero");
+            }
+            dq.green_data_missing_for = d.get_ref().0;
+        }
+        dq
     }
 }
 

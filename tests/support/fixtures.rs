@@ -31,6 +31,7 @@ pub fn policy(api: &str, target: TrafficTarget, steps: &[f64], checks: Vec<Check
         checks,
         alerts: vec![],
         alert_routes: Default::default(),
+        data_quality: Default::default(),
     }
 }
 

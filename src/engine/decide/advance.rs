@@ -1,0 +1,150 @@
+//! Advance: schedule, dwell, requests, no evidence against green, and evidence for it (or the
+//! policy's probe steps and maximum dwell).
+
+use jiff::Timestamp;
+
+use super::{
+    check_stuck, describe_stream, elapsed, fmt_dur, in_schedule, Action, Draft,
+    ADVANCE_MAX_ROLLBACK_E,
+};
+use crate::engine::state::{Phase, RolloutState};
+use crate::policy::{MaxStepAction, Policy};
+
+/// Advances when every condition is met; otherwise holds with the first one lacking.
+pub(super) fn advance_or_hold(
+    policy: &Policy,
+    s: &mut RolloutState,
+    now: Timestamp,
+    guard_failing: bool,
+    d: &mut Draft,
+) {
+    if !in_schedule(policy, now) {
+        d.set(
+            Action::Hold,
+            "Outside the schedule windows; not advancing.".to_string(),
+        );
+        return;
+    }
+    let at_step = elapsed(s.step_started_at.unwrap_or(now), now);
+    if at_step < policy.min_step_duration {
+        d.set(
+            Action::Hold,
+            format!(
+                "Minimum step duration: {} of {} elapsed.",
+                fmt_dur(at_step),
+                fmt_dur(policy.min_step_duration)
+            ),
+        );
+        check_stuck(policy, s, now, d);
+        return;
+    }
+    let green_requests = s.step_green_requests();
+    if green_requests < policy.min_green_requests_per_step as f64 {
+        d.set(
+            Action::Hold,
+            format!(
+                "Minimum green requests: {:.0} of {} at this step.",
+                green_requests, policy.min_green_requests_per_step
+            ),
+        );
+        check_stuck(policy, s, now, d);
+        return;
+    }
+    if let Some(stream) = s
+        .streams
+        .iter()
+        .find(|st| st.rollback.e_value() >= ADVANCE_MAX_ROLLBACK_E)
+    {
+        d.set(
+            Action::Hold,
+            format!(
+                "{} shows some evidence against green (E = {:.1} ≥ {}); not advancing.",
+                describe_stream(&stream.check, stream.edge),
+                stream.rollback.e_value(),
+                ADVANCE_MAX_ROLLBACK_E
+            ),
+        );
+        check_stuck(policy, s, now, d);
+        return;
+    }
+    if guard_failing {
+        d.set(Action::Hold, "A threshold guard is failing; not advancing.");
+        check_stuck(policy, s, now, d);
+        return;
+    }
+    let adv_threshold = 1.0 / policy.advance_alpha_per_stream();
+    let lacking: Vec<String> = s
+        .streams
+        .iter()
+        .filter(|st| st.advance_e() < adv_threshold)
+        .map(|st| {
+            format!(
+                "{} E = {:.1}",
+                describe_stream(&st.check, st.edge),
+                st.advance_e()
+            )
+        })
+        .collect();
+    let max_dwell_over = policy.max_step_duration.is_some_and(|m| at_step >= m);
+    if !lacking.is_empty() {
+        if policy.is_probe_step(s.step) {
+            // A probe step exposes few users; the rollback evidence keeps accumulating across
+            // steps, so moving on does not raise the harm a bad green does before it is caught,
+            // and it reaches the traffic that catches it sooner.
+            advance(
+                policy,
+                s,
+                now,
+                format!(
+                    "Probe step ({} % < advance_on_dwell_below): dwell and requests met with no evidence against green.",
+                    policy.steps[s.step]
+                ),
+                d,
+            );
+        } else if max_dwell_over && policy.on_max_step_duration == MaxStepAction::Advance {
+            advance(
+                policy,
+                s,
+                now,
+                format!(
+                    "Maximum step duration reached with no evidence against green (still lacking: {}).",
+                    lacking.join(", ")
+                ),
+                d,
+            );
+        } else {
+            d.set(
+                Action::Hold,
+                format!(
+                    "Collecting evidence that green is no worse (need E ≥ {:.0}): {}.",
+                    adv_threshold,
+                    lacking.join(", ")
+                ),
+            );
+            check_stuck(policy, s, now, d);
+        }
+        return;
+    }
+    advance(
+        policy,
+        s,
+        now,
+        format!(
+            "Green is no worse than blue on every check (advance evidence ≥ {adv_threshold:.0})."
+        ),
+        d,
+    );
+}
+
+/// Moves green up one step (promoting at the last).
+fn advance(policy: &Policy, s: &mut RolloutState, now: Timestamp, reason: String, d: &mut Draft) {
+    let next = s.step + 1;
+    s.enter_step(policy, next, now);
+    if next + 1 == policy.steps.len() {
+        s.phase = Phase::Promoted;
+        s.reason = Some("promoted".into());
+        d.set(Action::Promote, reason);
+    } else {
+        d.set(Action::Advance, reason);
+    }
+}

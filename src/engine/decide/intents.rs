@@ -1,0 +1,115 @@
+//! Operator intents and the phases in which there is nothing to evaluate.
+
+use jiff::Timestamp;
+
+use super::{in_schedule, quality, rollback, Action, Draft};
+use crate::engine::observation::Observation;
+use crate::engine::state::{Intent, Phase, RolloutState};
+use crate::policy::Policy;
+
+/// Obeys an operator's request.
+pub(super) fn apply(
+    policy: &Policy,
+    s: &mut RolloutState,
+    intent: Intent,
+    now: Timestamp,
+    d: &mut Draft,
+) {
+    match intent {
+        Intent::Start => match s.phase {
+            Phase::Pending | Phase::RolledBack | Phase::Promoted => {
+                s.begin_rollout(policy, now);
+                s.quality = Default::default();
+                d.set(Action::Start, "Rollout started by an operator.");
+            }
+            Phase::Progressing | Phase::Paused => d.set(
+                Action::Hold,
+                "Start ignored: the rollout is already running.",
+            ),
+        },
+        Intent::Pause { reason } => match s.phase {
+            Phase::Progressing | Phase::Pending => {
+                s.phase = Phase::Paused;
+                s.reason = Some(reason.clone());
+                d.set(Action::Pause, format!("Paused by an operator: {reason}"));
+            }
+            _ => d.set(Action::Hold, "Pause ignored: nothing is progressing."),
+        },
+        Intent::Resume => match s.phase {
+            Phase::Paused => {
+                s.phase = Phase::Progressing;
+                s.reason = None;
+                let step = s.step;
+                // Back to the step's weights; a fresh warm-up follows.
+                s.enter_step(policy, step, now);
+                d.set(Action::Resume, "Resumed by an operator.");
+            }
+            _ => d.set(Action::Hold, "Resume ignored: the rollout is not paused."),
+        },
+        Intent::Rollback { reason } => match s.phase {
+            Phase::RolledBack => d.set(Action::Hold, "Rollback ignored: already rolled back."),
+            _ => rollback::roll_back(policy, s, format!("Operator rollback: {reason}"), d),
+        },
+        Intent::Promote => match s.phase {
+            Phase::Promoted => d.set(Action::Hold, "Promote ignored: already promoted."),
+            _ => {
+                let last = policy.steps.len() - 1;
+                s.enter_step(policy, last, now);
+                s.phase = Phase::Promoted;
+                s.reason = Some("promoted by an operator".into());
+                d.set(Action::Promote, "Promoted to 100 % by an operator.");
+            }
+        },
+    }
+}
+
+/// Whether the rollout is progressing (the window is to be evaluated). Otherwise the decision
+/// is settled here: an automatic start, or a hold saying why nothing happens.
+pub(super) fn progressing(
+    policy: &Policy,
+    s: &mut RolloutState,
+    obs: &Observation,
+    now: Timestamp,
+    d: &mut Draft,
+) -> bool {
+    match s.phase {
+        Phase::Pending => {
+            if !policy.auto_start {
+                d.set(Action::Hold, "Waiting for `greenlight start`.");
+            } else if !in_schedule(policy, now) {
+                d.set(Action::Hold, "Waiting for a schedule window to start.");
+            } else if let problems @ [_, ..] = quality::backend_problems(policy, obs).as_slice() {
+                // Green has no traffic (and often no series) yet, so only a failing metrics
+                // backend holds the start back.
+                d.set(
+                    Action::Hold,
+                    format!(
+                        "Waiting for the metrics backend before starting: {}.",
+                        problems.join("; ")
+                    ),
+                );
+            } else {
+                s.begin_rollout(policy, now);
+                s.quality = Default::default();
+                s.last_window_end = Some(obs.end);
+                d.set(Action::Start, "Rollout started automatically.");
+            }
+            false
+        }
+        Phase::Paused => {
+            let why = s.reason.clone().unwrap_or_else(|| "paused".into());
+            d.set(Action::Hold, format!("Paused: {why}"));
+            false
+        }
+        Phase::Promoted => {
+            d.set(Action::Hold, "Promoted: green serves all traffic.");
+            false
+        }
+        Phase::RolledBack => {
+            let why = s.reason.clone().unwrap_or_default();
+            d.set(Action::Hold, format!("Rolled back: {why}"));
+            false
+        }
+        Phase::Progressing => true,
+    }
+}
