@@ -10,6 +10,7 @@ use crate::daemon::{consul_client, StateStore};
 use crate::engine::Intent;
 use crate::policy::{load_dir, Config, Policy};
 use crate::server::RolloutView;
+use crate::stats::format_e;
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
@@ -152,8 +153,12 @@ fn print_view(v: &RolloutView) {
     }
     for e in &v.evidence {
         println!(
-            "  evidence: {:<24} rollback E {:>10.3} / {:<6.0} advance E {:>10.3} / {:.0}",
-            e.stream, e.rollback_e, e.rollback_threshold, e.advance_e, e.advance_threshold
+            "  evidence: {:<24} against green {:<24} (rollback at {:.0})  for green {:<24} (advance at {:.0})",
+            e.stream,
+            format_e(e.rollback_log_e),
+            e.rollback_threshold,
+            format_e(e.advance_log_e),
+            e.advance_threshold
         );
     }
 }

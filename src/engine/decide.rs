@@ -4,8 +4,9 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::observation::{CheckData, DataProblem, Observation, Pair};
-use crate::engine::state::{Intent, Phase, RolloutState, HISTORY_LEN};
+use crate::engine::state::{EvidenceRecord, Intent, Phase, RolloutState, HISTORY_LEN};
 use crate::policy::{CheckKind, MaxStepAction, Policy, Weights};
+use crate::stats::format_e;
 
 /// Rollback streams must all be below this for an advance (statistics reference §4).
 pub const ADVANCE_MAX_ROLLBACK_E: f64 = 10.0;
@@ -64,9 +65,14 @@ pub struct StreamReport {
     pub window: Option<Pair>,
     pub step: Pair,
     pub total: Pair,
-    pub rollback_e: f64,
+    /// ln of the rollback e-value (finite however strong the evidence; see
+    /// [`crate::stats::format_e`] to show it).
+    pub rollback_log_e: f64,
+    /// The rollback e-value's threshold 1/α (an e-value, not its logarithm).
     pub rollback_threshold: f64,
-    pub advance_e: f64,
+    /// ln of the advance e-value.
+    pub advance_log_e: f64,
+    /// The advance e-value's threshold (an e-value, not its logarithm).
     pub advance_threshold: f64,
 }
 
@@ -121,8 +127,9 @@ pub struct DecisionRecord {
     pub reason: String,
     pub step: usize,
     pub weights: Weights,
-    /// (stream id, rollback E, advance E)
-    pub evidence: Vec<(String, f64, f64)>,
+    /// Each stream's evidence after the decision, in log space. States written by the previous
+    /// version (`[stream, E, E]`) are read too.
+    pub evidence: Vec<EvidenceRecord>,
 }
 
 /// Decides what to do with one API for one window. Pure: no I/O, no clock; `now` is given.
@@ -382,11 +389,11 @@ fn evaluate(
         let min_errors = min_errors_of(policy, &stream.check);
         if stream.rollback.crossed(alpha) && stream.total.green.bad >= min_errors as f64 {
             let reason = format!(
-                "{}: green's rate {:.4} vs blue's {:.4}; evidence E = {:.1} ≥ 1/α = {:.0}",
+                "{}: green's rate {:.4} vs blue's {:.4}; evidence {} ≥ 1/α = {:.0}",
                 describe_stream(stream.check.as_str(), stream.edge),
                 stream.total.green.rate(),
                 stream.total.blue.rate(),
-                stream.rollback.e_value(),
+                format_e(stream.rollback.log_e()),
                 1.0 / alpha
             );
             rollback(policy, s, reason, d);
@@ -439,9 +446,9 @@ fn evaluate(
         d.set(
             Action::Hold,
             format!(
-                "{} shows some evidence against green (E = {:.1} ≥ {}); not advancing.",
+                "{} shows some evidence against green ({} ≥ {}); not advancing.",
                 describe_stream(&stream.check, stream.edge),
-                stream.rollback.e_value(),
+                format_e(stream.rollback.log_e()),
                 ADVANCE_MAX_ROLLBACK_E
             ),
         );
@@ -460,9 +467,9 @@ fn evaluate(
         .filter(|st| st.advance_e() < adv_threshold)
         .map(|st| {
             format!(
-                "{} E = {:.1}",
+                "{} {}",
                 describe_stream(&st.check, st.edge),
-                st.advance_e()
+                format_e(st.advance_log_e())
             )
         })
         .collect();
@@ -550,7 +557,39 @@ fn apply_intent(
                 let step = s.step;
                 // Back to the step's weights; a fresh warm-up follows.
                 s.enter_step(policy, step, now);
-                d.set(Action::Resume, "Resumed by an operator.");
+                d.set(
+                    Action::Resume,
+                    format!(
+                        "Resumed by an operator at step {} with its weights (blue={} green={}).",
+                        step + 1,
+                        s.weights.blue,
+                        s.weights.green
+                    ),
+                );
+            }
+            _ => d.set(Action::Hold, "Resume ignored: the rollout is not paused."),
+        },
+        Intent::ResumeAdoptLive => match s.phase {
+            Phase::Paused => {
+                // The live split (the paused state follows it) becomes the current step.
+                let live = s.weights;
+                let pending = s.applying_from;
+                let step = adopted_step(policy, live);
+                s.phase = Phase::Progressing;
+                s.reason = None;
+                s.enter_step(policy, step, now);
+                s.weights = live;
+                s.applying_from = pending;
+                d.set(
+                    Action::Resume,
+                    format!(
+                        "Resumed by an operator keeping the live weights (blue={} green={}) as step {} ({} %).",
+                        live.blue,
+                        live.green,
+                        step + 1,
+                        policy.steps[step]
+                    ),
+                );
             }
             _ => d.set(Action::Hold, "Resume ignored: the rollout is not paused."),
         },
@@ -569,6 +608,22 @@ fn apply_intent(
             }
         },
     }
+}
+
+/// The highest step whose share is at or below `live`'s green share (the first step below it),
+/// never the last step, which is a promotion.
+pub fn adopted_step(policy: &Policy, live: Weights) -> usize {
+    let total = f64::from(live.blue) + f64::from(live.green);
+    let share = if total > 0.0 {
+        100.0 * f64::from(live.green) / total
+    } else {
+        0.0
+    };
+    let below_last = policy.steps.len().saturating_sub(1).max(1);
+    policy.steps[..below_last]
+        .iter()
+        .rposition(|p| *p <= share + 1e-9)
+        .unwrap_or(0)
 }
 
 fn rollback(policy: &Policy, s: &mut RolloutState, reason: String, d: &mut Draft) {
@@ -624,13 +679,19 @@ fn finish(
                 .map(|(_, p)| *p),
             step: st.step,
             total: st.total,
-            rollback_e: st.rollback.e_value(),
+            rollback_log_e: st.rollback_log_e(),
             rollback_threshold: 1.0 / alpha,
-            advance_e: st.advance_e(),
+            advance_log_e: st.advance_log_e(),
             advance_threshold: 1.0 / adv,
         })
         .collect();
     s.revision += 1;
+    if matches!(
+        action,
+        Action::Start | Action::Promote | Action::Rollback | Action::Pause | Action::Resume
+    ) {
+        s.phase_since = Some(now);
+    }
     s.history.push(DecisionRecord {
         at: now,
         window_end: obs.end,
@@ -640,7 +701,11 @@ fn finish(
         weights: s.weights,
         evidence: streams
             .iter()
-            .map(|r| (r.id.clone(), round4(r.rollback_e), round4(r.advance_e)))
+            .map(|r| EvidenceRecord {
+                stream: r.id.clone(),
+                rollback_log_e: round4(r.rollback_log_e),
+                advance_log_e: round4(r.advance_log_e),
+            })
             .collect(),
     });
     if s.history.len() > HISTORY_LEN {

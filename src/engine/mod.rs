@@ -14,7 +14,10 @@ pub use decide::{
 pub use observation::{
     CheckData, CheckObservation, Counts, DataProblem, EdgeCounts, Observation, Pair,
 };
-pub use state::{stream_id, Intent, Phase, RolloutState, Stream, HISTORY_LEN};
+pub use state::{
+    decode_state, encode_state, stream_id, CodecError, EvidenceRecord, Intent, Phase, RolloutState,
+    Stream, HISTORY_LEN,
+};
 
 #[cfg(test)]
 pub(crate) mod tests;
