@@ -518,7 +518,11 @@ mod properties {
             rb.update(1e300, 1e307, 1e307, 1e306);
             assert!(rb.log_lr.iter().all(|x| x.is_finite()), "{rb:?}");
         }
-        assert!(rb.log_e() > 1e307 && rb.log_e().is_finite(), "{}", rb.log_e());
+        assert!(
+            rb.log_e() > 1e307 && rb.log_e().is_finite(),
+            "{}",
+            rb.log_e()
+        );
         let mut slo = SloEProcess::new(0.02, 1.0);
         slo.update(600.0, 1.0);
         for _ in 0..200 {
