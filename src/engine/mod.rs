@@ -8,8 +8,8 @@ mod observation;
 mod state;
 
 pub use decide::{
-    decide, Action, Decision, DecisionRecord, Explanation, GuardReport, Notice, StreamReport,
-    ADVANCE_MAX_ROLLBACK_E,
+    adopted_step, decide, Action, Decision, DecisionRecord, Explanation, GuardReport, Notice,
+    StreamReport, ADVANCE_MAX_ROLLBACK_E,
 };
 pub use observation::{
     CheckData, CheckObservation, Counts, DataProblem, EdgeCounts, Observation, Pair,

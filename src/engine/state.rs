@@ -267,6 +267,39 @@ impl RolloutState {
         }
     }
 
+    /// Records a rollback done outside the daemon (`greenlight rollback --now`): rolled back,
+    /// the weights blue = total, nothing pending, `reason` kept and one history record added.
+    pub fn record_break_glass(&mut self, policy: &Policy, reason: &str, now: Timestamp) {
+        self.phase = Phase::RolledBack;
+        self.weights = policy.traffic.weights_for(0.0);
+        self.applying_from = None;
+        self.intent = None;
+        self.reason = Some(reason.to_string());
+        self.phase_since = Some(now);
+        self.revision += 1;
+        self.history.push(super::DecisionRecord {
+            at: now,
+            window_end: self.last_window_end.unwrap_or(now),
+            action: super::Action::Rollback,
+            reason: reason.to_string(),
+            step: self.step,
+            weights: self.weights,
+            evidence: self
+                .streams
+                .iter()
+                .map(|s| EvidenceRecord {
+                    stream: s.id.clone(),
+                    rollback_log_e: s.rollback_log_e(),
+                    advance_log_e: s.advance_log_e(),
+                })
+                .collect(),
+        });
+        if self.history.len() > HISTORY_LEN {
+            let extra = self.history.len() - HISTORY_LEN;
+            self.history.drain(..extra);
+        }
+    }
+
     /// Green requests counted at the current step (largest over the streams, warm-up excluded).
     pub fn step_green_requests(&self) -> f64 {
         self.streams
@@ -669,5 +702,50 @@ mod tests {
                 Ok(())
             })
             .unwrap();
+    }
+
+    #[test]
+    fn resume_adopting_live_keeps_the_hand_set_weights_as_the_step() {
+        let policy = crate::engine::tests::policy();
+        let mut state = RolloutState::started(&policy, t(0));
+        state.applying_from = None;
+        // Paused after someone set green to 40 of 100 by hand (the paused state follows it).
+        state.phase = Phase::Paused;
+        state.weights = crate::policy::Weights {
+            blue: 60,
+            green: 40,
+        };
+        state.intent = Some(Intent::ResumeAdoptLive);
+        let d = decide(
+            &policy,
+            &state,
+            &window(1, 11400.0, 0.05, 0.005, 1.0, 0.3),
+            t(1),
+        );
+        assert_eq!(d.action, Action::Resume, "{}", d.reason);
+        assert_eq!(d.set_weights, None, "nothing to write");
+        assert_eq!(d.state.phase, Phase::Progressing);
+        assert_eq!(d.state.step, 1, "25 % is the highest step at or below 40 %");
+        assert_eq!(
+            d.state.weights,
+            crate::policy::Weights {
+                blue: 60,
+                green: 40
+            }
+        );
+        assert!(
+            d.reason.contains("keeping the live weights"),
+            "{}",
+            d.reason
+        );
+        // From the step instead: the step's weights are written.
+        state.intent = Some(Intent::Resume);
+        let d = decide(
+            &policy,
+            &state,
+            &window(1, 11400.0, 0.05, 0.005, 1.0, 0.3),
+            t(1),
+        );
+        assert_eq!(d.set_weights, Some(policy.weights_at(0)));
     }
 }

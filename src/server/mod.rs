@@ -367,4 +367,31 @@ mod tests {
             assert!((e.advance_threshold - 60.0).abs() < 1e-9);
         }
     }
+
+    #[test]
+    fn since_of_a_rolled_back_api_is_when_it_was_rolled_back() {
+        let policy = crate::engine::tests::policy();
+        let mut state = decide(&policy, &RolloutState::new(&policy), &empty(1), t(1)).state;
+        state.intent = Some(Intent::Rollback {
+            reason: "bad deploy".into(),
+        });
+        state = decide(&policy, &state, &empty(5), t(5)).state;
+        assert_eq!(state.phase, Phase::RolledBack);
+        // Long after: the rollback has left the history, the time stays.
+        for m in 6..200 {
+            state = decide(&policy, &state, &empty(m), t(m)).state;
+        }
+        assert!(state.history.iter().all(|r| r.action != Action::Rollback));
+        let view = RolloutView::from_state(&policy, &state);
+        assert_eq!(view.since, Some(t(5)));
+        assert_eq!(view.rollout_started_at, Some(t(1)));
+        // A state written before the phase time was kept: the rollback record, while there.
+        let mut old = decide(&policy, &RolloutState::new(&policy), &empty(1), t(1)).state;
+        old.intent = Some(Intent::Rollback {
+            reason: "bad deploy".into(),
+        });
+        old = decide(&policy, &old, &empty(7), t(7)).state;
+        old.phase_since = None;
+        assert_eq!(RolloutView::from_state(&policy, &old).since, Some(t(7)));
+    }
 }
