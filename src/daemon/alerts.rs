@@ -6,7 +6,7 @@ use crate::alert::{vmui_link, AlertEvent, EventKind};
 use crate::engine::{Action, Counts, Decision, Notice, RolloutState};
 use crate::metrics::template::render;
 use crate::policy::{CheckKind, Policy, Weights};
-use crate::stats::format_e;
+use crate::stats::{format_e, format_e_short};
 
 /// The identity of one rollout, used in alert keys so that re-decisions deduplicate.
 fn rollout_id(state: &RolloutState) -> String {
@@ -95,8 +95,8 @@ pub fn for_decision(
                     .with_field(
                         format!("{key}_evidence"),
                         format!(
-                            "{} threshold={:.0}",
-                            format_e(s.rollback_log_e),
+                            "E={} threshold={:.0}",
+                            format_e_short(s.rollback_log_e),
                             s.rollback_threshold
                         ),
                     );
