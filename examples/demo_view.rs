@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use greenlight::engine::{Action, Phase};
 use greenlight::server::RolloutView;
+use greenlight::stats::format_e_short;
 
 #[derive(Debug, Parser)]
 #[command(about = "Watch greenlight's rollouts live; summary and SVG picture at the end")]
@@ -300,9 +301,9 @@ impl View {
                     s,
                     "  evidence  {:<14} against green E = {:>9} (rollback at {:.0})   for green E = {:>9} (advance at {:.0})",
                     e.stream,
-                    short(e.rollback_e),
+                    format_e_short(e.rollback_log_e),
                     e.rollback_threshold,
-                    short(e.advance_e),
+                    format_e_short(e.advance_log_e),
                     e.advance_threshold
                 );
             }
@@ -421,16 +422,6 @@ fn clock(secs: f64) -> String {
 fn pct(v: Option<f64>) -> String {
     v.map(|r| format!("{:>5.1} %", 100.0 * r))
         .unwrap_or_else(|| "    – ".into())
-}
-
-fn short(v: f64) -> String {
-    if v >= 1e5 {
-        format!("{v:.1e}")
-    } else if v >= 100.0 {
-        format!("{v:.0}")
-    } else {
-        format!("{v:.2}")
-    }
 }
 
 /// Green weight (left axis, 0–100 %) and 5xx share per colour (right axis) over time, one panel

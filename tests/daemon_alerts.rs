@@ -151,9 +151,9 @@ fn a_daemon_driven_rollback_is_explained_in_alertmanager_metrics_and_json_logs()
             &[("api", "checkout"), ("action", "hold")]
         ) >= Some(1.0)
     );
-    let rollback_e = sample(
+    let rollback_log_e = sample(
         &m,
-        "greenlight_evidence",
+        "greenlight_log_evidence",
         &[
             ("api", "checkout"),
             ("stream", "errors"),
@@ -161,7 +161,7 @@ fn a_daemon_driven_rollback_is_explained_in_alertmanager_metrics_and_json_logs()
         ],
     )
     .expect("rollback evidence exported");
-    assert!(rollback_e >= 100.0, "{rollback_e}");
+    assert!(rollback_log_e >= 100f64.ln(), "{rollback_log_e}");
     assert_eq!(sample(&m, "greenlight_leader", &[]), Some(1.0));
     let (code, _) = http(listen, "GET", "/readyz", b"").unwrap();
     assert_eq!(code, 200);

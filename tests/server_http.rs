@@ -224,11 +224,11 @@ async fn endpoints_show_a_real_rollout() {
             "{action}"
         );
     }
-    let errors_rb = state.streams[0].rollback.e_value();
+    let errors_rb = state.streams[0].rollback.log_e();
     assert_eq!(
         sample_value(
             &scrape,
-            "greenlight_evidence",
+            "greenlight_log_evidence",
             &[
                 ("api", "checkout"),
                 ("stream", "errors"),
@@ -267,7 +267,7 @@ async fn endpoints_show_a_real_rollout() {
     assert_eq!(v.green_percent, policy.steps[state.step]);
     assert_eq!(v.evidence.len(), 3);
     assert_eq!(v.evidence[0].stream, "errors");
-    assert_eq!(v.evidence[0].rollback_e, errors_rb);
+    assert_eq!(v.evidence[0].rollback_log_e, errors_rb);
     assert_eq!(v.evidence[0].rollback_threshold, 300.0);
     assert_eq!(v.evidence[0].advance_threshold, 60.0);
     assert_eq!(v.since, state.step_started_at);

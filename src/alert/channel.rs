@@ -104,11 +104,21 @@ fn without_credentials(url: &str) -> String {
 #[derive(Debug, thiserror::Error)]
 pub enum DeliveryError {
     /// The receiver rejected the payload (4xx other than 408/429): retrying will not help.
-    #[error("rejected with HTTP {status}: {body}")]
+    /// `body` is the start of the answer, kept only for endpoints that are not secret.
+    #[error("rejected with HTTP {status}{}", answer(.body))]
     Rejected { status: u16, body: String },
     /// Temporary: 5xx, 408, 429, timeout, connection refused… Retry later.
     #[error("{0}")]
     Transient(String),
+}
+
+/// `: <body>`, or why there is none.
+fn answer(body: &str) -> String {
+    if body.is_empty() {
+        " (the answer of a secret endpoint is not recorded)".to_string()
+    } else {
+        format!(": {body}")
+    }
 }
 
 impl DeliveryError {
@@ -152,17 +162,38 @@ pub async fn deliver(
     if status.is_success() {
         return Ok(());
     }
-    let text = response.text().await.unwrap_or_default();
-    let body: String = text.trim().chars().take(200).collect();
+    // A Slack or webhook URL is a credential, and receivers echo it (their path, a token in the
+    // query) in error pages: nothing of their answer is kept, logged or stored. Alertmanager's
+    // answer is, without any password of its URL.
+    let body = match &channel.kind {
+        ChannelKind::AlertmanagerUrl(base) => {
+            let text = response.text().await.unwrap_or_default();
+            let body: String = text.trim().chars().take(200).collect();
+            match reqwest::Url::parse(base)
+                .ok()
+                .and_then(|u| u.password().map(String::from))
+            {
+                Some(password) if !password.is_empty() => body.replace(&password, "<redacted>"),
+                _ => body,
+            }
+        }
+        ChannelKind::Slack { .. } | ChannelKind::Webhook { .. } => String::new(),
+    };
     classify(status.as_u16(), body)
 }
 
 fn classify(status: u16, body: String) -> Result<(), DeliveryError> {
     match status {
         200..=299 => Ok(()),
-        408 | 429 => Err(DeliveryError::Transient(format!("HTTP {status}: {body}"))),
+        408 | 429 => Err(DeliveryError::Transient(format!(
+            "HTTP {status}{}",
+            answer(&body)
+        ))),
         400..=499 => Err(DeliveryError::Rejected { status, body }),
-        _ => Err(DeliveryError::Transient(format!("HTTP {status}: {body}"))),
+        _ => Err(DeliveryError::Transient(format!(
+            "HTTP {status}{}",
+            answer(&body)
+        ))),
     }
 }
 
@@ -463,5 +494,161 @@ mod tests {
         assert_eq!(label_name("green.rate"), "green_rate");
         assert_eq!(label_name("99th"), "_99th");
         assert_eq!(label_name(""), "_");
+    }
+
+    /// A receiver answering `status` with a page that echoes the request line (path and query).
+    async fn echoing_receiver(status: u16) -> std::net::SocketAddr {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 65536];
+                    let mut got = Vec::new();
+                    // Read the head and the body (Content-Length) before answering.
+                    loop {
+                        let Ok(n) = conn.read(&mut buf).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        got.extend_from_slice(&buf[..n]);
+                        let text = String::from_utf8_lossy(&got).to_string();
+                        if let Some(head_end) = text.find("\r\n\r\n") {
+                            let length = text[..head_end]
+                                .lines()
+                                .find_map(|l| {
+                                    l.to_ascii_lowercase()
+                                        .strip_prefix("content-length:")
+                                        .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                                })
+                                .unwrap_or(0);
+                            if got.len() >= head_end + 4 + length {
+                                break;
+                            }
+                        }
+                    }
+                    let text = String::from_utf8_lossy(&got).to_string();
+                    let line = text.lines().next().unwrap_or_default().to_string();
+                    let page = format!("no route for {line}");
+                    let answer = format!(
+                        "HTTP/1.1 {status} Oops\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{page}",
+                        page.len()
+                    );
+                    let _ = conn.write_all(answer.as_bytes()).await;
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_receiver_echoing_its_secret_path_does_not_leak_it_into_errors() {
+        let client = http_client(Duration::from_secs(5)).unwrap();
+        for status in [404u16, 500, 429] {
+            let addr = echoing_receiver(status).await;
+            let channels = [
+                ChannelSettings {
+                    name: "hook".into(),
+                    kind: ChannelKind::Webhook {
+                        url: format!("http://{addr}/hooks/XXXXSECRET?token=XXXXSECRET"),
+                        hmac_secret: Some("XXXXSECRET".into()),
+                    },
+                },
+                ChannelSettings {
+                    name: "slack".into(),
+                    kind: ChannelKind::Slack {
+                        webhook_url: format!("http://{addr}/services/T0/B0/XXXXSECRET"),
+                    },
+                },
+            ];
+            for c in &channels {
+                let err = deliver(&client, c, &rollback()).await.unwrap_err();
+                let text = err.to_string();
+                assert!(text.contains(&format!("HTTP {status}")), "{text}");
+                assert!(!text.contains("XXXXSECRET"), "{text}");
+                assert!(!text.contains("no route"), "{text}");
+                assert!(!format!("{err:?}").contains("XXXXSECRET"), "{err:?}");
+            }
+        }
+        // Alertmanager is not a secret endpoint: its answer helps, its password does not.
+        let addr = echoing_receiver(400).await;
+        let am = ChannelSettings {
+            name: "am".into(),
+            kind: ChannelKind::AlertmanagerUrl(format!("http://user:XXXXSECRET@{addr}")),
+        };
+        let text = deliver(&client, &am, &rollback())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("no route for POST /api/v2/alerts"), "{text}");
+        assert!(!text.contains("XXXXSECRET"), "{text}");
+    }
+
+    /// A cloneable in-memory log writer.
+    #[derive(Clone, Default)]
+    struct Logs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Logs {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'w> tracing_subscriber::fmt::MakeWriter<'w> for Logs {
+        type Writer = Logs;
+        fn make_writer(&'w self) -> Logs {
+            self.clone()
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn failed_webhook_deliveries_log_no_secret_url() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = Logs::default();
+        let dispatch =
+            crate::server::logging::subscriber(true, Some("debug"), logs.clone()).unwrap();
+        let _guard = tracing::dispatcher::set_default(&dispatch);
+        let mut channels = Vec::new();
+        for (name, status) in [("rejecting", 404u16), ("failing", 503)] {
+            let addr = echoing_receiver(status).await;
+            channels.push(ChannelSettings {
+                name: name.into(),
+                kind: ChannelKind::Webhook {
+                    url: format!("http://{addr}/hooks/XXXXSECRET"),
+                    hmac_secret: None,
+                },
+            });
+        }
+        let n = crate::alert::Notifier::new(channels, dir.path(), Duration::from_secs(5)).unwrap();
+        let report = n
+            .notify(&rollback(), &["rejecting".into(), "failing".into()])
+            .await
+            .unwrap();
+        assert_eq!((report.rejected, report.retrying), (1, 1), "{report:?}");
+        let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+        assert!(
+            text.contains("HTTP 404") && text.contains("HTTP 503"),
+            "{text}"
+        );
+        assert!(!text.contains("XXXXSECRET"), "{text}");
+        // Nor does the outbox, which keeps the last error of the entry to retry.
+        for entry in std::fs::read_dir(dir.path()).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_file() {
+                let stored = std::fs::read_to_string(&path).unwrap_or_default();
+                assert!(
+                    !stored.contains("XXXXSECRET"),
+                    "{}: {stored}",
+                    path.display()
+                );
+            }
+        }
     }
 }

@@ -173,6 +173,35 @@ impl AlertEvent {
         }
     }
 
+    /// Critical: the stored state of `api` (at `key`, ModifyIndex `index`) cannot be decoded, so
+    /// greenlight cannot act on that API; the weights stay where they are. One alert per stored
+    /// version (the key names the index).
+    pub fn state_undecodable(
+        api: &str,
+        key: &str,
+        index: u64,
+        reason: &str,
+        at: Timestamp,
+    ) -> AlertEvent {
+        let mut e = AlertEvent::new(
+            api,
+            EventKind::InternalError,
+            &format!("state-undecodable-{index}"),
+            format!("greenlight cannot read the state of {api}; it no longer acts on it"),
+            at,
+        )
+        .with_description(format!(
+            "The state at {key} (index {index}) cannot be decoded: {reason}\n\
+             The weights stay as they are. `greenlight rollback {api} --now` sends all traffic \
+             to blue, keeps these bytes under another key and writes a fresh rolled-back state."
+        ))
+        .with_field("key", key)
+        .with_field("index", index)
+        .with_field("reason", reason);
+        e.severity = Severity::Critical;
+        e
+    }
+
     pub fn with_description(mut self, description: impl Into<String>) -> AlertEvent {
         self.description = description.into();
         self
@@ -317,6 +346,25 @@ mod tests {
         assert_eq!(r.key, e.key);
         assert!(r.resolved && !e.resolved);
         assert_eq!(r.at, ts("2026-01-01T01:00:00Z"));
+    }
+
+    #[test]
+    fn an_undecodable_state_is_a_critical_alert_keyed_by_its_index() {
+        let e = AlertEvent::state_undecodable(
+            "checkout",
+            "greenlight/state/checkout",
+            42,
+            "at history[3].evidence[0]: invalid type: null, expected f64",
+            ts("2026-01-01T00:00:00Z"),
+        );
+        assert_eq!(e.severity, Severity::Critical);
+        assert_eq!(e.key, "checkout/internal_error/state-undecodable-42");
+        assert!(
+            e.description.contains("rollback checkout --now"),
+            "{}",
+            e.description
+        );
+        assert_eq!(e.fields["index"], "42");
     }
 
     #[test]

@@ -21,6 +21,37 @@ pub use channel::{ChannelKind, ChannelSettings, DeliveryError};
 pub use event::{vmui_link, AlertEvent, EventKind, Severity};
 pub use outbox::{Outbox, OutboxEntry, OutboxError};
 
+/// The alert channels of a daemon configuration, with their secrets resolved.
+pub fn channels_from_config(
+    config: &crate::policy::Config,
+) -> Result<Vec<ChannelSettings>, String> {
+    use crate::policy::AlertChannelKind;
+    let mut channels = Vec::new();
+    for c in &config.alerts {
+        let secret = |r: Result<String, _>| -> Result<String, String> {
+            r.map_err(|e: crate::policy::SecretError| format!("alert channel {}: {e}", c.name))
+        };
+        let kind = match &c.kind {
+            AlertChannelKind::Alertmanager { url } => ChannelKind::AlertmanagerUrl(url.clone()),
+            AlertChannelKind::Slack { webhook_url } => ChannelKind::Slack {
+                webhook_url: secret(webhook_url.resolve())?,
+            },
+            AlertChannelKind::Webhook { url, hmac_secret } => ChannelKind::Webhook {
+                url: secret(url.resolve())?,
+                hmac_secret: match hmac_secret {
+                    Some(s) => Some(secret(s.resolve())?),
+                    None => None,
+                },
+            },
+        };
+        channels.push(ChannelSettings {
+            name: c.name.clone(),
+            kind,
+        });
+    }
+    Ok(channels)
+}
+
 /// Errors building a [`Notifier`] or recording an event.
 #[derive(Debug, thiserror::Error)]
 pub enum NotifierError {

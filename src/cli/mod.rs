@@ -1,5 +1,6 @@
 //! The command-line front: argument parsing and one function per subcommand.
 
+mod breakglass;
 mod calibrate;
 mod check;
 mod ops;
@@ -45,10 +46,11 @@ pub enum Command {
     Start(ops::IntentArgs),
     /// Freeze an API's rollout; weights stay as they are.
     Pause(ops::IntentArgs),
-    /// Continue a paused rollout at its step.
-    Resume(ops::IntentArgs),
-    /// Send all traffic back to blue.
-    Rollback(ops::IntentArgs),
+    /// Continue a paused rollout: at its step (`--from-step`) or keeping hand-set weights
+    /// (`--adopt-live`); after a manual weight change one of them is required.
+    Resume(ops::ResumeArgs),
+    /// Send all traffic back to blue (at the daemon's next evaluation; with `--now`, at once).
+    Rollback(ops::RollbackArgs),
     /// Send all traffic to green.
     Promote(ops::IntentArgs),
     /// Mirror the weights in Consul KV into every HAProxy node (watch, apply, verify, repair).
@@ -68,10 +70,18 @@ pub fn run(cli: Cli) -> i32 {
         Command::Status(args) => ops::status(cli.config.as_deref(), args),
         Command::Start(args) => ops::intent(cli.config.as_deref(), ops::IntentKind::Start, args),
         Command::Pause(args) => ops::intent(cli.config.as_deref(), ops::IntentKind::Pause, args),
-        Command::Resume(args) => ops::intent(cli.config.as_deref(), ops::IntentKind::Resume, args),
-        Command::Rollback(args) => {
-            ops::intent(cli.config.as_deref(), ops::IntentKind::Rollback, args)
+        Command::Resume(args) => ops::resume(cli.config.as_deref(), args),
+        Command::Rollback(args) if args.now => {
+            breakglass::rollback_now(cli.config.as_deref(), &args.api, &args.reason)
         }
+        Command::Rollback(args) => ops::intent(
+            cli.config.as_deref(),
+            ops::IntentKind::Rollback,
+            ops::IntentArgs {
+                api: args.api,
+                reason: args.reason,
+            },
+        ),
         Command::Promote(args) => {
             ops::intent(cli.config.as_deref(), ops::IntentKind::Promote, args)
         }

@@ -7,6 +7,7 @@ use clap::Args;
 
 use crate::policy::Policy;
 use crate::sim::{simulate, Outcome, Scenario, SimConfig, SimResult, SimWindow};
+use crate::stats::format_e_short;
 
 #[derive(Debug, Args)]
 pub struct SimulateArgs {
@@ -147,7 +148,14 @@ fn line(w: &SimWindow) -> String {
     let evidence: Vec<String> = w
         .evidence
         .iter()
-        .map(|(id, rb, adv)| format!("{id} {}/{}", short(*rb), short(*adv)))
+        .map(|e| {
+            format!(
+                "{} {}/{}",
+                e.stream,
+                format_e_short(e.rollback_log_e),
+                format_e_short(e.advance_log_e)
+            )
+        })
         .collect();
     format!(
         "{:>8}  {:>5.1}%  {:>15}  {:>13}  {:<40}  {}: {}",
@@ -159,16 +167,6 @@ fn line(w: &SimWindow) -> String {
         w.action.as_str(),
         w.reason
     )
-}
-
-fn short(x: f64) -> String {
-    if x >= 1000.0 {
-        format!("{x:.0e}")
-    } else if x >= 10.0 {
-        format!("{x:.0}")
-    } else {
-        format!("{x:.2}")
-    }
 }
 
 fn hms(secs: u64) -> String {

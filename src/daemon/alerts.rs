@@ -6,6 +6,7 @@ use crate::alert::{vmui_link, AlertEvent, EventKind};
 use crate::engine::{percent, Action, Counts, Decision, Notice, RolloutState};
 use crate::metrics::template::render;
 use crate::policy::{CheckKind, GreenMissingAction, Policy, Weights};
+use crate::stats::{format_e, format_e_short};
 
 /// The identity of one rollout, used in alert keys so that re-decisions deduplicate.
 fn rollout_id(state: &RolloutState) -> String {
@@ -94,16 +95,17 @@ pub fn for_decision(
                     .with_field(
                         format!("{key}_evidence"),
                         format!(
-                            "E={:.1} threshold={:.0}",
-                            s.rollback_e, s.rollback_threshold
+                            "E={} threshold={:.0}",
+                            format_e_short(s.rollback_log_e),
+                            s.rollback_threshold
                         ),
                     );
                 description.push_str(&format!(
-                    "{}: green {} vs blue {} over the rollout; E = {:.1} (threshold {:.0}).\n",
+                    "{}: green {} vs blue {} over the rollout; {} (threshold {:.0}).\n",
                     s.id,
                     counts(&s.total.green),
                     counts(&s.total.blue),
-                    s.rollback_e,
+                    format_e(s.rollback_log_e),
                     s.rollback_threshold
                 ));
             }

@@ -2,7 +2,7 @@
 //! written by compare-and-set (and, for the daemon, fenced by its lock).
 
 use crate::consul::{is_stale_index, ConsulClient, ConsulError, Fence, TxnOp};
-use crate::engine::{Intent, RolloutState};
+use crate::engine::{decode_state, encode_state, Intent, RolloutState};
 use crate::policy::Policy;
 
 /// Why reading or writing a state failed.
@@ -14,31 +14,38 @@ pub enum StoreError {
     /// The writer's lock is no longer held; nothing was written.
     #[error("lost the lock guarding writes; the state of {api} was not written")]
     LockLost { api: String },
-    /// The stored document is not a state this version understands.
-    #[error("the state of {api} at {key} cannot be decoded: {reason}")]
+    /// The stored document is not a state this version understands. `index` is the
+    /// ModifyIndex of those bytes, so that a repair can replace exactly them (compare-and-set)
+    /// after keeping a copy ([`StateStore::replace_undecodable`]).
+    #[error("the state of {api} at {key} (index {index}) cannot be decoded: {reason}")]
     Corrupt {
         api: String,
         key: String,
+        index: u64,
         reason: String,
     },
+    /// The state holds something that cannot be stored so that it reads back (a number that is
+    /// not finite); nothing was written.
+    #[error("the state of {api} cannot be encoded: {reason}")]
+    Encode { api: String, reason: String },
     #[error("Consul: {0}")]
     Consul(#[from] ConsulError),
 }
 
-/// The stored form of a state (JSON).
-pub fn encode(state: &RolloutState, key: &str) -> Result<Vec<u8>, StoreError> {
-    serde_json::to_vec(state).map_err(|e| StoreError::Corrupt {
+/// The stored form of a state (JSON; refuses non-finite numbers).
+pub fn encode(state: &RolloutState) -> Result<Vec<u8>, StoreError> {
+    encode_state(state).map_err(|e| StoreError::Encode {
         api: state.api.clone(),
-        key: key.to_string(),
         reason: e.to_string(),
     })
 }
 
-/// A state from its stored form.
-pub fn decode(api: &str, key: &str, bytes: &[u8]) -> Result<RolloutState, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+/// A state from its stored form (`index`: the ModifyIndex of those bytes).
+pub fn decode(api: &str, key: &str, index: u64, bytes: &[u8]) -> Result<RolloutState, StoreError> {
+    decode_state(bytes).map_err(|e| StoreError::Corrupt {
         api: api.to_string(),
         key: key.to_string(),
+        index,
         reason: e.to_string(),
     })
 }
@@ -77,7 +84,10 @@ impl StateStore {
         let key = self.key(&policy.api);
         match self.client.get(&key).await? {
             None => Ok((RolloutState::new(policy), 0)),
-            Some(entry) => Ok((decode(&policy.api, &key, &entry.value)?, entry.modify_index)),
+            Some(entry) => Ok((
+                decode(&policy.api, &key, entry.modify_index, &entry.value)?,
+                entry.modify_index,
+            )),
         }
     }
 
@@ -95,7 +105,7 @@ impl StateStore {
         fence: Option<&Fence>,
     ) -> Result<u64, StoreError> {
         let key = self.key(&state.api);
-        let body = encode(state, &key)?;
+        let body = encode(state)?;
         let mut ops = Vec::with_capacity(2);
         if let Some(f) = fence {
             ops.push(f.check());
@@ -128,6 +138,53 @@ impl StateStore {
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Where the undecodable bytes of `api`'s state at ModifyIndex `index` are kept by
+    /// [`StateStore::replace_undecodable`]; outside `<prefix>/state/`, so nothing reads them as
+    /// a state.
+    pub fn undecodable_key(&self, api: &str, index: u64) -> String {
+        format!("{}/undecodable/{api}/{index}", self.prefix)
+    }
+
+    /// Replaces an undecodable state (the bytes at ModifyIndex `index`) with `state`, keeping
+    /// the old bytes under [`StateStore::undecodable_key`]: one transaction, so either both are
+    /// written or neither (then [`StoreError::Conflict`] if the state changed meanwhile). Returns
+    /// the key the old bytes are kept at and the new ModifyIndex.
+    pub async fn replace_undecodable(
+        &self,
+        state: &RolloutState,
+        index: u64,
+        old: &[u8],
+    ) -> Result<(String, u64), StoreError> {
+        let key = self.key(&state.api);
+        let kept = self.undecodable_key(&state.api, index);
+        let body = encode(state)?;
+        let ops = [TxnOp::set(&kept, old), TxnOp::cas(&key, &body, index)];
+        match self.client.txn(&ops).await {
+            Ok(results) => {
+                let new_index = results
+                    .entries
+                    .iter()
+                    .find(|e| e.key == key)
+                    .map(|e| e.modify_index)
+                    .unwrap_or(index);
+                Ok((kept, new_index))
+            }
+            Err(ConsulError::TxnRolledBack(_)) => Err(StoreError::Conflict {
+                api: state.api.clone(),
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The raw bytes of `api`'s state and their ModifyIndex, if it exists.
+    pub async fn load_raw(&self, api: &str) -> Result<Option<(Vec<u8>, u64)>, StoreError> {
+        Ok(self
+            .client
+            .get(&self.key(api))
+            .await?
+            .map(|e| (e.value, e.modify_index)))
     }
 
     /// Records an operator intent on `policy`'s state (compare-and-set, retried on conflicts).

@@ -4,7 +4,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::observation::{CheckData, Observation, Pair};
-use crate::engine::state::{Phase, RolloutState, HISTORY_LEN};
+use crate::engine::state::{EvidenceRecord, Phase, RolloutState, HISTORY_LEN};
 use crate::policy::{Policy, Weights};
 
 mod advance;
@@ -14,6 +14,7 @@ mod quality;
 mod rollback;
 mod split;
 
+pub use intents::adopted_step;
 pub use quality::{
     QualityState, GREEN_MISSING_NOTICE_WINDOWS, MAGNITUDE_FACTOR, MAGNITUDE_FLOOR, RECENT_WINDOWS,
 };
@@ -84,9 +85,14 @@ pub struct StreamReport {
     pub window: Option<Pair>,
     pub step: Pair,
     pub total: Pair,
-    pub rollback_e: f64,
+    /// ln of the rollback e-value (finite however strong the evidence; see
+    /// [`crate::stats::format_e`] to show it).
+    pub rollback_log_e: f64,
+    /// The rollback e-value's threshold 1/α (an e-value, not its logarithm).
     pub rollback_threshold: f64,
-    pub advance_e: f64,
+    /// ln of the advance e-value.
+    pub advance_log_e: f64,
+    /// The advance e-value's threshold (an e-value, not its logarithm).
     pub advance_threshold: f64,
 }
 
@@ -141,8 +147,9 @@ pub struct DecisionRecord {
     pub reason: String,
     pub step: usize,
     pub weights: Weights,
-    /// (stream id, rollback E, advance E)
-    pub evidence: Vec<(String, f64, f64)>,
+    /// Each stream's evidence after the decision, in log space. States written by the previous
+    /// version (`[stream, E, E]`) are read too.
+    pub evidence: Vec<EvidenceRecord>,
 }
 
 /// Decides what to do with one API for one window. Pure: no I/O, no clock; `now` is given.
@@ -343,13 +350,19 @@ fn finish(
                 .map(|(_, p)| *p),
             step: st.step,
             total: st.total,
-            rollback_e: st.rollback.e_value(),
+            rollback_log_e: st.rollback_log_e(),
             rollback_threshold: 1.0 / alpha,
-            advance_e: st.advance_e(),
+            advance_log_e: st.advance_log_e(),
             advance_threshold: 1.0 / adv,
         })
         .collect();
     s.revision += 1;
+    if matches!(
+        action,
+        Action::Start | Action::Promote | Action::Rollback | Action::Pause | Action::Resume
+    ) {
+        s.phase_since = Some(now);
+    }
     s.history.push(DecisionRecord {
         at: now,
         window_end: obs.end,
@@ -359,7 +372,11 @@ fn finish(
         weights: s.weights,
         evidence: streams
             .iter()
-            .map(|r| (r.id.clone(), round4(r.rollback_e), round4(r.advance_e)))
+            .map(|r| EvidenceRecord {
+                stream: r.id.clone(),
+                rollback_log_e: round4(r.rollback_log_e),
+                advance_log_e: round4(r.advance_log_e),
+            })
             .collect(),
     });
     if s.history.len() > HISTORY_LEN {

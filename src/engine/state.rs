@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::observation::Pair;
 use crate::policy::{CheckKind, Policy, Weights};
-use crate::stats::{RatioEProcess, SloEProcess, StagedEProcess};
+use crate::stats::{log_sum_exp, RatioEProcess, SloEProcess, StagedEProcess};
 
 /// How many past decisions the state keeps.
 pub const HISTORY_LEN: usize = 60;
@@ -46,9 +46,17 @@ impl Phase {
 #[serde(tag = "intent", rename_all = "snake_case")]
 pub enum Intent {
     Start,
-    Pause { reason: String },
+    Pause {
+        reason: String,
+    },
+    /// Continue a paused rollout at its step, with the step's weights.
     Resume,
-    Rollback { reason: String },
+    /// Continue a paused rollout keeping the live weights (set by hand): the step becomes the
+    /// highest one at or below the live green share.
+    ResumeAdoptLive,
+    Rollback {
+        reason: String,
+    },
     Promote,
 }
 
@@ -88,6 +96,10 @@ pub struct RolloutState {
     pub applying_from: Option<Weights>,
     pub rollout_started_at: Option<Timestamp>,
     pub step_started_at: Option<Timestamp>,
+    /// When the current phase began (the rollback, the promotion, the pause…). Absent in states
+    /// written before it was recorded.
+    #[serde(default)]
+    pub phase_since: Option<Timestamp>,
     /// When the rollout last changed step (or started), for the "stuck" alert.
     pub last_progress_at: Option<Timestamp>,
     /// Windows evaluated at the current step, warm-up included.
@@ -134,6 +146,7 @@ impl RolloutState {
             applying_from: None,
             rollout_started_at: None,
             step_started_at: None,
+            phase_since: None,
             last_progress_at: None,
             intervals_at_step: 0,
             last_window_end: None,
@@ -268,6 +281,39 @@ impl RolloutState {
         }
     }
 
+    /// Records a rollback done outside the daemon (`greenlight rollback --now`): rolled back,
+    /// the weights blue = total, nothing pending, `reason` kept and one history record added.
+    pub fn record_break_glass(&mut self, policy: &Policy, reason: &str, now: Timestamp) {
+        self.phase = Phase::RolledBack;
+        self.weights = policy.traffic.weights_for(0.0);
+        self.applying_from = None;
+        self.intent = None;
+        self.reason = Some(reason.to_string());
+        self.phase_since = Some(now);
+        self.revision += 1;
+        self.history.push(super::DecisionRecord {
+            at: now,
+            window_end: self.last_window_end.unwrap_or(now),
+            action: super::Action::Rollback,
+            reason: reason.to_string(),
+            step: self.step,
+            weights: self.weights,
+            evidence: self
+                .streams
+                .iter()
+                .map(|s| EvidenceRecord {
+                    stream: s.id.clone(),
+                    rollback_log_e: s.rollback_log_e(),
+                    advance_log_e: s.advance_log_e(),
+                })
+                .collect(),
+        });
+        if self.history.len() > HISTORY_LEN {
+            let extra = self.history.len() - HISTORY_LEN;
+            self.history.drain(..extra);
+        }
+    }
+
     /// Green requests counted at the current step (largest over the streams, warm-up excluded).
     pub fn step_green_requests(&self) -> f64 {
         self.streams
@@ -283,13 +329,153 @@ impl RolloutState {
 }
 
 impl Stream {
-    /// The advance e-value: non-inferiority alone, or its mean with the SLO e-value.
+    /// The advance e-value: non-inferiority alone, or its mean with the SLO e-value. For
+    /// comparisons only: it overflows to infinity where [`Stream::advance_log_e`] does not.
     pub fn advance_e(&self) -> f64 {
+        self.advance_log_e().exp()
+    }
+
+    /// ln of [`Stream::advance_e`], finite however strong the evidence.
+    pub fn advance_log_e(&self) -> f64 {
         match &self.slo {
-            Some(slo) => 0.5 * (self.advance.e_value() + slo.e_value()),
-            None => self.advance.e_value(),
+            Some(slo) => log_sum_exp(&[self.advance.log_e(), slo.log_e()]) - std::f64::consts::LN_2,
+            None => self.advance.log_e(),
         }
     }
+
+    /// ln of the rollback e-value.
+    pub fn rollback_log_e(&self) -> f64 {
+        self.rollback.log_e()
+    }
+}
+
+/// One stream's evidence as recorded with a past decision, in log space (an e-value can exceed
+/// the floating-point range; its logarithm does not).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EvidenceRecord {
+    pub stream: String,
+    /// ln of the rollback e-value.
+    pub rollback_log_e: f64,
+    /// ln of the advance e-value.
+    pub advance_log_e: f64,
+}
+
+/// Smallest positive e-value the previous format could hold: it rounded E to four decimals.
+const LEGACY_ROUNDED_E: f64 = 5e-5;
+
+impl<'de> Deserialize<'de> for EvidenceRecord {
+    /// The current form, or the previous `[stream, E, E]` one, where an overflowed E was
+    /// written as `null` (read as the largest float) and a tiny one rounded to 0 (read as 5e-5).
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{Error, MapAccess, SeqAccess, Visitor};
+
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = EvidenceRecord;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("{stream, rollback_log_e, advance_log_e} or [stream, E, E]")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<EvidenceRecord, A::Error> {
+                let (mut stream, mut rollback, mut advance) = (None, None, None);
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    match key.as_ref() {
+                        "stream" => stream = Some(map.next_value()?),
+                        "rollback_log_e" => rollback = Some(map.next_value()?),
+                        "advance_log_e" => advance = Some(map.next_value()?),
+                        _ => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(EvidenceRecord {
+                    stream: stream.ok_or_else(|| A::Error::missing_field("stream"))?,
+                    rollback_log_e: rollback
+                        .ok_or_else(|| A::Error::missing_field("rollback_log_e"))?,
+                    advance_log_e: advance
+                        .ok_or_else(|| A::Error::missing_field("advance_log_e"))?,
+                })
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<EvidenceRecord, A::Error> {
+                let legacy = |e: Option<f64>| match e {
+                    None => f64::MAX.ln(),
+                    Some(e) if e > 0.0 && e.is_finite() => e.ln(),
+                    Some(e) if e > 0.0 => f64::MAX.ln(),
+                    Some(_) => LEGACY_ROUNDED_E.ln(),
+                };
+                let stream: String = seq
+                    .next_element()?
+                    .ok_or_else(|| A::Error::invalid_length(0, &self))?;
+                let rollback: Option<f64> = seq
+                    .next_element()?
+                    .ok_or_else(|| A::Error::invalid_length(1, &self))?;
+                let advance: Option<f64> = seq
+                    .next_element()?
+                    .ok_or_else(|| A::Error::invalid_length(2, &self))?;
+                Ok(EvidenceRecord {
+                    stream,
+                    rollback_log_e: legacy(rollback),
+                    advance_log_e: legacy(advance),
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Why a state could not be encoded or decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CodecError {
+    /// The state holds a number JSON cannot carry (NaN or infinite); nothing was written.
+    #[error("{path} is not a finite number; the state was not written")]
+    NotFinite { path: String },
+    /// The encoded state does not read back as the same state; nothing was written.
+    #[error("the encoded state does not read back as written ({0}); the state was not written")]
+    RoundTrip(String),
+    /// The stored bytes are not a state this version understands.
+    #[error("{0}")]
+    Decode(String),
+}
+
+/// The stored form of a state: JSON. Refuses any number that is not finite (serde would write
+/// it as `null`, which no later read accepts), and checks that the bytes read back as the same
+/// state, so whatever is written can always be read back.
+pub fn encode_state(state: &RolloutState) -> Result<Vec<u8>, CodecError> {
+    let bytes = serde_json::to_vec(state).map_err(|e| CodecError::RoundTrip(e.to_string()))?;
+    match serde_json::from_slice::<RolloutState>(&bytes) {
+        Ok(back) if back == *state => Ok(bytes),
+        Ok(_) => Err(CodecError::RoundTrip(
+            "a field reads back differently".into(),
+        )),
+        Err(_) => {
+            let mut de = serde_json::Deserializer::from_slice(&bytes);
+            Err(
+                match serde_path_to_error::deserialize::<_, RolloutState>(&mut de) {
+                    Err(e) if e.inner().to_string().starts_with("invalid type: null") => {
+                        CodecError::NotFinite {
+                            path: e.path().to_string(),
+                        }
+                    }
+                    Err(e) => CodecError::RoundTrip(format!("at {}: {}", e.path(), e.inner())),
+                    Ok(_) => CodecError::RoundTrip("it does not read back".into()),
+                },
+            )
+        }
+    }
+}
+
+/// Reads a stored state, also one written by the previous version. Errors name the field.
+pub fn decode_state(bytes: &[u8]) -> Result<RolloutState, CodecError> {
+    serde_json::from_slice(bytes).map_err(|plain| {
+        // Read again, tracking the path, only to say where it failed.
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        match serde_path_to_error::deserialize::<_, RolloutState>(&mut de) {
+            Err(e) => CodecError::Decode(format!("at {}: {}", e.path(), e.inner())),
+            Ok(_) => CodecError::Decode(plain.to_string()),
+        }
+    })
 }
 
 /// Identifier of an evidence stream.
@@ -297,5 +483,283 @@ pub fn stream_id(check: &str, edge: Option<f64>) -> String {
     match edge {
         Some(e) => format!("{check}@{e}"),
         None => check.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use jiff::{SignedDuration, Timestamp};
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+    use crate::engine::{
+        decide, Action, CheckData, CheckObservation, Counts, Decision, EdgeCounts, Observation,
+    };
+
+    /// A state written by the previous version after a metrics answer with counts of 1e300:
+    /// its history holds `null` where the rollback E overflowed, and a `resume` intent.
+    const PREVIOUS_VERSION: &str = include_str!("testdata/state_previous_version.json");
+
+    fn t(minute: i64) -> Timestamp {
+        Timestamp::from_second(1_767_571_200 + minute * 60).unwrap()
+    }
+
+    /// One window of the engine tests' policy: `n` blue requests, green `share` of them, green
+    /// error rate `ratio` times blue's `rate`, the p99 guard at `p99`.
+    fn window(minute: i64, n: f64, share: f64, rate: f64, ratio: f64, p99: f64) -> Observation {
+        let pair = |rate: f64| {
+            let green_n = n * share;
+            Pair {
+                blue: Counts::new(n, (n * rate).round()),
+                green: Counts::new(green_n, (green_n * (rate * ratio).min(1.0)).round()),
+            }
+        };
+        Observation {
+            start: t(minute - 1),
+            end: t(minute),
+            checks: vec![
+                CheckObservation {
+                    check: "errors".into(),
+                    data: Ok(CheckData::Errors { counts: pair(rate) }),
+                },
+                CheckObservation {
+                    check: "latency".into(),
+                    data: Ok(CheckData::Latency {
+                        edges: vec![
+                            EdgeCounts {
+                                edge: 0.25,
+                                counts: pair((10.0 * rate).min(0.5)),
+                            },
+                            EdgeCounts {
+                                edge: 1.0,
+                                counts: pair(rate),
+                            },
+                        ],
+                    }),
+                },
+                CheckObservation {
+                    check: "p99".into(),
+                    data: Ok(CheckData::Value {
+                        green: p99,
+                        blue: Some(0.3),
+                    }),
+                },
+            ],
+        }
+    }
+
+    fn round_trips(state: &RolloutState) -> Result<(), String> {
+        let bytes = encode_state(state).map_err(|e| e.to_string())?;
+        let back = decode_state(&bytes).map_err(|e| e.to_string())?;
+        if back != *state {
+            return Err(format!(
+                "decoded state differs:\n{}",
+                String::from_utf8_lossy(&bytes)
+            ));
+        }
+        Ok(())
+    }
+
+    fn served_evidence_is_finite(d: &Decision) -> bool {
+        d.explanation
+            .streams
+            .iter()
+            .all(|s| s.rollback_log_e.is_finite() && s.advance_log_e.is_finite())
+            && d.state.history.iter().all(|h| {
+                h.evidence
+                    .iter()
+                    .all(|e| e.rollback_log_e.is_finite() && e.advance_log_e.is_finite())
+            })
+    }
+
+    #[test]
+    fn a_window_of_1e300_counts_is_stored_and_read_back() {
+        let policy = crate::engine::tests::policy();
+        let mut state = RolloutState::new(&policy);
+        for m in 1..=3 {
+            state = decide(
+                &policy,
+                &state,
+                &window(m, 11400.0, 0.05, 0.005, 1.0, 0.3),
+                t(m),
+            )
+            .state;
+        }
+        let d = decide(
+            &policy,
+            &state,
+            &window(4, 1e300, 0.05, 0.001, 50.0, 0.3),
+            t(4),
+        );
+        assert_eq!(d.action, Action::Rollback, "{}", d.reason);
+        assert!(d.reason.contains("E ≥ 1e300 (ln E = "), "{}", d.reason);
+        assert!(!d.reason.contains("inf"), "{}", d.reason);
+        assert!(served_evidence_is_finite(&d));
+        round_trips(&d.state).unwrap();
+        let json = serde_json::to_string(&d.explanation).unwrap();
+        assert!(!json.contains("_log_e\":null"), "{json}");
+    }
+
+    #[test]
+    fn states_written_by_the_previous_version_still_load() {
+        let state = decode_state(PREVIOUS_VERSION.as_bytes()).unwrap();
+        assert_eq!(state.phase, Phase::RolledBack);
+        assert_eq!(state.intent, Some(Intent::Resume));
+        assert_eq!(state.phase_since, None);
+        let last = state.history.last().unwrap();
+        assert_eq!(last.action, Action::Rollback);
+        // The overflowed E (written as null) reads as at least the largest float.
+        assert_eq!(last.evidence[0].stream, "errors");
+        assert_eq!(last.evidence[0].rollback_log_e, f64::MAX.ln());
+        // A rounded-to-zero E reads as below 5e-5; ordinary values as their logarithm.
+        assert_eq!(last.evidence[0].advance_log_e, 5e-5f64.ln());
+        assert!((last.evidence[1].rollback_log_e - 0.32f64.ln()).abs() < 1e-12);
+        // And it is written back in the current form, which reads back unchanged.
+        round_trips(&state).unwrap();
+        let text = String::from_utf8(encode_state(&state).unwrap()).unwrap();
+        assert!(text.contains("\"rollback_log_e\""), "{text}");
+        assert!(!text.contains("_log_e\":null"), "{text}");
+    }
+
+    #[test]
+    fn the_encoder_refuses_numbers_that_would_not_read_back() {
+        let policy = crate::engine::tests::policy();
+        let mut state = RolloutState::started(&policy, t(0));
+        state.streams[1].total.green.requests = f64::INFINITY;
+        let err = encode_state(&state).unwrap_err();
+        assert_eq!(
+            err,
+            CodecError::NotFinite {
+                path: "streams[1].total.green.requests".into()
+            }
+        );
+        assert!(err.to_string().contains("not written"), "{err}");
+        let mut state = RolloutState::started(&policy, t(0));
+        state.streams[0].edge = Some(f64::NAN);
+        assert!(matches!(
+            encode_state(&state),
+            Err(CodecError::RoundTrip(_))
+        ));
+    }
+
+    #[test]
+    fn decode_errors_name_the_field() {
+        let text = PREVIOUS_VERSION.replacen("\"step\": 0", "\"step\": \"zero\"", 1);
+        let err = decode_state(text.as_bytes()).unwrap_err().to_string();
+        assert!(err.starts_with("at step: invalid type"), "{err}");
+    }
+
+    /// Long runs of the real engine on extreme but valid traffic: every state it produces is
+    /// stored and read back exactly, and nothing it serves is infinite.
+    #[test]
+    fn every_state_the_engine_produces_round_trips() {
+        let mut policy = crate::engine::tests::policy();
+        policy.advance_on_dwell_below = Some(30.0);
+        policy.min_step_duration = std::time::Duration::from_secs(120);
+        let config = Config {
+            // Two long runs of 2 000 windows: each window is encoded and decoded twice, which
+            // dominates the test's time in a debug build.
+            cases: 2,
+            failure_persistence: None,
+            ..Config::default()
+        };
+        let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &[17; 32]);
+        let mut runner = TestRunner::new_with_rng(config, rng);
+        let params = (any::<u64>(), 0.0f64..12.0, 0.0f64..1.0, 0.0f64..6.0);
+        runner
+            .run(&params, |(seed, max_exp, regress, blue_exp)| {
+                let mut rng = StdRng::seed_from_u64(seed);
+                let mut state = RolloutState::new(&policy);
+                // Green's error ratio for this run: healthy, regressed, or better than blue.
+                let ratio = [1.0, 1.5, 4.0, 0.3][(regress * 4.0) as usize % 4];
+                for m in 1..=2000i64 {
+                    if rng.random_bool(0.02) {
+                        state.intent = Some(match rng.random_range(0..6) {
+                            0 => Intent::Start,
+                            1 => Intent::Pause {
+                                reason: "checking".into(),
+                            },
+                            2 => Intent::Resume,
+                            3 => Intent::ResumeAdoptLive,
+                            4 => Intent::Rollback {
+                                reason: "operator".into(),
+                            },
+                            _ => Intent::Promote,
+                        });
+                    }
+                    // Requests per window up to 1e12 (and, rarely, 1e300).
+                    let n = if rng.random_bool(0.005) {
+                        1e300
+                    } else {
+                        10f64.powf(rng.random_range(0.0..=max_exp.max(0.5)))
+                    };
+                    let rate = 10f64.powf(-rng.random_range(0.5..(1.5 + blue_exp)));
+                    let share = rng.random_range(0.001..1.5);
+                    let mut obs = window(m, n, share, rate, ratio, rng.random_range(0.0..0.7));
+                    if rng.random_bool(0.03) {
+                        obs.checks.remove(rng.random_range(0..obs.checks.len()));
+                    }
+                    let d = decide(&policy, &state, &obs, t(m) + SignedDuration::from_secs(5));
+                    prop_assert!(
+                        served_evidence_is_finite(&d),
+                        "window {m}: {:?}",
+                        d.explanation
+                    );
+                    if let Err(e) = round_trips(&d.state) {
+                        return Err(TestCaseError::fail(format!("window {m}: {e}")));
+                    }
+                    state = d.state;
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn resume_adopting_live_keeps_the_hand_set_weights_as_the_step() {
+        let policy = crate::engine::tests::policy();
+        let mut state = RolloutState::started(&policy, t(0));
+        state.applying_from = None;
+        // Paused after someone set green to 40 of 100 by hand (the paused state follows it).
+        state.phase = Phase::Paused;
+        state.weights = crate::policy::Weights {
+            blue: 60,
+            green: 40,
+        };
+        state.intent = Some(Intent::ResumeAdoptLive);
+        let d = decide(
+            &policy,
+            &state,
+            &window(1, 11400.0, 0.05, 0.005, 1.0, 0.3),
+            t(1),
+        );
+        assert_eq!(d.action, Action::Resume, "{}", d.reason);
+        assert_eq!(d.set_weights, None, "nothing to write");
+        assert_eq!(d.state.phase, Phase::Progressing);
+        assert_eq!(d.state.step, 1, "25 % is the highest step at or below 40 %");
+        assert_eq!(
+            d.state.weights,
+            crate::policy::Weights {
+                blue: 60,
+                green: 40
+            }
+        );
+        assert!(
+            d.reason.contains("keeping the live weights"),
+            "{}",
+            d.reason
+        );
+        // From the step instead: the step's weights are written.
+        state.intent = Some(Intent::Resume);
+        let d = decide(
+            &policy,
+            &state,
+            &window(1, 11400.0, 0.05, 0.005, 1.0, 0.3),
+            t(1),
+        );
+        assert_eq!(d.set_weights, Some(policy.weights_at(0)));
     }
 }

@@ -788,7 +788,7 @@ fn explanation_carries_counts_and_thresholds() {
     assert_eq!(errors.id, "errors");
     assert_eq!(errors.window.unwrap().green.bad, 40.0);
     assert_eq!(errors.total.green.bad, 43.0);
-    assert!(errors.rollback_e >= errors.rollback_threshold);
+    assert!(errors.rollback_log_e >= errors.rollback_threshold.ln());
     assert!((errors.rollback_threshold - 300.0).abs() < 1e-9);
     assert_eq!(d.explanation.weights_before.green, 5);
     assert_eq!(d.explanation.weights_after.green, 0);

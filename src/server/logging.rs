@@ -6,6 +6,7 @@ use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::EnvFilter;
 
 use crate::engine::{Action, Decision};
+use crate::stats::format_e_short;
 
 /// Filter used when neither an explicit filter nor `RUST_LOG` is given.
 pub const DEFAULT_FILTER: &str = "info";
@@ -98,7 +99,8 @@ pub fn log_decision(api: &str, decision: &Decision) {
     }
 }
 
-/// `errors:R=0.52,A=3.1 latency@0.25:R=1.2,A=0.98` from the decision's stream reports.
+/// `errors:R=0.52,A=3.1 latency@0.25:R=1.2,A=0.98` from the decision's stream reports; an
+/// e-value beyond 1e300 shows as `e^812` (from ln E), never `inf`.
 fn compact_evidence(decision: &Decision) -> String {
     let mut out = String::new();
     for s in &decision.explanation.streams {
@@ -109,26 +111,11 @@ fn compact_evidence(decision: &Decision) -> String {
             out,
             "{}:R={},A={}",
             s.id,
-            short(s.rollback_e),
-            short(s.advance_e)
+            format_e_short(s.rollback_log_e),
+            format_e_short(s.advance_log_e)
         );
     }
     out
-}
-
-/// An e-value in at most a handful of characters: 3 significant digits, scientific when large.
-fn short(x: f64) -> String {
-    if !x.is_finite() {
-        format!("{x}")
-    } else if x != 0.0 && (x.abs() >= 1e4 || x.abs() < 1e-3) {
-        format!("{x:.2e}")
-    } else if x.abs() >= 100.0 {
-        format!("{x:.0}")
-    } else if x.abs() >= 10.0 {
-        format!("{x:.1}")
-    } else {
-        format!("{x:.2}")
-    }
 }
 
 #[cfg(test)]
@@ -293,12 +280,15 @@ mod tests {
     }
 
     #[test]
-    fn e_values_print_short() {
-        assert_eq!(short(0.5234), "0.52");
-        assert_eq!(short(12.34), "12.3");
-        assert_eq!(short(523.4), "523");
-        assert_eq!(short(1.5e7), "1.50e7");
-        assert_eq!(short(0.0), "0.00");
-        assert_eq!(short(f64::INFINITY), "inf");
+    fn overwhelming_evidence_logs_its_logarithm_not_inf() {
+        let mut d = decisions().pop().unwrap();
+        d.explanation.streams[0].rollback_log_e = 812.3;
+        d.explanation.streams[1].rollback_log_e = 12.34f64.ln();
+        let text = capture(true, || log_decision("checkout", &d));
+        let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+        let evidence = v["evidence"].as_str().unwrap();
+        assert!(evidence.starts_with("errors:R=e^812,A="), "{evidence}");
+        assert!(evidence.contains("latency@0.25:R=12.3,A="), "{evidence}");
+        assert!(!text.contains("inf"), "{text}");
     }
 }

@@ -58,7 +58,8 @@ pub struct RolloutView {
     pub evidence: Vec<StreamEvidence>,
     /// Operator request waiting for the next evaluation.
     pub intent_pending: Option<Intent>,
-    /// When the current step started.
+    /// Since when the rollout is where it is: the start of the current step while progressing,
+    /// otherwise when it was rolled back, promoted, paused or (pending) last changed.
     pub since: Option<Timestamp>,
     pub rollout_started_at: Option<Timestamp>,
     /// End of the last window whose metrics were all usable.
@@ -86,11 +87,14 @@ pub struct StreamEvidence {
     pub stream: String,
     pub check: String,
     pub edge: Option<f64>,
-    /// Evidence that green is worse; a rollback once it reaches `rollback_threshold` (1/α).
-    pub rollback_e: f64,
+    /// ln of the evidence that green is worse (finite however strong it gets); a rollback once
+    /// it reaches ln(`rollback_threshold`).
+    pub rollback_log_e: f64,
+    /// 1/α, an e-value (not its logarithm).
     pub rollback_threshold: f64,
-    /// Evidence that green is no worse; needed to advance.
-    pub advance_e: f64,
+    /// ln of the evidence that green is no worse; advancing needs ln(`advance_threshold`).
+    pub advance_log_e: f64,
+    /// An e-value (not its logarithm).
     pub advance_threshold: f64,
     /// Counts at the current step and over the rollout (warm-up excluded).
     pub step: Pair,
@@ -118,9 +122,9 @@ impl RolloutView {
                 stream: s.id.clone(),
                 check: s.check.clone(),
                 edge: s.edge,
-                rollback_e: s.rollback.e_value(),
+                rollback_log_e: s.rollback_log_e(),
                 rollback_threshold,
-                advance_e: s.advance_e(),
+                advance_log_e: s.advance_log_e(),
                 advance_threshold,
                 step: s.step,
                 total: s.total,
@@ -151,7 +155,7 @@ impl RolloutView {
             }),
             evidence,
             intent_pending: state.intent.clone(),
-            since: state.step_started_at,
+            since: since(state),
             rollout_started_at: state.rollout_started_at,
             last_good_data_at: state.last_good_data_at,
             paused,
@@ -159,6 +163,26 @@ impl RolloutView {
             history: state.history.clone(),
         }
     }
+}
+
+/// When `state` got where it is (see [`RolloutView::since`]). States written before the phase
+/// change was recorded fall back to the decision that made it, while it is in the history.
+fn since(state: &RolloutState) -> Option<Timestamp> {
+    let action = match state.phase {
+        Phase::Progressing => return state.step_started_at,
+        Phase::Pending => return state.phase_since,
+        Phase::RolledBack => Action::Rollback,
+        Phase::Promoted => Action::Promote,
+        Phase::Paused => Action::Pause,
+    };
+    state.phase_since.or_else(|| {
+        state
+            .history
+            .iter()
+            .rev()
+            .find(|r| r.action == action)
+            .map(|r| r.at)
+    })
 }
 
 /// An in-memory [`StatusSource`]: a fixed list of views and a readiness answer, both settable.
@@ -336,10 +360,38 @@ mod tests {
         let ids: Vec<&str> = view.evidence.iter().map(|e| e.stream.as_str()).collect();
         assert_eq!(ids, ["errors", "latency@0.25", "latency@1"]);
         for e in &view.evidence {
-            assert_eq!((e.rollback_e, e.advance_e), (1.0, 1.0));
+            // E = 1: ln E = 0, up to rounding.
+            assert!(e.rollback_log_e.abs() < 1e-12 && e.advance_log_e.abs() < 1e-12);
             // α = 0.01 and 0.05 split over three streams.
             assert!((e.rollback_threshold - 300.0).abs() < 1e-9);
             assert!((e.advance_threshold - 60.0).abs() < 1e-9);
         }
+    }
+
+    #[test]
+    fn since_of_a_rolled_back_api_is_when_it_was_rolled_back() {
+        let policy = crate::engine::tests::policy();
+        let mut state = decide(&policy, &RolloutState::new(&policy), &empty(1), t(1)).state;
+        state.intent = Some(Intent::Rollback {
+            reason: "bad deploy".into(),
+        });
+        state = decide(&policy, &state, &empty(5), t(5)).state;
+        assert_eq!(state.phase, Phase::RolledBack);
+        // Long after: the rollback has left the history, the time stays.
+        for m in 6..200 {
+            state = decide(&policy, &state, &empty(m), t(m)).state;
+        }
+        assert!(state.history.iter().all(|r| r.action != Action::Rollback));
+        let view = RolloutView::from_state(&policy, &state);
+        assert_eq!(view.since, Some(t(5)));
+        assert_eq!(view.rollout_started_at, Some(t(1)));
+        // A state written before the phase time was kept: the rollback record, while there.
+        let mut old = decide(&policy, &RolloutState::new(&policy), &empty(1), t(1)).state;
+        old.intent = Some(Intent::Rollback {
+            reason: "bad deploy".into(),
+        });
+        old = decide(&policy, &old, &empty(7), t(7)).state;
+        old.phase_since = None;
+        assert_eq!(RolloutView::from_state(&policy, &old).since, Some(t(7)));
     }
 }

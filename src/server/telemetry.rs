@@ -30,7 +30,7 @@ pub const GREEN_PERCENT: &str = "greenlight_green_percent";
 pub const PHASE: &str = "greenlight_phase";
 pub const STEP: &str = "greenlight_step";
 pub const DECISIONS_TOTAL: &str = "greenlight_decisions_total";
-pub const EVIDENCE: &str = "greenlight_evidence";
+pub const EVIDENCE: &str = "greenlight_log_evidence";
 pub const QUERY_DURATION_SECONDS: &str = "greenlight_query_duration_seconds";
 pub const QUERY_ERRORS_TOTAL: &str = "greenlight_query_errors_total";
 pub const LAST_EVALUATION_TIMESTAMP_SECONDS: &str =
@@ -242,7 +242,7 @@ impl Telemetry {
         );
         r.register(
             EVIDENCE,
-            "Current e-value per API, evidence stream and kind (rollback or advance)",
+            "Natural logarithm of the current e-value (ln E, finite however strong the evidence) per API, evidence stream and kind (rollback or advance)",
             t.evidence.clone(),
         );
         r.register(
@@ -358,10 +358,10 @@ impl Telemetry {
         for s in &state.streams {
             self.evidence
                 .get_or_create(&evidence_labels(api, &s.id, "rollback"))
-                .set(s.rollback.e_value());
+                .set(s.rollback_log_e());
             self.evidence
                 .get_or_create(&evidence_labels(api, &s.id, "advance"))
-                .set(s.advance_e());
+                .set(s.advance_log_e());
         }
         let mut known = lock(&self.streams);
         let before = known.insert(api.to_string(), now.clone());
@@ -644,15 +644,19 @@ mod tests {
         ));
         for s in &last.explanation.streams {
             let rb = format!(
-                r#"greenlight_evidence{{api="checkout",stream="{}",kind="rollback"}}"#,
+                r#"greenlight_log_evidence{{api="checkout",stream="{}",kind="rollback"}}"#,
                 s.id
             );
             let adv = format!(
-                r#"greenlight_evidence{{api="checkout",stream="{}",kind="advance"}}"#,
+                r#"greenlight_log_evidence{{api="checkout",stream="{}",kind="advance"}}"#,
                 s.id
             );
-            assert_eq!(value(&text, &rb), Some(s.rollback_e), "{rb} in\n{text}");
-            assert_eq!(value(&text, &adv), Some(s.advance_e), "{adv} in\n{text}");
+            assert_eq!(value(&text, &rb), Some(s.rollback_log_e), "{rb} in\n{text}");
+            assert_eq!(
+                value(&text, &adv),
+                Some(s.advance_log_e),
+                "{adv} in\n{text}"
+            );
         }
         assert_eq!(last.explanation.streams.len(), 3);
     }

@@ -52,8 +52,8 @@ pub struct SimWindow {
     pub green: Counts,
     pub action: Action,
     pub reason: String,
-    /// (stream id, rollback E, advance E) after the decision.
-    pub evidence: Vec<(String, f64, f64)>,
+    /// Each stream's evidence after the decision, in log space.
+    pub evidence: Vec<crate::engine::EvidenceRecord>,
 }
 
 /// The result of one simulated rollout.

@@ -22,8 +22,8 @@ pub struct ReplayWindow {
     pub green_percent: f64,
     pub action: Action,
     pub reason: String,
-    /// (stream id, rollback E, advance E) after the decision.
-    pub evidence: Vec<(String, f64, f64)>,
+    /// Each stream's evidence after the decision, in log space.
+    pub evidence: Vec<crate::engine::EvidenceRecord>,
 }
 
 /// A replay in progress.

@@ -83,7 +83,8 @@ impl RatioEProcess {
     }
 
     /// Adds one interval: green requests and bad events, blue requests and bad events.
-    /// Non-finite or negative inputs and intervals without both colours' traffic change nothing.
+    /// Non-finite or negative inputs, intervals without both colours' traffic and intervals
+    /// whose evidence would leave the floating-point range change nothing.
     pub fn update(&mut self, n_g: f64, n_b: f64, e_g: f64, e_b: f64) {
         let finite = [n_g, n_b, e_g, e_b]
             .iter()
@@ -95,9 +96,20 @@ impl RatioEProcess {
         // ln LR = e_g·ln c − (e_g + e_b)·ln(1 + p0·(c − 1)); this never forms 1 − p, which
         // rounds to 0 when one colour's traffic dwarfs the other's.
         let p0 = share(n_g, n_b, self.r0);
+        let phi = self.phi;
+        let step = |c: f64| (e_g * c.ln() - (e_g + e_b) * (p0 * (c - 1.0)).ln_1p()) / phi;
+        // Counts so large that the running sums would leave the floating-point range are not
+        // evidence anyone can store or compare: such an interval changes nothing.
+        if !self
+            .grid
+            .iter()
+            .zip(&self.log_lr)
+            .all(|(c, l)| (l + step(*c)).is_finite())
+        {
+            return;
+        }
         for (k, c) in self.grid.iter().enumerate() {
-            let llr = e_g * c.ln() - (e_g + e_b) * (p0 * (c - 1.0)).ln_1p();
-            self.log_lr[k] += llr / self.phi;
+            self.log_lr[k] += step(*c);
         }
         self.intervals += 1;
         self.max_log_e = self.max_log_e.max(self.log_e());
@@ -154,14 +166,24 @@ impl SloEProcess {
         }
     }
 
-    /// Adds one interval of green's `n` requests with `e` bad ones.
+    /// Adds one interval of green's `n` requests with `e` bad ones (nothing when the evidence
+    /// would leave the floating-point range).
     pub fn update(&mut self, n: f64, e: f64) {
         if !(n.is_finite() && e.is_finite()) || n <= 0.0 || e < 0.0 || e > n {
             return;
         }
+        let (q_max, phi) = (self.q_max, self.phi);
+        let step = |c: f64| (e * c.ln() + (n - e) * ((1.0 - c * q_max) / (1.0 - q_max)).ln()) / phi;
+        if !self
+            .grid
+            .iter()
+            .zip(&self.log_lr)
+            .all(|(c, l)| (l + step(*c)).is_finite())
+        {
+            return;
+        }
         for (k, c) in self.grid.iter().enumerate() {
-            let llr = e * c.ln() + (n - e) * ((1.0 - c * self.q_max) / (1.0 - self.q_max)).ln();
-            self.log_lr[k] += llr / self.phi;
+            self.log_lr[k] += step(*c);
         }
         self.max_log_e = self.max_log_e.max(self.log_e());
     }
@@ -481,5 +503,32 @@ mod properties {
             rate <= alpha,
             "{crossed} of {rollouts} healthy rollouts crossed 1/α"
         );
+    }
+
+    #[test]
+    fn counts_beyond_the_float_range_change_nothing() {
+        let mut rb = RatioEProcess::rollback(0.2, 1.0);
+        rb.update(600.0, 11400.0, 12.0, 57.0);
+        let before = rb.clone();
+        // Finite counts whose log-likelihood ratio overflows.
+        rb.update(f64::MAX, f64::MAX, f64::MAX, f64::MAX);
+        assert_eq!(rb, before);
+        // Representable windows keep adding until the sums would overflow; then they stop.
+        for _ in 0..20 {
+            rb.update(1e300, 1e307, 1e307, 1e306);
+            assert!(rb.log_lr.iter().all(|x| x.is_finite()), "{rb:?}");
+        }
+        assert!(
+            rb.log_e() > 1e307 && rb.log_e().is_finite(),
+            "{}",
+            rb.log_e()
+        );
+        let mut slo = SloEProcess::new(0.02, 1.0);
+        slo.update(600.0, 1.0);
+        for _ in 0..200 {
+            slo.update(f64::MAX, 0.0);
+            assert!(slo.log_lr.iter().all(|x| x.is_finite()), "{slo:?}");
+        }
+        assert!(slo.log_e() > 1e307 && slo.log_e().is_finite());
     }
 }

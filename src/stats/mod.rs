@@ -10,10 +10,12 @@
 //!   and effect sizes for reports and Kayenta-style comparison (fixed horizon).
 //! - [`binomial_test`], [`fisher_exact`]: exact tests for reports (fixed horizon).
 //! - [`msprt_lambda`]: the normal-mixture mSPRT statistic.
+//! - [`format_e`], [`format_e_short`]: e-values for people, from ln E.
 //! - [`estimate_dispersion`]: the overdispersion φ of blue-vs-blue counts, to temper the
 //!   e-processes with.
 
 mod dispersion;
+mod display;
 mod eprocess;
 mod exact;
 mod mannwhitney;
@@ -23,6 +25,7 @@ mod staged;
 use serde::{Deserialize, Serialize};
 
 pub use dispersion::{estimate_dispersion, Dispersion};
+pub use display::{format_e, format_e_short};
 pub use eprocess::{
     log_sum_exp, RatioEProcess, SloEProcess, ADVANCE_GRID, ROLLBACK_GRID, SLO_GRID,
 };

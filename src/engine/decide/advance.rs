@@ -9,6 +9,7 @@ use super::{
 };
 use crate::engine::state::{Phase, RolloutState};
 use crate::policy::{MaxStepAction, Policy};
+use crate::stats::format_e;
 
 /// Advances when every condition is met; otherwise holds with the first one lacking.
 pub(super) fn advance_or_hold(
@@ -58,9 +59,9 @@ pub(super) fn advance_or_hold(
         d.set(
             Action::Hold,
             format!(
-                "{} shows some evidence against green (E = {:.1} ≥ {}); not advancing.",
+                "{} shows some evidence against green ({} ≥ {}); not advancing.",
                 describe_stream(&stream.check, stream.edge),
-                stream.rollback.e_value(),
+                format_e(stream.rollback.log_e()),
                 ADVANCE_MAX_ROLLBACK_E
             ),
         );
@@ -79,9 +80,9 @@ pub(super) fn advance_or_hold(
         .filter(|st| st.advance_e() < adv_threshold)
         .map(|st| {
             format!(
-                "{} E = {:.1}",
+                "{} {}",
                 describe_stream(&st.check, st.edge),
-                st.advance_e()
+                format_e(st.advance_log_e())
             )
         })
         .collect();

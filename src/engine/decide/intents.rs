@@ -5,7 +5,23 @@ use jiff::Timestamp;
 use super::{in_schedule, quality, rollback, Action, Draft};
 use crate::engine::observation::Observation;
 use crate::engine::state::{Intent, Phase, RolloutState};
-use crate::policy::Policy;
+use crate::policy::{Policy, Weights};
+
+/// The highest step whose share is at or below `live`'s green share (the first step below it),
+/// never the last step, which is a promotion.
+pub fn adopted_step(policy: &Policy, live: Weights) -> usize {
+    let total = f64::from(live.blue) + f64::from(live.green);
+    let share = if total > 0.0 {
+        100.0 * f64::from(live.green) / total
+    } else {
+        0.0
+    };
+    let below_last = policy.steps.len().saturating_sub(1).max(1);
+    policy.steps[..below_last]
+        .iter()
+        .rposition(|p| *p <= share + 1e-9)
+        .unwrap_or(0)
+}
 
 /// Obeys an operator's request.
 pub(super) fn apply(
@@ -42,7 +58,39 @@ pub(super) fn apply(
                 let step = s.step;
                 // Back to the step's weights; a fresh warm-up follows.
                 s.enter_step(policy, step, now);
-                d.set(Action::Resume, "Resumed by an operator.");
+                d.set(
+                    Action::Resume,
+                    format!(
+                        "Resumed by an operator at step {} with its weights (blue={} green={}).",
+                        step + 1,
+                        s.weights.blue,
+                        s.weights.green
+                    ),
+                );
+            }
+            _ => d.set(Action::Hold, "Resume ignored: the rollout is not paused."),
+        },
+        Intent::ResumeAdoptLive => match s.phase {
+            Phase::Paused => {
+                // The live split (the paused state follows it) becomes the current step.
+                let live = s.weights;
+                let pending = s.applying_from;
+                let step = adopted_step(policy, live);
+                s.phase = Phase::Progressing;
+                s.reason = None;
+                s.enter_step(policy, step, now);
+                s.weights = live;
+                s.applying_from = pending;
+                d.set(
+                    Action::Resume,
+                    format!(
+                        "Resumed by an operator keeping the live weights (blue={} green={}) as step {} ({} %).",
+                        live.blue,
+                        live.green,
+                        step + 1,
+                        policy.steps[step]
+                    ),
+                );
             }
             _ => d.set(Action::Hold, "Resume ignored: the rollout is not paused."),
         },

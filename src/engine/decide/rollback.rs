@@ -3,6 +3,7 @@
 use super::{describe_stream, Action, Draft};
 use crate::engine::state::{Phase, RolloutState};
 use crate::policy::{CheckKind, Policy};
+use crate::stats::format_e;
 
 /// Rolls back when the evidence or a guard says so; returns whether it did.
 pub(super) fn due(
@@ -16,11 +17,11 @@ pub(super) fn due(
         let min_errors = min_errors_of(policy, &stream.check);
         if stream.rollback.crossed(alpha) && stream.total.green.bad >= min_errors as f64 {
             let reason = format!(
-                "{}: green's rate {:.4} vs blue's {:.4}; evidence E = {:.1} ≥ 1/α = {:.0}",
+                "{}: green's rate {:.4} vs blue's {:.4}; evidence {} ≥ 1/α = {:.0}",
                 describe_stream(stream.check.as_str(), stream.edge),
                 stream.total.green.rate(),
                 stream.total.blue.rate(),
-                stream.rollback.e_value(),
+                format_e(stream.rollback.log_e()),
                 1.0 / alpha
             );
             roll_back(policy, s, reason, d);

@@ -70,7 +70,7 @@ fn absurd_green_error_counts_hold_instead_of_rolling_back_on_infinite_evidence()
         .history
         .iter()
         .flat_map(|r| r.evidence.iter())
-        .all(|(_, rollback, advance)| rollback.is_finite() && advance.is_finite()));
+        .all(|e| e.rollback_log_e.is_finite() && e.advance_log_e.is_finite()));
 }
 
 #[test]

@@ -310,12 +310,12 @@ pub fn run_night(cfg: &NightConfig) -> NightResult {
             let api = policy.api.clone();
             if let Some(since) = checker.human_since {
                 if now - since >= SignedDuration::from_mins(45) {
-                    let intent = if w.rng.random_bool(0.5) {
-                        Intent::Resume
-                    } else {
-                        Intent::Rollback {
+                    let intent = match w.rng.random_range(0..3) {
+                        0 => Intent::Resume,
+                        1 => Intent::ResumeAdoptLive,
+                        _ => Intent::Rollback {
                             reason: "operator".into(),
-                        }
+                        },
                     };
                     if operator_intent(&mut w, policy, &key, intent.clone()) {
                         if let Some(h) = w.human.remove(&api) {
@@ -499,7 +499,7 @@ fn operator_intent(w: &mut WorldState, policy: &Policy, key: &str, intent: Inten
         return false;
     }
     state.intent = Some(intent);
-    let Ok(body) = crate::daemon::store::encode(&state, key) else {
+    let Ok(body) = crate::daemon::store::encode(&state) else {
         return false;
     };
     w.index += 1;

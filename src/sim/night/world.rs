@@ -183,7 +183,7 @@ impl WorldState {
 
     /// The state of `api` as stored, decoded with the production codec.
     pub fn stored_state(&self, api: &str, key: &str) -> Option<Result<RolloutState, StoreError>> {
-        self.states.get(key).map(|(b, _)| decode(api, key, b))
+        self.states.get(key).map(|(b, i)| decode(api, key, *i, b))
     }
 
     /// [`WorldState::stored_state`], decoded once per stored version, with the path of the
@@ -195,7 +195,7 @@ impl WorldState {
         }
         let c = Checked {
             index: *index,
-            state: decode(api, key, bytes).map_err(|e| e.to_string()),
+            state: decode(api, key, *index, bytes).map_err(|e| e.to_string()),
             null_at: serde_json::from_slice::<serde_json::Value>(bytes)
                 .ok()
                 .and_then(|v| find_null_number(&v, "")),
@@ -267,7 +267,7 @@ impl StateIo for SimEnv {
         }
         match w.states.get(&key) {
             None => Ok((RolloutState::new(policy), 0)),
-            Some((bytes, index)) => Ok((decode(&policy.api, &key, bytes)?, *index)),
+            Some((bytes, index)) => Ok((decode(&policy.api, &key, *index, bytes)?, *index)),
         }
     }
 
@@ -278,7 +278,7 @@ impl StateIo for SimEnv {
         fence: Option<&Fence>,
     ) -> Result<u64, StoreError> {
         let key = self.key(&state.api);
-        let body = encode(state, &key)?;
+        let body = encode(state)?;
         let mut w = self.w();
         let i = self.instance;
         if w.crashed[i] {
