@@ -169,13 +169,31 @@ fn green_missing(
     }
 }
 
-/// The checks whose queries failed in the metrics backend itself, as `check: problem`.
+/// The checks whose answers show the metrics backend failing or answering garbage (NaN,
+/// negative or absurd counts), as `check: problem`: an automatic start waits for them.
 pub(super) fn backend_problems(policy: &Policy, obs: &Observation) -> Vec<String> {
     policy
         .checks
         .iter()
         .filter_map(|check| match obs.check(&check.name) {
-            Some(Err(p @ DataProblem::Backend(_))) => Some(format!("{}: {p}", check.name)),
+            Some(Err(
+                p @ (DataProblem::Backend(_)
+                | DataProblem::NotFinite(_)
+                | DataProblem::OutOfRange(_)),
+            )) => Some(format!("{}: {p}", check.name)),
+            // Garbage in an answer (NaN, negative or absurd counts) is a backend answering
+            // nonsense, not green's missing traffic.
+            Some(Ok(data)) => {
+                let cap = policy.data_quality.max_requests_per_second * window_seconds(policy, obs);
+                match shape_matches(&check.kind, data)
+                    .and_then(|()| magnitude(&check.name, data, &QualityState::default(), cap))
+                {
+                    Err(p @ (DataProblem::NotFinite(_) | DataProblem::OutOfRange(_))) => {
+                        Some(format!("{}: {p}", check.name))
+                    }
+                    _ => None,
+                }
+            }
             _ => None,
         })
         .collect()

@@ -124,6 +124,23 @@ pub struct NightResult {
     pub violation: Option<Violation>,
     pub trace: Vec<String>,
     pub hours: f64,
+    /// Why the rollout was rolled back, if it was.
+    pub rollback_cause: Option<&'static str>,
+}
+
+/// What made a rollback happen, from its recorded reason.
+fn rollback_cause(reason: &str) -> &'static str {
+    if reason.starts_with("Operator rollback") {
+        "operator"
+    } else if reason.contains("guard failed") {
+        "threshold guard"
+    } else if reason.contains("green's data") || reason.contains("green data") {
+        "green data missing"
+    } else if reason.contains("evidence") {
+        "evidence"
+    } else {
+        "other"
+    }
 }
 
 /// A shared, leaked copy of the policy and worlds (one per process; the traffic generator
@@ -480,6 +497,11 @@ pub fn run_night(cfg: &NightConfig) -> NightResult {
         violation,
         trace,
         hours: cfg.hours,
+        rollback_cause: checker
+            .last
+            .as_ref()
+            .filter(|s| s.phase == Phase::RolledBack)
+            .map(|s| rollback_cause(s.reason.as_deref().unwrap_or_default())),
     }
 }
 
@@ -623,7 +645,14 @@ impl Checker {
             .as_ref()
             .is_some_and(|s| s.applying_from.is_some());
         let prior_intent = before.state.as_ref().is_some_and(|s| s.intent.is_some());
-        if !w.metrics.usable() && !intent_this_step && !prior_intent && !prior_pending {
+        // Green has no series before its rollout starts: an automatic start may not wait for them.
+        let starting = before
+            .state
+            .as_ref()
+            .is_none_or(|s| s.phase == Phase::Pending)
+            && w.metrics == MetricsMode::GreenMissing;
+        if !w.metrics.usable() && !intent_this_step && !prior_intent && !prior_pending && !starting
+        {
             if weight_writes > 0 {
                 return Err((
                     "no weight change while the data are unusable",
@@ -676,12 +705,14 @@ impl Checker {
         if let Some(prev) = &self.last {
             let same_rollout = prev.rollout_started_at == state.rollout_started_at;
             if same_rollout {
-                if state.last_window_end < prev.last_window_end {
+                // Windows consumed without data may be given back (a corrected forward clock
+                // jump); windows whose data counted never are.
+                if state.last_good_data_at < prev.last_good_data_at {
                     return Err((
                         "no window is counted twice",
                         format!(
-                            "last window end went back from {:?} to {:?}",
-                            prev.last_window_end, state.last_window_end
+                            "the end of the last counted window went back from {:?} to {:?}",
+                            prev.last_good_data_at, state.last_good_data_at
                         ),
                     ));
                 }
@@ -740,6 +771,8 @@ pub struct WorldOutcome {
     pub minutes: Vec<f64>,
     pub bad_green: u64,
     pub green_requests: u64,
+    /// Rollbacks by cause (operator, evidence, green data missing, threshold guard).
+    pub causes: BTreeMap<&'static str, usize>,
 }
 
 impl SoakReport {
@@ -763,6 +796,9 @@ impl SoakReport {
         if let Some(m) = r.minutes_to_end {
             o.minutes.push(m);
         }
+        if let Some(c) = r.rollback_cause {
+            *o.causes.entry(c).or_default() += 1;
+        }
         o.bad_green += r.bad_green;
         o.green_requests += r.green_requests;
     }
@@ -778,7 +814,7 @@ impl SoakReport {
         for (f, n) in &self.faults {
             out.push_str(&format!("| {f} | {n} |\n"));
         }
-        out.push_str("\n| world | green is | nights | promoted | rolled back | median minutes to the end | bad green requests per night |\n|---|---|---:|---:|---:|---:|---:|\n");
+        out.push_str("\n| world | green is | nights | promoted | rolled back | by the statistics | by an operator | for green's missing data | median minutes to the end | bad green requests per night |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
         for (name, o) in &self.worlds {
             let mut m = o.minutes.clone();
             m.sort_by(f64::total_cmp);
@@ -787,14 +823,18 @@ impl SoakReport {
             } else {
                 format!("{:.0}", m[m.len() / 2])
             };
+            let cause = |c: &str| o.causes.get(c).copied().unwrap_or(0);
             out.push_str(&format!(
-                "| {name} | {} | {} | {} ({:.1} %) | {} ({:.1} %) | {median} | {:.0} |\n",
+                "| {name} | {} | {} | {} ({:.1} %) | {} ({:.1} %) | {} | {} | {} | {median} | {:.0} |\n",
                 if o.regression { "worse" } else { "healthy" },
                 o.nights,
                 o.promoted,
                 100.0 * o.promoted as f64 / o.nights.max(1) as f64,
                 o.rolled_back,
                 100.0 * o.rolled_back as f64 / o.nights.max(1) as f64,
+                cause("evidence") + cause("threshold guard"),
+                cause("operator"),
+                cause("green data missing"),
                 o.bad_green as f64 / o.nights.max(1) as f64,
             ));
         }

@@ -409,6 +409,19 @@ impl WeightIo for SimEnv {
 impl MetricsIo for SimEnv {
     async fn observe(&self, policy: &Policy, start: Timestamp, end: Timestamp) -> Observation {
         let mut w = self.w();
+        // A window ahead of true time (this instance's clock is ahead) has no samples yet: a
+        // real backend's freshness query finds the newest sample too old.
+        if end > w.now {
+            let checks = policy
+                .checks
+                .iter()
+                .map(|c| crate::engine::CheckObservation {
+                    check: c.name.clone(),
+                    data: Err(DataProblem::Stale("no sample in the window yet".into())),
+                })
+                .collect();
+            return Observation { start, end, checks };
+        }
         let mode = w.metrics;
         let live = w
             .weights
@@ -459,7 +472,9 @@ impl MetricsIo for SimEnv {
             }
             MetricsMode::GreenMissing => {
                 for c in &mut obs.checks {
-                    c.data = Err(DataProblem::NoData);
+                    c.data = Err(DataProblem::GreenMissing(
+                        "simulated: green stopped reporting".into(),
+                    ));
                 }
             }
         }
