@@ -4,7 +4,8 @@ use std::collections::HashMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use super::raw::{line_col, parse_policy};
+use super::located::line_col;
+use super::validate::parse_policy;
 use super::{Policy, PolicyError};
 
 /// The outcome of loading several policy files: the valid policies and every error found.

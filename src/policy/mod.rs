@@ -4,9 +4,17 @@
 //! validated types travel through the rest of the program. Every problem found in a file is
 //! reported at once, each as `file:line:col: message` (see [`PolicyError`]).
 
+mod checks;
 mod config;
+#[cfg(test)]
+mod fixture;
 mod load;
+mod located;
+mod query;
 mod raw;
+mod secret;
+mod validate;
+mod values;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -16,9 +24,10 @@ use serde::Serialize;
 
 pub use config::{
     AlertChannel, AlertChannelKind, Config, ConsulConfig, HaproxyConfig, HaproxyNode, MetricsAuth,
-    MetricsBackend, MetricsConfig, Secret, SecretError, SyncConfig,
+    MetricsBackend, MetricsConfig, SyncConfig,
 };
 pub use load::{load_dir, load_file, load_paths, LoadReport};
+pub use secret::{Secret, SecretError};
 
 /// One validated per-API policy.
 #[derive(Debug, Clone, PartialEq, Serialize)]

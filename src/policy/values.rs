@@ -1,0 +1,36 @@
+//! Value types shared by policy and config files: humantime durations.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::located::unspanned;
+
+/// A duration written as a humantime string (`"30s"`, `"10m"`, `"1h 30m"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct HumanDuration(pub(super) Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = HumanDuration;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration such as \"30s\", \"10m\" or \"1h 30m\"")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<HumanDuration, E> {
+                humantime::parse_duration(v)
+                    .map(HumanDuration)
+                    .map_err(|e| E::custom(format!("invalid duration {v:?}: {e}")))
+            }
+        }
+        deserializer.deserialize_str(V)
+    }
+}
+
+pub(super) fn duration(seconds: u64) -> Spanned<HumanDuration> {
+    unspanned(HumanDuration(Duration::from_secs(seconds)))
+}
