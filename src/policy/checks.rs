@@ -5,7 +5,8 @@ use std::ops::Range;
 
 use toml::Spanned;
 
-use super::located::Errors;
+use super::limits::{self, count_in};
+use super::located::{number, Errors};
 use super::query::{groups_by_le, validate_query};
 use super::raw::{
     default_advance_tolerance, default_failures, default_guard_min_green_requests,
@@ -16,6 +17,16 @@ use super::{Check, CheckKind};
 fn validate_edges(raw: &Spanned<Vec<Spanned<RawEdge>>>, errors: &mut Errors<'_>) -> Vec<f64> {
     if raw.get_ref().is_empty() {
         errors.at(raw.span(), "edges must list at least one bucket edge");
+    }
+    if raw.get_ref().len() > limits::EDGES_MAX {
+        errors.at(
+            raw.span(),
+            format!(
+                "edges lists {} bucket edges; at most {} (each is a rollback stream sharing α)",
+                raw.get_ref().len(),
+                limits::EDGES_MAX
+            ),
+        );
     }
     let mut edges = Vec::new();
     let mut previous: Option<f64> = None;
@@ -60,6 +71,16 @@ pub(super) fn validate_checks(
 ) -> Vec<Check> {
     let mut seen: HashMap<&str, Range<usize>> = HashMap::new();
     let mut checks = Vec::new();
+    if let Some(extra) = raw.get(limits::CHECKS_MAX) {
+        errors.at(
+            extra.get_ref().name.span(),
+            format!(
+                "a policy has at most {} [[check]] tables, this file has {}",
+                limits::CHECKS_MAX,
+                raw.len()
+            ),
+        );
+    }
     for check in raw {
         let c = check.get_ref();
         let name = c.name.get_ref();
@@ -118,7 +139,10 @@ fn float_field(
         Some(v) => {
             let x = *v.get_ref();
             if !(x.is_finite() && ok(x)) {
-                errors.at(v.span(), format!("{name} must be {rule}, got {x}"));
+                errors.at(
+                    v.span(),
+                    format!("{name} must be {rule}, got {}", number(x)),
+                );
             }
             x
         }
@@ -183,36 +207,36 @@ fn validate_check(c: &RawCheck, errors: &mut Errors<'_>) -> Option<CheckKind> {
                 &c.tolerance,
                 "tolerance",
                 default_tolerance(),
-                |x| x >= 0.0,
-                ">= 0",
+                |x| (0.0..=limits::TOLERANCE_MAX).contains(&x),
+                &format!("between 0 and {}", limits::TOLERANCE_MAX),
                 errors,
             );
             let advance_tolerance = float_field(
                 &c.advance_tolerance,
                 "advance_tolerance",
                 default_advance_tolerance(),
-                |x| x >= 0.0,
-                ">= 0",
+                |x| (0.0..=limits::TOLERANCE_MAX).contains(&x),
+                &format!("between 0 and {}", limits::TOLERANCE_MAX),
                 errors,
             );
             let overdispersion = float_field(
                 &c.overdispersion,
                 "overdispersion",
                 default_overdispersion(),
-                |x| x >= 1.0,
-                ">= 1",
+                |x| (1.0..=limits::OVERDISPERSION_MAX).contains(&x),
+                &format!("between 1 and {}", limits::OVERDISPERSION_MAX),
                 errors,
             );
-            let min_errors = c
-                .min_errors
-                .as_ref()
-                .map_or_else(default_min_errors, |v| *v.get_ref());
+            let min_errors = match &c.min_errors {
+                None => Some(default_min_errors()),
+                Some(v) => count_in(v, "min_errors", limits::MIN_ERRORS, errors),
+            };
             let advance_max_rate = c.advance_max_rate.as_ref().map(|v| {
                 let x = *v.get_ref();
                 if !(x > 0.0 && x < 1.0) {
                     errors.at(
                         v.span(),
-                        format!("advance_max_rate must be in (0, 1), got {x}"),
+                        format!("advance_max_rate must be in (0, 1), got {}", number(x)),
                     );
                 }
                 x
@@ -233,7 +257,7 @@ fn validate_check(c: &RawCheck, errors: &mut Errors<'_>) -> Option<CheckKind> {
                     if !(x > 0.0 && x <= 1.0) {
                         errors.at(
                             v.span(),
-                            format!("blue_max_error_rate must be in (0, 1], got {x}"),
+                            format!("blue_max_error_rate must be in (0, 1], got {}", number(x)),
                         );
                     }
                     x
@@ -244,7 +268,7 @@ fn validate_check(c: &RawCheck, errors: &mut Errors<'_>) -> Option<CheckKind> {
                     tolerance,
                     advance_tolerance,
                     overdispersion,
-                    min_errors,
+                    min_errors: min_errors?,
                     advance_max_rate,
                     blue_max_error_rate,
                 })
@@ -269,7 +293,7 @@ fn validate_check(c: &RawCheck, errors: &mut Errors<'_>) -> Option<CheckKind> {
                     tolerance,
                     advance_tolerance,
                     overdispersion,
-                    min_errors,
+                    min_errors: min_errors?,
                     advance_max_rate,
                 })
                 .filter(|_| ok)
@@ -285,7 +309,10 @@ fn validate_check(c: &RawCheck, errors: &mut Errors<'_>) -> Option<CheckKind> {
             let min = c.min.as_ref().map(|v| (*v.get_ref(), v.span()));
             for (name, bound) in [("max", max.clone()), ("min", min.clone())] {
                 if let Some((x, span)) = bound.filter(|(x, _)| !x.is_finite()) {
-                    errors.at(span, format!("{name} must be a finite number, got {x}"));
+                    errors.at(
+                        span,
+                        format!("{name} must be a finite number, got {}", number(x)),
+                    );
                 }
             }
             match (&max, &min) {
@@ -297,48 +324,28 @@ fn validate_check(c: &RawCheck, errors: &mut Errors<'_>) -> Option<CheckKind> {
                     ok = false;
                 }
                 (Some((hi, _)), Some((lo, span))) if lo >= hi => {
-                    errors.at(span.clone(), format!("min ({lo}) must be below max ({hi})"));
+                    errors.at(
+                        span.clone(),
+                        format!("min ({}) must be below max ({})", number(*lo), number(*hi)),
+                    );
                 }
                 _ => {}
             }
             let failures = match &c.failures {
-                None => default_failures(),
-                Some(f) => *f.get_ref(),
-            };
-            let failures = match u32::try_from(failures) {
-                Ok(f) if f >= 1 => f,
-                _ => {
-                    if let Some(f) = &c.failures {
-                        errors.at(
-                            f.span(),
-                            format!("failures must be a positive count, got {failures}"),
-                        );
-                    }
-                    1
-                }
+                None => Some(default_failures()),
+                Some(f) => count_in(f, "failures", limits::FAILURES, errors)
+                    .and_then(|n| u32::try_from(n).ok()),
             };
             let min_green_requests = match &c.min_green_requests {
-                None => default_guard_min_green_requests(),
-                Some(v) => match u64::try_from(*v.get_ref()) {
-                    Ok(n) => n,
-                    Err(_) => {
-                        errors.at(
-                            v.span(),
-                            format!(
-                                "min_green_requests must be a count (0 or more), got {}",
-                                v.get_ref()
-                            ),
-                        );
-                        0
-                    }
-                },
+                None => Some(default_guard_min_green_requests()),
+                Some(v) => count_in(v, "min_green_requests", limits::REQUEST_COUNT, errors),
             };
             Some(CheckKind::Threshold {
                 query: query?,
                 max: max.map(|(x, _)| x),
                 min: min.map(|(x, _)| x),
-                failures,
-                min_green_requests,
+                failures: failures?,
+                min_green_requests: min_green_requests?,
             })
             .filter(|_| ok)
         }
@@ -375,11 +382,71 @@ mod tests {
         let e = errors_of(&variant("max = 0.5", "failures = 0"));
         assert_eq!(e.len(), 2, "{e:?}");
         assert!(e[0].starts_with("p.toml:26:8: kind = \"threshold\" needs `max`, `min` or both"));
-        assert!(e[1].starts_with("p.toml:28:12: failures must be a positive count"));
+        assert!(
+            e[1].starts_with("p.toml:28:12: failures must be a whole number from 1 to 1000, got 0")
+        );
         let e = errors_of(&variant("kind = \"error_rate\"", "kind = \"error-rate\""));
         assert_eq!(e.len(), 1);
         assert!(
             e[0].starts_with("p.toml:14:8: unknown variant `error-rate`"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn huge_tolerance_and_overdispersion_are_rejected() {
+        // 1e308 made r0 and the mixture ratios infinite: rollback could never fire.
+        for (line, needle) in [
+            (
+                "tolerance = 1e308",
+                "p.toml:18:13: tolerance must be between 0 and 10, got 1e308",
+            ),
+            (
+                "advance_tolerance = 1e308",
+                "p.toml:18:21: advance_tolerance must be between 0 and 10",
+            ),
+            (
+                "overdispersion = 1e308",
+                "p.toml:18:18: overdispersion must be between 1 and 100",
+            ),
+            (
+                "min_errors = -3",
+                "p.toml:18:14: min_errors must be a whole number from 0 to 1000000, got -3",
+            ),
+        ] {
+            let e = errors_of(&variant(
+                "[[check]]\nname = \"latency\"",
+                &format!("{line}\n\n[[check]]\nname = \"latency\""),
+            ));
+            assert_eq!(e.len(), 1, "{line}: {e:?}");
+            assert!(e[0].starts_with(needle), "{line}: {e:?}");
+        }
+        let e = errors_of(&variant("max = 0.5", "max = 0.5\nfailures = 1001"));
+        assert_eq!(
+            e,
+            vec!["p.toml:29:12: failures must be a whole number from 1 to 1000, got 1001"]
+        );
+    }
+
+    #[test]
+    fn too_many_checks_or_edges_are_rejected() {
+        let edges: Vec<String> = (1..=17).map(|i| format!("\"{i}\"")).collect();
+        let e = errors_of(&variant(
+            "[\"0.25\", 1]",
+            &format!("[{}]", edges.join(", ")),
+        ));
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with("p.toml:22:9: edges lists 17 bucket edges; at most 16"),
+            "{e:?}"
+        );
+        let extra: String = (0..32)
+            .map(|i| format!("\n[[check]]\nname = \"g{i}\"\nkind = \"threshold\"\nquery = 'up{{c=\"{{color}}\"}}'\nmax = 1\n"))
+            .collect();
+        let e = errors_of(&format!("{GOOD}{extra}"));
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].contains("a policy has at most 32 [[check]] tables, this file has 35"),
             "{e:?}"
         );
     }
@@ -391,8 +458,8 @@ mod tests {
             "tolerance = -0.1\noverdispersion = 0.5\nblue_max_error_rate = 2\n\n[[check]]\nname = \"latency\"",
         ));
         assert_eq!(e.len(), 3, "{e:?}");
-        assert!(e[0].starts_with("p.toml:18:13: tolerance must be >= 0"));
-        assert!(e[1].starts_with("p.toml:19:18: overdispersion must be >= 1"));
+        assert!(e[0].starts_with("p.toml:18:13: tolerance must be between 0 and 10, got -0.1"));
+        assert!(e[1].starts_with("p.toml:19:18: overdispersion must be between 1 and 100, got 0.5"));
         assert!(e[2].starts_with("p.toml:20:23: blue_max_error_rate must be in (0, 1]"));
     }
 

@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
+use super::limits::{self, count_in, duration_in};
 use super::located::{parse_toml, unspanned, Errors};
 use super::secret::Secret;
 use super::validate::consul_key_problem;
@@ -542,14 +543,6 @@ fn validate_url(raw: &Spanned<String>, field: &str, errors: &mut Errors<'_>) -> 
     text
 }
 
-fn positive(d: &Spanned<HumanDuration>, field: &str, errors: &mut Errors<'_>) -> Duration {
-    let v = d.get_ref().0;
-    if v.is_zero() {
-        errors.at(d.span(), format!("{field} must be greater than zero"));
-    }
-    v
-}
-
 fn parse_node(s: &str) -> Result<HaproxyNode, String> {
     if let Some(addr) = s.strip_prefix("tcp://") {
         let ok = addr.rsplit_once(':').is_some_and(|(host, port)| {
@@ -599,7 +592,12 @@ impl RawConfig {
         let listen = validate_listen(&self.listen, "listen", "127.0.0.1:8457", errors);
         let sync_listen =
             validate_listen(&self.sync.listen, "sync.listen", "127.0.0.1:8458", errors);
-        let repair_interval = positive(&self.sync.repair_interval, "sync.repair_interval", errors);
+        let repair_interval = duration_in(
+            &self.sync.repair_interval,
+            "sync.repair_interval",
+            limits::REPAIR_INTERVAL,
+            errors,
+        );
         for (field, dir) in [
             ("policies_dir", &self.policies_dir),
             ("state_dir", &self.state_dir),
@@ -608,13 +606,12 @@ impl RawConfig {
                 errors.at(dir.span(), format!("{field} must not be empty"));
             }
         }
-        let max_concurrency = *self.max_concurrency.get_ref();
-        if max_concurrency < 1 {
-            errors.at(
-                self.max_concurrency.span(),
-                format!("max_concurrency must be at least 1, got {max_concurrency}"),
-            );
-        }
+        let max_concurrency = count_in(
+            &self.max_concurrency,
+            "max_concurrency",
+            limits::MAX_CONCURRENCY,
+            errors,
+        );
 
         let metrics = self.metrics.validate(base, errors);
         let consul = self.consul.validate(base, errors);
@@ -657,7 +654,7 @@ impl RawConfig {
             consul: consul?,
             haproxy: HaproxyConfig { nodes },
             alerts,
-            max_concurrency: usize::try_from(max_concurrency).ok()?,
+            max_concurrency: usize::try_from(max_concurrency?).ok()?,
             sync: SyncConfig {
                 listen: sync_listen?,
                 repair_interval,
@@ -669,10 +666,22 @@ impl RawConfig {
 impl RawMetrics {
     fn validate(self, base: &Path, errors: &mut Errors<'_>) -> Option<MetricsConfig> {
         let url = validate_url(&self.url, "metrics.url", errors);
-        let timeout = positive(&self.timeout, "metrics.timeout", errors);
-        let max_staleness = positive(&self.max_staleness, "metrics.max_staleness", errors);
+        let timeout = duration_in(
+            &self.timeout,
+            "metrics.timeout",
+            limits::METRICS_TIMEOUT,
+            errors,
+        );
+        let max_staleness = duration_in(
+            &self.max_staleness,
+            "metrics.max_staleness",
+            limits::MAX_STALENESS,
+            errors,
+        );
         let latency_offset = match (&self.latency_offset, self.kind) {
-            (Some(d), _) => d.get_ref().0,
+            (Some(d), _) => {
+                duration_in(d, "metrics.latency_offset", limits::LATENCY_OFFSET, errors)
+            }
             (None, MetricsBackend::VictoriaMetrics) => Duration::from_secs(30),
             (None, MetricsBackend::Prometheus) => Duration::ZERO,
         };
@@ -725,26 +734,18 @@ impl RawConsul {
         } else if prefix.ends_with('/') {
             errors.at(self.prefix.span(), "consul.prefix must not end with '/'");
         }
-        let ttl = self.session_ttl.get_ref().0;
-        if !(Duration::from_secs(10)..=Duration::from_secs(86400)).contains(&ttl) {
-            errors.at(
-                self.session_ttl.span(),
-                format!(
-                    "consul.session_ttl must be between 10s and 24h (Consul's limits), got {}",
-                    humantime::format_duration(ttl)
-                ),
-            );
-        }
-        let lock_delay = self.lock_delay.get_ref().0;
-        if lock_delay > Duration::from_secs(60) {
-            errors.at(
-                self.lock_delay.span(),
-                format!(
-                    "consul.lock_delay must be at most 60s (Consul's limit), got {}",
-                    humantime::format_duration(lock_delay)
-                ),
-            );
-        }
+        let ttl = duration_in(
+            &self.session_ttl,
+            "consul.session_ttl",
+            limits::SESSION_TTL,
+            errors,
+        );
+        let lock_delay = duration_in(
+            &self.lock_delay,
+            "consul.lock_delay",
+            limits::LOCK_DELAY,
+            errors,
+        );
         Some(ConsulConfig {
             url,
             token: token?,
@@ -912,7 +913,7 @@ mod tests {
             e,
             vec![
                 "conf/g.toml:2:10: sync.listen must be an address such as \"127.0.0.1:8458\", got \"nowhere\"",
-                "conf/g.toml:3:19: sync.repair_interval must be greater than zero",
+                "conf/g.toml:3:19: sync.repair_interval must be between 100ms and 1h, got 0s",
             ]
         );
     }
@@ -984,6 +985,21 @@ hmac_secret = { file = "hmac" }
     }
 
     #[test]
+    fn values_that_break_the_daemon_are_rejected_by_validation() {
+        // max_concurrency = i64::MAX panicked in tokio's semaphore.
+        for (text, expected) in [
+            ("max_concurrency = 9223372036854775807", "conf/g.toml:1:19: max_concurrency must be a whole number from 1 to 1024, got 9223372036854775807"),
+            ("[metrics]\ntimeout = \"20000y\"", "conf/g.toml:2:11: metrics.timeout must be between 100ms and 5m, got 20000years"),
+            ("[metrics]\nlatency_offset = \"2h\"", "conf/g.toml:2:18: metrics.latency_offset must be between 0s and 1h, got 2h"),
+            ("[metrics]\nmax_staleness = \"1ns\"", "conf/g.toml:2:17: metrics.max_staleness must be between 1s and 1day, got 1ns"),
+            ("[sync]\nrepair_interval = \"20000y\"", "conf/g.toml:2:19: sync.repair_interval must be between 100ms and 1h, got 20000years"),
+            ("[consul]\nlock_delay = \"61s\"", "conf/g.toml:2:14: consul.lock_delay must be between 0s and 1m, got 1m 1s"),
+        ] {
+            assert_eq!(errors_of(text), vec![expected.to_string()], "{text}");
+        }
+    }
+
+    #[test]
     fn every_error_is_located() {
         let text = r#"listen = "localhost"
 max_concurrency = 0
@@ -1009,8 +1025,8 @@ url = "ftp://x"
             e,
             vec![
                 "conf/g.toml:1:10: listen must be an address such as \"127.0.0.1:8457\", got \"localhost\"",
-                "conf/g.toml:2:19: max_concurrency must be at least 1, got 0",
-                "conf/g.toml:5:15: consul.session_ttl must be between 10s and 24h (Consul's limits), got 5s",
+                "conf/g.toml:2:19: max_concurrency must be a whole number from 1 to 1024, got 0",
+                "conf/g.toml:5:15: consul.session_ttl must be between 10s and 1day, got 5s",
                 "conf/g.toml:6:9: consul.token must be exactly one of { file = \"/path\" } or { env = \"VAR\" }",
                 "conf/g.toml:9:10: HAProxy node \"http://x\" must be tcp://host:port or unix:///path/to/admin.sock",
                 "conf/g.toml:13:8: kind = \"slack\" needs `webhook_url`",

@@ -125,6 +125,17 @@ pub(super) fn unspanned<T>(value: T) -> Spanned<T> {
     Spanned::new(0..0, value)
 }
 
+/// A number as a message shows it: plain when short, else in scientific notation (`1e308`,
+/// not three hundred digits).
+pub(super) fn number(x: f64) -> String {
+    let plain = x.to_string();
+    if plain.len() <= 16 {
+        plain
+    } else {
+        format!("{x:e}")
+    }
+}
+
 /// Parses `text` as TOML into `T`, turning a syntax or type error into a located error.
 pub(super) fn parse_toml<'de, T: Deserialize<'de>>(
     text: &'de str,

@@ -8,6 +8,7 @@ mod checks;
 mod config;
 #[cfg(test)]
 mod fixture;
+pub mod limits;
 mod load;
 mod located;
 mod query;

@@ -31,7 +31,7 @@ pub(super) struct RawPolicy {
     pub(super) min_step_duration: Spanned<HumanDuration>,
     /// Minimum green requests at a step (outside warm-up) before advancing. Default 2000.
     #[serde(default = "default_min_green_requests_per_step")]
-    pub(super) min_green_requests_per_step: u64,
+    pub(super) min_green_requests_per_step: Spanned<i64>,
     /// After this long at one step, `on_max_step_duration` applies. Default: never.
     #[serde(default)]
     pub(super) max_step_duration: Option<Spanned<HumanDuration>>,
@@ -49,7 +49,7 @@ pub(super) struct RawPolicy {
     pub(super) false_advance_rate: Spanned<f64>,
     /// Intervals discarded after each weight change. Default 1.
     #[serde(default = "default_warmup_intervals")]
-    pub(super) warmup_intervals: u32,
+    pub(super) warmup_intervals: Spanned<i64>,
     /// Start the rollout without `greenlight start`. Default true.
     #[serde(default = "default_auto_start")]
     pub(super) auto_start: bool,
@@ -123,8 +123,8 @@ pub(super) fn default_steps() -> Spanned<Vec<Spanned<f64>>> {
 pub(super) fn default_min_step_duration() -> Spanned<HumanDuration> {
     duration(10 * 60)
 }
-pub(super) fn default_min_green_requests_per_step() -> u64 {
-    2000
+pub(super) fn default_min_green_requests_per_step() -> Spanned<i64> {
+    unspanned(2000)
 }
 pub(super) fn default_on_max_step_duration() -> RawMaxStepAction {
     RawMaxStepAction::Hold
@@ -135,8 +135,8 @@ pub(super) fn default_false_rollback_rate() -> Spanned<f64> {
 pub(super) fn default_false_advance_rate() -> Spanned<f64> {
     unspanned(0.05)
 }
-pub(super) fn default_warmup_intervals() -> u32 {
-    1
+pub(super) fn default_warmup_intervals() -> Spanned<i64> {
+    unspanned(1)
 }
 pub(super) fn default_auto_start() -> bool {
     true
@@ -258,7 +258,7 @@ pub(super) struct RawCheck {
     pub(super) overdispersion: Option<Spanned<f64>>,
     /// error_rate, latency_histogram: green errors needed before a rollback. Default 5.
     #[serde(default)]
-    pub(super) min_errors: Option<Spanned<u64>>,
+    pub(super) min_errors: Option<Spanned<i64>>,
     /// error_rate: blue's error rate above this means an environment problem (hold).
     #[serde(default)]
     pub(super) blue_max_error_rate: Option<Spanned<f64>>,
@@ -299,7 +299,7 @@ pub(super) fn default_overdispersion() -> f64 {
 pub(super) fn default_min_errors() -> u64 {
     5
 }
-pub(super) fn default_failures() -> i64 {
+pub(super) fn default_failures() -> u32 {
     3
 }
 pub(super) fn default_guard_min_green_requests() -> u64 {

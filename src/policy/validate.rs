@@ -6,7 +6,8 @@ use std::path::Path;
 use toml::Spanned;
 
 use super::checks::validate_checks;
-use super::located::{explicit, parse_toml, Errors};
+use super::limits::{self, count_in, duration_in};
+use super::located::{explicit, number, parse_toml, Errors};
 use super::raw::{RawHaproxyTarget, RawMaxStepAction, RawPolicy, RawSchedule, RawTraffic};
 use super::{
     HaproxyServers, MaxStepAction, Policy, PolicyError, Schedule, TimeWindow, Traffic,
@@ -61,25 +62,30 @@ impl RawPolicy {
             );
         }
 
-        for (name, d) in [
-            ("interval", &self.interval),
-            ("min_step_duration", &self.min_step_duration),
-            ("no_data_alert_after", &self.no_data_alert_after),
-            ("stuck_alert_after", &self.stuck_alert_after),
-        ]
-        .into_iter()
-        .chain(
-            self.max_step_duration
-                .as_ref()
-                .map(|d| ("max_step_duration", d)),
-        ) {
-            if d.get_ref().0.is_zero() {
-                errors.at(d.span(), format!("{name} must be greater than zero"));
-            }
-        }
-        let interval = self.interval.get_ref().0;
-        let min_step = self.min_step_duration.get_ref().0;
-        if !interval.is_zero() && min_step < interval {
+        let interval = duration_in(&self.interval, "interval", limits::INTERVAL, errors);
+        let min_step = duration_in(
+            &self.min_step_duration,
+            "min_step_duration",
+            limits::STEP_DURATION,
+            errors,
+        );
+        let no_data_alert_after = duration_in(
+            &self.no_data_alert_after,
+            "no_data_alert_after",
+            limits::ALERT_AFTER,
+            errors,
+        );
+        let stuck_alert_after = duration_in(
+            &self.stuck_alert_after,
+            "stuck_alert_after",
+            limits::ALERT_AFTER,
+            errors,
+        );
+        let max_step = self
+            .max_step_duration
+            .as_ref()
+            .map(|d| duration_in(d, "max_step_duration", limits::STEP_DURATION, errors));
+        if limits::INTERVAL.contains(interval) && min_step < interval {
             errors.at(
                 explicit(&[self.min_step_duration.span(), self.interval.span()]),
                 format!(
@@ -89,9 +95,8 @@ impl RawPolicy {
                 ),
             );
         }
-        if let Some(max) = &self.max_step_duration {
-            let max_d = max.get_ref().0;
-            if !max_d.is_zero() && max_d < min_step {
+        if let (Some(max), Some(max_d)) = (&self.max_step_duration, max_step) {
+            if limits::STEP_DURATION.contains(max_d) && max_d < min_step {
                 errors.at(
                     max.span(),
                     format!(
@@ -102,13 +107,28 @@ impl RawPolicy {
                 );
             }
         }
+        let min_green_requests_per_step = count_in(
+            &self.min_green_requests_per_step,
+            "min_green_requests_per_step",
+            limits::REQUEST_COUNT,
+            errors,
+        );
+        let warmup_intervals = count_in(
+            &self.warmup_intervals,
+            "warmup_intervals",
+            limits::WARMUP_INTERVALS,
+            errors,
+        );
 
         if let Some(below) = &self.advance_on_dwell_below {
             let v = *below.get_ref();
             if !(v > 0.0 && v <= 100.0) {
                 errors.at(
                     below.span(),
-                    format!("advance_on_dwell_below must be a share in (0, 100] percent, got {v}"),
+                    format!(
+                        "advance_on_dwell_below must be a share in (0, 100] percent, got {}",
+                        number(v)
+                    ),
                 );
             }
         }
@@ -118,8 +138,16 @@ impl RawPolicy {
             ("false_advance_rate", &self.false_advance_rate),
         ] {
             let v = *rate.get_ref();
-            if !(v > 0.0 && v < 0.5) {
-                errors.at(rate.span(), format!("{name} must be in (0, 0.5), got {v}"));
+            if !(limits::ALPHA_MIN..limits::ALPHA_BELOW).contains(&v) {
+                errors.at(
+                    rate.span(),
+                    format!(
+                        "{name} must be at least {} and below {}, got {}",
+                        limits::ALPHA_MIN,
+                        limits::ALPHA_BELOW,
+                        number(v)
+                    ),
+                );
             }
         }
 
@@ -146,8 +174,8 @@ impl RawPolicy {
             interval,
             steps,
             min_step_duration: min_step,
-            min_green_requests_per_step: self.min_green_requests_per_step,
-            max_step_duration: self.max_step_duration.map(|d| d.get_ref().0),
+            min_green_requests_per_step: min_green_requests_per_step?,
+            max_step_duration: max_step,
             on_max_step_duration: match self.on_max_step_duration {
                 RawMaxStepAction::Hold => MaxStepAction::Hold,
                 RawMaxStepAction::Advance => MaxStepAction::Advance,
@@ -155,10 +183,10 @@ impl RawPolicy {
             advance_on_dwell_below: self.advance_on_dwell_below.map(|b| *b.get_ref()),
             false_rollback_rate: *self.false_rollback_rate.get_ref(),
             false_advance_rate: *self.false_advance_rate.get_ref(),
-            warmup_intervals: self.warmup_intervals,
+            warmup_intervals: u32::try_from(warmup_intervals?).ok()?,
             auto_start: self.auto_start,
-            no_data_alert_after: self.no_data_alert_after.get_ref().0,
-            stuck_alert_after: self.stuck_alert_after.get_ref().0,
+            no_data_alert_after,
+            stuck_alert_after,
             traffic: traffic?,
             schedule,
             checks,
@@ -329,7 +357,10 @@ fn validate_steps(
     for step in steps {
         let v = *step.get_ref();
         if !(v > 0.0 && v <= 100.0) {
-            errors.at(step.span(), format!("step {v} must be in (0, 100]"));
+            errors.at(
+                step.span(),
+                format!("step {} must be in (0, 100]", number(v)),
+            );
         } else if let Some(p) = previous.filter(|p| v <= *p) {
             errors.at(
                 step.span(),
@@ -615,6 +646,28 @@ mod tests {
     }
 
     #[test]
+    fn values_that_break_the_run_are_rejected_by_validation() {
+        // Each of these passed validation and then panicked in a deadline computation, made
+        // 1/α infinite, or was too small to be a window.
+        for (line, needle) in [
+            ("interval = \"20000y\"", "p.toml:3:12: interval must be between 1s and 1h, got 20000years"),
+            ("interval = \"1ns\"", "p.toml:3:12: interval must be between 1s and 1h, got 1ns"),
+            ("stuck_alert_after = \"20000y\"", "p.toml:3:21: stuck_alert_after must be between 1s and 30days"),
+            ("no_data_alert_after = \"20000y\"", "p.toml:3:23: no_data_alert_after must be between 1s and 30days"),
+            ("min_step_duration = \"20000y\"", "p.toml:3:21: min_step_duration must be between 1s and 30days"),
+            ("max_step_duration = \"20000y\"", "p.toml:3:21: max_step_duration must be between 1s and 30days"),
+            ("false_rollback_rate = 1e-320", "p.toml:3:23: false_rollback_rate must be at least 0.000001 and below 0.5, got 1e-320"),
+            ("false_advance_rate = 1e-300", "p.toml:3:22: false_advance_rate must be at least 0.000001 and below 0.5"),
+            ("warmup_intervals = 4294967296", "p.toml:3:20: warmup_intervals must be a whole number from 0 to 100"),
+            ("min_green_requests_per_step = -1", "p.toml:3:31: min_green_requests_per_step must be a whole number from 0 to 1000000000"),
+        ] {
+            let e = errors_of(&variant("alerts = [", &format!("{line}\nalerts = [")));
+            assert_eq!(e.len(), 1, "{line}: {e:?}");
+            assert!(e[0].starts_with(needle), "{line}: {e:?}");
+        }
+    }
+
+    #[test]
     fn durations_are_checked() {
         let e = errors_of(&variant(
             "alerts = [",
@@ -625,7 +678,8 @@ mod tests {
             e[0].starts_with("p.toml:4:21: min_step_duration (2m) must be at least interval (5m)")
         );
         assert!(e[1].starts_with("p.toml:5:21: max_step_duration"));
-        assert!(e[2].starts_with("p.toml:6:21: stuck_alert_after must be greater than zero"));
+        assert!(e[2]
+            .starts_with("p.toml:6:21: stuck_alert_after must be between 1s and 30days, got 0s"));
         let e = errors_of(&variant(
             "alerts = [",
             "interval = \"1 fortnight\"\nalerts = [",
