@@ -6,7 +6,7 @@ use std::ops::Range;
 use toml::Spanned;
 
 use super::limits::{self, count_in};
-use super::located::{number, Errors};
+use super::located::{number, shown, Errors};
 use super::query::{groups_by_le, validate_query};
 use super::raw::{
     default_advance_tolerance, default_failures, default_guard_min_green_requests,
@@ -37,8 +37,9 @@ fn validate_edges(raw: &Spanned<Vec<Spanned<RawEdge>>>, errors: &mut Errors<'_>)
                 errors.at(
                     edge.span(),
                     format!(
-                        "edge {text:?} is the +Inf bucket: every request is below it, so there is \
-                         nothing to compare"
+                        "edge {} is the +Inf bucket: every request is below it, so there is \
+                         nothing to compare",
+                        shown(text)
                     ),
                 );
                 continue;
@@ -47,7 +48,10 @@ fn validate_edges(raw: &Spanned<Vec<Spanned<RawEdge>>>, errors: &mut Errors<'_>)
             _ => {
                 errors.at(
                     edge.span(),
-                    format!("edge {text:?} must be a finite positive number such as \"0.25\""),
+                    format!(
+                        "edge {} must be a finite positive number such as \"0.25\"",
+                        shown(text)
+                    ),
                 );
                 continue;
             }
@@ -90,7 +94,10 @@ pub(super) fn validate_checks(
             let (line, col) = errors.location(first.clone());
             errors.at(
                 c.name.span(),
-                format!("duplicate check name {name:?} (first defined at {line}:{col})"),
+                format!(
+                    "duplicate check name {} (first defined at {line}:{col})",
+                    shown(name)
+                ),
             );
         } else {
             seen.insert(name, c.name.span());

@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use super::limits::{self, count_in, duration_in};
-use super::located::{parse_toml, unspanned, Errors};
+use super::located::{parse_toml, shown, shown_url, unspanned, Errors};
+use super::read::read_text;
 use super::secret::Secret;
 use super::validate::consul_key_problem;
 use super::values::{duration, HumanDuration};
@@ -175,14 +176,7 @@ impl Config {
 
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, Vec<PolicyError>> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            vec![PolicyError {
-                file: path.to_path_buf(),
-                line: 0,
-                col: 0,
-                message: format!("cannot read file: {e}"),
-            }]
-        })?;
+        let text = read_text(path).map_err(|e| vec![e])?;
         Config::from_toml(&text, path)
     }
 
@@ -531,13 +525,16 @@ fn validate_url(raw: &Spanned<String>, field: &str, errors: &mut Errors<'_>) -> 
         Ok(_) => errors.at(
             raw.span(),
             format!(
-                "{field} must be an http:// or https:// URL, got {:?}",
-                raw.get_ref()
+                "{field} must be an http:// or https:// URL, got {}",
+                shown_url(raw.get_ref())
             ),
         ),
         Err(e) => errors.at(
             raw.span(),
-            format!("{field} {:?} is not a valid URL: {e}", raw.get_ref()),
+            format!(
+                "{field} {} is not a valid URL: {e}",
+                shown_url(raw.get_ref())
+            ),
         ),
     }
     text
@@ -551,18 +548,23 @@ fn parse_node(s: &str) -> Result<HaproxyNode, String> {
         if ok {
             return Ok(HaproxyNode::Tcp(addr.to_string()));
         }
-        return Err(format!("HAProxy node {s:?} must be tcp://host:port"));
+        return Err(format!(
+            "HAProxy node {} must be tcp://host:port",
+            shown_url(s)
+        ));
     }
     if let Some(path) = s.strip_prefix("unix://") {
         if path.starts_with('/') {
             return Ok(HaproxyNode::Unix(PathBuf::from(path)));
         }
         return Err(format!(
-            "HAProxy node {s:?} must be unix:///absolute/path/to/admin.sock"
+            "HAProxy node {} must be unix:///absolute/path/to/admin.sock",
+            shown(s)
         ));
     }
     Err(format!(
-        "HAProxy node {s:?} must be tcp://host:port or unix:///path/to/admin.sock"
+        "HAProxy node {} must be tcp://host:port or unix:///path/to/admin.sock",
+        shown_url(s)
     ))
 }
 
@@ -578,8 +580,8 @@ fn validate_listen(
             errors.at(
                 raw.span(),
                 format!(
-                    "{field} must be an address such as \"{example}\", got {:?}",
-                    raw.get_ref()
+                    "{field} must be an address such as \"{example}\", got {}",
+                    shown(raw.get_ref())
                 ),
             );
             None
@@ -633,7 +635,10 @@ impl RawConfig {
             } else if let Some((line, col)) = seen.get(name) {
                 errors.at(
                     a.name.span(),
-                    format!("duplicate alert channel {name:?} (first defined at {line}:{col})"),
+                    format!(
+                        "duplicate alert channel {} (first defined at {line}:{col})",
+                        shown(name)
+                    ),
                 );
             } else {
                 seen.insert(name.clone(), errors.location(a.name.span()));

@@ -4,7 +4,8 @@ use std::collections::HashMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use super::located::line_col;
+use super::located::{line_col, shown};
+use super::read::read_text;
 use super::validate::parse_policy;
 use super::{Policy, PolicyError};
 
@@ -40,12 +41,8 @@ fn unlocated(file: &Path, message: String) -> PolicyError {
     }
 }
 
-fn read(path: &Path) -> Result<String, PolicyError> {
-    std::fs::read_to_string(path).map_err(|e| unlocated(path, format!("cannot read file: {e}")))
-}
-
 fn load_one(path: &Path, channels: Option<&[String]>) -> Result<Loaded, Vec<PolicyError>> {
-    let text = read(path).map_err(|e| vec![e])?;
+    let text = read_text(path).map_err(|e| vec![e])?;
     let (policy, api_span): (Policy, Range<usize>) = parse_policy(&text, path, channels)?;
     Ok(Loaded {
         policy,
@@ -58,7 +55,8 @@ pub fn load_file(path: &Path, channels: Option<&[String]>) -> Result<Policy, Vec
     load_one(path, channels).map(|l| l.policy)
 }
 
-/// Loads every `*.toml` file directly inside `dir` (sorted by name; hidden files skipped).
+/// Loads every `*.toml` file directly inside `dir` (sorted by name; hidden files skipped). An
+/// entry that is not a regular file (a FIFO, a socket) is reported, never read.
 pub fn load_dir(dir: &Path, channels: Option<&[String]>) -> LoadReport {
     load_paths(&[dir.to_path_buf()], channels)
 }
@@ -91,7 +89,8 @@ pub fn load_paths(paths: &[PathBuf], channels: Option<&[String]>) -> LoadReport 
                         line,
                         col,
                         message: format!(
-                            "api {api:?} is already defined in {}; API names must be unique",
+                            "api {} is already defined in {}; API names must be unique",
+                            shown(&api),
                             first.display()
                         ),
                     });
@@ -186,6 +185,35 @@ errors = 'sum(increase(http_requests_total{{job="{api}",cluster="{{color}}",code
         let e = &report.errors[0];
         assert_eq!((e.file.as_path(), e.line, e.col), (second.as_path(), 2, 7));
         assert!(e.message.contains(&first.display().to_string()), "{e}");
+    }
+
+    /// Runs `f` on another thread; fails the test if it has not returned within 20 s.
+    fn within_deadline<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(20))
+            .expect("loading did not return: blocked on a file")
+    }
+
+    #[test]
+    fn fifo_named_toml_does_not_hang_load_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.toml"), policy("alpha")).unwrap();
+        let fifo = dir.path().join("b.toml");
+        let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o644) }, 0);
+        let path = dir.path().to_path_buf();
+        let report = within_deadline(move || load_dir(&path, None));
+        assert_eq!(report.policies.len(), 1);
+        assert_eq!(report.errors.len(), 1, "{:?}", report.errors);
+        assert_eq!(report.errors[0].file, fifo);
+        assert!(
+            report.errors[0].message.starts_with("not a regular file"),
+            "{}",
+            report.errors[0]
+        );
     }
 
     #[test]

@@ -8,6 +8,55 @@ use toml::Spanned;
 
 use super::PolicyError;
 
+/// Characters of a value a message shows before cutting it.
+const SHOWN_CHARS: usize = 60;
+/// Characters of a whole message (such as a TOML error quoting a value) before cutting it.
+const MESSAGE_CHARS: usize = 400;
+/// Errors reported for one file; past that, one line says how many more there are.
+const ERRORS_PER_FILE: usize = 50;
+
+/// `value` quoted for a message, cut after [`SHOWN_CHARS`] characters: a message never repeats a
+/// whole (possibly huge) value.
+pub(super) fn shown(value: &str) -> String {
+    let count = value.chars().count();
+    if count <= SHOWN_CHARS {
+        format!("{value:?}")
+    } else {
+        let head: String = value.chars().take(SHOWN_CHARS).collect();
+        format!("{head:?}… ({count} characters)")
+    }
+}
+
+/// A URL or address for a message, as [`shown`], with any `user:password@` part replaced by
+/// `***@`; a value with an `@` that cannot be told apart is not shown at all.
+pub(super) fn shown_url(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+            match rest[..authority_end].rfind('@') {
+                Some(at) => shown(&format!("{scheme}://***@{}", &rest[at + 1..])),
+                None => shown(url),
+            }
+        }
+        None if url.contains('@') => "(a value with '@', not shown)".into(),
+        None => shown(url),
+    }
+}
+
+/// `message` cut in the middle when longer than [`MESSAGE_CHARS`].
+fn cut_message(message: String) -> String {
+    let count = message.chars().count();
+    if count <= MESSAGE_CHARS {
+        return message;
+    }
+    let head: String = message.chars().take(MESSAGE_CHARS - 100).collect();
+    let tail: String = message.chars().skip(count - 80).collect();
+    format!(
+        "{head}… ({} characters cut) …{tail}",
+        count - head.chars().count() - 80
+    )
+}
+
 /// Collects located errors for one file.
 pub(super) struct Errors<'a> {
     text: &'a str,
@@ -36,7 +85,7 @@ impl<'a> Errors<'a> {
             file: self.file.to_path_buf(),
             line,
             col,
-            message: message.into(),
+            message: cut_message(message.into()),
         });
     }
 
@@ -67,6 +116,16 @@ impl<'a> Errors<'a> {
     /// The errors, in file order.
     pub(super) fn into_sorted(mut self) -> Vec<PolicyError> {
         self.list.sort_by_key(|e| (e.line, e.col));
+        if self.list.len() > ERRORS_PER_FILE {
+            let more = self.list.len() - ERRORS_PER_FILE;
+            self.list.truncate(ERRORS_PER_FILE);
+            self.list.push(PolicyError {
+                file: self.file.to_path_buf(),
+                line: 0,
+                col: 0,
+                message: format!("{more} more errors not shown"),
+            });
+        }
         self.list
     }
 
@@ -153,6 +212,44 @@ pub(super) fn parse_toml<'de, T: Deserialize<'de>>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_values_are_cut_in_messages() {
+        let long = "x".repeat(1_000_000);
+        assert_eq!(
+            shown(&long),
+            format!("\"{}\"… (1000000 characters)", "x".repeat(60))
+        );
+        assert_eq!(shown("short"), "\"short\"");
+        assert_eq!(
+            shown_url("http://user:hunter2@vm:8428/x"),
+            "\"http://***@vm:8428/x\""
+        );
+        assert!(!shown_url("user:hunter2@vm:8428").contains("hunter2"));
+        let mut errors = Errors::new("", Path::new("p.toml"));
+        errors.at(
+            0..0,
+            format!("invalid type: string \"{long}\", expected i64"),
+        );
+        let e = errors.into_sorted();
+        assert!(e[0].message.len() < 600, "{}", e[0].message.len());
+        assert!(
+            e[0].message.ends_with("\", expected i64"),
+            "{}",
+            e[0].message
+        );
+    }
+
+    #[test]
+    fn at_most_fifty_errors_per_file_are_listed() {
+        let mut errors = Errors::new("", Path::new("p.toml"));
+        for i in 0..5000 {
+            errors.at(0..0, format!("problem {i}"));
+        }
+        let e = errors.into_sorted();
+        assert_eq!(e.len(), 51);
+        assert_eq!(e[50].to_string(), "p.toml: 4950 more errors not shown");
+    }
 
     #[test]
     fn line_col_counts_characters() {

@@ -13,6 +13,7 @@ mod load;
 mod located;
 mod query;
 mod raw;
+mod read;
 mod secret;
 mod validate;
 mod values;
@@ -28,6 +29,7 @@ pub use config::{
     MetricsBackend, MetricsConfig, SyncConfig,
 };
 pub use load::{load_dir, load_file, load_paths, LoadReport};
+pub use read::MAX_FILE_BYTES;
 pub use secret::{Secret, SecretError};
 
 /// One validated per-API policy.

@@ -7,7 +7,7 @@ use toml::Spanned;
 
 use super::checks::validate_checks;
 use super::limits::{self, count_in, duration_in};
-use super::located::{explicit, number, parse_toml, Errors};
+use super::located::{explicit, number, parse_toml, shown, Errors};
 use super::raw::{RawHaproxyTarget, RawMaxStepAction, RawPolicy, RawSchedule, RawTraffic};
 use super::{
     HaproxyServers, MaxStepAction, Policy, PolicyError, Schedule, TimeWindow, Traffic,
@@ -56,8 +56,9 @@ impl RawPolicy {
             errors.at(
                 self.api.span(),
                 format!(
-                    "api name {api:?} must be non-empty and use only letters, digits, '_' and '-' \
-                     (it becomes part of Consul keys)"
+                    "api name {} must be non-empty and use only letters, digits, '_' and '-' \
+                     (it becomes part of Consul keys)",
+                    shown(&api)
                 ),
             );
         }
@@ -323,9 +324,9 @@ fn validate_haproxy_servers(
             errors.at(
                 name.span(),
                 format!(
-                    "HAProxy {what} name {:?} must be non-empty and use only letters, \
+                    "HAProxy {what} name {} must be non-empty and use only letters, \
                      digits, '-', '_', '.' and ':'",
-                    name.get_ref()
+                    shown(name.get_ref())
                 ),
             );
             ok = false;
@@ -415,12 +416,20 @@ fn parse_clock(s: &str) -> Option<u16> {
 }
 
 fn parse_window(s: &str) -> Result<TimeWindow, String> {
-    let bad = || format!("time window {s:?} must be \"HH:MM-HH:MM\" (24-hour local time)");
+    let bad = || {
+        format!(
+            "time window {} must be \"HH:MM-HH:MM\" (24-hour local time)",
+            shown(s)
+        )
+    };
     let (start, end) = s.split_once('-').ok_or_else(bad)?;
     let start_minute = parse_clock(start.trim()).ok_or_else(bad)?;
     let end_minute = parse_clock(end.trim()).ok_or_else(bad)?;
     if start_minute == end_minute {
-        return Err(format!("time window {s:?} is empty: start equals end"));
+        return Err(format!(
+            "time window {} is empty: start equals end",
+            shown(s)
+        ));
     }
     Ok(TimeWindow {
         start_minute,
@@ -436,8 +445,8 @@ fn validate_schedule(raw: &Spanned<RawSchedule>, errors: &mut Errors<'_>) -> Opt
             errors.at(
                 s.timezone.span(),
                 format!(
-                    "unknown time zone {:?} (use an IANA name such as \"Europe/Paris\")",
-                    s.timezone.get_ref()
+                    "unknown time zone {} (use an IANA name such as \"Europe/Paris\")",
+                    shown(s.timezone.get_ref())
                 ),
             );
             None
@@ -474,7 +483,7 @@ fn validate_alerts(
         if names.contains(name) {
             errors.at(
                 alert.span(),
-                format!("alert channel {name:?} is listed twice"),
+                format!("alert channel {} is listed twice", shown(name)),
             );
             continue;
         }
@@ -487,7 +496,7 @@ fn validate_alerts(
                 };
                 errors.at(
                     alert.span(),
-                    format!("unknown alert channel {name:?} ({known})"),
+                    format!("unknown alert channel {} ({known})", shown(name)),
                 );
             }
         }
@@ -664,6 +673,29 @@ mod tests {
             let e = errors_of(&variant("alerts = [", &format!("{line}\nalerts = [")));
             assert_eq!(e.len(), 1, "{line}: {e:?}");
             assert!(e[0].starts_with(needle), "{line}: {e:?}");
+        }
+    }
+
+    #[test]
+    fn huge_values_are_not_echoed_whole_in_messages() {
+        let huge = "a b".repeat(200_000);
+        for text in [
+            variant("api = \"checkout\"", &format!("api = \"{huge}\"")),
+            variant(
+                "[traffic]\n",
+                &format!("[traffic]\ntotal_weight = \"{huge}\"\n"),
+            ),
+            variant("\"22:00-06:00\"", &format!("\"{huge}\"")),
+        ] {
+            let e = errors_of(&text);
+            assert!(!e.is_empty());
+            let total: usize = e.iter().map(|m| m.len()).sum();
+            assert!(
+                total < 1000,
+                "{} bytes of messages: {:?}",
+                total,
+                &e[0][..200]
+            );
         }
     }
 

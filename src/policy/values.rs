@@ -7,7 +7,7 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::located::unspanned;
+use super::located::{shown, unspanned};
 
 /// A duration written as a humantime string (`"30s"`, `"10m"`, `"1h 30m"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,7 +24,7 @@ impl<'de> Deserialize<'de> for HumanDuration {
             fn visit_str<E: de::Error>(self, v: &str) -> Result<HumanDuration, E> {
                 humantime::parse_duration(v)
                     .map(HumanDuration)
-                    .map_err(|e| E::custom(format!("invalid duration {v:?}: {e}")))
+                    .map_err(|e| E::custom(format!("invalid duration {}: {e}", shown(v))))
             }
         }
         deserializer.deserialize_str(V)
