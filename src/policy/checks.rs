@@ -12,6 +12,7 @@ use super::raw::{
     default_advance_tolerance, default_failures, default_guard_min_green_requests,
     default_min_errors, default_overdispersion, default_tolerance, RawCheck, RawCheckKind, RawEdge,
 };
+use super::values::Table;
 use super::{Check, CheckKind};
 
 fn validate_edges(raw: &Spanned<Vec<Spanned<RawEdge>>>, errors: &mut Errors<'_>) -> Vec<f64> {
@@ -69,7 +70,7 @@ fn validate_edges(raw: &Spanned<Vec<Spanned<RawEdge>>>, errors: &mut Errors<'_>)
 }
 
 pub(super) fn validate_checks(
-    raw: &[Spanned<RawCheck>],
+    raw: &[Spanned<Table<RawCheck>>],
     api: &Spanned<String>,
     errors: &mut Errors<'_>,
 ) -> Vec<Check> {

@@ -18,7 +18,7 @@ use super::located::{parse_toml, shown, shown_url, unspanned, Errors};
 use super::read::read_text;
 use super::secret::Secret;
 use super::validate::consul_key_problem;
-use super::values::{duration, HumanDuration};
+use super::values::{duration, HumanDuration, Table};
 use super::PolicyError;
 
 /// The validated daemon configuration.
@@ -205,22 +205,22 @@ struct RawConfig {
     state_dir: Spanned<String>,
     /// `[metrics]`: the PromQL backend.
     #[serde(default = "default_metrics")]
-    metrics: RawMetrics,
+    metrics: Table<RawMetrics>,
     /// `[consul]`: KV, sessions and locks.
     #[serde(default = "default_consul")]
-    consul: RawConsul,
+    consul: Table<RawConsul>,
     /// `[haproxy]`: Runtime API nodes.
     #[serde(default = "default_haproxy")]
-    haproxy: RawHaproxy,
+    haproxy: Table<RawHaproxy>,
     /// `[[alert]]`: named alert channels.
     #[serde(default, rename = "alert")]
-    alerts: Vec<Spanned<RawAlert>>,
+    alerts: Vec<Spanned<Table<RawAlert>>>,
     /// Maximum APIs evaluated at once. Default 32.
     #[serde(default = "default_max_concurrency")]
     max_concurrency: Spanned<i64>,
     /// `[sync]`: `greenlight sync`.
     #[serde(default = "default_sync")]
-    sync: RawSync,
+    sync: Table<RawSync>,
 }
 
 fn default_policies_dir() -> Spanned<String> {
@@ -256,18 +256,18 @@ struct RawMetrics {
     max_staleness: Spanned<HumanDuration>,
     /// `[metrics.auth]`: `bearer_token = <secret>`, or `username` + `password = <secret>`.
     #[serde(default)]
-    auth: Option<Spanned<RawAuth>>,
+    auth: Option<Spanned<Table<RawAuth>>>,
 }
 
-fn default_metrics() -> RawMetrics {
-    RawMetrics {
+fn default_metrics() -> Table<RawMetrics> {
+    Table(RawMetrics {
         url: default_metrics_url(),
         kind: default_metrics_kind(),
         timeout: default_metrics_timeout(),
         latency_offset: None,
         max_staleness: default_max_staleness(),
         auth: None,
-    }
+    })
 }
 fn default_metrics_url() -> Spanned<String> {
     unspanned("http://127.0.0.1:8428".into())
@@ -377,14 +377,14 @@ struct RawConsul {
     lock_delay: Spanned<HumanDuration>,
 }
 
-fn default_consul() -> RawConsul {
-    RawConsul {
+fn default_consul() -> Table<RawConsul> {
+    Table(RawConsul {
         url: default_consul_url(),
         token: default_consul_token(),
         prefix: default_consul_prefix(),
         session_ttl: default_session_ttl(),
         lock_delay: default_lock_delay(),
-    }
+    })
 }
 fn default_consul_url() -> Spanned<String> {
     unspanned("http://127.0.0.1:8500".into())
@@ -413,10 +413,10 @@ struct RawHaproxy {
     nodes: Vec<Spanned<String>>,
 }
 
-fn default_haproxy() -> RawHaproxy {
-    RawHaproxy {
+fn default_haproxy() -> Table<RawHaproxy> {
+    Table(RawHaproxy {
         nodes: default_haproxy_nodes(),
-    }
+    })
 }
 fn default_haproxy_nodes() -> Vec<Spanned<String>> {
     vec![unspanned("tcp://127.0.0.1:9999".into())]
@@ -433,11 +433,11 @@ struct RawSync {
     repair_interval: Spanned<HumanDuration>,
 }
 
-fn default_sync() -> RawSync {
-    RawSync {
+fn default_sync() -> Table<RawSync> {
+    Table(RawSync {
         listen: default_sync_listen(),
         repair_interval: default_repair_interval(),
-    }
+    })
 }
 fn default_sync_listen() -> Spanned<String> {
     unspanned("127.0.0.1:8458".into())
@@ -615,8 +615,8 @@ impl RawConfig {
             errors,
         );
 
-        let metrics = self.metrics.validate(base, errors);
-        let consul = self.consul.validate(base, errors);
+        let metrics = self.metrics.0.validate(base, errors);
+        let consul = self.consul.0.validate(base, errors);
         let mut nodes = Vec::new();
         for node in &self.haproxy.nodes {
             match parse_node(node.get_ref()) {

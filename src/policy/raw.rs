@@ -12,7 +12,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::located::unspanned;
-use super::values::{duration, HumanDuration};
+use super::values::{duration, HumanDuration, Table};
 
 /// A policy file as written.
 #[derive(Debug, Deserialize)]
@@ -60,19 +60,19 @@ pub(super) struct RawPolicy {
     #[serde(default = "default_stuck_alert_after")]
     pub(super) stuck_alert_after: Spanned<HumanDuration>,
     /// Where the traffic split lives. Required.
-    pub(super) traffic: Spanned<RawTraffic>,
+    pub(super) traffic: Spanned<Table<RawTraffic>>,
     /// Optional progression windows.
     #[serde(default)]
-    pub(super) schedule: Option<Spanned<RawSchedule>>,
+    pub(super) schedule: Option<Spanned<Table<RawSchedule>>>,
     /// `[[check]]` tables, in file order.
     #[serde(default, rename = "check")]
-    pub(super) checks: Vec<Spanned<RawCheck>>,
+    pub(super) checks: Vec<Spanned<Table<RawCheck>>>,
     /// Alert channel names from the daemon config. Default: none.
     #[serde(default)]
     pub(super) alerts: Vec<Spanned<String>>,
     /// Optional per-event channel lists; an event not listed goes to `alerts`.
     #[serde(default)]
-    pub(super) alert_routes: Option<RawAlertRoutes>,
+    pub(super) alert_routes: Option<Table<RawAlertRoutes>>,
 }
 
 /// `[alert_routes]`: which channels receive which events (an empty list silences the event).
@@ -161,14 +161,14 @@ pub(super) enum RawMaxStepAction {
 pub(super) struct RawTraffic {
     /// `{ blue = "<key>", green = "<key>" }`: Consul KV keys holding the integer weights.
     #[serde(default)]
-    pub(super) consul_keys: Option<Spanned<RawConsulKeys>>,
+    pub(super) consul_keys: Option<Spanned<Table<RawConsulKeys>>>,
     /// `{ backend = "<backend>", blue = "<server>", green = "<server>" }`: HAProxy Runtime API.
     #[serde(default)]
-    pub(super) haproxy: Option<Spanned<RawHaproxyTarget>>,
+    pub(super) haproxy: Option<Spanned<Table<RawHaproxyTarget>>>,
     /// `{ backend, blue, green }`: with `consul_keys` only, the HAProxy servers `greenlight sync`
     /// mirrors the two keys to.
     #[serde(default)]
-    pub(super) haproxy_backend: Option<Spanned<RawHaproxyTarget>>,
+    pub(super) haproxy_backend: Option<Spanned<Table<RawHaproxyTarget>>>,
     /// Sum of the blue and green weights, 1..=256. Default 100.
     #[serde(default = "default_total_weight")]
     pub(super) total_weight: Spanned<i64>,

@@ -9,6 +9,7 @@ use super::checks::validate_checks;
 use super::limits::{self, count_in, duration_in};
 use super::located::{explicit, number, parse_toml, shown, Errors};
 use super::raw::{RawHaproxyTarget, RawMaxStepAction, RawPolicy, RawSchedule, RawTraffic};
+use super::values::Table;
 use super::{
     HaproxyServers, MaxStepAction, Policy, PolicyError, Schedule, TimeWindow, Traffic,
     TrafficTarget,
@@ -237,7 +238,7 @@ fn is_haproxy_name(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
 }
 
-fn validate_traffic(raw: &Spanned<RawTraffic>, errors: &mut Errors<'_>) -> Option<Traffic> {
+fn validate_traffic(raw: &Spanned<Table<RawTraffic>>, errors: &mut Errors<'_>) -> Option<Traffic> {
     let t = raw.get_ref();
     let total = *t.total_weight.get_ref();
     let total_ok = (1..=256).contains(&total);
@@ -407,7 +408,9 @@ fn validate_steps(
 /// Parses `HH:MM` into minutes since midnight.
 fn parse_clock(s: &str) -> Option<u16> {
     let (h, m) = s.split_once(':')?;
-    if h.len() != 2 || m.len() != 2 {
+    // Two ASCII digits each: `u16::from_str` alone would also take "+1".
+    let digits = |s: &str| s.len() == 2 && s.bytes().all(|b| b.is_ascii_digit());
+    if !(digits(h) && digits(m)) {
         return None;
     }
     let h: u16 = h.parse().ok()?;
@@ -437,7 +440,10 @@ fn parse_window(s: &str) -> Result<TimeWindow, String> {
     })
 }
 
-fn validate_schedule(raw: &Spanned<RawSchedule>, errors: &mut Errors<'_>) -> Option<Schedule> {
+fn validate_schedule(
+    raw: &Spanned<Table<RawSchedule>>,
+    errors: &mut Errors<'_>,
+) -> Option<Schedule> {
     let s = raw.get_ref();
     let tz = match jiff::tz::TimeZone::get(s.timezone.get_ref()) {
         Ok(tz) => Some(tz),
@@ -734,7 +740,14 @@ mod tests {
             e[0].starts_with("p.toml:9:12: unknown time zone \"Mars/Olympus\""),
             "{e:?}"
         );
-        for bad in ["25:00-06:00", "22:00", "22:0-06:00", "22:00-22:00"] {
+        for bad in [
+            "25:00-06:00",
+            "22:00",
+            "22:0-06:00",
+            "22:00-22:00",
+            "+1:00-06:00",
+            "22:00-06:+5",
+        ] {
             let e = errors_of(&variant("22:00-06:00", bad));
             assert_eq!(e.len(), 1, "{bad}");
             assert!(e[0].starts_with("p.toml:10:12: time window"), "{e:?}");
@@ -770,6 +783,28 @@ mod tests {
             e[0].starts_with("p.toml:6:16: total_weight must be between 1 and 256"),
             "{e:?}"
         );
+    }
+
+    #[test]
+    fn traffic_targets_given_as_arrays_are_rejected() {
+        // serde took `["a", "b"]` as blue = "a", green = "b".
+        let e = errors_of(&variant(
+            "consul_keys = { blue = \"haproxy/checkout/weights/blue\", green = \"haproxy/checkout/weights/green\" }",
+            "consul_keys = [\"haproxy/checkout/weights/blue\", \"haproxy/checkout/weights/green\"]",
+        ));
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with(
+                "p.toml:6:15: invalid type: sequence, expected a table with named keys"
+            ),
+            "{e:?}"
+        );
+        let e = errors_of(&variant(
+            "consul_keys = { blue = \"haproxy/checkout/weights/blue\", green = \"haproxy/checkout/weights/green\" }",
+            "haproxy = [\"b\", \"blue\", \"green\"]",
+        ));
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].contains("expected a table with named keys"), "{e:?}");
     }
 
     #[test]

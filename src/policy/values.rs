@@ -1,9 +1,11 @@
-//! Value types shared by policy and config files: humantime durations.
+//! Value types shared by policy and config files: humantime durations and tables.
 
 use std::fmt;
+use std::marker::PhantomData;
+use std::ops::Deref;
 use std::time::Duration;
 
-use serde::de::{self, Deserializer, Visitor};
+use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -33,4 +35,32 @@ impl<'de> Deserialize<'de> for HumanDuration {
 
 pub(super) fn duration(seconds: u64) -> Spanned<HumanDuration> {
     unspanned(HumanDuration(Duration::from_secs(seconds)))
+}
+
+/// A TOML table deserialized into `T`. Anything else is refused: serde would otherwise take an
+/// array (`consul_keys = ["a", "b"]`) as the struct's fields in declaration order.
+#[derive(Debug)]
+pub(super) struct Table<T>(pub(super) T);
+
+impl<T> Deref for Table<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Table<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+            type Value = Table<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a table with named keys, such as { blue = \"...\", green = \"...\" }")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Table<T>, A::Error> {
+                T::deserialize(de::value::MapAccessDeserializer::new(map)).map(Table)
+            }
+        }
+        deserializer.deserialize_any(V(PhantomData))
+    }
 }
