@@ -102,7 +102,7 @@ fn each_kind_of_mistake_is_located() {
         (
             "alpha out of range",
             edit("alerts =", "false_rollback_rate = 0.5\nalerts ="),
-            "2:23: false_rollback_rate must be in (0, 0.5), got 0.5",
+            "2:23: false_rollback_rate must be at least 0.000001 and below 0.5, got 0.5",
         ),
         (
             "missing {color}",

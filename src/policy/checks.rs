@@ -7,7 +7,7 @@ use toml::Spanned;
 
 use super::limits::{self, count_in};
 use super::located::{number, shown, Errors};
-use super::query::{groups_by_le, validate_query};
+use super::query::{validate_query, QueryKind};
 use super::raw::{
     default_advance_tolerance, default_failures, default_guard_min_green_requests,
     default_min_errors, default_overdispersion, default_tolerance, RawCheck, RawCheckKind, RawEdge,
@@ -110,7 +110,7 @@ pub(super) fn validate_checks(
                  file, before the first [[check]]",
             );
         }
-        if let Some(kind) = validate_check(c, errors) {
+        if let Some(kind) = validate_check(c, api.get_ref(), errors) {
             checks.push(Check {
                 name: name.clone(),
                 kind,
@@ -157,7 +157,7 @@ fn float_field(
     }
 }
 
-fn validate_check(c: &RawCheck, errors: &mut Errors<'_>) -> Option<CheckKind> {
+fn validate_check(c: &RawCheck, api: &str, errors: &mut Errors<'_>) -> Option<CheckKind> {
     let kind = *c.kind.get_ref();
 
     // Which optional fields this kind accepts.
@@ -255,11 +255,11 @@ fn validate_check(c: &RawCheck, errors: &mut Errors<'_>) -> Option<CheckKind> {
                 let requests = c
                     .requests
                     .as_ref()
-                    .map(|q| validate_query("requests", q, true, errors));
+                    .map(|q| validate_query("requests", q, QueryKind::Count, api, errors));
                 let errs = c
                     .errors
                     .as_ref()
-                    .map(|q| validate_query("errors", q, true, errors));
+                    .map(|q| validate_query("errors", q, QueryKind::Count, api, errors));
                 let blue_max_error_rate = c.blue_max_error_rate.as_ref().map(|v| {
                     let x = *v.get_ref();
                     if !(x > 0.0 && x <= 1.0) {
@@ -284,16 +284,10 @@ fn validate_check(c: &RawCheck, errors: &mut Errors<'_>) -> Option<CheckKind> {
             } else {
                 require("buckets", c.buckets.is_some(), errors);
                 require("edges", c.edges.is_some(), errors);
-                let buckets = c.buckets.as_ref().map(|q| {
-                    let text = validate_query("buckets", q, true, errors);
-                    if !groups_by_le(&text) {
-                        errors.at(
-                            q.span(),
-                            "buckets must keep the `le` label, e.g. sum by (le) (increase(..._bucket{...}[{interval}]))",
-                        );
-                    }
-                    text
-                });
+                let buckets = c
+                    .buckets
+                    .as_ref()
+                    .map(|q| validate_query("buckets", q, QueryKind::Buckets, api, errors));
                 let edges = c.edges.as_ref().map(|e| validate_edges(e, errors));
                 Some(CheckKind::LatencyHistogram {
                     buckets: buckets?,
@@ -312,7 +306,7 @@ fn validate_check(c: &RawCheck, errors: &mut Errors<'_>) -> Option<CheckKind> {
             let query = c
                 .query
                 .as_ref()
-                .map(|q| validate_query("query", q, false, errors));
+                .map(|q| validate_query("query", q, QueryKind::Value, api, errors));
             let max = c.max.as_ref().map(|v| (*v.get_ref(), v.span()));
             let min = c.min.as_ref().map(|v| (*v.get_ref(), v.span()));
             for (name, bound) in [("max", max.clone()), ("min", min.clone())] {
