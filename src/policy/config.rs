@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -16,10 +17,10 @@ use toml::Spanned;
 use super::limits::{self, count_in, duration_in};
 use super::located::{parse_toml, shown, shown_url, unspanned, Errors};
 use super::read::read_text;
-use super::secret::Secret;
+use super::secret::{Secret, SecretRef};
 use super::validate::consul_key_problem;
 use super::values::{duration, HumanDuration, Table};
-use super::PolicyError;
+use super::{load_paths_in, LoadReport, PolicyContext, PolicyError};
 
 /// The validated daemon configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -38,6 +39,8 @@ pub struct Config {
     /// Maximum number of APIs evaluated concurrently. Default 32.
     pub max_concurrency: usize,
     pub sync: SyncConfig,
+    /// Every secret written in the file, with where it was written: [`Config::check_secrets`].
+    secrets: Vec<SecretRef>,
 }
 
 /// `greenlight sync`: mirrors the Consul weight keys into HAProxy.
@@ -178,6 +181,35 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, Vec<PolicyError>> {
         let text = read_text(path).map_err(|e| vec![e])?;
         Config::from_toml(&text, path)
+    }
+
+    /// Reads every secret the file names (not the default Consul token, which may be unset)
+    /// and reports each one that is missing, unreadable or empty, at the `line:col` where it is
+    /// written. Run at start by `greenlight run`, `greenlight sync` and `greenlight check`: a
+    /// named secret that is missing is a configuration error, not a silent "no credentials".
+    pub fn check_secrets(&self) -> Vec<PolicyError> {
+        let mut errors: Vec<PolicyError> =
+            self.secrets.iter().filter_map(SecretRef::check).collect();
+        errors.sort_by_key(|e| (e.line, e.col));
+        errors
+    }
+
+    /// Loads the policies directory, checking each policy against this config: alert channels
+    /// declared, weight keys outside `consul.prefix`. What the daemon loads at start and reload.
+    pub fn load_policies(&self) -> LoadReport {
+        self.load_policy_paths(std::slice::from_ref(&self.policies_dir))
+    }
+
+    /// [`Config::load_policies`] for the given files and directories (`greenlight check`).
+    pub fn load_policy_paths(&self, paths: &[PathBuf]) -> LoadReport {
+        let channels = self.channel_names();
+        load_paths_in(
+            paths,
+            PolicyContext {
+                channels: Some(&channels),
+                consul_prefix: Some(&self.consul.prefix),
+            },
+        )
     }
 
     /// Names of the declared alert channels, in file order.
@@ -517,10 +549,22 @@ fn validate_secret(
     }
 }
 
-/// Checks an http(s) base URL; returns it without a trailing `/`.
-fn validate_url(raw: &Spanned<String>, field: &str, errors: &mut Errors<'_>) -> String {
+/// Checks an http(s) base URL; returns it without a trailing `/`. Credentials in it are refused
+/// (they would travel into logs, alerts and links); `credentials` says where they go instead.
+fn validate_url(
+    raw: &Spanned<String>,
+    field: &str,
+    credentials: &str,
+    errors: &mut Errors<'_>,
+) -> String {
     let text = raw.get_ref().trim_end_matches('/').to_string();
     match reqwest::Url::parse(&text) {
+        Ok(url) if !url.username().is_empty() || url.password().is_some() => errors.at(
+            raw.span(),
+            format!(
+                "{field} must not contain a user name or password (user:password@); {credentials}"
+            ),
+        ),
         Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {}
         Ok(_) => errors.at(
             raw.span(),
@@ -542,6 +586,11 @@ fn validate_url(raw: &Spanned<String>, field: &str, errors: &mut Errors<'_>) -> 
 
 fn parse_node(s: &str) -> Result<HaproxyNode, String> {
     if let Some(addr) = s.strip_prefix("tcp://") {
+        if addr.contains('@') {
+            return Err(
+                "HAProxy node must be tcp://host:port, without a user name or password".into(),
+            );
+        }
         let ok = addr.rsplit_once(':').is_some_and(|(host, port)| {
             !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
         });
@@ -591,6 +640,15 @@ fn validate_listen(
 
 impl RawConfig {
     fn validate(self, base: &Path, errors: &mut Errors<'_>) -> Option<Config> {
+        // Where each secret was written, taken before the sections are consumed.
+        let auth_spans = self.metrics.auth.as_ref().map(|a| {
+            let bearer = a.get_ref().bearer_token.as_ref().map(|s| s.span());
+            let password = a.get_ref().password.as_ref().map(|s| s.span());
+            bearer.or(password).unwrap_or_else(|| a.span())
+        });
+        let token_span = self.consul.token.span();
+        let mut secrets = Vec::new();
+        let file = errors.file().to_path_buf();
         let listen = validate_listen(&self.listen, "listen", "127.0.0.1:8457", errors);
         let sync_listen =
             validate_listen(&self.sync.listen, "sync.listen", "127.0.0.1:8458", errors);
@@ -644,11 +702,60 @@ impl RawConfig {
                 seen.insert(name.clone(), errors.location(a.name.span()));
             }
             if let Some(kind) = validate_alert(a, base, errors) {
+                let located = |span: Option<Range<usize>>| span.unwrap_or_else(|| alert.span());
+                match &kind {
+                    AlertChannelKind::Alertmanager { .. } => {}
+                    AlertChannelKind::Slack { webhook_url } => secrets.push(SecretRef::new(
+                        format!("alert {} webhook_url", shown(name)),
+                        webhook_url,
+                        &file,
+                        errors.location(located(a.webhook_url.as_ref().map(|s| s.span()))),
+                    )),
+                    AlertChannelKind::Webhook { url, hmac_secret } => {
+                        secrets.push(SecretRef::new(
+                            format!("alert {} url", shown(name)),
+                            url,
+                            &file,
+                            errors.location(located(a.url.as_ref().map(|s| s.span()))),
+                        ));
+                        if let Some(hmac) = hmac_secret {
+                            secrets.push(SecretRef::new(
+                                format!("alert {} hmac_secret", shown(name)),
+                                hmac,
+                                &file,
+                                errors.location(located(a.hmac_secret.as_ref().map(|s| s.span()))),
+                            ));
+                        }
+                    }
+                }
                 alerts.push(AlertChannel {
                     name: name.clone(),
                     kind,
                 });
             }
+        }
+
+        let auth = metrics.as_ref().and_then(|m| m.auth.clone());
+        if let (Some(auth), Some(span)) = (auth, auth_spans) {
+            let (field, secret) = match &auth {
+                MetricsAuth::Bearer(s) => ("metrics.auth.bearer_token", s),
+                MetricsAuth::Basic { password, .. } => ("metrics.auth.password", password),
+            };
+            secrets.push(SecretRef::new(
+                field.into(),
+                secret,
+                &file,
+                errors.location(span),
+            ));
+        }
+        // The default token ({ env = "CONSUL_HTTP_TOKEN" }, not written) may be unset: no token.
+        if let (Some(c), false) = (&consul, token_span.is_empty()) {
+            secrets.push(SecretRef::new(
+                "consul.token".into(),
+                &c.token,
+                &file,
+                errors.location(token_span),
+            ));
         }
 
         Some(Config {
@@ -664,13 +771,20 @@ impl RawConfig {
                 listen: sync_listen?,
                 repair_interval,
             },
+            secrets,
         })
     }
 }
 
 impl RawMetrics {
     fn validate(self, base: &Path, errors: &mut Errors<'_>) -> Option<MetricsConfig> {
-        let url = validate_url(&self.url, "metrics.url", errors);
+        let url = validate_url(
+            &self.url,
+            "metrics.url",
+            "put them in [metrics.auth]: bearer_token = { file = \"...\" }, or username = \"...\" \
+             with password = { env = \"...\" }",
+            errors,
+        );
         let timeout = duration_in(
             &self.timeout,
             "metrics.timeout",
@@ -731,7 +845,12 @@ impl RawMetrics {
 
 impl RawConsul {
     fn validate(self, base: &Path, errors: &mut Errors<'_>) -> Option<ConsulConfig> {
-        let url = validate_url(&self.url, "consul.url", errors);
+        let url = validate_url(
+            &self.url,
+            "consul.url",
+            "give the ACL token as consul.token = { file = \"...\" } or { env = \"...\" }",
+            errors,
+        );
         let token = validate_secret(&self.token, "consul.token", base, errors);
         let prefix = self.prefix.get_ref();
         if let Some(problem) = consul_key_problem(prefix) {
@@ -809,7 +928,13 @@ fn validate_alert(a: &RawAlert, base: &Path, errors: &mut Errors<'_>) -> Option<
             }
             Some(url) => match url.get_ref() {
                 toml::Value::String(s) => {
-                    let text = validate_url(&Spanned::new(url.span(), s.clone()), "url", errors);
+                    let text = validate_url(
+                        &Spanned::new(url.span(), s.clone()),
+                        "url",
+                        "an alertmanager channel sends none; use a webhook channel, whose url is \
+                         a secret, for a receiver that needs them",
+                        errors,
+                    );
                     Some(AlertChannelKind::Alertmanager { url: text })
                 }
                 _ => {
@@ -1002,6 +1127,65 @@ hmac_secret = { file = "hmac" }
         ] {
             assert_eq!(errors_of(text), vec![expected.to_string()], "{text}");
         }
+    }
+
+    #[test]
+    fn credentials_in_urls_are_rejected_without_being_echoed() {
+        // The password of a metrics URL ended up in every rollback alert's vmui link.
+        let e = errors_of("[metrics]\nurl = \"http://greenlight:hunter2@vm:8428\"\n");
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with("conf/g.toml:2:7: metrics.url must not contain a user name or password (user:password@); put them in [metrics.auth]"),
+            "{e:?}"
+        );
+        for text in [
+            "[consul]\nurl = \"https://x:hunter2@consul:8500\"\n",
+            "[[alert]]\nname = \"a\"\nkind = \"alertmanager\"\nurl = \"http://u:hunter2@am:9093\"\n",
+            "[haproxy]\nnodes = [\"tcp://admin:hunter2@lb:9999\"]\n",
+            "[metrics]\nurl = \"ftp://u:hunter2@vm:8428\"\n",
+            "[metrics]\nurl = \"http://u:hunter2@vm:port\"\n",
+        ] {
+            let e = errors_of(text);
+            assert_eq!(e.len(), 1, "{text}: {e:?}");
+            assert!(!e[0].contains("hunter2"), "the password leaked: {e:?}");
+        }
+    }
+
+    #[test]
+    fn named_secret_that_is_missing_is_a_configuration_error() {
+        // An unset token variable used to mean "run without a token" (then: permission denied).
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("hmac"), "k3y\n").unwrap();
+        let text = r#"[consul]
+token = { env = "GREENLIGHT_TEST_UNSET_CONSUL_TOKEN" }
+
+[metrics]
+auth = { bearer_token = { file = "missing-token" } }
+
+[[alert]]
+name = "hook"
+kind = "webhook"
+url = { env = "GREENLIGHT_TEST_UNSET_HOOK_URL" }
+hmac_secret = { file = "hmac" }
+"#;
+        let c = Config::from_toml(text, &dir.path().join("g.toml")).unwrap();
+        let e: Vec<String> = c.check_secrets().iter().map(|e| e.to_string()).collect();
+        let file = dir.path().join("g.toml").display().to_string();
+        assert_eq!(e.len(), 3, "{e:?}");
+        assert_eq!(
+            e[1],
+            format!("{file}:5:25: metrics.auth.bearer_token: cannot read secret file {}: No such file or directory (os error 2)", dir.path().join("missing-token").display())
+        );
+        assert_eq!(
+            e[0],
+            format!("{file}:2:9: consul.token: environment variable GREENLIGHT_TEST_UNSET_CONSUL_TOKEN is not set")
+        );
+        assert_eq!(
+            e[2],
+            format!("{file}:10:7: alert \"hook\" url: environment variable GREENLIGHT_TEST_UNSET_HOOK_URL is not set")
+        );
+        // Not written, the default token may be unset: no token.
+        assert!(Config::default().check_secrets().is_empty());
     }
 
     #[test]

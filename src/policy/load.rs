@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use super::located::{line_col, shown};
 use super::read::read_text;
 use super::validate::parse_policy;
-use super::{Policy, PolicyError};
+use super::{Policy, PolicyContext, PolicyError};
 
 /// The outcome of loading several policy files: the valid policies and every error found.
 /// A broken file never prevents the others from loading.
@@ -41,9 +41,9 @@ fn unlocated(file: &Path, message: String) -> PolicyError {
     }
 }
 
-fn load_one(path: &Path, channels: Option<&[String]>) -> Result<Loaded, Vec<PolicyError>> {
+fn load_one(path: &Path, context: PolicyContext<'_>) -> Result<Loaded, Vec<PolicyError>> {
     let text = read_text(path).map_err(|e| vec![e])?;
-    let (policy, api_span): (Policy, Range<usize>) = parse_policy(&text, path, channels)?;
+    let (policy, api_span): (Policy, Range<usize>) = parse_policy(&text, path, context)?;
     Ok(Loaded {
         policy,
         api_location: line_col(&text, api_span.start),
@@ -52,7 +52,11 @@ fn load_one(path: &Path, channels: Option<&[String]>) -> Result<Loaded, Vec<Poli
 
 /// Reads and validates one policy file. With `channels`, alert names must be among them.
 pub fn load_file(path: &Path, channels: Option<&[String]>) -> Result<Policy, Vec<PolicyError>> {
-    load_one(path, channels).map(|l| l.policy)
+    let context = PolicyContext {
+        channels,
+        consul_prefix: None,
+    };
+    load_one(path, context).map(|l| l.policy)
 }
 
 /// Loads every `*.toml` file directly inside `dir` (sorted by name; hidden files skipped). An
@@ -64,6 +68,15 @@ pub fn load_dir(dir: &Path, channels: Option<&[String]>) -> LoadReport {
 /// Loads files and directories (each directory as in [`load_dir`]). API names must be unique
 /// across everything loaded: a repeat is reported on the later file's `api` line.
 pub fn load_paths(paths: &[PathBuf], channels: Option<&[String]>) -> LoadReport {
+    let context = PolicyContext {
+        channels,
+        consul_prefix: None,
+    };
+    load_paths_in(paths, context)
+}
+
+/// [`load_paths`], checking each policy against `context` (see [`crate::policy::Config::load_policies`]).
+pub fn load_paths_in(paths: &[PathBuf], context: PolicyContext<'_>) -> LoadReport {
     let mut files = Vec::new();
     let mut report = LoadReport::default();
     for path in paths {
@@ -79,7 +92,7 @@ pub fn load_paths(paths: &[PathBuf], channels: Option<&[String]>) -> LoadReport 
 
     let mut seen: HashMap<String, PathBuf> = HashMap::new();
     for file in files {
-        match load_one(&file, channels) {
+        match load_one(&file, context) {
             Ok(loaded) => {
                 let api = loaded.policy.api.clone();
                 if let Some(first) = seen.get(&api) {

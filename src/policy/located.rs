@@ -109,6 +109,10 @@ impl<'a> Errors<'a> {
         self.at_offset(offset, message);
     }
 
+    pub(super) fn file(&self) -> &Path {
+        self.file
+    }
+
     pub(super) fn is_empty(&self) -> bool {
         self.list.is_empty()
     }

@@ -1,9 +1,11 @@
 //! Secrets: references to a file or an environment variable, read when needed, never printed.
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::{Serialize, Serializer};
+
+use super::PolicyError;
 
 /// A secret read when needed, from a file or an environment variable; never printed.
 #[derive(Clone, PartialEq, Eq)]
@@ -69,6 +71,39 @@ impl Secret {
             Err(SecretError::EnvUnset { .. }) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+}
+
+/// A secret as written in a config file, for checking at start that it can be read.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct SecretRef {
+    /// The key that names it, e.g. `consul.token`.
+    field: String,
+    secret: Secret,
+    file: PathBuf,
+    line: usize,
+    col: usize,
+}
+
+impl SecretRef {
+    pub(super) fn new(field: String, secret: &Secret, file: &Path, at: (usize, usize)) -> Self {
+        SecretRef {
+            field,
+            secret: secret.clone(),
+            file: file.to_path_buf(),
+            line: at.0,
+            col: at.1,
+        }
+    }
+
+    /// The problem reading it, if any; never the secret itself.
+    pub(super) fn check(&self) -> Option<PolicyError> {
+        self.secret.resolve().err().map(|e| PolicyError {
+            file: self.file.clone(),
+            line: self.line,
+            col: self.col,
+            message: format!("{}: {e}", self.field),
+        })
     }
 }
 

@@ -11,8 +11,8 @@ use super::located::{explicit, number, parse_toml, shown, Errors};
 use super::raw::{RawHaproxyTarget, RawMaxStepAction, RawPolicy, RawSchedule, RawTraffic};
 use super::values::Table;
 use super::{
-    HaproxyServers, MaxStepAction, Policy, PolicyError, Schedule, TimeWindow, Traffic,
-    TrafficTarget,
+    HaproxyServers, MaxStepAction, Policy, PolicyContext, PolicyError, Schedule, TimeWindow,
+    Traffic, TrafficTarget,
 };
 
 /// Parses and validates one policy; also returns the span of its `api` value (for messages
@@ -20,14 +20,14 @@ use super::{
 pub(super) fn parse_policy(
     text: &str,
     file: &Path,
-    channels: Option<&[String]>,
+    context: PolicyContext<'_>,
 ) -> Result<(Policy, Range<usize>), Vec<PolicyError>> {
     let mut errors = Errors::new(text, file);
     let Some(raw) = parse_toml::<RawPolicy>(text, &mut errors) else {
         return Err(errors.into_sorted());
     };
     let api_span = raw.api.span();
-    match raw.validate(file, channels, &mut errors) {
+    match raw.validate(file, context, &mut errors) {
         Some(policy) if errors.is_empty() => Ok((policy, api_span)),
         _ => Err(errors.into_sorted()),
     }
@@ -41,7 +41,11 @@ impl Policy {
         file: &Path,
         channels: Option<&[String]>,
     ) -> Result<Policy, Vec<PolicyError>> {
-        parse_policy(text, file, channels).map(|(policy, _)| policy)
+        let context = PolicyContext {
+            channels,
+            consul_prefix: None,
+        };
+        parse_policy(text, file, context).map(|(policy, _)| policy)
     }
 }
 
@@ -49,9 +53,10 @@ impl RawPolicy {
     fn validate(
         self,
         file: &Path,
-        channels: Option<&[String]>,
+        context: PolicyContext<'_>,
         errors: &mut Errors<'_>,
     ) -> Option<Policy> {
+        let channels = context.channels;
         let api = self.api.get_ref().clone();
         if !is_api_name(&api) {
             errors.at(
@@ -153,7 +158,7 @@ impl RawPolicy {
             }
         }
 
-        let traffic = validate_traffic(&self.traffic, errors);
+        let traffic = validate_traffic(&self.traffic, context.consul_prefix, errors);
         let steps = validate_steps(&self.steps, traffic.as_ref(), errors);
         let schedule = self
             .schedule
@@ -231,6 +236,12 @@ pub(super) fn consul_key_problem(key: &str) -> Option<String> {
     None
 }
 
+/// Whether Consul key `key` is `prefix` or lies under it.
+fn inside_prefix(key: &str, prefix: &str) -> bool {
+    key.strip_prefix(prefix)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
 /// HAProxy proxy and server names: letters, digits, '-', '_', '.', ':'.
 fn is_haproxy_name(s: &str) -> bool {
     !s.is_empty()
@@ -238,7 +249,11 @@ fn is_haproxy_name(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
 }
 
-fn validate_traffic(raw: &Spanned<Table<RawTraffic>>, errors: &mut Errors<'_>) -> Option<Traffic> {
+fn validate_traffic(
+    raw: &Spanned<Table<RawTraffic>>,
+    consul_prefix: Option<&str>,
+    errors: &mut Errors<'_>,
+) -> Option<Traffic> {
     let t = raw.get_ref();
     let total = *t.total_weight.get_ref();
     let total_ok = (1..=256).contains(&total);
@@ -269,6 +284,20 @@ fn validate_traffic(raw: &Spanned<Table<RawTraffic>>, errors: &mut Errors<'_>) -
             for (name, key) in [("blue", &k.blue), ("green", &k.green)] {
                 if let Some(problem) = consul_key_problem(key.get_ref()) {
                     errors.at(key.span(), format!("Consul key for {name} {problem}"));
+                    ok = false;
+                } else if let Some(prefix) =
+                    consul_prefix.filter(|p| inside_prefix(key.get_ref(), p))
+                {
+                    errors.at(
+                        key.span(),
+                        format!(
+                            "Consul key for {name} {} is inside greenlight's own prefix {} \
+                             (consul.prefix), where it keeps its state and lock; use a key \
+                             outside it",
+                            shown(key.get_ref()),
+                            shown(prefix)
+                        ),
+                    );
                     ok = false;
                 }
             }
@@ -517,7 +546,10 @@ mod tests {
     use std::time::Duration;
 
     use super::super::fixture::{errors_of, variant, GOOD};
-    use super::super::{CheckKind, HaproxyServers, MaxStepAction, Policy, TimeWindow};
+    use super::super::{
+        CheckKind, HaproxyServers, MaxStepAction, Policy, PolicyContext, TimeWindow,
+    };
+    use super::parse_policy;
 
     #[test]
     fn good_policy_gets_defaults() {
@@ -805,6 +837,34 @@ mod tests {
         ));
         assert_eq!(e.len(), 1, "{e:?}");
         assert!(e[0].contains("expected a table with named keys"), "{e:?}");
+    }
+
+    #[test]
+    fn weight_keys_inside_greenlights_own_prefix_are_rejected() {
+        // greenlight then wrote "100" over its own state.
+        let errors = |prefix: &str| -> Vec<String> {
+            let context = PolicyContext {
+                channels: None,
+                consul_prefix: Some(prefix),
+            };
+            match parse_policy(GOOD, Path::new("p.toml"), context) {
+                Ok(_) => Vec::new(),
+                Err(e) => e.iter().map(|e| e.to_string()).collect(),
+            }
+        };
+        let e = errors("haproxy");
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(
+            e[0].starts_with("p.toml:6:24: Consul key for blue \"haproxy/checkout/weights/blue\" is inside greenlight's own prefix \"haproxy\""),
+            "{e:?}"
+        );
+        assert!(
+            e[1].starts_with("p.toml:6:65: Consul key for green"),
+            "{e:?}"
+        );
+        assert_eq!(errors("haproxy/checkout/weights/green").len(), 1);
+        assert!(errors("hap").is_empty());
+        assert!(errors("greenlight").is_empty());
     }
 
     #[test]
