@@ -6,6 +6,8 @@
 
 mod checks;
 mod config;
+mod config_fields;
+mod config_raw;
 #[cfg(test)]
 mod fixture;
 pub mod limits;
