@@ -33,8 +33,16 @@ url = "http://127.0.0.1:9093"
 "#;
 
 fn greenlight(config: Option<&Path>, paths: &[&Path]) -> Output {
+    greenlight_with(config, paths, &[])
+}
+
+/// `greenlight check` with extra environment variables (the secrets a config names).
+fn greenlight_with(config: Option<&Path>, paths: &[&Path], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_greenlight"));
     cmd.env_remove("GREENLIGHT_CONFIG");
+    cmd.env_remove("CONSUL_HTTP_TOKEN");
+    cmd.env_remove("SLACK_WEBHOOK_URL");
+    cmd.envs(env.iter().copied());
     if let Some(config) = config {
         cmd.arg("--config").arg(config);
     }
@@ -61,16 +69,22 @@ fn write_config(dir: &Path) -> PathBuf {
 #[test]
 fn shipped_policies_pass_with_the_example_config() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = greenlight(
+    // The example config names these two secrets.
+    let secrets = [
+        ("CONSUL_HTTP_TOKEN", "token"),
+        ("SLACK_WEBHOOK_URL", "https://hooks.example/x"),
+    ];
+    let out = greenlight_with(
         Some(&root.join("config/greenlight.toml")),
         &[&root.join("policies")],
+        &secrets,
     );
     assert_eq!(out.status.code(), Some(0), "stderr:\n{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "ok: 2 policies (checkout, search)\n");
     assert_eq!(text(&out.stderr), "");
 
     // Without paths, the config's policies_dir (relative to the config file) is checked.
-    let out = greenlight(Some(&root.join("config/greenlight.toml")), &[]);
+    let out = greenlight_with(Some(&root.join("config/greenlight.toml")), &[], &secrets);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "ok: 2 policies (checkout, search)\n");
 }
@@ -102,7 +116,7 @@ fn each_kind_of_mistake_is_located() {
         (
             "alpha out of range",
             edit("alerts =", "false_rollback_rate = 0.5\nalerts ="),
-            "2:23: false_rollback_rate must be in (0, 0.5), got 0.5",
+            "2:23: false_rollback_rate must be at least 0.000001 and below 0.5, got 0.5",
         ),
         (
             "missing {color}",
@@ -264,4 +278,99 @@ fn empty_directory_is_an_error() {
         text(&out.stderr),
         format!("{}: no policy files (*.toml) found\n", dir.path().display())
     );
+}
+
+#[test]
+fn broken_config_is_reported_instead_of_validating_the_working_directory() {
+    // `--config BROKEN check` used to validate ./policies (the built-in default) and pass.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("greenlight.toml");
+    std::fs::write(&config, "policies_dir = 7\n").unwrap();
+    let cwd = tempfile::tempdir().unwrap();
+    std::fs::create_dir(cwd.path().join("policies")).unwrap();
+    std::fs::write(cwd.path().join("policies/shop.toml"), BASE).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_greenlight"))
+        .env_remove("GREENLIGHT_CONFIG")
+        .current_dir(cwd.path())
+        .arg("--config")
+        .arg(&config)
+        .arg("check")
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!(
+            "{}:1:16: invalid type: integer `7`",
+            config.display()
+        )),
+        "{stderr}"
+    );
+    assert_eq!(text(&out.stdout), "ok: 0 policies\n");
+}
+
+#[test]
+fn fifo_named_toml_does_not_hang_check() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.toml"), BASE).unwrap();
+    let fifo = dir.path().join("b.toml");
+    let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o644) }, 0);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_greenlight"))
+        .env_remove("GREENLIGHT_CONFIG")
+        .arg("check")
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("greenlight check blocked on a FIFO named *.toml");
+        }
+        std::thread::yield_now();
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!("{}: not a regular file", fifo.display())),
+        "{stderr}"
+    );
+    assert_eq!(text(&out.stdout), "ok: 1 policy (shop)\n");
+}
+
+#[test]
+fn missing_named_secret_and_weight_keys_in_the_state_prefix_fail_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("greenlight.toml");
+    std::fs::write(
+        &config,
+        format!("[consul]\ntoken = {{ env = \"GREENLIGHT_CHECK_UNSET_TOKEN\" }}\nprefix = \"w\"\n\n{CONFIG}"),
+    )
+    .unwrap();
+    let file = dir.path().join("shop.toml");
+    std::fs::write(&file, BASE).unwrap();
+    let out = greenlight(Some(&config), &[&file]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 3, "{stderr}");
+    assert_eq!(
+        lines[0],
+        format!(
+            "{}:2:9: consul.token: environment variable GREENLIGHT_CHECK_UNSET_TOKEN is not set",
+            config.display()
+        )
+    );
+    assert!(
+        lines[1].starts_with(&format!(
+            "{}:5:24: Consul key for blue \"w/shop/blue\" is inside greenlight's own prefix \"w\"",
+            file.display()
+        )),
+        "{stderr}"
+    );
+    assert!(lines[2].contains("Consul key for green"), "{stderr}");
 }

@@ -1,16 +1,18 @@
-//! `greenlight check [PATH...]`: validate the daemon config and policies, print every error.
+//! `greenlight check [PATH...]`: validate the daemon config (and that its secrets can be read)
+//! and the policies, print every error.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use clap::Args;
 
-use crate::policy::{load_paths, Config, PolicyError};
+use crate::policy::{load_paths, Config, LoadReport, PolicyError};
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {
-    /// Policy files or directories (default: the configured policies directory). Alert channel
-    /// names are checked against the config given with --config; without one they are not.
+    /// Policy files or directories (default: the configured policies directory). With --config,
+    /// alert channel names and weight keys (outside consul.prefix) are checked against it, and
+    /// every secret it names must be readable; without one they are not.
     pub paths: Vec<PathBuf>,
 }
 
@@ -18,26 +20,35 @@ pub struct CheckArgs {
 /// stdout; returns 2 when anything is wrong, 0 otherwise.
 pub fn run(config: Option<&Path>, args: CheckArgs) -> i32 {
     let mut errors: Vec<PolicyError> = Vec::new();
-    let (config, channels) = match config {
-        Some(path) => match Config::load(path) {
-            Ok(config) => {
-                let names = config.channel_names();
-                (config, Some(names))
+    let (report, paths) = match config.map(Config::load) {
+        // A config that does not load names no policies directory: check only the paths given,
+        // never a default `./policies` the config may not mean.
+        Some(Err(config_errors)) => {
+            errors.extend(config_errors);
+            if args.paths.is_empty() {
+                (LoadReport::default(), Vec::new())
+            } else {
+                (load_paths(&args.paths, None), args.paths)
             }
-            Err(config_errors) => {
-                errors.extend(config_errors);
-                (Config::default(), None)
-            }
-        },
-        None => (Config::default(), None),
+        }
+        Some(Ok(config)) => {
+            errors.extend(config.check_secrets());
+            let paths = if args.paths.is_empty() {
+                vec![config.policies_dir.clone()]
+            } else {
+                args.paths
+            };
+            (config.load_policy_paths(&paths), paths)
+        }
+        None => {
+            let paths = if args.paths.is_empty() {
+                vec![Config::default().policies_dir]
+            } else {
+                args.paths
+            };
+            (load_paths(&paths, None), paths)
+        }
     };
-    let paths = if args.paths.is_empty() {
-        vec![config.policies_dir.clone()]
-    } else {
-        args.paths
-    };
-
-    let report = load_paths(&paths, channels.as_deref());
     errors.extend(report.errors);
     if report.policies.is_empty() && errors.is_empty() {
         for path in &paths {

@@ -66,7 +66,10 @@ pub fn run(cli: Cli) -> i32 {
     match cli.command {
         Command::Check(args) => check::run(cli.config.as_deref(), args),
         Command::Simulate(args) => simulate::run(args),
-        Command::Run(args) => run::run(cli.config.as_deref(), args),
+        Command::Run(args) => match named_secrets_readable(cli.config.as_deref()) {
+            Ok(()) => run::run(cli.config.as_deref(), args),
+            Err(code) => code,
+        },
         Command::Status(args) => ops::status(cli.config.as_deref(), args),
         Command::Start(args) => ops::intent(cli.config.as_deref(), ops::IntentKind::Start, args),
         Command::Pause(args) => ops::intent(cli.config.as_deref(), ops::IntentKind::Pause, args),
@@ -85,7 +88,10 @@ pub fn run(cli: Cli) -> i32 {
         Command::Promote(args) => {
             ops::intent(cli.config.as_deref(), ops::IntentKind::Promote, args)
         }
-        Command::Sync(args) => sync::run(cli.config.as_deref(), args),
+        Command::Sync(args) => match named_secrets_readable(cli.config.as_deref()) {
+            Ok(()) => sync::run(cli.config.as_deref(), args),
+            Err(code) => code,
+        },
         Command::Replay(args) => replay::run(cli.config.as_deref(), args),
         Command::Calibrate(args) => calibrate::run(cli.config.as_deref(), args),
     }
@@ -101,6 +107,24 @@ pub(crate) fn load_config(path: Option<&Path>) -> Result<crate::policy::Config, 
             }
             EXIT_CONFIG
         }),
+    }
+}
+
+/// For the long-running commands: every secret the config at `path` names can be read (a missing
+/// one is a configuration error at start, not "no credentials"); prints each problem and returns
+/// exit code 2. A config that does not load is left to the command, which reports it.
+fn named_secrets_readable(path: Option<&Path>) -> Result<(), i32> {
+    let Some(Ok(config)) = path.map(crate::policy::Config::load) else {
+        return Ok(());
+    };
+    let errors = config.check_secrets();
+    for e in &errors {
+        eprintln!("{e}");
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(EXIT_CONFIG)
     }
 }
 

@@ -33,7 +33,7 @@ use crate::consul::{ConsulClient, ConsulError, Fence, Lock, LockOptions};
 use crate::engine::{decide, Observation, Phase, RolloutState};
 use crate::metrics::window::aligned_end;
 use crate::metrics::{ObserveOptions, PromClient};
-use crate::policy::{load_dir, AlertChannelKind, Config, Policy, PolicyError, Weights};
+use crate::policy::{AlertChannelKind, Config, Policy, PolicyError, Weights};
 use crate::server::logging::log_decision;
 use crate::server::telemetry::Telemetry;
 use crate::traffic::{ConsulKv, HaproxyRuntime, TrafficError};
@@ -604,16 +604,11 @@ struct Policies {
 }
 
 impl Policies {
-    fn reload(
-        &mut self,
-        dir: &std::path::Path,
-        channels: &[String],
-        telemetry: &Telemetry,
-        status: &LiveStatus,
-    ) {
+    fn reload(&mut self, config: &Config, telemetry: &Telemetry, status: &LiveStatus) {
         // Stamp before reading: a file changed while loading is seen at the next look.
-        self.stamp = dir_stamp(dir);
-        let report = load_dir(dir, Some(channels));
+        self.stamp = dir_stamp(&config.policies_dir);
+        // Validated against the config too (channels, weight keys outside greenlight's prefix).
+        let report = config.load_policies();
         for e in &report.errors {
             tracing::error!(error = %e, "Policy file rejected; its last good version keeps running.");
         }
@@ -654,6 +649,11 @@ pub async fn run(
     opts: RunOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), DaemonError> {
+    // A secret the config names must be readable before anything starts.
+    let missing = config.check_secrets();
+    if !missing.is_empty() {
+        return Err(DaemonError::Policies(missing));
+    }
     let shell = Arc::new(Shell::new(&config)?);
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
@@ -662,15 +662,9 @@ pub async fn run(
     });
 
     let mut policies = Policies::default();
-    let channels = config.channel_names();
-    policies.reload(
-        &config.policies_dir,
-        &channels,
-        &shell.telemetry,
-        &shell.status,
-    );
+    policies.reload(&config, &shell.telemetry, &shell.status);
     if opts.once && policies.by_api.is_empty() && policies.errors > 0 {
-        let report = load_dir(&config.policies_dir, Some(&channels));
+        let report = config.load_policies();
         return Err(DaemonError::Policies(report.errors));
     }
 
@@ -774,13 +768,13 @@ pub async fn run(
                 _ = evals.finished(), if evals.in_flight() > 0 => {}
                 _ = hup.recv() => {
                     tracing::info!("SIGHUP: reloading policies.");
-                    policies.reload(&config.policies_dir, &channels, &shell.telemetry, &shell.status);
+                    policies.reload(&config, &shell.telemetry, &shell.status);
                 }
                 _ = tokio::time::sleep(opts.tick) => {
                     shell.env.flush().await;
                     shell.telemetry.outbox_depth(shell.env.outbox_depth());
                     if dir_stamp(&config.policies_dir) != policies.stamp {
-                        policies.reload(&config.policies_dir, &channels, &shell.telemetry, &shell.status);
+                        policies.reload(&config, &shell.telemetry, &shell.status);
                     }
                 }
             }

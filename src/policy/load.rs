@@ -4,8 +4,10 @@ use std::collections::HashMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use super::raw::{line_col, parse_policy};
-use super::{Policy, PolicyError};
+use super::located::{line_col, shown};
+use super::read::read_text;
+use super::validate::parse_policy;
+use super::{Policy, PolicyContext, PolicyError};
 
 /// The outcome of loading several policy files: the valid policies and every error found.
 /// A broken file never prevents the others from loading.
@@ -39,13 +41,9 @@ fn unlocated(file: &Path, message: String) -> PolicyError {
     }
 }
 
-fn read(path: &Path) -> Result<String, PolicyError> {
-    std::fs::read_to_string(path).map_err(|e| unlocated(path, format!("cannot read file: {e}")))
-}
-
-fn load_one(path: &Path, channels: Option<&[String]>) -> Result<Loaded, Vec<PolicyError>> {
-    let text = read(path).map_err(|e| vec![e])?;
-    let (policy, api_span): (Policy, Range<usize>) = parse_policy(&text, path, channels)?;
+fn load_one(path: &Path, context: PolicyContext<'_>) -> Result<Loaded, Vec<PolicyError>> {
+    let text = read_text(path).map_err(|e| vec![e])?;
+    let (policy, api_span): (Policy, Range<usize>) = parse_policy(&text, path, context)?;
     Ok(Loaded {
         policy,
         api_location: line_col(&text, api_span.start),
@@ -54,10 +52,15 @@ fn load_one(path: &Path, channels: Option<&[String]>) -> Result<Loaded, Vec<Poli
 
 /// Reads and validates one policy file. With `channels`, alert names must be among them.
 pub fn load_file(path: &Path, channels: Option<&[String]>) -> Result<Policy, Vec<PolicyError>> {
-    load_one(path, channels).map(|l| l.policy)
+    let context = PolicyContext {
+        channels,
+        consul_prefix: None,
+    };
+    load_one(path, context).map(|l| l.policy)
 }
 
-/// Loads every `*.toml` file directly inside `dir` (sorted by name; hidden files skipped).
+/// Loads every `*.toml` file directly inside `dir` (sorted by name; hidden files skipped). An
+/// entry that is not a regular file (a FIFO, a socket) is reported, never read.
 pub fn load_dir(dir: &Path, channels: Option<&[String]>) -> LoadReport {
     load_paths(&[dir.to_path_buf()], channels)
 }
@@ -65,6 +68,15 @@ pub fn load_dir(dir: &Path, channels: Option<&[String]>) -> LoadReport {
 /// Loads files and directories (each directory as in [`load_dir`]). API names must be unique
 /// across everything loaded: a repeat is reported on the later file's `api` line.
 pub fn load_paths(paths: &[PathBuf], channels: Option<&[String]>) -> LoadReport {
+    let context = PolicyContext {
+        channels,
+        consul_prefix: None,
+    };
+    load_paths_in(paths, context)
+}
+
+/// [`load_paths`], checking each policy against `context` (see [`crate::policy::Config::load_policies`]).
+pub fn load_paths_in(paths: &[PathBuf], context: PolicyContext<'_>) -> LoadReport {
     let mut files = Vec::new();
     let mut report = LoadReport::default();
     for path in paths {
@@ -80,7 +92,7 @@ pub fn load_paths(paths: &[PathBuf], channels: Option<&[String]>) -> LoadReport 
 
     let mut seen: HashMap<String, PathBuf> = HashMap::new();
     for file in files {
-        match load_one(&file, channels) {
+        match load_one(&file, context) {
             Ok(loaded) => {
                 let api = loaded.policy.api.clone();
                 if let Some(first) = seen.get(&api) {
@@ -90,7 +102,8 @@ pub fn load_paths(paths: &[PathBuf], channels: Option<&[String]>) -> LoadReport 
                         line,
                         col,
                         message: format!(
-                            "api {api:?} is already defined in {}; API names must be unique",
+                            "api {} is already defined in {}; API names must be unique",
+                            shown(&api),
                             first.display()
                         ),
                     });
@@ -185,6 +198,35 @@ errors = 'sum(increase(http_requests_total{{job="{api}",cluster="{{color}}",code
         let e = &report.errors[0];
         assert_eq!((e.file.as_path(), e.line, e.col), (second.as_path(), 2, 7));
         assert!(e.message.contains(&first.display().to_string()), "{e}");
+    }
+
+    /// Runs `f` on another thread; fails the test if it has not returned within 20 s.
+    fn within_deadline<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(20))
+            .expect("loading did not return: blocked on a file")
+    }
+
+    #[test]
+    fn fifo_named_toml_does_not_hang_load_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.toml"), policy("alpha")).unwrap();
+        let fifo = dir.path().join("b.toml");
+        let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o644) }, 0);
+        let path = dir.path().to_path_buf();
+        let report = within_deadline(move || load_dir(&path, None));
+        assert_eq!(report.policies.len(), 1);
+        assert_eq!(report.errors.len(), 1, "{:?}", report.errors);
+        assert_eq!(report.errors[0].file, fifo);
+        assert!(
+            report.errors[0].message.starts_with("not a regular file"),
+            "{}",
+            report.errors[0]
+        );
     }
 
     #[test]

@@ -4,9 +4,21 @@
 //! validated types travel through the rest of the program. Every problem found in a file is
 //! reported at once, each as `file:line:col: message` (see [`PolicyError`]).
 
+mod checks;
 mod config;
+mod config_fields;
+mod config_raw;
+#[cfg(test)]
+mod fixture;
+pub mod limits;
 mod load;
+mod located;
+mod query;
 mod raw;
+mod read;
+mod secret;
+mod validate;
+mod values;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -16,9 +28,21 @@ use serde::Serialize;
 
 pub use config::{
     AlertChannel, AlertChannelKind, Config, ConsulConfig, HaproxyConfig, HaproxyNode, MetricsAuth,
-    MetricsBackend, MetricsConfig, Secret, SecretError, SyncConfig,
+    MetricsBackend, MetricsConfig, SyncConfig,
 };
-pub use load::{load_dir, load_file, load_paths, LoadReport};
+pub use load::{load_dir, load_file, load_paths, load_paths_in, LoadReport};
+pub use read::MAX_FILE_BYTES;
+pub use secret::{Secret, SecretError};
+
+/// What a policy is checked against besides itself: what the daemon config declares.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PolicyContext<'a> {
+    /// Alert channel names; every name a policy routes to must be one. `None`: not checked.
+    pub channels: Option<&'a [String]>,
+    /// greenlight's own Consul prefix (`consul.prefix`); weight keys must lie outside it, or
+    /// greenlight would write weights over its own state. `None`: not checked.
+    pub consul_prefix: Option<&'a str>,
+}
 
 /// One validated per-API policy.
 #[derive(Debug, Clone, PartialEq, Serialize)]
