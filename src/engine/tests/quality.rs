@@ -430,3 +430,26 @@ fn the_split_check_can_be_turned_off() {
         s = d.state;
     }
 }
+
+#[test]
+fn automatic_start_waits_while_the_backend_answers_garbage() {
+    // Found by the soak: a NaN or 1e300 answer before the rollout started was taken as "green
+    // has no traffic yet" and the rollout started on it.
+    let mut p = policy();
+    p.auto_start = true;
+    let pending = RolloutState::new(&p);
+    for garbage in [f64::NAN, 1e300] {
+        let o = with_errors(1, healthy(), pair(1e4, 10.0, garbage, garbage / 2.0));
+        let d = decide(&p, &pending, &o, at(1));
+        assert_eq!(d.action, Action::Hold, "{garbage}: {}", d.reason);
+        assert_eq!(d.set_weights, None);
+        assert!(
+            d.reason.contains("Waiting for the metrics backend"),
+            "{}",
+            d.reason
+        );
+    }
+    // Green without series yet is normal before the start.
+    let o = with_problem(obs(1, healthy()), "errors", DataProblem::NoData);
+    assert_eq!(decide(&p, &pending, &o, at(1)).action, Action::Start);
+}
