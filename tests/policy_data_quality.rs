@@ -71,12 +71,12 @@ fn bad_data_quality_values_are_errors_with_their_location() {
     assert!(e.contains("hold") && e.contains("rollback"), "{e}");
     let e = parse("max_requests_per_second = -1.0").unwrap_err();
     assert!(
-        e.contains("max_requests_per_second must be a positive number"),
+        e.contains("max_requests_per_second must be between 1 and"),
         "{e}"
     );
     let e = parse("green_data_missing_for = \"0s\"").unwrap_err();
     assert!(
-        e.contains("green_data_missing_for must be greater than zero"),
+        e.contains("green_data_missing_for must be between 1s and"),
         "{e}"
     );
 }
