@@ -545,6 +545,8 @@ struct Checker {
     human_since: Option<Timestamp>,
     /// Steps a decided rollback has been unapplied with no "not applied" alert.
     unapplied_steps: u32,
+    /// The current rollout's recorded start and the step at which it was first seen.
+    rollout: Option<(Timestamp, u64)>,
 }
 
 type Broken = (&'static str, String);
@@ -729,9 +731,13 @@ impl Checker {
                 }
             }
         }
-        if let (Some(started), Some(last_end)) = (state.rollout_started_at, state.last_window_end) {
-            let windows = (last_end.as_second() - started.as_second())
-                / policy.interval.as_secs().max(1) as i64;
+        // Counted windows never exceed the intervals of true time since the rollout began (its
+        // recorded start comes from an instance's clock, which may be off).
+        if self.rollout.map(|(t, _)| t) != state.rollout_started_at {
+            self.rollout = state.rollout_started_at.map(|t| (t, w.step));
+        }
+        if let Some((_, first_step)) = self.rollout {
+            let windows = (w.step - first_step) as i64;
             for s in &state.streams {
                 if s.advance.intervals as i64 > windows + 1 {
                     return Err((

@@ -409,6 +409,24 @@ impl WeightIo for SimEnv {
 impl MetricsIo for SimEnv {
     async fn observe(&self, policy: &Policy, start: Timestamp, end: Timestamp) -> Observation {
         let mut w = self.w();
+        let mode = w.metrics;
+        // A backend that is down or too slow answers nothing, whatever the window.
+        if matches!(mode, MetricsMode::Outage | MetricsMode::Slow) {
+            let why = if mode == MetricsMode::Outage {
+                "connection refused"
+            } else {
+                "timed out"
+            };
+            let checks = policy
+                .checks
+                .iter()
+                .map(|c| crate::engine::CheckObservation {
+                    check: c.name.clone(),
+                    data: Err(DataProblem::Backend(why.into())),
+                })
+                .collect();
+            return Observation { start, end, checks };
+        }
         // A window ahead of true time (this instance's clock is ahead) has no samples yet: a
         // real backend's freshness query finds the newest sample too old.
         if end > w.now {
@@ -422,7 +440,7 @@ impl MetricsIo for SimEnv {
                 .collect();
             return Observation { start, end, checks };
         }
-        let mode = w.metrics;
+
         let live = w
             .weights
             .get(&policy.api)
