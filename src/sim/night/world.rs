@@ -411,34 +411,25 @@ impl MetricsIo for SimEnv {
         let mut w = self.w();
         let mode = w.metrics;
         // A backend that is down or too slow answers nothing, whatever the window.
-        if matches!(mode, MetricsMode::Outage | MetricsMode::Slow) {
-            let why = if mode == MetricsMode::Outage {
-                "connection refused"
-            } else {
-                "timed out"
-            };
-            let checks = policy
-                .checks
-                .iter()
-                .map(|c| crate::engine::CheckObservation {
-                    check: c.name.clone(),
-                    data: Err(DataProblem::Backend(why.into())),
+        match mode {
+            MetricsMode::Outage => {
+                return every_check(policy, start, end, || {
+                    DataProblem::Backend("connection refused".into())
                 })
-                .collect();
-            return Observation { start, end, checks };
+            }
+            MetricsMode::Slow => {
+                return every_check(policy, start, end, || {
+                    DataProblem::Backend("timed out".into())
+                })
+            }
+            _ => {}
         }
         // A window ahead of true time (this instance's clock is ahead) has no samples yet: a
         // real backend's freshness query finds the newest sample too old.
         if end > w.now {
-            let checks = policy
-                .checks
-                .iter()
-                .map(|c| crate::engine::CheckObservation {
-                    check: c.name.clone(),
-                    data: Err(DataProblem::Stale("no sample in the window yet".into())),
-                })
-                .collect();
-            return Observation { start, end, checks };
+            return every_check(policy, start, end, || {
+                DataProblem::Stale("no sample in the window yet".into())
+            });
         }
 
         let live = w
@@ -465,17 +456,8 @@ impl MetricsIo for SimEnv {
         *w.bad_green.entry(policy.api.clone()).or_default() += draw.bad_green;
         let mut obs = draw.observation;
         match mode {
-            MetricsMode::Normal => {}
-            MetricsMode::Outage => {
-                for c in &mut obs.checks {
-                    c.data = Err(DataProblem::Backend("connection refused".into()));
-                }
-            }
-            MetricsMode::Slow => {
-                for c in &mut obs.checks {
-                    c.data = Err(DataProblem::Backend("timed out".into()));
-                }
-            }
+            // Outages and slow answers were answered above.
+            MetricsMode::Normal | MetricsMode::Outage | MetricsMode::Slow => {}
             MetricsMode::NotANumber | MetricsMode::Huge => {
                 let v = if mode == MetricsMode::Huge {
                     1e300
@@ -506,6 +488,24 @@ impl MetricsIo for SimEnv {
     fn ui(&self) -> Option<&str> {
         None
     }
+}
+
+/// The same problem for every check of `policy` over the window.
+fn every_check(
+    policy: &Policy,
+    start: Timestamp,
+    end: Timestamp,
+    problem: impl Fn() -> DataProblem,
+) -> Observation {
+    let checks = policy
+        .checks
+        .iter()
+        .map(|c| crate::engine::CheckObservation {
+            check: c.name.clone(),
+            data: Err(problem()),
+        })
+        .collect();
+    Observation { start, end, checks }
 }
 
 /// The step index the stored state is at (for step-dependent regressions).
