@@ -1,0 +1,454 @@
+//! One evaluation of one API: read the state and live weights, reconcile, observe, decide,
+//! persist, write the weights, alert.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jiff::{SignedDuration, Timestamp};
+use tokio::sync::Mutex;
+
+use super::env::{self, Env, RealEnv};
+use super::plan::{self, LivePlan, WindowKind, WindowPlan};
+use super::status::LiveStatus;
+use super::store::StoreError;
+use super::{alerts, real_env, DaemonError};
+use crate::alert::AlertEvent;
+use crate::consul::Fence;
+use crate::engine::{decide, Observation, Phase, RolloutState};
+use crate::metrics::window::aligned_end;
+use crate::policy::{Config, Policy, Weights};
+use crate::server::logging::log_decision;
+use crate::server::telemetry::Telemetry;
+use crate::traffic::TrafficError;
+
+/// The shell: evaluates one API at a time through its [`Env`], keeping only telemetry and the
+/// alerts it raised in memory (everything that matters is in the store).
+pub struct Shell<E: Env = RealEnv> {
+    pub env: E,
+    /// Windows end this long before the evaluation time (the backend's ingestion delay).
+    pub(super) latency_offset: Duration,
+    pub telemetry: Arc<Telemetry>,
+    pub status: Arc<LiveStatus>,
+    /// Internal-error alerts already raised by this process (api, what).
+    raised: Mutex<HashSet<(String, String)>>,
+}
+
+impl Shell<RealEnv> {
+    /// Connects the parts described by `config` (no network traffic yet).
+    pub fn new(config: &Config) -> Result<Self, DaemonError> {
+        Ok(Shell::with_env(
+            real_env(config)?,
+            config.metrics.latency_offset,
+        ))
+    }
+}
+
+impl<E: Env> Shell<E> {
+    /// A shell over `env`; windows end `latency_offset` before the evaluation time.
+    pub fn with_env(env: E, latency_offset: Duration) -> Self {
+        Shell {
+            env,
+            latency_offset,
+            telemetry: Arc::new(Telemetry::new()),
+            status: Arc::new(LiveStatus::default()),
+            raised: Mutex::new(HashSet::new()),
+        }
+    }
+
+    async fn alert(&self, policy: &Policy, event: &AlertEvent) {
+        let channels = policy.alert_channels(event.kind.as_str());
+        if channels.is_empty() {
+            return;
+        }
+        match self.env.notify(event, channels).await {
+            Ok(report) => {
+                for name in channels {
+                    self.telemetry
+                        .alert_delivery(name, report.retrying == 0 && report.rejected == 0);
+                }
+            }
+            Err(e) => {
+                tracing::error!(api = %policy.api, error = %e, "Could not record an alert in the outbox.")
+            }
+        }
+        self.telemetry.outbox_depth(self.env.outbox_depth());
+    }
+
+    /// Raises `event` once per process and occurrence `what` (until the API evaluates cleanly).
+    async fn raise_once(&self, policy: &Policy, what: &str, event: AlertEvent) -> bool {
+        let first = self
+            .raised
+            .lock()
+            .await
+            .insert((policy.api.clone(), what.to_string()));
+        if first {
+            self.alert(policy, &event).await;
+        }
+        first
+    }
+
+    pub async fn internal_error(&self, policy: &Policy, what: &str, detail: &str) {
+        let e = alerts::internal_error(&policy.api, what, detail, self.env.now());
+        self.raise_once(policy, what, e).await;
+    }
+
+    async fn clear_internal_errors(&self, api: &str) {
+        self.raised.lock().await.retain(|(a, _)| a != api);
+    }
+
+    /// The stored state cannot be decoded: a critical alert, once; the API holds.
+    async fn state_unreadable(&self, policy: &Policy, error: &StoreError) {
+        self.telemetry.shell_event(&policy.api, "state_unreadable");
+        let e = alerts::state_unreadable(&policy.api, &error.to_string(), self.env.now());
+        if self.raise_once(policy, "state_unreadable", e).await {
+            tracing::error!(api = %policy.api, %error, "The stored state cannot be decoded; holding. `greenlight rollback API --now` moves all traffic to blue without it.");
+        }
+    }
+
+    /// One evaluation of one API at `now`. Returns the end of the last window it is done with
+    /// (`None`: come back at the next tick).
+    pub async fn evaluate(
+        &self,
+        policy: &Policy,
+        fence: Option<&Fence>,
+        now: Timestamp,
+    ) -> Result<Option<Timestamp>, EvalError> {
+        let (mut state, mut index) = match self.env.load(policy).await {
+            Ok(loaded) => loaded,
+            Err(e @ StoreError::Corrupt { .. }) => {
+                self.state_unreadable(policy, &e).await;
+                return Err(e.into());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        state.reconcile(policy);
+        let end = aligned_end(now, policy.interval, self.latency_offset);
+
+        // The live split.
+        let from = state.applying_from.unwrap_or(state.weights);
+        let live = match self
+            .env
+            .read_weights(policy, state.weights_confirmed_at)
+            .await
+        {
+            Ok(w) => w,
+            Err(TrafficError::Missing { keys }) => {
+                tracing::info!(api = %policy.api, keys = ?keys, "Creating the missing weight keys.");
+                self.env.init_weights(policy, state.weights).await?;
+                self.env.read_weights(policy, None).await?
+            }
+            // HAProxy nodes reloaded at their configured weights, or a write that reached only
+            // some nodes: finish greenlight's own change on every node.
+            Err(e) if e.finishable(from, state.weights) => {
+                tracing::warn!(api = %policy.api, error = %e, "Re-applying greenlight's weights (HAProxy reload or partial write).");
+                self.telemetry.shell_event(&policy.api, "weights_reapplied");
+                self.apply(policy, &mut state, &mut index, from, fence, now)
+                    .await?;
+                if state.applying_from.is_some() || state.phase == Phase::Paused {
+                    return Ok(None);
+                }
+                state.weights
+            }
+            // Some nodes are down, the others agree: decide on what they show (a rollback
+            // still lands on them; a step forward is refused until all answer).
+            Err(TrafficError::NodesDown { weights, down }) => {
+                tracing::warn!(api = %policy.api, down = ?down, "Some HAProxy nodes are unreachable; deciding on the others.");
+                weights
+            }
+            // Nodes disagree beyond greenlight's own change: someone edited one by hand.
+            Err(TrafficError::Diverged(found)) | Err(TrafficError::Reloaded { found, .. }) => {
+                let odd = found
+                    .iter()
+                    .map(|(_, w)| *w)
+                    .find(|w| *w != from && *w != state.weights)
+                    .unwrap_or(from);
+                let expected = state.weights;
+                self.overridden(policy, &mut state, &mut index, expected, odd, fence, now)
+                    .await?;
+                return Ok(Some(end));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        match plan::reconcile_live(&state, live) {
+            LivePlan::InSync => {}
+            LivePlan::Confirmed => {
+                state.applying_from = None;
+                state.weights_confirmed_at = Some(now);
+                index = self.env.save(&state, index, fence).await?;
+                self.rollback_landed(policy, &mut state, &mut index, fence)
+                    .await?;
+            }
+            LivePlan::Finish { from } => {
+                self.apply(policy, &mut state, &mut index, from, fence, now)
+                    .await?;
+                if state.applying_from.is_some() {
+                    return Ok(None);
+                }
+            }
+            LivePlan::Override { expected, found } => {
+                self.overridden(policy, &mut state, &mut index, expected, found, fence, now)
+                    .await?;
+                return Ok(Some(end));
+            }
+            LivePlan::Adopt { live } => {
+                tracing::info!(api = %policy.api, blue = live.blue, green = live.green, phase = state.phase.as_str(), "Adopted weights set outside greenlight.");
+                state.weights = live;
+                index = self.env.save(&state, index, fence).await?;
+            }
+        }
+
+        // A progressing rollout needs the window's data, and so does an automatic start (it
+        // waits for usable metrics); an operator intent is decided without it. Anything else
+        // (paused, promoted, rolled back, waiting for `start`) has nothing to decide until an
+        // intent arrives.
+        let needs_data = state.intent.is_none()
+            && (state.phase == Phase::Progressing
+                || (state.phase == Phase::Pending && policy.auto_start));
+        let wants_decision = state.intent.is_some() || needs_data;
+        if !wants_decision {
+            self.status.update(policy, &state);
+            return Ok(Some(end));
+        }
+        let interval =
+            SignedDuration::try_from(policy.interval).unwrap_or(SignedDuration::from_mins(1));
+        let window = plan::choose_window(
+            state.last_window_end,
+            state.last_good_data_at,
+            end,
+            interval,
+        );
+        if needs_data {
+            self.window_anomaly(policy, &window).await;
+            if let WindowKind::Reanchored { from, .. } = window.kind {
+                // Nothing was counted beyond `from`: the windows consumed ahead of the clock
+                // are given up, so that the decision engine accepts the current one.
+                state.last_window_end = from;
+            }
+            if !window.is_new() {
+                self.status.update(policy, &state);
+                return Ok(Some(end));
+            }
+        }
+        let obs = if needs_data {
+            let t = Instant::now();
+            let obs = self.env.observe(policy, window.start, window.end).await;
+            let outcome = if env::backend_failed(&obs) {
+                Err(crate::server::telemetry::QueryErrorKind::Unreachable)
+            } else {
+                Ok(())
+            };
+            self.telemetry
+                .query(self.env.backend(), t.elapsed(), outcome);
+            obs
+        } else {
+            Observation {
+                start: end,
+                end,
+                checks: Vec::new(),
+            }
+        };
+
+        let d = decide(policy, &state, &obs, now);
+        // Alerts first: an alert recorded for a decision that is then not persisted is
+        // re-decided and deduplicated; a persisted decision never loses its alert.
+        for event in alerts::for_decision(policy, &state, &d, self.env.ui()) {
+            self.alert(policy, &event).await;
+        }
+        let before = state.weights;
+        let mut next = d.state.clone();
+        index = self.env.save(&next, index, fence).await?;
+        log_decision(&policy.api, &d);
+        self.telemetry.decision(&policy.api, &d);
+        if d.set_weights.is_some() {
+            self.apply(policy, &mut next, &mut index, before, fence, now)
+                .await?;
+        }
+        self.status.update(policy, &next);
+        self.clear_internal_errors(&policy.api).await;
+        // After an intent the window is still to be counted: come back at the next tick.
+        Ok(
+            if obs.checks.is_empty() && next.phase == Phase::Progressing {
+                None
+            } else {
+                Some(end)
+            },
+        )
+    }
+
+    /// Says (once per occurrence) that the clock went backwards or that windows are skipped.
+    async fn window_anomaly(&self, policy: &Policy, window: &WindowPlan) {
+        let (what, detail) = match window.kind {
+            WindowKind::ClockBehind { last } => (
+                "clock_behind",
+                format!(
+                    "the clock is behind the last counted window (window end {}, last counted {last}); nothing is counted until it catches up",
+                    window.end
+                ),
+            ),
+            WindowKind::Reanchored { ahead, .. } => (
+                "clock_behind",
+                format!(
+                    "windows up to {ahead} were consumed while the clock was ahead (none had data); evaluation goes on from the window ending {}",
+                    window.end
+                ),
+            ),
+            WindowKind::Gap { last, skipped } => (
+                "windows_skipped",
+                format!(
+                    "{skipped} windows since {last} were not evaluated (clock jump or a long stop); they are skipped, not counted"
+                ),
+            ),
+            _ => return,
+        };
+        self.telemetry.shell_event(&policy.api, what);
+        let e = alerts::internal_error(&policy.api, what, &detail, self.env.now());
+        if self.raise_once(policy, what, e).await {
+            tracing::warn!(api = %policy.api, %detail, "Evaluation windows out of order.");
+        }
+    }
+
+    /// Moves the live weights from `from` to `state.weights` and clears the pending mark; on a
+    /// manual change pauses instead. Leaves the mark in place on other failures; a rollback that
+    /// cannot be written raises a critical alert, retried at every tick until it lands.
+    async fn apply(
+        &self,
+        policy: &Policy,
+        state: &mut RolloutState,
+        index: &mut u64,
+        from: Weights,
+        fence: Option<&Fence>,
+        now: Timestamp,
+    ) -> Result<(), EvalError> {
+        let to = state.weights;
+        match self.env.write_weights(policy, from, to, fence).await {
+            Ok(()) => {
+                self.telemetry.weight_write(&policy.api, true);
+                state.applying_from = None;
+                state.weights_confirmed_at = Some(now);
+                *index = self.env.save(state, *index, fence).await?;
+                self.rollback_landed(policy, state, index, fence).await?;
+                self.telemetry.rollout(&policy.api, state);
+                Ok(())
+            }
+            Err(TrafficError::Override { found }) => {
+                self.telemetry.weight_write(&policy.api, false);
+                self.overridden(policy, state, index, from, found, fence, now)
+                    .await
+            }
+            Err(e) => {
+                self.telemetry.weight_write(&policy.api, false);
+                if state.phase == Phase::RolledBack {
+                    self.rollback_not_applied(policy, state, index, &e, fence)
+                        .await;
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    /// A decided rollback could not be written: critical alert (once per rollback), marked in
+    /// the state so that its resolution follows wherever the rollback finally lands.
+    async fn rollback_not_applied(
+        &self,
+        policy: &Policy,
+        state: &mut RolloutState,
+        index: &mut u64,
+        error: &TrafficError,
+        fence: Option<&Fence>,
+    ) {
+        self.telemetry
+            .shell_event(&policy.api, "rollback_not_applied");
+        tracing::error!(api = %policy.api, %error, "Rollback decided but not applied; retrying at every tick.");
+        if state.rollback_unapplied {
+            return;
+        }
+        let e = alerts::rollback_not_applied(policy, state, &error.to_string(), self.env.now());
+        self.alert(policy, &e).await;
+        state.rollback_unapplied = true;
+        match self.env.save(state, *index, fence).await {
+            Ok(i) => *index = i,
+            Err(e) => {
+                tracing::warn!(api = %policy.api, error = %e, "Could not mark the rollback as not applied.")
+            }
+        }
+    }
+
+    /// Resolves the "rollback not applied" alert once the rollback is live.
+    async fn rollback_landed(
+        &self,
+        policy: &Policy,
+        state: &mut RolloutState,
+        index: &mut u64,
+        fence: Option<&Fence>,
+    ) -> Result<(), EvalError> {
+        if !state.rollback_unapplied || state.applying_from.is_some() {
+            return Ok(());
+        }
+        let e =
+            alerts::rollback_not_applied(policy, state, "", self.env.now()).resolve(self.env.now());
+        self.alert(policy, &e).await;
+        state.rollback_unapplied = false;
+        *index = self.env.save(state, *index, fence).await?;
+        tracing::info!(api = %policy.api, "The rollback is applied now.");
+        Ok(())
+    }
+
+    /// Someone changed the weights by hand: never overwrite them. A progressing rollout pauses;
+    /// a rolled-back one stays rolled back (a resume must never return to the bad step).
+    #[allow(clippy::too_many_arguments)]
+    async fn overridden(
+        &self,
+        policy: &Policy,
+        state: &mut RolloutState,
+        index: &mut u64,
+        expected: Weights,
+        found: Weights,
+        fence: Option<&Fence>,
+        now: Timestamp,
+    ) -> Result<(), EvalError> {
+        self.telemetry.override_detected(&policy.api);
+        let event = alerts::manual_override(policy, state, expected, found, now);
+        self.alert(policy, &event).await;
+        let by_hand = format!(
+            "weights changed by hand (expected blue={} green={}, found blue={} green={})",
+            expected.blue, expected.green, found.blue, found.green
+        );
+        if state.phase == Phase::RolledBack {
+            let why = state.reason.take().unwrap_or_default();
+            state.reason = Some(format!("{why}; then {by_hand}"));
+        } else {
+            state.phase = Phase::Paused;
+            state.reason = Some(by_hand);
+        }
+        state.weights = found;
+        state.applying_from = None;
+        state.rollback_unapplied = false;
+        state.revision += 1;
+        *index = self.env.save(state, *index, fence).await?;
+        self.status.update(policy, state);
+        self.telemetry.rollout(&policy.api, state);
+        Ok(())
+    }
+}
+
+/// Why one evaluation did not complete (the API holds; the next tick tries again).
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("traffic: {0}")]
+    Traffic(#[from] TrafficError),
+    #[error("evaluation did not finish within {0:?}")]
+    TimedOut(Duration),
+}
+
+impl EvalError {
+    pub(super) fn lock_lost(&self) -> bool {
+        matches!(
+            self,
+            EvalError::Store(StoreError::LockLost { .. })
+                | EvalError::Traffic(TrafficError::LockLost)
+        )
+    }
+}
