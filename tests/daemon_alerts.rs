@@ -5,11 +5,11 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::Value;
 use support::alertmanager::Alertmanager;
+use support::exposition::{scrape, value as sample};
 use support::fake_http::{Behaviour, FakeHttp};
 use support::stack::{listen_addr, phase, policy_with, revision, ErrorRates, Feeder, Stack};
 use support::{eventually, free_port, http};
@@ -21,26 +21,6 @@ const BAD_GREEN: ErrorRates = ErrorRates {
     blue: 0.01,
     green: 0.4,
 };
-
-fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let s = scrape
-        .samples
-        .iter()
-        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))?;
-    match s.value {
-        prometheus_parse::Value::Counter(v)
-        | prometheus_parse::Value::Gauge(v)
-        | prometheus_parse::Value::Untyped(v) => Some(v),
-        _ => None,
-    }
-}
-
-fn scrape(listen: SocketAddr) -> prometheus_parse::Scrape {
-    let (code, body) = http(listen, "GET", "/metrics", b"").expect("GET /metrics");
-    assert_eq!(code, 200, "{body}");
-    prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string())))
-        .unwrap_or_else(|e| panic!("/metrics does not parse ({e}):\n{body}"))
-}
 
 #[test]
 fn a_daemon_driven_rollback_is_explained_in_alertmanager_metrics_and_json_logs() {

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::Value;
+use support::fake_http::{Behaviour, FakeHttp};
 use support::stack::{listen_addr, revision, Stack};
 use support::{http, wait_ready, Proc};
 
@@ -33,13 +34,19 @@ errors = 'sum(increase(http_requests_total{{api="{api}",cluster="{{color}}",code
     )
 }
 
-/// A daemon over the policies already written, ready to serve.
-fn daemon(stack: &Stack) -> (Proc, SocketAddr) {
+/// A daemon over the policies already written, ready to serve, and the metrics backend it
+/// asks: one that answers every query with no series (the APIs hold on no data).
+fn daemon(stack: &Stack) -> (Proc, SocketAddr, FakeHttp) {
+    let metrics = FakeHttp::start(Behaviour::Answer {
+        status: 200,
+        content_type: "application/json",
+        body: r#"{"status":"success","data":{"resultType":"vector","result":[]}}"#.into(),
+    });
     let listen = listen_addr();
-    let cfg = stack.config("a", listen, &Stack::unreachable_url());
+    let cfg = stack.config("a", listen, &metrics.url());
     let mut proc = stack.daemon("a", &cfg, &[]);
     wait_ready(&mut proc, listen, "/readyz", DEADLINE);
-    (proc, listen)
+    (proc, listen, metrics)
 }
 
 /// The daemon's `/api/v1/rollouts`, by API.
@@ -84,7 +91,7 @@ fn wait_evaluations(stack: &Stack, daemon: &mut Proc, api: &str, from: u64, n: u
 fn policies_added_changed_and_removed_are_picked_up_by_the_directory_watch() {
     let stack = Stack::start_with("", false);
     stack.write_policy("alpha", &policy("alpha", 10));
-    let (mut daemon, listen) = daemon(&stack);
+    let (mut daemon, listen, _metrics) = daemon(&stack);
     support::eventually("alpha to be evaluated", DEADLINE, || {
         view(listen, "alpha").filter(|v| v["revision"].as_u64() >= Some(1))
     });
@@ -122,7 +129,7 @@ fn policies_added_changed_and_removed_are_picked_up_by_the_directory_watch() {
 fn sighup_reloads_a_change_the_directory_watch_cannot_see() {
     let stack = Stack::start_with("", false);
     stack.write_policy("alpha", &policy("alpha", 10));
-    let (mut daemon, listen) = daemon(&stack);
+    let (mut daemon, listen, _metrics) = daemon(&stack);
     let first = support::eventually("alpha to be evaluated", DEADLINE, || {
         stack.state_of("alpha").filter(|s| revision(s) >= 1)
     });
@@ -166,7 +173,7 @@ fn a_broken_policy_is_reported_and_the_others_keep_running_on_their_last_good_ve
     let stack = Stack::start_with("", false);
     stack.write_policy("alpha", &policy("alpha", 10));
     stack.write_policy("beta", &policy("beta", 10));
-    let (mut daemon, listen) = daemon(&stack);
+    let (mut daemon, listen, _metrics) = daemon(&stack);
     for api in ["alpha", "beta"] {
         support::eventually(&format!("{api} to be evaluated"), DEADLINE, || {
             view(listen, api).filter(|v| v["revision"].as_u64() >= Some(1))

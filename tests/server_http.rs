@@ -161,17 +161,8 @@ impl Server {
 }
 
 fn sample_value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let s = scrape
-        .samples
-        .iter()
-        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-        .unwrap_or_else(|| panic!("no sample {name} {labels:?}"));
-    match s.value {
-        prometheus_parse::Value::Counter(v)
-        | prometheus_parse::Value::Gauge(v)
-        | prometheus_parse::Value::Untyped(v) => v,
-        ref other => panic!("{name} is not a scalar: {other:?}"),
-    }
+    support::exposition::value(scrape, name, labels)
+        .unwrap_or_else(|| panic!("no scalar sample {name} {labels:?}"))
 }
 
 #[tokio::test]

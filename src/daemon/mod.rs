@@ -10,6 +10,7 @@
 
 mod alerts;
 pub mod env;
+pub mod health;
 pub mod plan;
 mod run;
 mod shell;

@@ -4,12 +4,13 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use tokio::sync::{watch, Semaphore};
 
 use super::env::{AlertIo, Clock};
+use super::health::Probe;
 use super::shell::{EvalError, Shell};
 use super::status::LiveStatus;
 use super::store::StoreError;
@@ -80,7 +81,10 @@ pub async fn run(
     if !missing.is_empty() {
         return Err(DaemonError::Policies(missing));
     }
-    let shell = Arc::new(Shell::new(&config)?);
+    let mut shell = Shell::new(&config)?;
+    let fresh_for = health_fresh_for(opts.tick);
+    shell.status = Arc::new(LiveStatus::new(shell.env.backend, fresh_for));
+    let shell = Arc::new(shell);
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
@@ -110,6 +114,11 @@ pub async fn run(
         });
     }
 
+    if !opts.once {
+        let leader_key = shell.env.store.leader_key();
+        spawn_health(shell.clone(), leader_key, opts.tick, stop_rx.clone());
+    }
+
     // Deliver whatever a previous run left in the outbox.
     shell.env.flush().await;
 
@@ -129,11 +138,6 @@ pub async fn run(
         if *stop_rx.borrow() {
             return Ok(());
         }
-        // Followers are ready too, as long as Consul answers.
-        let probe = store.client().get(&leader_key).await;
-        shell
-            .status
-            .set_consul(probe.as_ref().map(|_| ()).map_err(|e| e.to_string()));
         // Become the leader.
         let lock = if opts.once {
             match Lock::try_acquire(store.client(), &leader_key, &lock_opts).await? {
@@ -148,7 +152,7 @@ pub async fn run(
                     Ok(lock) => lock,
                     Err(e) => {
                         tracing::warn!(error = %e, "Cannot reach Consul for the leader lock; retrying.");
-                        shell.status.set_consul(Err(e.to_string()));
+                        shell.status.set_consul(Probe::failed(Instant::now(), e.to_string()));
                         tokio::time::sleep(Duration::from_secs(2)).await;
                         continue;
                     }
@@ -156,8 +160,9 @@ pub async fn run(
             }
         };
         shell.telemetry.leader(true);
-        shell.status.set_leader(true);
-        shell.status.set_consul(Ok(()));
+        shell
+            .status
+            .set_leading(Some(&lock.fence().session), Instant::now());
         tracing::info!(instance = %opts.instance, "Leading: evaluating policies.");
         let fence = lock.fence().clone();
         let mut evals = Evaluations::new(shell.clone(), fence, concurrency.clone());
@@ -209,7 +214,7 @@ pub async fn run(
         // stopped evaluation is a crash the next leader recovers from).
         evals.abort();
         shell.telemetry.leader(false);
-        shell.status.set_leader(false);
+        shell.status.set_leading(None, Instant::now());
         if let Err(e) = lock.release().await {
             tracing::debug!(error = %e, "Releasing the leader lock failed (it expires with its session).");
         }
@@ -370,6 +375,68 @@ impl Evaluations {
 }
 
 /// How long one evaluation of `policy` may take: its interval, at least 30 s.
+/// How long a probe or a confirmation of leadership counts: five ticks, at least 5 s.
+fn health_fresh_for(tick: Duration) -> Duration {
+    (tick * 5).max(Duration::from_secs(5))
+}
+
+/// Probes Consul (reading the leader key, which confirms a held lock) and the metrics backend
+/// every `tick`, each bounded by half the freshness period, and publishes the assessment to
+/// `/readyz` and `/metrics`. Logs when readiness changes.
+fn spawn_health(
+    shell: Arc<Shell>,
+    leader_key: String,
+    tick: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    tokio::spawn(async move {
+        let bound = health_fresh_for(tick) / 2;
+        let client = shell.env.store.client().clone();
+        let mut was_ready: Option<bool> = None;
+        loop {
+            let at = shell.env.now();
+            let (consul, metrics) = tokio::join!(
+                tokio::time::timeout(bound, client.get(&leader_key)),
+                tokio::time::timeout(bound, shell.env.metrics.instant("vector(1)", at)),
+            );
+            let now = Instant::now();
+            let no_answer = || format!("no answer within {}s", bound.as_secs_f64());
+            match consul {
+                Ok(Ok(entry)) => {
+                    shell.status.set_consul(Probe::ok(now));
+                    let holder = entry.and_then(|e| e.session);
+                    if let (Some(mine), Some(holder)) = (shell.status.leading_session(), holder) {
+                        if mine == holder {
+                            shell.status.confirm_leader(&mine, now);
+                        }
+                    }
+                }
+                Ok(Err(e)) => shell.status.set_consul(Probe::failed(now, e.to_string())),
+                Err(_) => shell.status.set_consul(Probe::failed(now, no_answer())),
+            }
+            shell.status.set_metrics(match metrics {
+                Ok(Ok(_)) => Probe::ok(now),
+                Ok(Err(e)) => Probe::failed(now, e.to_string()),
+                Err(_) => Probe::failed(now, no_answer()),
+            });
+            let a = shell.status.assess(now);
+            shell.telemetry.health(shell.env.backend, &a);
+            if was_ready != Some(a.ready) {
+                if a.ready {
+                    tracing::info!("Ready: Consul and the metrics backend answer.");
+                } else {
+                    tracing::warn!(problems = %a.problems.join("; "), "Not ready.");
+                }
+                was_ready = Some(a.ready);
+            }
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                _ = tokio::time::sleep(tick) => {}
+            }
+        }
+    });
+}
+
 fn evaluation_bound(policy: &Policy) -> Duration {
     policy.interval.max(Duration::from_secs(30))
 }

@@ -3,27 +3,58 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
+use super::health::{self, Assessment, Probe, Role};
 use crate::engine::RolloutState;
 use crate::policy::Policy;
 use crate::server::{RolloutView, StatusSource};
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Inner {
     views: BTreeMap<String, RolloutView>,
     policies: usize,
     policy_errors: usize,
-    leader: bool,
-    consul: Option<Result<(), String>>,
+    /// The session of the lock this instance holds, and the role it implies.
+    session: Option<String>,
+    role: Role,
+    consul: Option<Probe>,
+    metrics_kind: &'static str,
+    metrics: Option<Probe>,
+    fresh_for: Duration,
 }
 
-/// Live status, updated after every evaluation.
-#[derive(Debug, Default)]
+/// Live status, updated after every evaluation and every health probe.
+#[derive(Debug)]
 pub struct LiveStatus {
     inner: Mutex<Inner>,
 }
 
+impl Default for LiveStatus {
+    fn default() -> Self {
+        LiveStatus::new("metrics", Duration::from_secs(5))
+    }
+}
+
 impl LiveStatus {
+    /// A status for a metrics backend of `metrics_kind`; probes older than `fresh_for` no
+    /// longer count.
+    pub fn new(metrics_kind: &'static str, fresh_for: Duration) -> Self {
+        LiveStatus {
+            inner: Mutex::new(Inner {
+                views: BTreeMap::new(),
+                policies: 0,
+                policy_errors: 0,
+                session: None,
+                role: Role::Standby,
+                consul: None,
+                metrics_kind,
+                metrics: None,
+                fresh_for,
+            }),
+        }
+    }
+
     fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
         let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut guard)
@@ -46,12 +77,53 @@ impl LiveStatus {
         });
     }
 
-    pub fn set_leader(&self, leader: bool) {
-        self.with(|i| i.leader = leader);
+    /// This instance acquired the lock with `session` (confirmed at `at`), or no longer holds
+    /// it (`None`).
+    pub fn set_leading(&self, session: Option<&str>, at: Instant) {
+        self.with(|i| {
+            i.role = match session {
+                Some(_) => Role::Leader { confirmed_at: at },
+                None => Role::Standby,
+            };
+            i.session = session.map(str::to_string);
+        });
     }
 
-    pub fn set_consul(&self, ok: Result<(), String>) {
-        self.with(|i| i.consul = Some(ok));
+    /// The session of the lock this instance holds, if any.
+    pub fn leading_session(&self) -> Option<String> {
+        self.with(|i| i.session.clone())
+    }
+
+    /// Consul confirmed at `at` that this instance's session holds the lock.
+    pub fn confirm_leader(&self, session: &str, at: Instant) {
+        self.with(|i| {
+            if i.session.as_deref() == Some(session) {
+                i.role = Role::Leader { confirmed_at: at };
+            }
+        });
+    }
+
+    pub fn set_consul(&self, probe: Probe) {
+        self.with(|i| i.consul = Some(probe));
+    }
+
+    pub fn set_metrics(&self, probe: Probe) {
+        self.with(|i| i.metrics = Some(probe));
+    }
+
+    /// Readiness and health as of `now`.
+    pub fn assess(&self, now: Instant) -> Assessment {
+        self.with(|i| {
+            health::assess(&health::Inputs {
+                now,
+                fresh_for: i.fresh_for,
+                policies: i.policies,
+                policy_errors: i.policy_errors,
+                role: i.role,
+                consul: i.consul.as_ref(),
+                metrics: (i.metrics_kind, i.metrics.as_ref()),
+            })
+        })
     }
 }
 
@@ -61,18 +133,11 @@ impl StatusSource for LiveStatus {
     }
 
     fn ready(&self) -> Result<(), String> {
-        self.with(|i| {
-            if i.policies == 0 {
-                return Err(format!(
-                    "no policy loaded ({} policy files rejected)",
-                    i.policy_errors
-                ));
-            }
-            match &i.consul {
-                None => Err("Consul not contacted yet".into()),
-                Some(Err(e)) => Err(format!("Consul unreachable: {e}")),
-                Some(Ok(())) => Ok(()),
-            }
-        })
+        let a = self.assess(Instant::now());
+        if a.ready {
+            Ok(())
+        } else {
+            Err(a.problems.join("; "))
+        }
     }
 }

@@ -58,6 +58,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use futures_util::future::join_all;
 use jiff::Timestamp;
 use tracing::{debug, info, warn};
 
@@ -100,7 +101,7 @@ pub async fn observe(
 }
 
 /// Observes `policy` over `[start, end)`: every query is evaluated at `end` with `{interval}` set
-/// to `end − start`; the queries of one check run concurrently.
+/// to `end − start`; every query of every check runs concurrently.
 pub async fn observe_with(
     client: &PromClient,
     policy: &Policy,
@@ -120,25 +121,29 @@ pub async fn observe_with(
         lookback: options.freshness_lookback,
         newest: Mutex::new(HashMap::new()),
     };
-    let mut checks = Vec::with_capacity(policy.checks.len());
-    for check in &policy.checks {
-        let data = match &check.kind {
-            CheckKind::ErrorRate {
-                requests, errors, ..
-            } => error_rate(&ctx, requests, errors).await,
-            CheckKind::LatencyHistogram { buckets, edges, .. } => {
-                latency(&ctx, buckets, edges).await
+    // Every check's queries at once: one slow query costs one timeout, not one per check.
+    let checks = join_all(policy.checks.iter().map(|check| {
+        let ctx = &ctx;
+        async move {
+            let data = match &check.kind {
+                CheckKind::ErrorRate {
+                    requests, errors, ..
+                } => error_rate(ctx, requests, errors).await,
+                CheckKind::LatencyHistogram { buckets, edges, .. } => {
+                    latency(ctx, buckets, edges).await
+                }
+                CheckKind::Threshold { query, .. } => threshold(ctx, query).await,
+            };
+            if let Err(problem) = &data {
+                check_unusable(&policy.api, &check.name, problem);
             }
-            CheckKind::Threshold { query, .. } => threshold(&ctx, query).await,
-        };
-        if let Err(problem) = &data {
-            check_unusable(&policy.api, &check.name, problem);
+            CheckObservation {
+                check: check.name.clone(),
+                data,
+            }
         }
-        checks.push(CheckObservation {
-            check: check.name.clone(),
-            data,
-        });
-    }
+    }))
+    .await;
     Observation { start, end, checks }
 }
 

@@ -39,6 +39,8 @@ pub const ALERT_DELIVERIES_TOTAL: &str = "greenlight_alert_deliveries_total";
 pub const ALERT_FAILURES_TOTAL: &str = "greenlight_alert_failures_total";
 pub const OUTBOX_DEPTH: &str = "greenlight_alert_outbox_depth";
 pub const LEADER: &str = "greenlight_leader";
+pub const READY: &str = "greenlight_ready";
+pub const BACKEND_UP: &str = "greenlight_backend_up";
 pub const WEIGHT_WRITES_TOTAL: &str = "greenlight_weight_writes_total";
 pub const MANUAL_OVERRIDES_TOTAL: &str = "greenlight_manual_overrides_total";
 pub const POLICIES_LOADED: &str = "greenlight_policies_loaded";
@@ -174,6 +176,8 @@ pub struct Telemetry {
     alert_failures: Family<ChannelLabels, Counter>,
     outbox_depth: Gauge,
     leader: Gauge,
+    ready: Gauge,
+    backend_up: Family<BackendLabels, Gauge>,
     weight_writes: Family<WriteLabels, Counter>,
     overrides: Family<ApiLabels, Counter>,
     policies_loaded: Gauge,
@@ -207,6 +211,8 @@ impl Telemetry {
             alert_failures: Family::default(),
             outbox_depth: Gauge::default(),
             leader: Gauge::default(),
+            ready: Gauge::default(),
+            backend_up: Family::default(),
             weight_writes: Family::default(),
             overrides: Family::default(),
             policies_loaded: Gauge::default(),
@@ -277,8 +283,18 @@ impl Telemetry {
         );
         r.register(
             LEADER,
-            "1 while this instance holds the leader lock, else 0",
+            "1 while this instance holds the leader lock and Consul confirmed it recently, else 0",
             t.leader.clone(),
+        );
+        r.register(
+            READY,
+            "1 while /readyz answers 200: policies loaded, Consul and the metrics backend answering, leadership (if any) confirmed",
+            t.ready.clone(),
+        );
+        r.register(
+            BACKEND_UP,
+            "1 while the backend (consul, or the metrics backend's kind) answered its last probe recently, else 0",
+            t.backend_up.clone(),
         );
         r.register(
             counter_base(WEIGHT_WRITES_TOTAL),
@@ -433,6 +449,21 @@ impl Telemetry {
     /// Sets whether this instance is the leader.
     pub fn leader(&self, leader: bool) {
         self.leader.set(i64::from(leader));
+    }
+
+    /// Records a health assessment: readiness, leadership, and each probed backend's health.
+    pub fn health(&self, metrics_backend: &'static str, a: &crate::daemon::health::Assessment) {
+        self.leader(a.leader);
+        self.ready.set(i64::from(a.ready));
+        for (backend, up) in [("consul", a.consul_up), (metrics_backend, a.metrics_up)] {
+            if let Some(up) = up {
+                self.backend_up
+                    .get_or_create(&BackendLabels {
+                        backend: backend.to_string(),
+                    })
+                    .set(i64::from(up));
+            }
+        }
     }
 
     /// Sets the outcome of the last policy load: valid policies and errors found.

@@ -27,6 +27,13 @@ pub enum Behaviour {
     },
     /// Connections are accepted and read, never answered (held open until the server stops).
     Silent,
+    /// Requests are forwarded to `upstream` and its answers returned, except requests whose
+    /// body contains `hang_on`: those are read and never answered (a backend that hangs for one
+    /// API's queries only).
+    Proxy {
+        upstream: SocketAddr,
+        hang_on: String,
+    },
 }
 
 /// A running fake server, stopped on drop.
@@ -59,6 +66,11 @@ impl FakeHttp {
                 let Ok(conn) = conn else { continue };
                 match &behaviour {
                     Behaviour::Silent => held.push(conn),
+                    Behaviour::Proxy { upstream, hang_on } => {
+                        let (upstream, hang_on) = (*upstream, hang_on.clone());
+                        let received = received2.clone();
+                        std::thread::spawn(move || proxy(conn, upstream, &hang_on, &received));
+                    }
                     Behaviour::Answer {
                         status,
                         content_type,
@@ -102,13 +114,11 @@ impl Drop for FakeHttp {
     }
 }
 
-fn answer(
-    mut conn: TcpStream,
-    status: u16,
-    content_type: &str,
-    body: &str,
+/// Reads one request; records it and returns it with its content type.
+fn read_request(
+    conn: &mut TcpStream,
     received: &Mutex<Vec<Received>>,
-) {
+) -> Option<(Received, String)> {
     let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
@@ -117,18 +127,20 @@ fn answer(
             break i + 4;
         }
         match conn.read(&mut chunk) {
-            Ok(0) | Err(_) => return,
+            Ok(0) | Err(_) => return None,
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
         }
     };
     let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-    let length: usize = head
-        .lines()
-        .find_map(|l| {
+    let header = |wanted: &str| {
+        head.lines().find_map(|l| {
             let (name, value) = l.split_once(':')?;
-            name.eq_ignore_ascii_case("content-length")
-                .then(|| value.trim().parse().ok())?
+            name.eq_ignore_ascii_case(wanted)
+                .then(|| value.trim().to_string())
         })
+    };
+    let length: usize = header("content-length")
+        .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     while buf.len() < head_end + length {
         match conn.read(&mut chunk) {
@@ -140,11 +152,25 @@ fn answer(
     let method = words.next().unwrap_or("").to_string();
     let path = words.next().unwrap_or("").to_string();
     let end = buf.len().min(head_end + length);
-    received.lock().unwrap().push(Received {
+    let request = Received {
         method,
         path,
         body: String::from_utf8_lossy(&buf[head_end..end]).to_string(),
-    });
+    };
+    received.lock().unwrap().push(request.clone());
+    Some((request, header("content-type").unwrap_or_default()))
+}
+
+fn answer(
+    mut conn: TcpStream,
+    status: u16,
+    content_type: &str,
+    body: &str,
+    received: &Mutex<Vec<Received>>,
+) {
+    if read_request(&mut conn, received).is_none() {
+        return;
+    }
     let reason = match status {
         200 => "OK",
         422 => "Unprocessable Entity",
@@ -155,5 +181,39 @@ fn answer(
         "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
+    let _ = conn.shutdown(Shutdown::Write);
+}
+
+fn proxy(
+    mut conn: TcpStream,
+    upstream: SocketAddr,
+    hang_on: &str,
+    received: &Mutex<Vec<Received>>,
+) {
+    let Some((request, content_type)) = read_request(&mut conn, received) else {
+        return;
+    };
+    if request.body.contains(hang_on) || request.path.contains(hang_on) {
+        // Hold the connection open, unanswered, until the client gives up.
+        let mut sink = [0u8; 1024];
+        let _ = conn.set_read_timeout(None);
+        while matches!(conn.read(&mut sink), Ok(n) if n > 0) {}
+        return;
+    }
+    let Ok(mut up) = TcpStream::connect_timeout(&upstream, Duration::from_secs(5)) else {
+        return;
+    };
+    let _ = write!(
+        up,
+        "{} {} HTTP/1.1\r\nHost: {upstream}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+        request.method,
+        request.path,
+        request.body.len(),
+        request.body
+    );
+    let mut answer = Vec::new();
+    let _ = up.set_read_timeout(Some(Duration::from_secs(30)));
+    let _ = up.read_to_end(&mut answer);
+    let _ = conn.write_all(&answer);
     let _ = conn.shutdown(Shutdown::Write);
 }

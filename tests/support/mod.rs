@@ -4,6 +4,7 @@
 
 pub mod alertmanager;
 pub mod consul_double;
+pub mod exposition;
 pub mod fake_http;
 pub mod fixtures;
 pub mod haproxy;
