@@ -3,6 +3,7 @@
 mod breakglass;
 mod calibrate;
 mod check;
+mod haproxy_config;
 mod ops;
 mod replay;
 mod run;
@@ -59,6 +60,8 @@ pub enum Command {
     Replay(replay::ReplayArgs),
     /// Estimate each check's overdispersion φ from history where blue and green are the same.
     Calibrate(calibrate::CalibrateArgs),
+    /// Print the HAProxy rules (and with --maps write the map files) of sticky-mode policies.
+    HaproxyConfig(haproxy_config::HaproxyConfigArgs),
 }
 
 /// Runs the parsed command; returns the process exit code.
@@ -94,6 +97,7 @@ pub fn run(cli: Cli) -> i32 {
         },
         Command::Replay(args) => replay::run(cli.config.as_deref(), args),
         Command::Calibrate(args) => calibrate::run(cli.config.as_deref(), args),
+        Command::HaproxyConfig(args) => haproxy_config::run(args),
     }
 }
 

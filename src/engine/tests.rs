@@ -41,6 +41,7 @@ pub(crate) fn policy() -> Policy {
             },
             total_weight: 100,
             haproxy_backend: None,
+            sticky: None,
         },
         schedule: None,
         checks: vec![

@@ -113,6 +113,10 @@ impl<'a> Errors<'a> {
         self.file
     }
 
+    pub(super) fn len(&self) -> usize {
+        self.list.len()
+    }
+
     pub(super) fn is_empty(&self) -> bool {
         self.list.is_empty()
     }

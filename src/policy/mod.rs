@@ -17,6 +17,7 @@ mod query;
 mod raw;
 mod read;
 mod secret;
+pub mod sticky;
 mod validate;
 mod values;
 
@@ -33,6 +34,7 @@ pub use config::{
 pub use load::{load_dir, load_file, load_paths, load_paths_in, LoadReport};
 pub use read::MAX_FILE_BYTES;
 pub use secret::{Secret, SecretError};
+pub use sticky::Sticky;
 
 /// What a policy is checked against besides itself: what the daemon config declares.
 #[derive(Debug, Clone, Copy, Default)]
@@ -157,6 +159,26 @@ pub struct Traffic {
     /// With [`TrafficTarget::ConsulKeys`]: the HAProxy servers `greenlight sync` mirrors the
     /// keys to. `None` otherwise.
     pub haproxy_backend: Option<HaproxyServers>,
+    /// `mode = "sticky"`: per-user buckets instead of weighted balancing.
+    pub sticky: Option<Sticky>,
+}
+
+impl Traffic {
+    /// The HAProxy backend and servers the split is applied to (directly or by `sync`).
+    pub fn haproxy_servers(&self) -> Option<HaproxyServers> {
+        match &self.target {
+            TrafficTarget::Haproxy {
+                backend,
+                blue,
+                green,
+            } => Some(HaproxyServers {
+                backend: backend.clone(),
+                blue: blue.clone(),
+                green: green.clone(),
+            }),
+            TrafficTarget::ConsulKeys { .. } => self.haproxy_backend.clone(),
+        }
+    }
 }
 
 /// One backend's blue and green servers in HAProxy.

@@ -198,6 +198,12 @@ pub(super) struct RawTraffic {
     /// Sum of the blue and green weights, 1..=256. Default 100.
     #[serde(default = "default_total_weight")]
     pub(super) total_weight: Spanned<i64>,
+    /// `"weighted"` (default) or `"sticky"` (needs `[traffic.sticky]`).
+    #[serde(default)]
+    pub(super) mode: Option<Spanned<super::sticky::TrafficMode>>,
+    /// `[traffic.sticky]`: the user key, fallback, subsets and map directory.
+    #[serde(default)]
+    pub(super) sticky: Option<Spanned<Table<super::sticky::RawSticky>>>,
 }
 
 pub(super) fn default_total_weight() -> Spanned<i64> {

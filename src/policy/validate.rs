@@ -11,6 +11,7 @@ use super::located::{explicit, number, parse_toml, shown, Errors};
 use super::raw::{
     RawGreenMissingAction, RawHaproxyTarget, RawMaxStepAction, RawPolicy, RawSchedule, RawTraffic,
 };
+use super::sticky::{validate_sticky, Sticky, TrafficMode};
 use super::values::Table;
 use super::{
     HaproxyServers, MaxStepAction, Policy, PolicyContext, PolicyError, Schedule, TimeWindow,
@@ -372,11 +373,55 @@ fn validate_traffic(
         }
     };
     let total_weight = u32::try_from(total).ok().filter(|_| total_ok)?;
-    Some(Traffic {
+    let mut traffic = Traffic {
         target: target?,
         total_weight,
         haproxy_backend: haproxy_backend?,
-    })
+        sticky: None,
+    };
+    traffic.sticky = validate_mode(raw, &traffic, errors)?;
+    Some(traffic)
+}
+
+/// `mode` and `[traffic.sticky]`: sticky needs the table and HAProxy servers to route with.
+fn validate_mode(
+    raw: &Spanned<Table<RawTraffic>>,
+    traffic: &Traffic,
+    errors: &mut Errors<'_>,
+) -> Option<Option<Sticky>> {
+    let t = raw.get_ref();
+    let sticky_mode = t
+        .mode
+        .as_ref()
+        .is_some_and(|m| *m.get_ref() == TrafficMode::Sticky);
+    match (&t.sticky, sticky_mode) {
+        (None, false) => Some(None),
+        (Some(s), false) => {
+            errors.at(
+                s.span(),
+                "[traffic.sticky] only applies with traffic.mode = \"sticky\"",
+            );
+            None
+        }
+        (None, true) => {
+            errors.at(
+                t.mode.as_ref().map(|m| m.span()).unwrap_or_else(|| raw.span()),
+                "traffic.mode = \"sticky\" needs a [traffic.sticky] table with at least key = { header = \"…\" }",
+            );
+            None
+        }
+        (Some(s), true) => {
+            let Some(servers) = traffic.haproxy_servers() else {
+                errors.at(
+                    s.span(),
+                    "sticky mode routes users in HAProxy: set traffic.haproxy, or \
+                     traffic.haproxy_backend with consul_keys",
+                );
+                return None;
+            };
+            validate_sticky(s, &servers.green, errors).map(Some)
+        }
+    }
 }
 
 fn validate_haproxy_servers(

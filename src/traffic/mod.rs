@@ -11,6 +11,7 @@ mod consul_kv;
 mod haproxy;
 mod haproxy_node;
 mod memory;
+pub mod sticky;
 pub mod sync;
 
 use std::future::Future;

@@ -669,6 +669,7 @@ mod tests {
             },
             total_weight: 100,
             haproxy_backend: servers,
+            sticky: None,
         };
         p
     }

@@ -26,6 +26,7 @@ pub fn policy(api: &str, target: TrafficTarget, steps: &[f64], checks: Vec<Check
             target,
             total_weight: 100,
             haproxy_backend: None,
+            sticky: None,
         },
         schedule: None,
         checks,
