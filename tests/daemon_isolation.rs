@@ -70,10 +70,7 @@ fn a_hanging_backend_for_one_api_does_not_delay_another_apis_rollback() {
     });
     let listen = listen_addr();
     let cfg = stack.config("a", listen, &proxy.url());
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("timeout = \"1s\"", "timeout = \"20s\"");
-    std::fs::write(&cfg, text).unwrap();
+    stack.edit_config(&cfg, "timeout = \"1s\"", "timeout = \"20s\"");
     let mut daemon = stack.daemon("a", &cfg, &[]);
     support::wait_ready(&mut daemon, listen, "/readyz", DEADLINE);
 

@@ -32,10 +32,7 @@ fn readyz_and_leader_gauge_follow_consul_and_metrics_outages_before_the_lock_exp
     let cfg = stack.config("a", listen, &vm_url);
     // A long session TTL: the old behaviour (ready and leader until the lock is lost) would stay
     // green for at least a minute after Consul died.
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("session_ttl = \"10s\"", "session_ttl = \"120s\"");
-    std::fs::write(&cfg, text).unwrap();
+    stack.edit_config(&cfg, "session_ttl = \"10s\"", "session_ttl = \"120s\"");
     let mut daemon = stack.daemon("a", &cfg, &[]);
     support::wait_ready(&mut daemon, listen, "/readyz", DEADLINE);
     eventually("the leader gauge at 1", DEADLINE, || {

@@ -314,6 +314,14 @@ nodes = ["{haproxy}"]
         path
     }
 
+    /// Changes one setting of a config [`Stack::config_full`] wrote: `from` (a whole `key =
+    /// value` line of it) becomes `to`.
+    pub fn edit_config(&self, config: &Path, from: &str, to: &str) {
+        let text = std::fs::read_to_string(config).unwrap();
+        assert!(text.contains(from), "{from:?} not in {}", config.display());
+        std::fs::write(config, text.replacen(from, to, 1)).unwrap();
+    }
+
     /// Starts `greenlight --config <config> run --instance <name> <extra>` in the background.
     pub fn daemon(&self, name: &str, config: &Path, extra: &[&str]) -> Proc {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_greenlight"));
