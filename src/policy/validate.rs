@@ -203,6 +203,7 @@ impl RawPolicy {
             alerts,
             alert_routes,
             data_quality,
+            approval: Default::default(),
         })
     }
 
