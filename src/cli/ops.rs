@@ -9,6 +9,8 @@ use std::path::Path;
 use clap::Args;
 use serde_json::json;
 
+use crate::alert::Notifier;
+use crate::audit::{perform, ActionError, ActionKind, ActionRequest, Actor, AuditLog};
 use crate::daemon::{consul_client, StateStore, StoreError};
 use crate::engine::{adopted_step, Intent, Phase, RolloutState};
 use crate::policy::{load_dir, Config, Policy, TrafficTarget, Weights};
@@ -45,6 +47,9 @@ pub struct ResumeArgs {
     /// highest step at or below the live green share.
     #[arg(long)]
     pub adopt_live: bool,
+    /// Why (recorded in the audit trail).
+    #[arg(long, default_value = "requested by an operator")]
+    pub reason: String,
 }
 
 #[derive(Debug, Args)]
@@ -59,15 +64,6 @@ pub struct RollbackArgs {
     /// then record the rollback in the state and alert.
     #[arg(long)]
     pub now: bool,
-}
-
-/// Which intent an [`IntentArgs`] command records.
-#[derive(Debug, Clone, Copy)]
-pub enum IntentKind {
-    Start,
-    Pause,
-    Rollback,
-    Promote,
 }
 
 pub(super) fn policies(config: &Config) -> Result<Vec<Policy>, i32> {
@@ -309,6 +305,20 @@ fn print_view(out: &mut impl Write, v: &RolloutView) -> io::Result<()> {
             "  pending:  {intent:?} (applied at the next evaluation)"
         )?;
     }
+    if let Some(gate) = &v.awaiting_approval {
+        let state = match &gate.approved_by {
+            Some(by) => format!("approved by {by}; entered at the next evaluation"),
+            None if gate.timed_out => format!("since {}, approval_timeout passed", gate.since),
+            None => format!("since {}", gate.since),
+        };
+        writeln!(
+            out,
+            "  approval: AWAITING APPROVAL to enter step {} ({} %), {state}; `greenlight approve {}`",
+            gate.step + 1,
+            gate.percent,
+            v.api
+        )?;
+    }
     if let Some(from) = v.applying_from {
         writeln!(
             out,
@@ -339,7 +349,7 @@ fn print_view(out: &mut impl Write, v: &RolloutView) -> io::Result<()> {
     Ok(())
 }
 
-pub fn intent(config: Option<&Path>, kind: IntentKind, args: IntentArgs) -> i32 {
+pub fn intent(config: Option<&Path>, actor: &Actor, kind: ActionKind, args: IntentArgs) -> i32 {
     let config = match super::load_config(config) {
         Ok(c) => c,
         Err(code) => return code,
@@ -348,21 +358,38 @@ pub fn intent(config: Option<&Path>, kind: IntentKind, args: IntentArgs) -> i32 
         Ok(p) => p,
         Err(code) => return code,
     };
-    let intent = match kind {
-        IntentKind::Start => Intent::Start,
-        IntentKind::Pause => Intent::Pause {
-            reason: args.reason.clone(),
-        },
-        IntentKind::Rollback => Intent::Rollback {
-            reason: args.reason.clone(),
-        },
-        IntentKind::Promote => Intent::Promote,
-    };
-    record(&config, &policy, intent, "")
+    record(&config, &policy, actor, kind, &args.reason, "")
 }
 
-/// Records `intent` and says so, with `what` (what the daemon will do) when given.
-fn record(config: &Config, policy: &Policy, intent: Intent, what: &str) -> i32 {
+/// The audit trail of `config`'s Consul prefix, alerting through the durable outbox when it can
+/// be opened (the CLI goes on without the alert otherwise).
+pub(super) fn audit_log(config: &Config, store: &StateStore) -> AuditLog {
+    let audit = AuditLog::new(store.client().clone(), &config.consul.prefix);
+    let notifier = crate::alert::channels_from_config(config)
+        .ok()
+        .and_then(|channels| {
+            Notifier::new(
+                channels,
+                config.state_dir.join("outbox"),
+                std::time::Duration::from_secs(5),
+            )
+            .ok()
+        });
+    match notifier {
+        Some(n) => audit.with_notifier(std::sync::Arc::new(n)),
+        None => audit,
+    }
+}
+
+/// Carries out `kind` as `actor` and says so, with `what` (what the daemon will do) when given.
+fn record(
+    config: &Config,
+    policy: &Policy,
+    actor: &Actor,
+    kind: ActionKind,
+    reason: &str,
+    what: &str,
+) -> i32 {
     let store = match store(config) {
         Ok(s) => s,
         Err(code) => return code,
@@ -371,21 +398,46 @@ fn record(config: &Config, policy: &Policy, intent: Intent, what: &str) -> i32 {
         Ok(r) => r,
         Err(code) => return code,
     };
-    match runtime.block_on(store.set_intent(policy, intent.clone())) {
-        Ok(state) => {
+    let audit = audit_log(config, &store);
+    let request = ActionRequest {
+        kind,
+        reason: reason.to_string(),
+        expected_revision: None,
+    };
+    match runtime.block_on(perform(&store, &audit, policy, actor, request)) {
+        Ok(outcome) => {
             let what = if what.is_empty() {
                 "The daemon applies it at its next evaluation.".to_string()
             } else {
                 format!("At its next evaluation the daemon {what}.")
             };
+            let recorded = match (&outcome.after.intent, &outcome.after.approval) {
+                (Some(intent), _) if kind != ActionKind::Approve => format!("{intent:?}"),
+                (_, Some(a)) => format!(
+                    "the approval of step {} ({} %)",
+                    a.step + 1,
+                    policy.steps.get(a.step).copied().unwrap_or(100.0)
+                ),
+                _ => kind.as_str().to_string(),
+            };
             println!(
-                "{}: recorded {:?}; currently {} at step {}. {what}",
+                "{}: recorded {recorded} by {}; currently {} at step {}. {what}",
                 policy.api,
-                intent,
-                state.phase.as_str(),
-                state.step + 1
+                actor.user,
+                outcome.after.phase.as_str(),
+                outcome.after.step + 1
             );
+            if let Some(e) = &outcome.audit_error {
+                eprintln!(
+                    "warning: {}: the action is recorded, but its audit entry could not be written: {e}",
+                    policy.api
+                );
+            }
             0
+        }
+        Err(ActionError::Refused(why)) => {
+            eprintln!("error: {why}. Nothing recorded.");
+            super::EXIT_FAILURE
         }
         Err(e) => {
             eprintln!("error: {}: {e}", policy.api);
@@ -396,7 +448,7 @@ fn record(config: &Config, policy: &Policy, intent: Intent, what: &str) -> i32 {
 
 /// `resume`: says what it will do; after a manual weight change, refuses unless the operator
 /// chose between the step's weights (`--from-step`) and the live ones (`--adopt-live`).
-pub fn resume(config: Option<&Path>, args: ResumeArgs) -> i32 {
+pub fn resume(config: Option<&Path>, actor: &Actor, args: ResumeArgs) -> i32 {
     let config = match super::load_config(config) {
         Ok(c) => c,
         Err(code) => return code,
@@ -439,10 +491,10 @@ pub fn resume(config: Option<&Path>, args: ResumeArgs) -> i32 {
         eprintln!("{}", plan.refusal(&policy.api));
         return super::EXIT_CONFIG;
     }
-    let (intent, what) = if args.adopt_live {
-        (Intent::ResumeAdoptLive, plan.adopt_text())
+    let (kind, what) = if args.adopt_live {
+        (ActionKind::ResumeAdoptLive, plan.adopt_text())
     } else {
-        (Intent::Resume, plan.step_text())
+        (ActionKind::Resume, plan.step_text())
     };
     let what = if state.phase == Phase::Paused || matches!(state.intent, Some(Intent::Pause { .. }))
     {
@@ -453,7 +505,7 @@ pub fn resume(config: Option<&Path>, args: ResumeArgs) -> i32 {
             state.phase.as_str()
         )
     };
-    record(&config, &policy, intent, &what)
+    record(&config, &policy, actor, kind, &args.reason, &what)
 }
 
 /// What each way of resuming does to a paused rollout.

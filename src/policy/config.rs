@@ -42,8 +42,17 @@ pub struct Config {
     /// Maximum number of APIs evaluated concurrently. Default 32.
     pub max_concurrency: usize,
     pub sync: SyncConfig,
+    pub console: ConsoleConfig,
     /// Every secret written in the file, with where it was written: [`Config::check_secrets`].
     secrets: Vec<SecretRef>,
+}
+
+/// The web console served by the daemon.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ConsoleConfig {
+    /// The URL people reach the console at, without a trailing `/`; alerts link to
+    /// `<public_url>/apis/<api>`. Default: none.
+    pub public_url: Option<String>,
 }
 
 /// `greenlight sync`: mirrors the Consul weight keys into HAProxy.
@@ -245,6 +254,16 @@ impl RawConfig {
             limits::REPAIR_INTERVAL,
             errors,
         );
+        let console = ConsoleConfig {
+            public_url: self.console.public_url.as_ref().map(|u| {
+                validate_url(
+                    u,
+                    "console.public_url",
+                    "it is shown in alerts; sign-in belongs to the proxy in front",
+                    errors,
+                )
+            }),
+        };
         for (field, dir) in [
             ("policies_dir", &self.policies_dir),
             ("state_dir", &self.state_dir),
@@ -358,6 +377,7 @@ impl RawConfig {
                 listen: sync_listen?,
                 repair_interval,
             },
+            console,
             secrets,
         })
     }

@@ -4,6 +4,7 @@
 //! validated types travel through the rest of the program. Every problem found in a file is
 //! reported at once, each as `file:line:col: message` (see [`PolicyError`]).
 
+mod approval;
 mod checks;
 mod config;
 mod config_fields;
@@ -27,8 +28,8 @@ use std::time::Duration;
 use serde::Serialize;
 
 pub use config::{
-    AlertChannel, AlertChannelKind, Config, ConsulConfig, HaproxyConfig, HaproxyNode, MetricsAuth,
-    MetricsBackend, MetricsConfig, SyncConfig,
+    AlertChannel, AlertChannelKind, Config, ConsoleConfig, ConsulConfig, HaproxyConfig,
+    HaproxyNode, MetricsAuth, MetricsBackend, MetricsConfig, SyncConfig,
 };
 pub use load::{load_dir, load_file, load_paths, load_paths_in, LoadReport};
 pub use read::MAX_FILE_BYTES;

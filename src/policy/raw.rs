@@ -86,6 +86,26 @@ pub(super) struct RawPolicy {
     /// Compare green's observed share of requests with its weight. Default true.
     #[serde(default)]
     pub(super) check_traffic_split: Option<bool>,
+    /// Steps (percent values of `steps`, never the first) entered only after a human approves.
+    /// Default: none.
+    #[serde(default)]
+    pub(super) approval_before: Option<Spanned<Vec<Spanned<f64>>>>,
+    /// How long a gate waits for an approval before `on_approval_timeout`. Default: for ever.
+    #[serde(default)]
+    pub(super) approval_timeout: Option<Spanned<HumanDuration>>,
+    /// `"hold"` or `"rollback"` once `approval_timeout` has passed. Default `"hold"`.
+    #[serde(default)]
+    pub(super) on_approval_timeout: Option<Spanned<RawApprovalTimeoutAction>>,
+    /// Refuse an approval from whoever started the rollout. Default false.
+    #[serde(default)]
+    pub(super) approver_must_differ: Option<bool>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum RawApprovalTimeoutAction {
+    Hold,
+    Rollback,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
