@@ -528,6 +528,51 @@ errors = 'e{color}[{interval}]'
     }
 
     #[test]
+    fn approval_needed_links_to_the_console_page_and_resolves_once_the_gate_is_passed() {
+        let p = policy();
+        let t0: Timestamp = "2026-01-05T00:00:00Z".parse().unwrap();
+        let s = RolloutState::started(&p, t0);
+        let mut waiting = decide(&p, &s, &empty(t0), t0);
+        waiting.notices = vec![Notice::ApprovalNeeded {
+            step: 1,
+            percent: 100.0,
+            since: t0,
+        }];
+        waiting.state.awaiting_approval = Some(crate::engine::ApprovalGate {
+            step: 1,
+            since: t0,
+            timed_out: false,
+        });
+        let fired = for_decision(&p, &s, &waiting, None, Some("https://gl.example.com/"));
+        assert_eq!(fired.len(), 1, "{fired:?}");
+        let e = &fired[0];
+        assert_eq!(e.kind, EventKind::ApprovalNeeded);
+        assert!(!e.resolved);
+        assert_eq!(
+            e.summary,
+            "checkout: approval needed to enter step 2 (100 % green); waiting at 10 %"
+        );
+        assert_eq!(
+            e.link.as_deref(),
+            Some("https://gl.example.com/apis/checkout")
+        );
+        assert!(e.description.contains("greenlight approve checkout"));
+        // Without a console URL: the same alert, no link.
+        let plain = for_decision(&p, &s, &waiting, None, None);
+        assert_eq!(plain[0].link, None);
+        // Still waiting: nothing more; past the gate: the alert is resolved.
+        let mut still = waiting.clone();
+        still.notices.clear();
+        assert!(for_decision(&p, &waiting.state, &still, None, None).is_empty());
+        let mut passed = still.clone();
+        passed.state.awaiting_approval = None;
+        let resolved = for_decision(&p, &waiting.state, &passed, None, None);
+        assert_eq!(resolved.len(), 1, "{resolved:?}");
+        assert!(resolved[0].resolved);
+        assert_eq!(resolved[0].key, e.key);
+    }
+
+    #[test]
     fn resuming_resolves_the_pause_and_a_new_rollout_resolves_the_rollback() {
         let p = policy();
         let t0: Timestamp = "2026-01-05T00:00:00Z".parse().unwrap();
