@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 
-use super::ops::{actuator, audit_log, finish_output, policy_of, store};
+use super::act::audit_log;
+use super::ops::{actuator, finish_output, policy_of, store};
 use crate::alert::{channel, channels_from_config, AlertEvent, EventKind, Notifier};
 use crate::audit::{ActionKind, Actor, AuditEntry};
 use crate::daemon::{StateStore, StoreError};

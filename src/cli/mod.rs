@@ -1,5 +1,6 @@
 //! The command-line front: argument parsing and one function per subcommand.
 
+mod act;
 mod breakglass;
 mod calibrate;
 mod check;
@@ -81,13 +82,13 @@ pub fn run(cli: Cli) -> i32 {
             Err(code) => code,
         },
         Command::Status(args) => ops::status(cli.config.as_deref(), args),
-        Command::Start(args) => ops::intent(cli.config.as_deref(), actor, ActionKind::Start, args),
-        Command::Pause(args) => ops::intent(cli.config.as_deref(), actor, ActionKind::Pause, args),
+        Command::Start(args) => act::intent(cli.config.as_deref(), actor, ActionKind::Start, args),
+        Command::Pause(args) => act::intent(cli.config.as_deref(), actor, ActionKind::Pause, args),
         Command::Resume(args) => ops::resume(cli.config.as_deref(), actor, args),
         Command::Rollback(args) if args.now => {
             breakglass::rollback_now(cli.config.as_deref(), actor, &args.api, &args.reason)
         }
-        Command::Rollback(args) => ops::intent(
+        Command::Rollback(args) => act::intent(
             cli.config.as_deref(),
             actor,
             ActionKind::Rollback,
@@ -97,10 +98,10 @@ pub fn run(cli: Cli) -> i32 {
             },
         ),
         Command::Promote(args) => {
-            ops::intent(cli.config.as_deref(), actor, ActionKind::Promote, args)
+            act::intent(cli.config.as_deref(), actor, ActionKind::Promote, args)
         }
         Command::Approve(args) => {
-            ops::intent(cli.config.as_deref(), actor, ActionKind::Approve, args)
+            act::intent(cli.config.as_deref(), actor, ActionKind::Approve, args)
         }
         Command::Sync(args) => match named_secrets_readable(cli.config.as_deref()) {
             Ok(()) => sync::run(cli.config.as_deref(), args),
