@@ -190,64 +190,53 @@ async fn record(
     let mut last = None;
     for _ in 0..ROUNDS {
         let now = Timestamp::now();
-        let attempt = match store.load_raw(&policy.api).await? {
-            None => {
+        // The stored state and its index (a fresh state at 0 when there is none), or the
+        // bytes that cannot be decoded.
+        let stored = match store.load_raw(&policy.api).await? {
+            None => Ok((RolloutState::new(policy), 0)),
+            Some((bytes, index)) => match decode_state(&bytes) {
+                Ok(state) => Ok((state, index)),
+                Err(e) => Err((e.to_string(), bytes, index)),
+            },
+        };
+        let attempt = match stored {
+            Ok((before, index)) => {
+                let mut state = before.clone();
+                state.reconcile(policy);
+                state.record_break_glass(policy, why, now);
+                let revision = state.revision;
+                store.save(&state, index, None).await.map(|index| {
+                    let written = Written {
+                        before,
+                        after: state,
+                        index,
+                    };
+                    (Recorded::Updated { revision }, written)
+                })
+            }
+            Err((reason, bytes, index)) => {
                 let before = RolloutState::new(policy);
                 let mut state = before.clone();
-                state.record_break_glass(policy, why, now);
-                store.save(&state, 0, None).await.map(|index| {
-                    let revision = state.revision;
-                    (
-                        Recorded::Updated { revision },
-                        Written {
+                let kept = store.undecodable_key(&policy.api, index);
+                state.record_break_glass(
+                    policy,
+                    &format!(
+                        "{why} (the previous state could not be decoded: {reason}; kept at {kept})"
+                    ),
+                    now,
+                );
+                store
+                    .replace_undecodable(&state, index, &bytes)
+                    .await
+                    .map(|(kept_at, index)| {
+                        let written = Written {
                             before,
                             after: state,
                             index,
-                        },
-                    )
-                })
-            }
-            Some((bytes, index)) => match decode_state(&bytes) {
-                Ok(before) => {
-                    let mut state = before.clone();
-                    state.reconcile(policy);
-                    state.record_break_glass(policy, why, now);
-                    store.save(&state, index, None).await.map(|index| {
-                        let revision = state.revision;
-                        (
-                            Recorded::Updated { revision },
-                            Written {
-                                before,
-                                after: state,
-                                index,
-                            },
-                        )
+                        };
+                        (Recorded::Replaced { kept_at, reason }, written)
                     })
-                }
-                Err(e) => {
-                    let reason = e.to_string();
-                    let before = RolloutState::new(policy);
-                    let mut state = before.clone();
-                    let kept = store.undecodable_key(&policy.api, index);
-                    state.record_break_glass(
-                        policy,
-                        &format!("{why} (the previous state could not be decoded: {reason}; kept at {kept})"),
-                        now,
-                    );
-                    store.replace_undecodable(&state, index, &bytes).await.map(
-                        |(kept_at, index)| {
-                            (
-                                Recorded::Replaced { kept_at, reason },
-                                Written {
-                                    before,
-                                    after: state,
-                                    index,
-                                },
-                            )
-                        },
-                    )
-                }
-            },
+            }
         };
         match attempt {
             Err(StoreError::Conflict { api }) => last = Some(StoreError::Conflict { api }),
