@@ -307,3 +307,116 @@ fn the_trail_keeps_the_newest_entries_per_api_and_drops_the_oldest() {
     assert_eq!(log.written(), total as u64 + 1);
     assert_eq!(log.write_failures(), 0);
 }
+
+#[test]
+fn an_action_on_a_stale_view_is_refused_with_the_current_state_and_writes_nothing() {
+    use greenlight::audit::{perform, ActionError, ActionRequest};
+    use greenlight::daemon::StateStore;
+    let (stack, _cfg) = setup("auto_start = false");
+    let p = policy(&stack);
+    let client = ConsulClient::new(stack.consul.url(), None, Duration::from_secs(5)).unwrap();
+    let store = StateStore::new(client, "greenlight");
+    let log = audit(&stack);
+    let rt = runtime();
+    let alice = Actor {
+        user: "alice".into(),
+        groups: vec!["payments".into()],
+        source: "10.1.2.3".into(),
+        request_id: "r1".into(),
+    };
+    let request = |kind, expected| ActionRequest {
+        kind,
+        reason: "from the console".into(),
+        expected_revision: expected,
+    };
+    // alice's page showed the state at revision 0 (none stored yet): her start goes through.
+    let started = rt
+        .block_on(perform(
+            &store,
+            &log,
+            &p,
+            &alice,
+            request(ActionKind::Start, Some(0)),
+        ))
+        .unwrap();
+    assert!(started.revision > 0);
+    assert_eq!(started.entry.revision, started.revision);
+    assert_eq!(started.audit_error, None);
+    // bob acts from the same old view: refused, told the current state and its revision.
+    let bob = Actor {
+        user: "bob".into(),
+        ..alice.clone()
+    };
+    match rt.block_on(perform(
+        &store,
+        &log,
+        &p,
+        &bob,
+        request(ActionKind::Pause, Some(0)),
+    )) {
+        Err(ActionError::Stale { current, revision }) => {
+            assert_eq!(revision, started.revision);
+            assert_eq!(current.intent, Some(greenlight::engine::Intent::Start));
+            assert_eq!(current.intent_by.as_deref(), Some("alice"));
+        }
+        other => panic!("expected a stale view, got {other:?}"),
+    }
+    assert_eq!(
+        stored(&stack).intent,
+        Some(greenlight::engine::Intent::Start)
+    );
+    // With the current revision it goes through; without one it always does.
+    let paused = rt
+        .block_on(perform(
+            &store,
+            &log,
+            &p,
+            &bob,
+            request(ActionKind::Pause, Some(started.revision)),
+        ))
+        .unwrap();
+    assert!(paused.revision > started.revision);
+    assert_eq!(
+        paused.before.intent,
+        Some(greenlight::engine::Intent::Start)
+    );
+    rt.block_on(perform(
+        &store,
+        &log,
+        &p,
+        &bob,
+        request(ActionKind::Promote, None),
+    ))
+    .unwrap();
+    // The break-glass rollback is not an intent: refused, nothing written.
+    match rt.block_on(perform(
+        &store,
+        &log,
+        &p,
+        &bob,
+        request(ActionKind::RollbackNow, None),
+    )) {
+        Err(ActionError::Refused(why)) => assert!(why.contains("rollback --now"), "{why}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let users: Vec<(String, ActionKind, Vec<String>, String)> = entries(&stack)
+        .into_iter()
+        .map(|e| (e.user, e.action, e.groups, e.source))
+        .collect();
+    let who = |u: &str, k| {
+        (
+            u.to_string(),
+            k,
+            vec!["payments".to_string()],
+            "10.1.2.3".to_string(),
+        )
+    };
+    assert_eq!(
+        users,
+        vec![
+            who("alice", ActionKind::Start),
+            who("bob", ActionKind::Pause),
+            who("bob", ActionKind::Promote),
+        ]
+    );
+}
