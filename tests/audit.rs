@@ -420,3 +420,49 @@ fn an_action_on_a_stale_view_is_refused_with_the_current_state_and_writes_nothin
         ]
     );
 }
+
+#[test]
+fn an_audit_route_sends_each_action_to_its_channel() {
+    use support::fake_http::{Behaviour, FakeHttp};
+    let policy = format!(
+        "auto_start = false\nalerts = [\"oncall\"]\n{}\n[alert_routes]\naudit = [\"audit-log\"]\n",
+        support::stack::POLICY
+    );
+    let stack = Stack::start_with(&policy, false);
+    let hook = FakeHttp::start(Behaviour::Answer {
+        status: 200,
+        content_type: "application/json",
+        body: "{}".into(),
+    });
+    std::fs::write(
+        stack.dir.path().join("hook-url"),
+        format!("{}/audit", hook.url()),
+    )
+    .unwrap();
+    let channels = "[[alert]]\nname = \"oncall\"\nkind = \"webhook\"\nurl = { file = \"hook-url\" }\n\
+                    [[alert]]\nname = \"audit-log\"\nkind = \"webhook\"\nurl = { file = \"hook-url\" }\n";
+    let cfg = stack.config_with("a", listen_addr(), &Stack::unreachable_url(), channels);
+    greenlight(
+        &stack,
+        &cfg,
+        &["--as", "alice", "pause", "checkout", "--reason", "freeze"],
+    )
+    .expect_code(0);
+    let events: Vec<serde_json::Value> = hook
+        .received()
+        .iter()
+        .filter_map(|r| serde_json::from_str::<serde_json::Value>(&r.body).ok())
+        .map(|v| v["event"].clone())
+        .collect();
+    assert_eq!(
+        events.len(),
+        1,
+        "only the audit channel hears of it: {events:?}"
+    );
+    let e = &events[0];
+    assert_eq!(e["kind"], "audit");
+    assert_eq!(e["severity"], "info");
+    assert_eq!(e["summary"], "checkout: pause by alice (freeze)");
+    assert_eq!(e["fields"]["user"], "alice");
+    assert_eq!(e["fields"]["source"], "cli");
+}

@@ -37,6 +37,12 @@ pub struct Shell<E: Env = RealEnv> {
 }
 
 impl Shell<RealEnv> {
+    /// The audit trail for actions taken through this daemon (the console): its Consul prefix,
+    /// its alert outbox, its `/metrics`.
+    pub fn audit_log(&self) -> crate::audit::AuditLog {
+        self.env.audit_log().with_telemetry(self.telemetry.clone())
+    }
+
     /// Connects the parts described by `config` (no network traffic yet).
     pub fn new(config: &Config) -> Result<Self, DaemonError> {
         Ok(

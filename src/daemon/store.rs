@@ -79,6 +79,11 @@ impl StateStore {
         &self.client
     }
 
+    /// greenlight's Consul prefix (`consul.prefix`, without a trailing `/`).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     /// The stored state of `policy`'s API and its ModifyIndex, or a fresh state and index 0.
     pub async fn load(&self, policy: &Policy) -> Result<(RolloutState, u64), StoreError> {
         let key = self.key(&policy.api);
