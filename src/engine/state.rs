@@ -322,6 +322,15 @@ impl RolloutState {
         if self.step >= policy.steps.len() {
             self.step = policy.steps.len() - 1;
         }
+        // A gate the (reloaded) policy no longer has, or not the next step: nothing waits.
+        if self
+            .awaiting_approval
+            .as_ref()
+            .is_some_and(|g| g.step != self.step + 1 || !policy.approval.gates(g.step))
+        {
+            self.awaiting_approval = None;
+            self.approval = None;
+        }
     }
 
     /// Records a rollback done outside the daemon (`greenlight rollback --now`): rolled back,

@@ -20,7 +20,11 @@ pub fn approve(
 ) -> Result<Approval, String> {
     let api = &policy.api;
     let gate = match (&state.awaiting_approval, state.phase) {
-        (Some(gate), Phase::Progressing) => gate,
+        (Some(gate), Phase::Progressing)
+            if gate.step == state.step + 1 && policy.approval.gates(gate.step) =>
+        {
+            gate
+        }
         _ => {
             return Err(format!(
                 "{api} is not waiting for an approval: it is {} at step {} of {}",

@@ -238,6 +238,22 @@ fn an_operator_promotion_does_not_wait_at_a_gate() {
 }
 
 #[test]
+fn a_reloaded_policy_without_the_gate_lets_the_rollout_advance() {
+    let p = gated(None, ApprovalTimeoutAction::Hold);
+    let mut m = 1;
+    let s = to_gate(&p, started(&p), &mut m).state;
+    let mut ungated = p.clone();
+    ungated.approval.before_steps.clear();
+    let d = decide(&ungated, &s, &obs(m, at_share(healthy(), 25.0)), at(m));
+    assert_eq!(d.action, Action::Advance, "{}", d.reason);
+    assert_eq!(d.state.awaiting_approval, None);
+    // Nor does the stored state, as read before any evaluation, wait for an approval.
+    let err = approve(&ungated, &s, "alice", "ok", at(m)).unwrap_err();
+    assert!(err.contains("is not waiting for an approval"), "{err}");
+    assert!(approve(&p, &s, "alice", "ok", at(m)).is_ok());
+}
+
+#[test]
 fn states_written_before_gates_existed_still_decode() {
     let text = include_str!("../testdata/state_previous_version.json");
     let state = decode_state(text.as_bytes()).unwrap();
