@@ -105,10 +105,17 @@ pub struct RealEnv {
     pub(super) metrics_url: String,
     pub(super) consul_kv: ConsulKv,
     pub(super) haproxy: Option<HaproxyRuntime>,
-    pub(super) notifier: Notifier,
+    pub(super) notifier: std::sync::Arc<Notifier>,
 }
 
 impl RealEnv {
+    /// The audit trail under the state's Consul prefix, alerting through this daemon's outbox
+    /// (the one notifier, so that no entry is delivered twice).
+    pub fn audit_log(&self) -> crate::audit::AuditLog {
+        crate::audit::AuditLog::new(self.store.client().clone(), self.store.prefix())
+            .with_notifier(self.notifier.clone())
+    }
+
     fn actuator(&self, policy: &Policy) -> Result<Actuator, TrafficError> {
         match &policy.traffic.target {
             TrafficTarget::ConsulKeys { .. } => Ok(Actuator::ConsulKv(self.consul_kv.clone())),

@@ -152,6 +152,6 @@ pub fn real_env(config: &Config) -> Result<RealEnv, DaemonError> {
         },
         backend,
         metrics_url: config.metrics.url.clone(),
-        notifier,
+        notifier: std::sync::Arc::new(notifier),
     })
 }

@@ -2,7 +2,7 @@
 //! written by compare-and-set (and, for the daemon, fenced by its lock).
 
 use crate::consul::{is_stale_index, ConsulClient, ConsulError, Fence, TxnOp};
-use crate::engine::{decode_state, encode_state, Intent, RolloutState};
+use crate::engine::{decode_state, encode_state, RolloutState};
 use crate::policy::Policy;
 
 /// Why reading or writing a state failed.
@@ -77,6 +77,11 @@ impl StateStore {
 
     pub fn client(&self) -> &ConsulClient {
         &self.client
+    }
+
+    /// greenlight's Consul prefix (`consul.prefix`, without a trailing `/`).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
     }
 
     /// The stored state of `policy`'s API and its ModifyIndex, or a fresh state and index 0.
@@ -185,27 +190,5 @@ impl StateStore {
             .get(&self.key(api))
             .await?
             .map(|e| (e.value, e.modify_index)))
-    }
-
-    /// Records an operator intent on `policy`'s state (compare-and-set, retried on conflicts).
-    /// Returns the state as written.
-    pub async fn set_intent(
-        &self,
-        policy: &Policy,
-        intent: Intent,
-    ) -> Result<RolloutState, StoreError> {
-        let mut last = None;
-        for _ in 0..5 {
-            let (mut state, index) = self.load(policy).await?;
-            state.intent = Some(intent.clone());
-            match self.save(&state, index, None).await {
-                Ok(_) => return Ok(state),
-                Err(StoreError::Conflict { api }) => last = Some(StoreError::Conflict { api }),
-                Err(e) => return Err(e),
-            }
-        }
-        Err(last.unwrap_or(StoreError::Conflict {
-            api: policy.api.clone(),
-        }))
     }
 }

@@ -132,6 +132,41 @@ pub struct RolloutState {
     /// What the data-quality rules remember between windows (recent counts, streaks).
     #[serde(default)]
     pub quality: super::QualityState,
+    /// Who recorded the pending [`RolloutState::intent`] (absent: greenlight, or a state written
+    /// before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intent_by: Option<String>,
+    /// Who started the current rollout (absent: started automatically, or not recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_by: Option<String>,
+    /// Set while the rollout waits at its step for a human to approve the next (gated) one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub awaiting_approval: Option<ApprovalGate>,
+    /// An approval recorded for the gated step the rollout waits before; consumed by the advance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<Approval>,
+}
+
+/// A gate the rollout waits at: the evidence would advance it to `step`, which needs approval.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalGate {
+    /// Index of the gated step (the one after the current step).
+    pub step: usize,
+    /// When the rollout began to wait.
+    pub since: Timestamp,
+    /// Whether `approval_timeout` has passed (then `on_approval_timeout` applied once).
+    #[serde(default)]
+    pub timed_out: bool,
+}
+
+/// A human's approval of one gated step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Approval {
+    /// Index of the approved step.
+    pub step: usize,
+    pub by: String,
+    pub at: Timestamp,
+    pub reason: String,
 }
 
 impl RolloutState {
@@ -161,6 +196,10 @@ impl RolloutState {
             revision: 0,
             history: Vec::new(),
             quality: Default::default(),
+            intent_by: None,
+            started_by: None,
+            awaiting_approval: None,
+            approval: None,
         };
         s.reconcile(policy);
         s
@@ -180,6 +219,7 @@ impl RolloutState {
         self.reconcile(policy);
         self.phase = Phase::Progressing;
         self.reason = None;
+        self.started_by = None;
         self.rollout_started_at = Some(now);
         self.enter_step(policy, 0, now);
     }
@@ -192,6 +232,9 @@ impl RolloutState {
         self.last_progress_at = Some(now);
         self.intervals_at_step = 0;
         self.stuck_alerted = false;
+        // A gate and its approval belong to the step they were met at.
+        self.awaiting_approval = None;
+        self.approval = None;
         for s in &mut self.streams {
             s.step = Pair::default();
             s.rollback.start_stage(index);
@@ -279,6 +322,15 @@ impl RolloutState {
         if self.step >= policy.steps.len() {
             self.step = policy.steps.len() - 1;
         }
+        // A gate the (reloaded) policy no longer has, or not the next step: nothing waits.
+        if self
+            .awaiting_approval
+            .as_ref()
+            .is_some_and(|g| g.step != self.step + 1 || !policy.approval.gates(g.step))
+        {
+            self.awaiting_approval = None;
+            self.approval = None;
+        }
     }
 
     /// Records a rollback done outside the daemon (`greenlight rollback --now`): rolled back,
@@ -288,6 +340,9 @@ impl RolloutState {
         self.weights = policy.traffic.weights_for(0.0);
         self.applying_from = None;
         self.intent = None;
+        self.intent_by = None;
+        self.awaiting_approval = None;
+        self.approval = None;
         self.reason = Some(reason.to_string());
         self.phase_since = Some(now);
         self.revision += 1;
@@ -307,6 +362,7 @@ impl RolloutState {
                     advance_log_e: s.advance_log_e(),
                 })
                 .collect(),
+            approved_by: None,
         });
         if self.history.len() > HISTORY_LEN {
             let extra = self.history.len() - HISTORY_LEN;

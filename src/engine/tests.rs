@@ -84,6 +84,7 @@ pub(crate) fn policy() -> Policy {
         alerts: vec![],
         alert_routes: Default::default(),
         data_quality: Default::default(),
+        approval: Default::default(),
     }
 }
 
@@ -827,4 +828,5 @@ fn reloaded_policy_keeps_matching_evidence() {
     assert_eq!(r.streams[0].total, Pair::default());
 }
 
+mod approval;
 mod quality;

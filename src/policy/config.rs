@@ -42,8 +42,17 @@ pub struct Config {
     /// Maximum number of APIs evaluated concurrently. Default 32.
     pub max_concurrency: usize,
     pub sync: SyncConfig,
+    pub console: ConsoleConfig,
     /// Every secret written in the file, with where it was written: [`Config::check_secrets`].
     secrets: Vec<SecretRef>,
+}
+
+/// The web console served by the daemon.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ConsoleConfig {
+    /// The URL people reach the console at, without a trailing `/`; alerts link to
+    /// `<public_url>/apis/<api>`. Default: none.
+    pub public_url: Option<String>,
 }
 
 /// `greenlight sync`: mirrors the Consul weight keys into HAProxy.
@@ -245,6 +254,16 @@ impl RawConfig {
             limits::REPAIR_INTERVAL,
             errors,
         );
+        let console = ConsoleConfig {
+            public_url: self.console.public_url.as_ref().map(|u| {
+                validate_url(
+                    u,
+                    "console.public_url",
+                    "it is shown in alerts; sign-in belongs to the proxy in front",
+                    errors,
+                )
+            }),
+        };
         for (field, dir) in [
             ("policies_dir", &self.policies_dir),
             ("state_dir", &self.state_dir),
@@ -358,6 +377,7 @@ impl RawConfig {
                 listen: sync_listen?,
                 repair_interval,
             },
+            console,
             secrets,
         })
     }
@@ -476,6 +496,39 @@ mod tests {
             Ok(_) => Vec::new(),
             Err(errors) => errors.iter().map(|e| e.to_string()).collect(),
         }
+    }
+
+    #[test]
+    fn console_public_url_is_an_http_url_without_credentials() {
+        assert_eq!(Config::default().console.public_url, None);
+        let c = Config::from_toml(
+            "[console]\npublic_url = \"https://greenlight.example.com/\"\n",
+            Path::new("conf/g.toml"),
+        )
+        .unwrap();
+        assert_eq!(
+            c.console.public_url.as_deref(),
+            Some("https://greenlight.example.com")
+        );
+        let e = errors_of("[console]\npublic_url = \"https://me:pw@greenlight.example.com\"\n");
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with(
+                "conf/g.toml:2:14: console.public_url must not contain a user name or password"
+            ),
+            "{e:?}"
+        );
+        let e = errors_of("[console]\npublic_url = \"ftp://greenlight\"\n");
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with("conf/g.toml:2:14: console.public_url must be an http"),
+            "{e:?}"
+        );
+        let e = errors_of("[console]\nlisten = 1\n");
+        assert_eq!(
+            e,
+            vec!["conf/g.toml:2:1: unknown field `listen`, expected `public_url`"]
+        );
     }
 
     #[test]

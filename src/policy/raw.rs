@@ -86,6 +86,26 @@ pub(super) struct RawPolicy {
     /// Compare green's observed share of requests with its weight. Default true.
     #[serde(default)]
     pub(super) check_traffic_split: Option<bool>,
+    /// Steps (percent values of `steps`, never the first) entered only after a human approves.
+    /// Default: none.
+    #[serde(default)]
+    pub(super) approval_before: Option<Spanned<Vec<Spanned<f64>>>>,
+    /// How long a gate waits for an approval before `on_approval_timeout`. Default: for ever.
+    #[serde(default)]
+    pub(super) approval_timeout: Option<Spanned<HumanDuration>>,
+    /// `"hold"` or `"rollback"` once `approval_timeout` has passed. Default `"hold"`.
+    #[serde(default)]
+    pub(super) on_approval_timeout: Option<Spanned<RawApprovalTimeoutAction>>,
+    /// Refuse an approval from whoever started the rollout. Default false.
+    #[serde(default)]
+    pub(super) approver_must_differ: Option<bool>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum RawApprovalTimeoutAction {
+    Hold,
+    Rollback,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -117,10 +137,15 @@ pub(super) struct RawAlertRoutes {
     pub(super) green_data_missing: Option<Vec<Spanned<String>>>,
     #[serde(default)]
     pub(super) traffic_split_mismatch: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    pub(super) approval_needed: Option<Vec<Spanned<String>>>,
+    /// Human actions (the audit trail); unlike the others, never sent unless routed here.
+    #[serde(default)]
+    pub(super) audit: Option<Vec<Spanned<String>>>,
 }
 
 impl RawAlertRoutes {
-    pub(super) fn entries(&self) -> [(&'static str, &Option<Vec<Spanned<String>>>); 9] {
+    pub(super) fn entries(&self) -> [(&'static str, &Option<Vec<Spanned<String>>>); 11] {
         [
             ("rollback", &self.rollback),
             ("manual_override", &self.manual_override),
@@ -131,6 +156,8 @@ impl RawAlertRoutes {
             ("internal_error", &self.internal_error),
             ("green_data_missing", &self.green_data_missing),
             ("traffic_split_mismatch", &self.traffic_split_mismatch),
+            ("approval_needed", &self.approval_needed),
+            ("audit", &self.audit),
         ]
     }
 }

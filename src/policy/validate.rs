@@ -164,6 +164,7 @@ impl RawPolicy {
         let data_quality = self.data_quality(errors);
         let traffic = validate_traffic(&self.traffic, context.consul_prefix, errors);
         let steps = validate_steps(&self.steps, traffic.as_ref(), errors);
+        let approval = self.approval(&steps, errors);
         let schedule = self
             .schedule
             .as_ref()
@@ -204,6 +205,7 @@ impl RawPolicy {
             alerts,
             alert_routes,
             data_quality,
+            approval,
         })
     }
 

@@ -118,6 +118,53 @@ fn compact_evidence(decision: &Decision) -> String {
     out
 }
 
+/// Log target of the audit events ([`log_audit`] and its failures).
+pub const AUDIT_TARGET: &str = "greenlight::audit";
+
+/// Logs one human action as one line: who (user, groups, source, request id), what (action,
+/// API, reason), and the rollout's phase, step and weights before and after.
+pub fn log_audit(entry: &crate::audit::AuditEntry) {
+    let weights = |w: crate::policy::Weights| format!("blue={} green={}", w.blue, w.green);
+    tracing::info!(
+        target: AUDIT_TARGET,
+        api = %entry.api,
+        user = %entry.user,
+        groups = %entry.groups.join(","),
+        action = entry.action.as_str(),
+        reason = %entry.reason,
+        source = %entry.source,
+        request_id = %entry.request_id,
+        phase_before = entry.before.phase.as_str(),
+        step_before = entry.before.step,
+        weights_before = %weights(entry.before.weights),
+        phase_after = entry.after.phase.as_str(),
+        step_after = entry.after.step,
+        weights_after = %weights(entry.after.weights),
+        revision = entry.revision,
+        "Recorded a human action."
+    );
+}
+
+/// The audit entry of an action on `api` could not be written to Consul (the action stands).
+pub fn audit_write_failed(api: &str, reason: &str) {
+    tracing::warn!(
+        target: AUDIT_TARGET,
+        %api,
+        reason,
+        "Could not write the audit entry to Consul; the action was carried out."
+    );
+}
+
+/// An audit entry of `api` stored at `key` cannot be decoded; it is left out of listings.
+pub fn audit_entry_undecodable(api: &str, key: &str, reason: &str) {
+    tracing::warn!(target: AUDIT_TARGET, %api, key, reason, "Skipped an undecodable audit entry.");
+}
+
+/// The alert for an audit entry of `api` could not be recorded.
+pub fn audit_alert_failed(api: &str, reason: &str) {
+    tracing::warn!(target: AUDIT_TARGET, %api, reason, "Could not record the audit alert.");
+}
+
 #[cfg(test)]
 mod tests {
     use std::io;
@@ -242,6 +289,56 @@ mod tests {
         assert!(rollback.contains("evidence=\"errors:R="), "{rollback}");
         assert!(rollback.contains(" latency@0.25:R="), "{rollback}");
         assert!(!text.contains("ERROR"));
+    }
+
+    #[test]
+    fn an_audit_entry_is_one_json_line_with_who_what_and_the_state_before_and_after() {
+        use crate::audit::{ActionKind, Actor, AuditEntry};
+        let policy = crate::engine::tests::policy();
+        let before = RolloutState::started(&policy, t(0));
+        let mut after = before.clone();
+        after.intent = Some(crate::engine::Intent::Pause {
+            reason: "checking dashboards".into(),
+        });
+        let actor = Actor {
+            user: "alice".into(),
+            groups: vec!["payments".into(), "oncall".into()],
+            source: "10.0.0.7".into(),
+            request_id: "req-42".into(),
+        };
+        let entry = AuditEntry::new(
+            &policy,
+            &actor,
+            ActionKind::Pause,
+            "checking dashboards",
+            &before,
+            &after,
+            17,
+            t(1),
+        );
+        let text = capture(true, || log_audit(&entry));
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 1, "{text}");
+        let v: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+        assert_eq!(v["target"], AUDIT_TARGET);
+        assert_eq!(v["level"], "INFO");
+        assert_eq!(v["message"], "Recorded a human action.");
+        for (field, want) in [
+            ("api", "checkout"),
+            ("user", "alice"),
+            ("groups", "payments,oncall"),
+            ("action", "pause"),
+            ("reason", "checking dashboards"),
+            ("source", "10.0.0.7"),
+            ("request_id", "req-42"),
+            ("phase_before", "progressing"),
+            ("weights_before", "blue=95 green=5"),
+            ("phase_after", "progressing"),
+        ] {
+            assert_eq!(v[field], want, "{field}: {v}");
+        }
+        assert_eq!(v["step_before"], 0);
+        assert_eq!(v["revision"], 17);
     }
 
     #[test]

@@ -70,6 +70,25 @@ pub struct RolloutView {
     pub revision: u64,
     /// Most recent decisions, newest last.
     pub history: Vec<DecisionRecord>,
+    /// Set while the rollout waits for a human to approve its next step.
+    #[serde(default)]
+    pub awaiting_approval: Option<ApprovalView>,
+    /// Who started the rollout (absent: started automatically, or not recorded).
+    #[serde(default)]
+    pub started_by: Option<String>,
+}
+
+/// A gate the rollout waits at.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApprovalView {
+    /// Index of the gated step (the one after the current step) and its share of green.
+    pub step: usize,
+    pub percent: f64,
+    pub since: Timestamp,
+    /// `approval_timeout` has passed (the rollout waits on: `on_approval_timeout = "hold"`).
+    pub timed_out: bool,
+    /// The approval recorded for it, applied at the next evaluation.
+    pub approved_by: Option<String>,
 }
 
 /// The most recent decision.
@@ -161,6 +180,18 @@ impl RolloutView {
             paused,
             revision: state.revision,
             history: state.history.clone(),
+            awaiting_approval: state.awaiting_approval.as_ref().map(|g| ApprovalView {
+                step: g.step,
+                percent: policy.steps.get(g.step).copied().unwrap_or(100.0),
+                since: g.since,
+                timed_out: g.timed_out,
+                approved_by: state
+                    .approval
+                    .as_ref()
+                    .filter(|a| a.step == g.step)
+                    .map(|a| a.by.clone()),
+            }),
+            started_by: state.started_by.clone(),
         }
     }
 }
