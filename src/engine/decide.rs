@@ -150,6 +150,16 @@ pub struct DecisionRecord {
     /// Each stream's evidence after the decision, in log space. States written by the previous
     /// version (`[stream, E, E]`) are read too.
     pub evidence: Vec<EvidenceRecord>,
+    /// The window's counts per stream, when it was counted (for the console's charts).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub counted: Vec<CountRecord>,
+}
+
+/// One stream's counts in one counted window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CountRecord {
+    pub stream: String,
+    pub counts: Pair,
 }
 
 /// Decides what to do with one API for one window. Pure: no I/O, no clock; `now` is given.
@@ -376,6 +386,14 @@ fn finish(
                 stream: r.id.clone(),
                 rollback_log_e: round4(r.rollback_log_e),
                 advance_log_e: round4(r.advance_log_e),
+            })
+            .collect(),
+        counted: d
+            .counted
+            .iter()
+            .map(|(stream, counts)| CountRecord {
+                stream: stream.clone(),
+                counts: *counts,
             })
             .collect(),
     });

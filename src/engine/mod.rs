@@ -8,9 +8,10 @@ mod observation;
 mod state;
 
 pub use decide::{
-    adopted_step, decide, percent, Action, Decision, DecisionRecord, Explanation, GuardReport,
-    Notice, QualityState, StreamReport, ADVANCE_MAX_ROLLBACK_E, GREEN_MISSING_NOTICE_WINDOWS,
-    MAGNITUDE_FACTOR, MAGNITUDE_FLOOR, RECENT_WINDOWS, SPLIT_MISMATCH_WINDOWS,
+    adopted_step, decide, percent, Action, CountRecord, Decision, DecisionRecord, Explanation,
+    GuardReport, Notice, QualityState, StreamReport, ADVANCE_MAX_ROLLBACK_E,
+    GREEN_MISSING_NOTICE_WINDOWS, MAGNITUDE_FACTOR, MAGNITUDE_FLOOR, RECENT_WINDOWS,
+    SPLIT_MISMATCH_WINDOWS,
 };
 pub use observation::{
     CheckData, CheckObservation, Counts, DataProblem, EdgeCounts, Observation, Pair,

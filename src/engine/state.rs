@@ -307,6 +307,7 @@ impl RolloutState {
                     advance_log_e: s.advance_log_e(),
                 })
                 .collect(),
+            counted: Vec::new(),
         });
         if self.history.len() > HISTORY_LEN {
             let extra = self.history.len() - HISTORY_LEN;

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::config_console::ConsoleConfig;
 use super::config_fields::{
     parse_node, resolve_path, validate_alert, validate_listen, validate_secret, validate_url,
 };
@@ -42,6 +43,8 @@ pub struct Config {
     /// Maximum number of APIs evaluated concurrently. Default 32.
     pub max_concurrency: usize,
     pub sync: SyncConfig,
+    /// `[console]`: sign-in, tokens, admin groups.
+    pub console: ConsoleConfig,
     /// Every secret written in the file, with where it was written: [`Config::check_secrets`].
     secrets: Vec<SecretRef>,
 }
@@ -260,6 +263,19 @@ impl RawConfig {
             errors,
         );
 
+        let console = self.console.0.validate(base, errors);
+        if let Some(addr) = listen {
+            if !addr.ip().is_loopback() && !console.auth_configured() {
+                errors.at(
+                    self.listen.span(),
+                    format!(
+                        "listen {addr} is reachable from other machines, but the console has no \
+                         sign-in: listen on 127.0.0.1, or configure [console.proxy] or \
+                         [[console.token]]"
+                    ),
+                );
+            }
+        }
         let metrics = self.metrics.0.validate(base, errors);
         let consul = self.consul.0.validate(base, errors);
         let mut nodes = Vec::new();
@@ -358,6 +374,7 @@ impl RawConfig {
                 listen: sync_listen?,
                 repair_interval,
             },
+            console,
             secrets,
         })
     }
@@ -536,6 +553,9 @@ policies_dir = "../policies"
 state_dir = "state"
 listen = "0.0.0.0:9000"
 max_concurrency = 4
+
+[console.proxy]
+addresses = ["10.0.0.7"]
 
 [metrics]
 url = "http://vm:8428/"

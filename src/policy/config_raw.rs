@@ -41,6 +41,9 @@ pub(super) struct RawConfig {
     /// `[sync]`: `greenlight sync`.
     #[serde(default = "default_sync")]
     pub(super) sync: Table<RawSync>,
+    /// `[console]`: sign-in and admin groups of the console and the JSON API.
+    #[serde(default)]
+    pub(super) console: Table<super::config_console::RawConsole>,
 }
 
 pub(super) fn default_policies_dir() -> Spanned<String> {

@@ -6,6 +6,7 @@
 
 mod checks;
 mod config;
+mod config_console;
 mod config_fields;
 mod config_raw;
 #[cfg(test)]
@@ -30,6 +31,7 @@ pub use config::{
     AlertChannel, AlertChannelKind, Config, ConsulConfig, HaproxyConfig, HaproxyNode, MetricsAuth,
     MetricsBackend, MetricsConfig, SyncConfig,
 };
+pub use config_console::{ConsoleConfig, IpNet, ProxyConfig, TokenConfig, TokenHash};
 pub use load::{load_dir, load_file, load_paths, load_paths_in, LoadReport};
 pub use read::MAX_FILE_BYTES;
 pub use secret::{Secret, SecretError};
@@ -97,6 +99,20 @@ pub struct Policy {
     pub alert_routes: std::collections::BTreeMap<String, Vec<String>>,
     /// Plausibility bound and what to do when green's data are missing.
     pub data_quality: DataQuality,
+    /// Which groups may see, steer and approve this API in the console.
+    pub access: Access,
+}
+
+/// The console's permissions on one API, by group (deny by default: a group named nowhere sees
+/// nothing; the config's `console.admin_groups` see and do everything).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct Access {
+    /// May see the API and act on it (start, pause, resume, rollback, promote, approve).
+    pub owners: Vec<String>,
+    /// May see it, read-only.
+    pub viewers: Vec<String>,
+    /// May see it and approve its gates.
+    pub approvers: Vec<String>,
 }
 
 /// Data-quality rules of a policy (see README, "How it decides").

@@ -1,0 +1,666 @@
+//! The console: HTML pages (overview, one API) and the JSON API they use (`/api/v1/…`), with
+//! sign-in, per-API permissions and actions. Assets are embedded in the binary.
+//!
+//! Every request is identified first ([`auth::Auth::identify`]): with sign-in configured, a
+//! request without credentials gets 401; an API the user's groups may not view does not exist
+//! for them (404). Actions go through [`ConsoleBackend::perform`] (the daemon's compare-and-set
+//! action path); a stale view gets 409 with the current state.
+
+pub mod auth;
+mod charts;
+mod pages;
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, Request, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::Json;
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use self::auth::{Auth, AuthError, Identity, Role, Via};
+use super::{AppState, RolloutView};
+use crate::engine::RolloutState;
+use crate::metrics::Backend;
+use crate::policy::Policy;
+
+pub use pages::{api_page, overview_page, ApiPage, Overview, OverviewRow};
+
+/// Largest accepted action body.
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+/// Longest accepted reason, in characters.
+pub const MAX_REASON_CHARS: usize = 500;
+
+/// A boxed future, for the object-safe [`ConsoleBackend`].
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What the console can ask a human action of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionKind {
+    Start,
+    Pause,
+    Resume,
+    Rollback,
+    Promote,
+    Approve,
+}
+
+impl ActionKind {
+    pub const ALL: [ActionKind; 6] = [
+        ActionKind::Start,
+        ActionKind::Pause,
+        ActionKind::Resume,
+        ActionKind::Rollback,
+        ActionKind::Promote,
+        ActionKind::Approve,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActionKind::Start => "start",
+            ActionKind::Pause => "pause",
+            ActionKind::Resume => "resume",
+            ActionKind::Rollback => "rollback",
+            ActionKind::Promote => "promote",
+            ActionKind::Approve => "approve",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ActionKind> {
+        ActionKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// Whether `role` may ask for it.
+    pub fn allowed(self, role: Role) -> bool {
+        match self {
+            ActionKind::Approve => role >= Role::Approver,
+            _ => role >= Role::Owner,
+        }
+    }
+}
+
+/// Who asks, from where (recorded in the audit trail).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Actor {
+    pub user: String,
+    pub groups: Vec<String>,
+    /// `proxy` or `token`.
+    pub via: &'static str,
+    pub address: Option<IpAddr>,
+    pub request_id: String,
+}
+
+/// One human action asked for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActionRequest {
+    pub kind: ActionKind,
+    pub reason: String,
+    /// The revision the asker's view showed; another one means the view is stale.
+    pub expected_revision: Option<u64>,
+}
+
+/// What became of an action.
+#[derive(Debug, Clone)]
+pub enum ActionOutcome {
+    /// Recorded: the state before and after.
+    Done {
+        before: Box<RolloutState>,
+        after: Box<RolloutState>,
+    },
+    /// The asker's view was stale: nothing done; the current state.
+    Stale { current: Box<RolloutState> },
+    /// Not possible in the current state (e.g. approve with no gate waiting).
+    Refused {
+        reason: String,
+        current: Box<RolloutState>,
+    },
+}
+
+/// One entry of the audit trail, as shown.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditItem {
+    pub at: Timestamp,
+    pub user: String,
+    pub groups: Vec<String>,
+    pub action: String,
+    pub reason: String,
+    /// What changed, in a few words (phase/step/weights before → after).
+    pub change: String,
+    pub source: Option<String>,
+    pub request_id: Option<String>,
+}
+
+/// The daemon side of the console: actions and the audit trail.
+pub trait ConsoleBackend: Send + Sync + 'static {
+    fn perform<'a>(
+        &'a self,
+        policy: Arc<Policy>,
+        actor: Actor,
+        request: ActionRequest,
+    ) -> BoxFuture<'a, Result<ActionOutcome, String>>;
+
+    /// The newest audit entries of `api`, newest last.
+    fn audit<'a>(&'a self, api: &'a str) -> BoxFuture<'a, Vec<AuditItem>>;
+}
+
+/// Where query links point.
+#[derive(Debug, Clone)]
+pub struct MetricsUi {
+    pub url: String,
+    pub backend: Backend,
+}
+
+impl MetricsUi {
+    /// A link showing `query` in the metrics backend's own UI.
+    pub fn link(&self, query: &str) -> String {
+        let q = percent_encode(query);
+        match self.backend {
+            Backend::VictoriaMetrics => {
+                format!("{}/vmui/#/?g0.expr={q}&g0.range_input=6h", self.url)
+            }
+            Backend::Prometheus => {
+                format!("{}/graph?g0.expr={q}&g0.tab=0&g0.range_input=6h", self.url)
+            }
+        }
+    }
+}
+
+/// The console's settings and its link to the daemon.
+pub struct Console {
+    pub auth: Auth,
+    pub backend: Option<Arc<dyn ConsoleBackend>>,
+    pub metrics_ui: Option<MetricsUi>,
+    requests: AtomicU64,
+}
+
+impl Console {
+    pub fn new(
+        auth: Auth,
+        backend: Option<Arc<dyn ConsoleBackend>>,
+        metrics_ui: Option<MetricsUi>,
+    ) -> Console {
+        Console {
+            auth,
+            backend,
+            metrics_ui,
+            requests: AtomicU64::new(0),
+        }
+    }
+
+    /// No sign-in, no actions: what [`super::router`] serves.
+    pub fn read_only() -> Console {
+        Console::new(Auth::read_only(), None, None)
+    }
+
+    fn request_id(&self) -> String {
+        let n = self.requests.fetch_add(1, Ordering::Relaxed);
+        let r: u32 = rand::random();
+        format!("{r:08x}-{n}")
+    }
+}
+
+/// The peer address axum recorded for the connection, if served with connect info.
+fn peer<B>(req: &Request<B>) -> Option<IpAddr> {
+    req.extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+}
+
+/// Identifies every console and `/api/v1` request; refuses the unidentified with 401 before
+/// any handler runs. `/api/v1/openapi.json` is public.
+pub(super) async fn identify(
+    State(app): State<AppState>,
+    mut req: Request<axum::body::Body>,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = req.uri().path();
+    let open = path == "/api/v1/openapi.json"
+        || path.starts_with("/assets/")
+        || matches!(path, "/metrics" | "/healthz" | "/readyz");
+    let who = app.console.auth.identify(peer(&req), req.headers());
+    match who {
+        Ok(who) => {
+            req.extensions_mut().insert(who);
+            next.run(req).await
+        }
+        Err(_) if open => next.run(req).await,
+        Err(e) => {
+            let message = match e {
+                AuthError::Missing => {
+                    "sign-in required: come through the sign-in proxy or send Authorization: Bearer <token>"
+                }
+                AuthError::BadToken => "the bearer token is not valid",
+            };
+            let html = !path.starts_with("/api/");
+            let mut resp = if html {
+                (
+                    StatusCode::UNAUTHORIZED,
+                    Html(pages::message_page("Sign-in required", message)),
+                )
+                    .into_response()
+            } else {
+                super::error(StatusCode::UNAUTHORIZED, message.to_string())
+            };
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"greenlight\""),
+            );
+            resp
+        }
+    }
+}
+
+/// One visible API: its view, policy (if loaded) and the user's role.
+pub struct Visible {
+    pub view: RolloutView,
+    pub policy: Option<Arc<Policy>>,
+    pub role: Role,
+}
+
+/// The APIs `who` may view, in the source's order.
+fn visible(app: &AppState, who: &Identity) -> Vec<Visible> {
+    let policies = app.status.policies();
+    app.status
+        .rollouts()
+        .into_iter()
+        .filter_map(|view| {
+            let policy = policies.iter().find(|p| p.api == view.api).cloned();
+            let role = app.console.auth.role(who, policy.as_deref());
+            (role > Role::None).then_some(Visible { view, policy, role })
+        })
+        .collect()
+}
+
+fn visible_one(app: &AppState, who: &Identity, api: &str) -> Option<Visible> {
+    visible(app, who).into_iter().find(|v| v.view.api == api)
+}
+
+fn no_such_api(api: &str) -> Response {
+    super::error(StatusCode::NOT_FOUND, format!("no rollout for API {api:?}"))
+}
+
+pub(super) async fn rollouts(
+    State(app): State<AppState>,
+    axum::Extension(who): axum::Extension<Identity>,
+) -> Json<Vec<RolloutView>> {
+    Json(visible(&app, &who).into_iter().map(|v| v.view).collect())
+}
+
+pub(super) async fn rollout(
+    State(app): State<AppState>,
+    axum::Extension(who): axum::Extension<Identity>,
+    Path(api): Path<String>,
+) -> Response {
+    match visible_one(&app, &who, &api) {
+        Some(v) => Json(v.view).into_response(),
+        None => no_such_api(&api),
+    }
+}
+
+/// The audit trail of one API.
+pub(super) async fn audit(
+    State(app): State<AppState>,
+    axum::Extension(who): axum::Extension<Identity>,
+    Path(api): Path<String>,
+) -> Response {
+    if visible_one(&app, &who, &api).is_none() {
+        return no_such_api(&api);
+    }
+    let items = match &app.console.backend {
+        Some(b) => b.audit(&api).await,
+        None => Vec::new(),
+    };
+    Json(items).into_response()
+}
+
+/// Who the caller is and what they may do per visible API.
+pub(super) async fn me(
+    State(app): State<AppState>,
+    axum::Extension(who): axum::Extension<Identity>,
+) -> Response {
+    let roles: serde_json::Map<String, serde_json::Value> = visible(&app, &who)
+        .into_iter()
+        .map(|v| (v.view.api, v.role.as_str().into()))
+        .collect();
+    Json(serde_json::json!({
+        "user": who.user,
+        "groups": who.groups,
+        "via": who.via.as_str(),
+        "admin": app.console.auth.is_admin(&who),
+        "roles": roles,
+    }))
+    .into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct ActionBody {
+    action: String,
+    #[serde(default)]
+    reason: String,
+    #[serde(default)]
+    revision: Option<u64>,
+}
+
+/// Answer to a stale or refused action.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ConflictBody {
+    pub error: String,
+    pub revision: u64,
+    pub current: RolloutView,
+}
+
+/// Answer to a recorded action.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DoneBody {
+    pub api: String,
+    pub action: String,
+    pub request_id: String,
+    pub before: RolloutView,
+    pub after: RolloutView,
+}
+
+/// `POST /api/v1/rollouts/{api}/actions`: `{"action": "pause", "reason": "…", "revision": 12}`.
+pub(super) async fn act(
+    State(app): State<AppState>,
+    axum::Extension(who): axum::Extension<Identity>,
+    ConnectInfoOpt(address): ConnectInfoOpt,
+    Path(api): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let forbidden = |m: String| super::error(StatusCode::FORBIDDEN, m);
+    let Some(v) = visible_one(&app, &who, &api) else {
+        return no_such_api(&api);
+    };
+    if who.via == Via::Anonymous {
+        return forbidden(
+            "the console is read-only: no sign-in is configured ([console.proxy] or \
+             [[console.token]] in the daemon config)"
+                .into(),
+        );
+    }
+    if let Err(m) = app.console.auth.check_csrf(&who, &headers) {
+        return forbidden(m);
+    }
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|c| c.to_str().ok())
+        .is_some_and(|c| c.starts_with("application/json"));
+    if !json {
+        return super::error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "send the action as application/json".into(),
+        );
+    }
+    let parsed: ActionBody =
+        match serde_json::from_slice(&body) {
+            Ok(b) => b,
+            Err(e) => return super::error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "expected {{\"action\": \"pause\", \"reason\": \"…\", \"revision\": N}}: {e}"
+                ),
+            ),
+        };
+    let Some(kind) = ActionKind::parse(&parsed.action) else {
+        let known: Vec<&str> = ActionKind::ALL.iter().map(|k| k.as_str()).collect();
+        return super::error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "unknown action {:?} (known: {})",
+                parsed.action,
+                known.join(", ")
+            ),
+        );
+    };
+    let reason = parsed.reason.trim().to_string();
+    if reason.is_empty() || reason.chars().count() > MAX_REASON_CHARS {
+        return super::error(
+            StatusCode::BAD_REQUEST,
+            format!("give a reason (1 to {MAX_REASON_CHARS} characters)"),
+        );
+    }
+    if !kind.allowed(v.role) {
+        let owners = v
+            .policy
+            .as_ref()
+            .map(|p| p.access.owners.join(", "))
+            .unwrap_or_default();
+        return forbidden(format!(
+            "{} may view {api} but not {} it (role {}; owners: {})",
+            who.user,
+            kind.as_str(),
+            v.role.as_str(),
+            if owners.is_empty() {
+                "admins only".into()
+            } else {
+                owners
+            }
+        ));
+    }
+    let (Some(backend), Some(policy)) = (&app.console.backend, &v.policy) else {
+        return super::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "actions are not available from this server".into(),
+        );
+    };
+    let actor = Actor {
+        user: who.user.clone(),
+        groups: who.groups.clone(),
+        via: who.via.as_str(),
+        address,
+        request_id: app.console.request_id(),
+    };
+    let request_id = actor.request_id.clone();
+    let request = ActionRequest {
+        kind,
+        reason,
+        expected_revision: parsed.revision,
+    };
+    let conflict = |error: String, current: &RolloutState| {
+        (
+            StatusCode::CONFLICT,
+            Json(ConflictBody {
+                error,
+                revision: current.revision,
+                current: RolloutView::from_state(policy, current),
+            }),
+        )
+            .into_response()
+    };
+    let mut resp = match backend.perform(policy.clone(), actor, request).await {
+        Ok(ActionOutcome::Done { before, after }) => Json(DoneBody {
+            api: api.clone(),
+            action: kind.as_str().into(),
+            request_id: request_id.clone(),
+            before: RolloutView::from_state(policy, &before),
+            after: RolloutView::from_state(policy, &after),
+        })
+        .into_response(),
+        Ok(ActionOutcome::Stale { current }) => conflict(
+            format!(
+                "the rollout changed since your view (revision {:?}, now {}): nothing done; look again",
+                parsed.revision, current.revision
+            ),
+            &current,
+        ),
+        Ok(ActionOutcome::Refused { reason, current }) => conflict(reason, &current),
+        Err(e) => super::error(StatusCode::SERVICE_UNAVAILABLE, e),
+    };
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    resp
+}
+
+/// The connection's peer address, when served with connect info.
+pub(super) struct ConnectInfoOpt(Option<IpAddr>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ConnectInfoOpt {
+    type Rejection = std::convert::Infallible;
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(ConnectInfoOpt(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip()),
+        ))
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct PageQuery {
+    #[serde(default)]
+    team: Option<String>,
+    #[serde(default)]
+    phase: Option<String>,
+    /// Only the live part of the page (for the page's own updates).
+    #[serde(default)]
+    fragment: Option<u8>,
+}
+
+/// HTML with an ETag; 304 when the browser already has it.
+fn html(headers: &HeaderMap, body: String, who: &Identity, auth: &Auth) -> Response {
+    let tag = format!("\"{:016x}\"", fnv(body.as_bytes()));
+    let mut resp = if headers
+        .get(header::IF_NONE_MATCH)
+        .is_some_and(|v| v.as_bytes() == tag.as_bytes())
+    {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        Html(body).into_response()
+    };
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&tag) {
+        h.insert(header::ETAG, v);
+    }
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; \
+             frame-ancestors 'none'; form-action 'self'",
+        ),
+    );
+    h.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    if who.via == Via::Proxy {
+        if let Ok(v) = HeaderValue::from_str(&auth::csrf_cookie(&auth.csrf_token(&who.user))) {
+            h.insert(header::SET_COOKIE, v);
+        }
+    }
+    resp
+}
+
+fn fnv(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ *b as u64).wrapping_mul(0x100000001b3)
+    })
+}
+
+pub(super) async fn overview(
+    State(app): State<AppState>,
+    axum::Extension(who): axum::Extension<Identity>,
+    Query(q): Query<PageQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let rows = visible(&app, &who);
+    let page = Overview {
+        who: &who,
+        csrf: csrf_for(&app.console.auth, &who),
+        team: q.team.as_deref().filter(|t| !t.is_empty()),
+        phase: q.phase.as_deref().filter(|p| !p.is_empty()),
+        now: Timestamp::now(),
+    };
+    let body = overview_page(&page, &rows, q.fragment.is_some());
+    html(&headers, body, &who, &app.console.auth)
+}
+
+pub(super) async fn api_html(
+    State(app): State<AppState>,
+    axum::Extension(who): axum::Extension<Identity>,
+    Path(api): Path<String>,
+    Query(q): Query<PageQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(v) = visible_one(&app, &who, &api) else {
+        return (
+            StatusCode::NOT_FOUND,
+            Html(pages::message_page(
+                "No such API",
+                &format!("There is no rollout for {api:?} that you may see."),
+            )),
+        )
+            .into_response();
+    };
+    let audit = match &app.console.backend {
+        Some(b) => b.audit(&api).await,
+        None => Vec::new(),
+    };
+    let page = ApiPage {
+        who: &who,
+        csrf: csrf_for(&app.console.auth, &who),
+        visible: &v,
+        audit: &audit,
+        metrics_ui: app.console.metrics_ui.as_ref(),
+        can_act: app.console.backend.is_some() && who.via != Via::Anonymous,
+        now: Timestamp::now(),
+    };
+    let body = api_page(&page, q.fragment.is_some());
+    html(&headers, body, &who, &app.console.auth)
+}
+
+fn csrf_for(auth: &Auth, who: &Identity) -> Option<String> {
+    (who.via == Via::Proxy).then(|| auth.csrf_token(&who.user))
+}
+
+pub(super) async fn asset(Path(name): Path<String>) -> Response {
+    let (body, kind): (&'static str, &'static str) = match name.as_str() {
+        "console.js" => (
+            include_str!("assets/console.js"),
+            "text/javascript; charset=utf-8",
+        ),
+        "console.css" => (
+            include_str!("assets/console.css"),
+            "text/css; charset=utf-8",
+        ),
+        _ => return super::error(StatusCode::NOT_FOUND, "no such asset".into()),
+    };
+    (
+        [
+            (header::CONTENT_TYPE, kind),
+            (header::CACHE_CONTROL, "public, max-age=300"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+pub(super) async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+/// The OpenAPI document of `/api/v1`.
+pub const OPENAPI: &str = include_str!("assets/openapi.json");
+
+/// `%`-encodes everything but unreserved characters (for query links).
+pub fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 3);
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
