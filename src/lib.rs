@@ -12,6 +12,8 @@
 //! - [`traffic`]: weight actuators (Consul KV with CAS, HAProxy Runtime API) with read-back.
 //! - [`alert`]: notifiers (Alertmanager, Slack, webhook) with retries and a durable outbox.
 //! - [`daemon`]: the I/O shell: fetch → decide → apply → persist → alert, per policy.
+//! - [`audit`]: human actions (one compare-and-set path for the CLI and the console) and their
+//!   audit trail in Consul KV.
 //! - [`server`]: the progressor's own HTTP endpoints (`/metrics`, `/healthz`, `/api/v1/…`).
 //! - [`sim`]: synthetic blue/green worlds driving the real engine (`simulate`, benchmarks).
 //! - [`demo`]: the demo HTTP service and load generator of the real-stack demo.
@@ -51,6 +53,7 @@
 //! ```
 
 pub mod alert;
+pub mod audit;
 pub mod cli;
 pub mod consul;
 pub mod daemon;

@@ -28,11 +28,15 @@ pub enum EventKind {
     GreenDataMissing,
     /// Green does not receive the share of requests its weight configures.
     TrafficSplitMismatch,
+    /// The rollout waits at a step for a human to approve the next one.
+    ApprovalNeeded,
+    /// A human acted on the rollout (start, pause, approve…); sent only where routed.
+    Audit,
 }
 
 impl EventKind {
     /// Every kind, in declaration order.
-    pub const ALL: [EventKind; 9] = [
+    pub const ALL: [EventKind; 11] = [
         EventKind::Rollback,
         EventKind::ManualOverride,
         EventKind::Paused,
@@ -42,6 +46,8 @@ impl EventKind {
         EventKind::InternalError,
         EventKind::GreenDataMissing,
         EventKind::TrafficSplitMismatch,
+        EventKind::ApprovalNeeded,
+        EventKind::Audit,
     ];
 
     /// The severity an event of this kind carries.
@@ -53,8 +59,9 @@ impl EventKind {
             | EventKind::Paused
             | EventKind::MetricsUnavailable
             | EventKind::Stuck
-            | EventKind::InternalError => Severity::Warning,
-            EventKind::Promoted => Severity::Info,
+            | EventKind::InternalError
+            | EventKind::ApprovalNeeded => Severity::Warning,
+            EventKind::Promoted | EventKind::Audit => Severity::Info,
         }
     }
 
@@ -70,6 +77,8 @@ impl EventKind {
             EventKind::InternalError => "internal_error",
             EventKind::GreenDataMissing => "green_data_missing",
             EventKind::TrafficSplitMismatch => "traffic_split_mismatch",
+            EventKind::ApprovalNeeded => "approval_needed",
+            EventKind::Audit => "audit",
         }
     }
 
@@ -85,6 +94,8 @@ impl EventKind {
             EventKind::InternalError => "GreenlightInternalError",
             EventKind::GreenDataMissing => "GreenlightGreenDataMissing",
             EventKind::TrafficSplitMismatch => "GreenlightTrafficSplitMismatch",
+            EventKind::ApprovalNeeded => "GreenlightApprovalNeeded",
+            EventKind::Audit => "GreenlightAudit",
         }
     }
 }

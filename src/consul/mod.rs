@@ -253,6 +253,23 @@ impl ConsulClient {
         Ok((entries, reply.index))
     }
 
+    /// The keys under `prefix` (recursive), sorted as Consul sorts them; empty when none.
+    pub async fn keys(&self, prefix: &str) -> Result<Vec<String>, ConsulError> {
+        let reply = self
+            .call(
+                Method::GET,
+                &kv_path(prefix),
+                &[("keys", String::new())],
+                None,
+                Duration::ZERO,
+            )
+            .await?;
+        if !reply_ok_or_404(reply.status, &reply.body)? {
+            return Ok(Vec::new());
+        }
+        serde_json::from_str(&reply.body).map_err(|e| ConsulError::Decode(format!("KV keys: {e}")))
+    }
+
     /// Writes `value` at `key` unconditionally.
     pub async fn put(&self, key: &str, value: &[u8]) -> Result<(), ConsulError> {
         self.put_query(key, value, &[]).await.map(|_| ())

@@ -8,12 +8,14 @@ use crate::engine::state::{EvidenceRecord, Phase, RolloutState, HISTORY_LEN};
 use crate::policy::{Policy, Weights};
 
 mod advance;
+mod approval;
 mod guards;
 mod intents;
 mod quality;
 mod rollback;
 mod split;
 
+pub use approval::approve;
 pub use intents::adopted_step;
 pub use quality::{
     QualityState, GREEN_MISSING_NOTICE_WINDOWS, MAGNITUDE_FACTOR, MAGNITUDE_FLOOR, RECENT_WINDOWS,

@@ -8,7 +8,8 @@ mod observation;
 mod state;
 
 pub use decide::{
-    adopted_step, decide, percent, Action, CountRecord, Decision, DecisionRecord, Explanation,
+    adopted_step, approve, decide, percent, Action, CountRecord, Decision, DecisionRecord,
+    Explanation,
     GuardReport, Notice, QualityState, StreamReport, ADVANCE_MAX_ROLLBACK_E,
     GREEN_MISSING_NOTICE_WINDOWS, MAGNITUDE_FACTOR, MAGNITUDE_FLOOR, RECENT_WINDOWS,
     SPLIT_MISMATCH_WINDOWS,
@@ -17,8 +18,8 @@ pub use observation::{
     CheckData, CheckObservation, Counts, DataProblem, EdgeCounts, Observation, Pair,
 };
 pub use state::{
-    decode_state, encode_state, stream_id, CodecError, EvidenceRecord, Intent, Phase, RolloutState,
-    Stream, HISTORY_LEN,
+    decode_state, encode_state, stream_id, Approval, ApprovalGate, CodecError, EvidenceRecord,
+    Intent, Phase, RolloutState, Stream, HISTORY_LEN,
 };
 
 #[cfg(test)]

@@ -132,6 +132,41 @@ pub struct RolloutState {
     /// What the data-quality rules remember between windows (recent counts, streaks).
     #[serde(default)]
     pub quality: super::QualityState,
+    /// Who recorded the pending [`RolloutState::intent`] (absent: greenlight, or a state written
+    /// before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intent_by: Option<String>,
+    /// Who started the current rollout (absent: started automatically, or not recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_by: Option<String>,
+    /// Set while the rollout waits at its step for a human to approve the next (gated) one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub awaiting_approval: Option<ApprovalGate>,
+    /// An approval recorded for the gated step the rollout waits before; consumed by the advance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<Approval>,
+}
+
+/// A gate the rollout waits at: the evidence would advance it to `step`, which needs approval.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalGate {
+    /// Index of the gated step (the one after the current step).
+    pub step: usize,
+    /// When the rollout began to wait.
+    pub since: Timestamp,
+    /// Whether `approval_timeout` has passed (then `on_approval_timeout` applied once).
+    #[serde(default)]
+    pub timed_out: bool,
+}
+
+/// A human's approval of one gated step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Approval {
+    /// Index of the approved step.
+    pub step: usize,
+    pub by: String,
+    pub at: Timestamp,
+    pub reason: String,
 }
 
 impl RolloutState {
@@ -161,6 +196,10 @@ impl RolloutState {
             revision: 0,
             history: Vec::new(),
             quality: Default::default(),
+            intent_by: None,
+            started_by: None,
+            awaiting_approval: None,
+            approval: None,
         };
         s.reconcile(policy);
         s

@@ -101,6 +101,8 @@ pub struct Policy {
     pub data_quality: DataQuality,
     /// Which groups may see, steer and approve this API in the console.
     pub access: Access,
+    /// Steps that wait for a human's approval (`approval_before`, …).
+    pub approval: ApprovalPolicy,
 }
 
 /// The console's permissions on one API, by group (deny by default: a group named nowhere sees
@@ -113,6 +115,39 @@ pub struct Access {
     pub viewers: Vec<String>,
     /// May see it and approve its gates.
     pub approvers: Vec<String>,
+}
+
+/// Approval gates of a policy (see README, "Approval gates").
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct ApprovalPolicy {
+    /// Indices of the steps (never the first) that need a human's approval before the rollout
+    /// enters them; sorted, distinct. Written as percent values of the steps.
+    pub before_steps: Vec<usize>,
+    /// How long a gate waits before `on_timeout` applies. `None`: it waits for ever.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    /// What happens once `timeout` has passed without an approval.
+    pub on_timeout: ApprovalTimeoutAction,
+    /// Refuse an approval from whoever started the rollout.
+    pub approver_must_differ: bool,
+}
+
+/// What a gate does once its `approval_timeout` has passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApprovalTimeoutAction {
+    /// Keep waiting at the step (an approval still advances it).
+    #[default]
+    Hold,
+    /// Send green back to 0 %.
+    Rollback,
+}
+
+impl ApprovalPolicy {
+    /// Whether entering step `index` needs an approval.
+    pub fn gates(&self, index: usize) -> bool {
+        self.before_steps.contains(&index)
+    }
 }
 
 /// Data-quality rules of a policy (see README, "How it decides").
@@ -337,9 +372,14 @@ impl Policy {
 
     /// The channels that receive events of kind `event` (`rollback`, `manual_override`,
     /// `paused`, `metrics_unavailable`, `stuck`, `promoted`, `internal_error`,
-    /// `green_data_missing`, `traffic_split_mismatch`).
+    /// `green_data_missing`, `traffic_split_mismatch`, `approval_needed`). `audit` events go
+    /// only where `[alert_routes] audit` sends them.
     pub fn alert_channels(&self, event: &str) -> &[String] {
-        self.alert_routes.get(event).unwrap_or(&self.alerts)
+        match self.alert_routes.get(event) {
+            Some(routed) => routed,
+            None if event == "audit" => &[],
+            None => &self.alerts,
+        }
     }
 
     /// Whether step `index` is a probe step (see `advance_on_dwell_below`).

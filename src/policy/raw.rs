@@ -126,10 +126,15 @@ pub(super) struct RawAlertRoutes {
     pub(super) green_data_missing: Option<Vec<Spanned<String>>>,
     #[serde(default)]
     pub(super) traffic_split_mismatch: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    pub(super) approval_needed: Option<Vec<Spanned<String>>>,
+    /// Human actions (the audit trail); unlike the others, never sent unless routed here.
+    #[serde(default)]
+    pub(super) audit: Option<Vec<Spanned<String>>>,
 }
 
 impl RawAlertRoutes {
-    pub(super) fn entries(&self) -> [(&'static str, &Option<Vec<Spanned<String>>>); 9] {
+    pub(super) fn entries(&self) -> [(&'static str, &Option<Vec<Spanned<String>>>); 11] {
         [
             ("rollback", &self.rollback),
             ("manual_override", &self.manual_override),
@@ -140,6 +145,8 @@ impl RawAlertRoutes {
             ("internal_error", &self.internal_error),
             ("green_data_missing", &self.green_data_missing),
             ("traffic_split_mismatch", &self.traffic_split_mismatch),
+            ("approval_needed", &self.approval_needed),
+            ("audit", &self.audit),
         ]
     }
 }

@@ -208,6 +208,7 @@ impl RawPolicy {
                 viewers: validate_groups(&self.viewers, "viewers", errors),
                 approvers: validate_groups(&self.approvers, "approvers", errors),
             },
+            approval: Default::default(),
         })
     }
 

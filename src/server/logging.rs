@@ -118,6 +118,53 @@ fn compact_evidence(decision: &Decision) -> String {
     out
 }
 
+/// Log target of the audit events ([`log_audit`] and its failures).
+pub const AUDIT_TARGET: &str = "greenlight::audit";
+
+/// Logs one human action as one line: who (user, groups, source, request id), what (action,
+/// API, reason), and the rollout's phase, step and weights before and after.
+pub fn log_audit(entry: &crate::audit::AuditEntry) {
+    let weights = |w: crate::policy::Weights| format!("blue={} green={}", w.blue, w.green);
+    tracing::info!(
+        target: AUDIT_TARGET,
+        api = %entry.api,
+        user = %entry.user,
+        groups = %entry.groups.join(","),
+        action = entry.action.as_str(),
+        reason = %entry.reason,
+        source = %entry.source,
+        request_id = %entry.request_id,
+        phase_before = entry.before.phase.as_str(),
+        step_before = entry.before.step,
+        weights_before = %weights(entry.before.weights),
+        phase_after = entry.after.phase.as_str(),
+        step_after = entry.after.step,
+        weights_after = %weights(entry.after.weights),
+        revision = entry.revision,
+        "Recorded a human action."
+    );
+}
+
+/// The audit entry of an action on `api` could not be written to Consul (the action stands).
+pub fn audit_write_failed(api: &str, reason: &str) {
+    tracing::warn!(
+        target: AUDIT_TARGET,
+        %api,
+        reason,
+        "Could not write the audit entry to Consul; the action was carried out."
+    );
+}
+
+/// An audit entry of `api` stored at `key` cannot be decoded; it is left out of listings.
+pub fn audit_entry_undecodable(api: &str, key: &str, reason: &str) {
+    tracing::warn!(target: AUDIT_TARGET, %api, key, reason, "Skipped an undecodable audit entry.");
+}
+
+/// The alert for an audit entry of `api` could not be recorded.
+pub fn audit_alert_failed(api: &str, reason: &str) {
+    tracing::warn!(target: AUDIT_TARGET, %api, reason, "Could not record the audit alert.");
+}
+
 #[cfg(test)]
 mod tests {
     use std::io;
