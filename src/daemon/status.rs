@@ -2,7 +2,7 @@
 //! every API and the health of the stores.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::engine::RolloutState;
 use crate::policy::Policy;
@@ -11,6 +11,7 @@ use crate::server::{RolloutView, StatusSource};
 #[derive(Debug, Default)]
 struct Inner {
     views: BTreeMap<String, RolloutView>,
+    loaded: Vec<Arc<Policy>>,
     policies: usize,
     policy_errors: usize,
     leader: bool,
@@ -32,6 +33,18 @@ impl LiveStatus {
     pub fn update(&self, policy: &Policy, state: &RolloutState) {
         let view = RolloutView::from_state(policy, state);
         self.with(|i| i.views.insert(policy.api.clone(), view));
+    }
+
+    /// The loaded policies; an API without a view yet shows as fresh (pending).
+    pub fn set_loaded(&self, policies: Vec<Arc<Policy>>) {
+        self.with(|i| {
+            for p in &policies {
+                i.views
+                    .entry(p.api.clone())
+                    .or_insert_with(|| RolloutView::from_state(p, &RolloutState::new(p)));
+            }
+            i.loaded = policies;
+        });
     }
 
     /// Drops the API of a removed policy.
@@ -58,6 +71,10 @@ impl LiveStatus {
 impl StatusSource for LiveStatus {
     fn rollouts(&self) -> Vec<RolloutView> {
         self.with(|i| i.views.values().cloned().collect())
+    }
+
+    fn policies(&self) -> Vec<Arc<Policy>> {
+        self.with(|i| i.loaded.clone())
     }
 
     fn ready(&self) -> Result<(), String> {

@@ -9,8 +9,7 @@ mod state;
 
 pub use decide::{
     adopted_step, approve, decide, percent, Action, CountRecord, Decision, DecisionRecord,
-    Explanation,
-    GuardReport, Notice, QualityState, StreamReport, ADVANCE_MAX_ROLLBACK_E,
+    Explanation, GuardReport, Notice, QualityState, StreamReport, ADVANCE_MAX_ROLLBACK_E,
     GREEN_MISSING_NOTICE_WINDOWS, MAGNITUDE_FACTOR, MAGNITUDE_FLOOR, RECENT_WINDOWS,
     SPLIT_MISMATCH_WINDOWS,
 };

@@ -22,7 +22,7 @@ use axum::{Json, Router};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{Action, DecisionRecord, Intent, Pair, Phase, RolloutState};
+use crate::engine::{Action, ApprovalGate, DecisionRecord, Intent, Pair, Phase, RolloutState};
 use crate::policy::{Policy, Weights};
 
 pub use console::Console;
@@ -79,6 +79,13 @@ pub struct RolloutView {
     /// Alerts raised and not resolved yet (metrics unavailable, stuck, rollback not applied).
     #[serde(default)]
     pub open_alerts: Vec<String>,
+    /// Set while the rollout waits for a human's approval to enter a gated step.
+    #[serde(default)]
+    pub awaiting_approval: Option<ApprovalGate>,
+    /// The ModifyIndex of the stored state this view shows, when read from Consul: send it as
+    /// `expected_revision` with an action, so that a stale view changes nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_index: Option<u64>,
 }
 
 /// The most recent decision.
@@ -171,6 +178,8 @@ impl RolloutView {
             revision: state.revision,
             history: state.history.clone(),
             open_alerts: open_alerts(state),
+            awaiting_approval: state.awaiting_approval.clone(),
+            state_index: None,
         }
     }
 }

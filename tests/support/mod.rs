@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod alertmanager;
+pub mod console;
 pub mod consul_double;
 pub mod fake_http;
 pub mod fixtures;

@@ -45,9 +45,7 @@ pub fn line_chart(
     floor_zero: bool,
 ) -> Option<String> {
     let points = || series.iter().flat_map(|s| s.points.iter());
-    if points().next().is_none() {
-        return None;
-    }
+    points().next()?;
     let (mut x0, mut x1) = (f64::MAX, f64::MIN);
     let (mut y0, mut y1) = (f64::MAX, f64::MIN);
     for &(x, y) in points() {

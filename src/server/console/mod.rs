@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use self::auth::{Auth, AuthError, Identity, Role, Via};
 use super::{AppState, RolloutView};
+use crate::audit::{ActionError, ActionKind, ActionOutcome, ActionRequest, Actor, AuditEntry};
 use crate::engine::RolloutState;
 use crate::metrics::Backend;
 use crate::policy::Policy;
@@ -40,114 +41,42 @@ pub const MAX_REASON_CHARS: usize = 500;
 /// A boxed future, for the object-safe [`ConsoleBackend`].
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// What the console can ask a human action of.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ActionKind {
-    Start,
-    Pause,
-    Resume,
-    Rollback,
-    Promote,
-    Approve,
-}
+/// The buttons the console shows, in order (the JSON API takes every kind
+/// [`ActionKind::PERFORMED`] lists).
+pub const BUTTONS: [ActionKind; 6] = [
+    ActionKind::Start,
+    ActionKind::Pause,
+    ActionKind::Resume,
+    ActionKind::Rollback,
+    ActionKind::Promote,
+    ActionKind::Approve,
+];
 
-impl ActionKind {
-    pub const ALL: [ActionKind; 6] = [
-        ActionKind::Start,
-        ActionKind::Pause,
-        ActionKind::Resume,
-        ActionKind::Rollback,
-        ActionKind::Promote,
-        ActionKind::Approve,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ActionKind::Start => "start",
-            ActionKind::Pause => "pause",
-            ActionKind::Resume => "resume",
-            ActionKind::Rollback => "rollback",
-            ActionKind::Promote => "promote",
-            ActionKind::Approve => "approve",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<ActionKind> {
-        ActionKind::ALL.into_iter().find(|k| k.as_str() == s)
-    }
-
-    /// Whether `role` may ask for it.
-    pub fn allowed(self, role: Role) -> bool {
-        match self {
-            ActionKind::Approve => role >= Role::Approver,
-            _ => role >= Role::Owner,
-        }
+/// Whether `role` may ask for `kind`: approvers approve, owners and admins do everything.
+pub fn allowed(kind: ActionKind, role: Role) -> bool {
+    match kind {
+        ActionKind::Approve => role >= Role::Approver,
+        _ => role >= Role::Owner,
     }
 }
 
-/// Who asks, from where (recorded in the audit trail).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Actor {
-    pub user: String,
-    pub groups: Vec<String>,
-    /// `proxy` or `token`.
-    pub via: &'static str,
-    pub address: Option<IpAddr>,
-    pub request_id: String,
-}
-
-/// One human action asked for.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ActionRequest {
-    pub kind: ActionKind,
-    pub reason: String,
-    /// The revision the asker's view showed; another one means the view is stale.
-    pub expected_revision: Option<u64>,
-}
-
-/// What became of an action.
-#[derive(Debug, Clone)]
-pub enum ActionOutcome {
-    /// Recorded: the state before and after.
-    Done {
-        before: Box<RolloutState>,
-        after: Box<RolloutState>,
-    },
-    /// The asker's view was stale: nothing done; the current state.
-    Stale { current: Box<RolloutState> },
-    /// Not possible in the current state (e.g. approve with no gate waiting).
-    Refused {
-        reason: String,
-        current: Box<RolloutState>,
-    },
-}
-
-/// One entry of the audit trail, as shown.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AuditItem {
-    pub at: Timestamp,
-    pub user: String,
-    pub groups: Vec<String>,
-    pub action: String,
-    pub reason: String,
-    /// What changed, in a few words (phase/step/weights before → after).
-    pub change: String,
-    pub source: Option<String>,
-    pub request_id: Option<String>,
-}
-
-/// The daemon side of the console: actions and the audit trail.
+/// The daemon side of the console: the stored state, the action path and the audit trail.
 pub trait ConsoleBackend: Send + Sync + 'static {
+    /// The stored state of `policy`'s API and its ModifyIndex (the revision actions compare).
+    fn state<'a>(
+        &'a self,
+        policy: &'a Policy,
+    ) -> BoxFuture<'a, Result<(RolloutState, u64), String>>;
+
     fn perform<'a>(
         &'a self,
         policy: Arc<Policy>,
         actor: Actor,
         request: ActionRequest,
-    ) -> BoxFuture<'a, Result<ActionOutcome, String>>;
+    ) -> BoxFuture<'a, Result<ActionOutcome, ActionError>>;
 
-    /// The newest audit entries of `api`, newest last.
-    fn audit<'a>(&'a self, api: &'a str) -> BoxFuture<'a, Vec<AuditItem>>;
+    /// The newest audit entries of `api`, oldest first.
+    fn audit<'a>(&'a self, api: &'a str) -> BoxFuture<'a, Vec<AuditEntry>>;
 }
 
 /// Where query links point.
@@ -298,10 +227,15 @@ pub(super) async fn rollout(
     axum::Extension(who): axum::Extension<Identity>,
     Path(api): Path<String>,
 ) -> Response {
-    match visible_one(&app, &who, &api) {
-        Some(v) => Json(v.view).into_response(),
-        None => no_such_api(&api),
+    let Some(v) = visible_one(&app, &who, &api) else {
+        return no_such_api(&api);
+    };
+    if let (Some(b), Some(policy)) = (&app.console.backend, &v.policy) {
+        if let Ok((state, index)) = b.state(policy).await {
+            return Json(view_at(policy, &state, index)).into_response();
+        }
     }
+    Json(v.view).into_response()
 }
 
 /// The audit trail of one API.
@@ -340,18 +274,21 @@ pub(super) async fn me(
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ActionBody {
     action: String,
     #[serde(default)]
     reason: String,
+    /// The ModifyIndex of the state the caller saw (`state_index` of a rollout view).
     #[serde(default)]
-    revision: Option<u64>,
+    expected_revision: Option<u64>,
 }
 
-/// Answer to a stale or refused action.
+/// Answer to a stale or refused action: why, and the state now.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ConflictBody {
     pub error: String,
+    /// The ModifyIndex of the current state (send it to act on what you see now).
     pub revision: u64,
     pub current: RolloutView,
 }
@@ -362,11 +299,23 @@ pub struct DoneBody {
     pub api: String,
     pub action: String,
     pub request_id: String,
+    /// The ModifyIndex of the state as the action wrote it.
+    pub revision: u64,
     pub before: RolloutView,
     pub after: RolloutView,
+    /// Set when the audit entry could not be stored (the action stands).
+    pub audit_error: Option<String>,
 }
 
-/// `POST /api/v1/rollouts/{api}/actions`: `{"action": "pause", "reason": "…", "revision": 12}`.
+/// A view of `state` at ModifyIndex `index`.
+pub fn view_at(policy: &Policy, state: &RolloutState, index: u64) -> RolloutView {
+    let mut view = RolloutView::from_state(policy, state);
+    view.state_index = Some(index);
+    view
+}
+
+/// `POST /api/v1/rollouts/{api}/actions`:
+/// `{"action": "pause", "reason": "…", "expected_revision": 12}`.
 pub(super) async fn act(
     State(app): State<AppState>,
     axum::Extension(who): axum::Extension<Identity>,
@@ -399,18 +348,20 @@ pub(super) async fn act(
             "send the action as application/json".into(),
         );
     }
-    let parsed: ActionBody =
-        match serde_json::from_slice(&body) {
-            Ok(b) => b,
-            Err(e) => return super::error(
+    let parsed: ActionBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            return super::error(
                 StatusCode::BAD_REQUEST,
                 format!(
-                    "expected {{\"action\": \"pause\", \"reason\": \"…\", \"revision\": N}}: {e}"
+                    "expected {{\"action\": \"pause\", \"reason\": \"…\", \"expected_revision\": N}}: {e}"
                 ),
-            ),
-        };
-    let Some(kind) = ActionKind::parse(&parsed.action) else {
-        let known: Vec<&str> = ActionKind::ALL.iter().map(|k| k.as_str()).collect();
+            )
+        }
+    };
+    let kind = ActionKind::parse(&parsed.action).filter(|k| ActionKind::PERFORMED.contains(k));
+    let Some(kind) = kind else {
+        let known: Vec<&str> = ActionKind::PERFORMED.iter().map(|k| k.as_str()).collect();
         return super::error(
             StatusCode::BAD_REQUEST,
             format!(
@@ -427,7 +378,7 @@ pub(super) async fn act(
             format!("give a reason (1 to {MAX_REASON_CHARS} characters)"),
         );
     }
-    if !kind.allowed(v.role) {
+    if !allowed(kind, v.role) {
         let owners = v
             .policy
             .as_ref()
@@ -451,48 +402,58 @@ pub(super) async fn act(
             "actions are not available from this server".into(),
         );
     };
+    let request_id = app.console.request_id();
     let actor = Actor {
         user: who.user.clone(),
         groups: who.groups.clone(),
-        via: who.via.as_str(),
-        address,
-        request_id: app.console.request_id(),
+        source: address
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "unknown".into()),
+        request_id: request_id.clone(),
     };
-    let request_id = actor.request_id.clone();
     let request = ActionRequest {
         kind,
         reason,
-        expected_revision: parsed.revision,
+        expected_revision: parsed.expected_revision,
     };
-    let conflict = |error: String, current: &RolloutState| {
+    let conflict = |error: String, current: &RolloutState, revision: u64| {
         (
             StatusCode::CONFLICT,
             Json(ConflictBody {
                 error,
-                revision: current.revision,
-                current: RolloutView::from_state(policy, current),
+                revision,
+                current: view_at(policy, current, revision),
             }),
         )
             .into_response()
     };
     let mut resp = match backend.perform(policy.clone(), actor, request).await {
-        Ok(ActionOutcome::Done { before, after }) => Json(DoneBody {
+        Ok(done) => Json(DoneBody {
             api: api.clone(),
             action: kind.as_str().into(),
             request_id: request_id.clone(),
-            before: RolloutView::from_state(policy, &before),
-            after: RolloutView::from_state(policy, &after),
+            revision: done.revision,
+            before: RolloutView::from_state(policy, &done.before),
+            after: view_at(policy, &done.after, done.revision),
+            audit_error: done.audit_error,
         })
         .into_response(),
-        Ok(ActionOutcome::Stale { current }) => conflict(
+        Err(ActionError::Stale { current, revision }) => conflict(
             format!(
-                "the rollout changed since your view (revision {:?}, now {}): nothing done; look again",
-                parsed.revision, current.revision
+                "the rollout changed since your view (revision {}, now {revision}): nothing done; look again",
+                parsed
+                    .expected_revision
+                    .map(|r| r.to_string())
+                    .unwrap_or_default()
             ),
             &current,
+            revision,
         ),
-        Ok(ActionOutcome::Refused { reason, current }) => conflict(reason, &current),
-        Err(e) => super::error(StatusCode::SERVICE_UNAVAILABLE, e),
+        Err(ActionError::Refused(reason)) => match backend.state(policy).await {
+            Ok((current, revision)) => conflict(reason, &current, revision),
+            Err(_) => super::error(StatusCode::CONFLICT, reason),
+        },
+        Err(e) => super::error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     };
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert("x-request-id", v);
@@ -602,9 +563,17 @@ pub(super) async fn api_html(
         )
             .into_response();
     };
-    let audit = match &app.console.backend {
-        Some(b) => b.audit(&api).await,
-        None => Vec::new(),
+    let mut v = v;
+    let audit = match (&app.console.backend, &v.policy) {
+        (Some(b), Some(policy)) => {
+            // The stored state, fresher than the last evaluation's (a pending intent shows at
+            // once), with the revision actions compare.
+            if let Ok((state, index)) = b.state(policy).await {
+                v.view = view_at(policy, &state, index);
+            }
+            b.audit(&api).await
+        }
+        _ => Vec::new(),
     };
     let page = ApiPage {
         who: &who,

@@ -7,7 +7,8 @@ use jiff::Timestamp;
 
 use super::auth::{Identity, Via};
 use super::charts::{line_chart, Rule, Series};
-use super::{ActionKind, AuditItem, MetricsUi, Visible};
+use super::{allowed, MetricsUi, Visible, BUTTONS};
+use crate::audit::{ActionKind, AuditEntry};
 use crate::engine::{Action, Phase};
 use crate::policy::CheckKind;
 
@@ -224,7 +225,7 @@ pub struct ApiPage<'a> {
     pub who: &'a Identity,
     pub csrf: Option<String>,
     pub visible: &'a Visible,
-    pub audit: &'a [AuditItem],
+    pub audit: &'a [AuditEntry],
     pub metrics_ui: Option<&'a MetricsUi>,
     /// Actions can be sent at all (a backend, a signed-in user).
     pub can_act: bool,
@@ -317,6 +318,17 @@ fn summary(out: &mut String, p: &ApiPage<'_>) {
             format!(
                 r#"<span class="pending">{}</span> <small>applied at the next evaluation</small>"#,
                 esc(&intent_text(i))
+            ),
+        ));
+    }
+    if let Some(gate) = &v.awaiting_approval {
+        cards.push((
+            "Approval",
+            format!(
+                r#"<span class="pending">waiting for approval to enter step {} ({} %)</span> <small>since {}</small>"#,
+                gate.step + 1,
+                v.steps.get(gate.step).copied().unwrap_or(0.0),
+                time(gate.since)
             ),
         ));
     }
@@ -492,7 +504,7 @@ fn timeline(out: &mut String, p: &ApiPage<'_>) {
     let v = &p.visible.view;
     enum Item<'a> {
         Decision(&'a crate::engine::DecisionRecord),
-        Human(&'a AuditItem),
+        Human(&'a AuditEntry),
     }
     let mut items: Vec<(Timestamp, Item<'_>)> = v
         .history
@@ -500,7 +512,7 @@ fn timeline(out: &mut String, p: &ApiPage<'_>) {
         .map(|r| (r.at, Item::Decision(r)))
         .chain(p.audit.iter().map(|a| (a.at, Item::Human(a))))
         .collect();
-    items.sort_by(|a, b| b.0.cmp(&a.0));
+    items.sort_by_key(|item| std::cmp::Reverse(item.0));
     out.push_str(r#"<section><h2>History</h2><table class="history"><thead><tr><th>When</th><th>Who</th><th>What</th><th>Why</th></tr></thead><tbody>"#);
     for (at, item) in items {
         match item {
@@ -522,8 +534,8 @@ fn timeline(out: &mut String, p: &ApiPage<'_>) {
                     time(at),
                     esc(&a.user),
                     esc(&a.groups.join(", ")),
-                    esc(&a.action),
-                    esc(&a.change),
+                    a.action.as_str(),
+                    esc(&change(&a.before, &a.after)),
                     esc(&a.reason)
                 );
             }
@@ -532,13 +544,33 @@ fn timeline(out: &mut String, p: &ApiPage<'_>) {
     out.push_str("</tbody></table></section>");
 }
 
+/// `paused at step 2 (25 %) → pending pause`: what an action changed.
+fn change(before: &crate::audit::StateSummary, after: &crate::audit::StateSummary) -> String {
+    let one = |s: &crate::audit::StateSummary| {
+        let mut t = format!(
+            "{} at step {} ({:.0} %)",
+            s.phase.as_str().replace('_', " "),
+            s.step + 1,
+            s.green_percent
+        );
+        if let Some(i) = &s.intent {
+            t.push_str(&format!(", {} pending", intent_text(i)));
+        }
+        if let Some(step) = s.awaiting_approval {
+            t.push_str(&format!(", waiting for approval of step {}", step + 1));
+        }
+        t
+    };
+    format!("{} → {}", one(before), one(after))
+}
+
 fn actions(out: &mut String, p: &ApiPage<'_>) {
     let role = p.visible.role;
-    let allowed: Vec<ActionKind> = ActionKind::ALL
+    let buttons: Vec<ActionKind> = BUTTONS
         .into_iter()
-        .filter(|k| p.can_act && k.allowed(role))
+        .filter(|k| p.can_act && allowed(*k, role))
         .collect();
-    if allowed.is_empty() {
+    if buttons.is_empty() {
         let why = if p.who.via == Via::Anonymous {
             "Read-only: no sign-in is configured for this console.".to_string()
         } else if p.can_act {
@@ -561,7 +593,7 @@ fn actions(out: &mut String, p: &ApiPage<'_>) {
         role.as_str(),
         super::MAX_REASON_CHARS
     );
-    for k in allowed {
+    for k in buttons {
         let confirm = matches!(k, ActionKind::Rollback | ActionKind::Promote);
         let _ = write!(
             out,
@@ -592,15 +624,12 @@ fn queries(out: &mut String, p: &ApiPage<'_>) {
             let mut links = String::new();
             for color in ["blue", "green"] {
                 let q = crate::metrics::template::render(t, color, policy.interval, &policy.api);
-                match p.metrics_ui {
-                    Some(ui) => {
-                        let _ = write!(
-                            links,
-                            r#"<a class="q" href="{}" rel="noreferrer" target="_blank">{color}</a> "#,
-                            esc(&ui.link(&q))
-                        );
-                    }
-                    None => {}
+                if let Some(ui) = p.metrics_ui {
+                    let _ = write!(
+                        links,
+                        r#"<a class="q" href="{}" rel="noreferrer" target="_blank">{color}</a> "#,
+                        esc(&ui.link(&q))
+                    );
                 }
             }
             let _ = write!(
