@@ -13,6 +13,7 @@ pub mod prometheus;
 pub mod scraping;
 pub mod stack;
 pub mod victoria;
+pub mod webdriver;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

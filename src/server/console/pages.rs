@@ -239,7 +239,7 @@ pub fn api_page(p: &ApiPage<'_>, fragment: bool) -> String {
     let _ = write!(
         live,
         r#"<section id="live" data-live="api" data-revision="{}" data-phase="{}">"#,
-        v.revision,
+        v.state_index.map(|i| i.to_string()).unwrap_or_default(),
         v.phase.as_str()
     );
     summary(&mut live, p);
