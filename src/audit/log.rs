@@ -9,6 +9,7 @@ use crate::alert::{AlertEvent, EventKind, Notifier};
 use crate::consul::{ConsulClient, TxnOp};
 use crate::daemon::StoreError;
 use crate::policy::Policy;
+use crate::server::Telemetry;
 
 use super::AuditEntry;
 
@@ -28,6 +29,7 @@ pub struct AuditLog {
     prefix: String,
     capacity: usize,
     notifier: Option<Arc<Notifier>>,
+    telemetry: Option<Arc<Telemetry>>,
     counters: Arc<Counters>,
 }
 
@@ -46,6 +48,7 @@ impl AuditLog {
             prefix: prefix.trim_end_matches('/').to_string(),
             capacity: AUDIT_LEN,
             notifier: None,
+            telemetry: None,
             counters: Arc::default(),
         }
     }
@@ -59,6 +62,12 @@ impl AuditLog {
     /// Sends each entry to the channels a policy routes `audit` events to.
     pub fn with_notifier(mut self, notifier: Arc<Notifier>) -> AuditLog {
         self.notifier = Some(notifier);
+        self
+    }
+
+    /// Counts entries in `telemetry` (`greenlight_audit_entries_total`).
+    pub fn with_telemetry(mut self, telemetry: Arc<Telemetry>) -> AuditLog {
+        self.telemetry = Some(telemetry);
         self
     }
 
@@ -90,6 +99,9 @@ impl AuditLog {
                 humantime::format_duration(WRITE_TIMEOUT)
             )),
         };
+        if let Some(t) = &self.telemetry {
+            t.audit_entry(written.is_none());
+        }
         match &written {
             None => {
                 self.counters.written.fetch_add(1, Ordering::Relaxed);

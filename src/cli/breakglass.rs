@@ -9,8 +9,10 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 
+use super::act::audit_log;
 use super::ops::{actuator, finish_output, policy_of, store};
 use crate::alert::{channel, channels_from_config, AlertEvent, EventKind, Notifier};
+use crate::audit::{ActionKind, Actor, AuditEntry};
 use crate::daemon::{StateStore, StoreError};
 use crate::engine::{decode_state, RolloutState};
 use crate::policy::{Config, Policy, Weights};
@@ -19,7 +21,7 @@ use crate::traffic::{Actuator, TrafficError};
 /// Compare-and-set rounds against weights or a state that keep changing under us.
 const ROUNDS: usize = 5;
 
-pub fn rollback_now(config: Option<&Path>, api: &str, reason: &str) -> i32 {
+pub fn rollback_now(config: Option<&Path>, actor: &Actor, api: &str, reason: &str) -> i32 {
     let config = match super::load_config(config) {
         Ok(c) => c,
         Err(code) => return code,
@@ -43,7 +45,7 @@ pub fn rollback_now(config: Option<&Path>, api: &str, reason: &str) -> i32 {
         Ok(r) => r,
         Err(code) => return code,
     };
-    runtime.block_on(run(&config, &policy, &store, &actuator, reason))
+    runtime.block_on(run(&config, &policy, &store, &actuator, actor, reason))
 }
 
 async fn run(
@@ -51,6 +53,7 @@ async fn run(
     policy: &Policy,
     store: &StateStore,
     actuator: &Actuator,
+    actor: &Actor,
     reason: &str,
 ) -> i32 {
     let api = &policy.api;
@@ -77,7 +80,10 @@ async fn run(
     }];
     // 2. The state says why, so that the daemon holds and `status` tells.
     let why = format!("Break-glass rollback (`greenlight rollback --now`): {reason}");
-    let recorded = record(policy, store, &why).await;
+    let (recorded, written) = match record(policy, store, &why).await {
+        Ok((recorded, written)) => (Ok(recorded), Some(written)),
+        Err(e) => (Err(e), None),
+    };
     match &recorded {
         Ok(Recorded::Updated { revision }) => lines.push(format!(
             "Recorded in the state as rolled back (revision {revision})."
@@ -90,9 +96,34 @@ async fn run(
             eprintln!("error: {api}: traffic is on blue, but the rollback could not be recorded in the state: {e}");
         }
     }
-    // 3. Tell people.
+    // 3. Tell people, and keep the audit entry.
     let event = alert(policy, before, target, reason, &recorded);
     lines.extend(send(config, policy, &event).await);
+    let written = written.unwrap_or_else(|| {
+        // Not recorded in the state: the entry still says what happened to the weights.
+        let mut was = RolloutState::new(policy);
+        was.weights = before;
+        let mut now = was.clone();
+        now.record_break_glass(policy, &why, Timestamp::now());
+        Written {
+            before: was,
+            after: now,
+            index: 0,
+        }
+    });
+    let entry = AuditEntry::new(
+        policy,
+        actor,
+        ActionKind::RollbackNow,
+        reason,
+        &written.before,
+        &written.after,
+        written.index,
+        Timestamp::now(),
+    );
+    if let Some(e) = audit_log(config, store).record(policy, &entry).await {
+        lines.push(format!("The audit entry could not be written: {e}."));
+    }
     let text = lines.join("\n");
     let printed = finish_output({
         use std::io::Write;
@@ -143,46 +174,78 @@ enum Recorded {
     Replaced { kept_at: String, reason: String },
 }
 
+/// The state before and after the break-glass rollback, and the ModifyIndex written.
+struct Written {
+    before: RolloutState,
+    after: RolloutState,
+    index: u64,
+}
+
 /// Writes the rollback into the state (compare-and-set, retried on conflicts).
-async fn record(policy: &Policy, store: &StateStore, why: &str) -> Result<Recorded, StoreError> {
+async fn record(
+    policy: &Policy,
+    store: &StateStore,
+    why: &str,
+) -> Result<(Recorded, Written), StoreError> {
     let mut last = None;
     for _ in 0..ROUNDS {
         let now = Timestamp::now();
         let attempt = match store.load_raw(&policy.api).await? {
             None => {
-                let mut state = RolloutState::new(policy);
+                let before = RolloutState::new(policy);
+                let mut state = before.clone();
                 state.record_break_glass(policy, why, now);
-                store
-                    .save(&state, 0, None)
-                    .await
-                    .map(|_| Recorded::Updated {
-                        revision: state.revision,
-                    })
+                store.save(&state, 0, None).await.map(|index| {
+                    let revision = state.revision;
+                    (
+                        Recorded::Updated { revision },
+                        Written {
+                            before,
+                            after: state,
+                            index,
+                        },
+                    )
+                })
             }
             Some((bytes, index)) => match decode_state(&bytes) {
-                Ok(mut state) => {
+                Ok(before) => {
+                    let mut state = before.clone();
                     state.reconcile(policy);
                     state.record_break_glass(policy, why, now);
-                    store
-                        .save(&state, index, None)
-                        .await
-                        .map(|_| Recorded::Updated {
-                            revision: state.revision,
-                        })
+                    store.save(&state, index, None).await.map(|index| {
+                        let revision = state.revision;
+                        (
+                            Recorded::Updated { revision },
+                            Written {
+                                before,
+                                after: state,
+                                index,
+                            },
+                        )
+                    })
                 }
                 Err(e) => {
                     let reason = e.to_string();
-                    let mut state = RolloutState::new(policy);
+                    let before = RolloutState::new(policy);
+                    let mut state = before.clone();
                     let kept = store.undecodable_key(&policy.api, index);
                     state.record_break_glass(
                         policy,
                         &format!("{why} (the previous state could not be decoded: {reason}; kept at {kept})"),
                         now,
                     );
-                    store
-                        .replace_undecodable(&state, index, &bytes)
-                        .await
-                        .map(|(kept_at, _)| Recorded::Replaced { kept_at, reason })
+                    store.replace_undecodable(&state, index, &bytes).await.map(
+                        |(kept_at, index)| {
+                            (
+                                Recorded::Replaced { kept_at, reason },
+                                Written {
+                                    before,
+                                    after: state,
+                                    index,
+                                },
+                            )
+                        },
+                    )
                 }
             },
         };

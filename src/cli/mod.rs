@@ -1,5 +1,6 @@
 //! The command-line front: argument parsing and one function per subcommand.
 
+mod act;
 mod breakglass;
 mod calibrate;
 mod check;
@@ -12,6 +13,8 @@ mod sync;
 use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
+
+use crate::audit::ActionKind;
 
 /// Exit code for bad configuration or usage.
 pub const EXIT_CONFIG: i32 = 2;
@@ -28,6 +31,10 @@ pub struct Cli {
     /// Daemon configuration file (built-in defaults when absent).
     #[arg(long, global = true, env = "GREENLIGHT_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Who acts, for the audit trail of `start`, `pause`, `resume`, `rollback`, `promote` and
+    /// `approve` (default: the OS user from `USER` or `LOGNAME`).
+    #[arg(long = "as", global = true, value_name = "NAME")]
+    pub as_user: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -53,6 +60,8 @@ pub enum Command {
     Rollback(ops::RollbackArgs),
     /// Send all traffic to green.
     Promote(ops::IntentArgs),
+    /// Let a rollout waiting at an approval gate (`approval_before`) enter the gated step.
+    Approve(ops::IntentArgs),
     /// Mirror the weights in Consul KV into every HAProxy node (watch, apply, verify, repair).
     Sync(sync::SyncArgs),
     /// Backtest a policy on recorded metrics: the decisions greenlight would have taken.
@@ -63,6 +72,8 @@ pub enum Command {
 
 /// Runs the parsed command; returns the process exit code.
 pub fn run(cli: Cli) -> i32 {
+    let actor = crate::audit::Actor::cli(cli.as_user.as_deref());
+    let actor = &actor;
     match cli.command {
         Command::Check(args) => check::run(cli.config.as_deref(), args),
         Command::Simulate(args) => simulate::run(args),
@@ -71,22 +82,26 @@ pub fn run(cli: Cli) -> i32 {
             Err(code) => code,
         },
         Command::Status(args) => ops::status(cli.config.as_deref(), args),
-        Command::Start(args) => ops::intent(cli.config.as_deref(), ops::IntentKind::Start, args),
-        Command::Pause(args) => ops::intent(cli.config.as_deref(), ops::IntentKind::Pause, args),
-        Command::Resume(args) => ops::resume(cli.config.as_deref(), args),
+        Command::Start(args) => act::intent(cli.config.as_deref(), actor, ActionKind::Start, args),
+        Command::Pause(args) => act::intent(cli.config.as_deref(), actor, ActionKind::Pause, args),
+        Command::Resume(args) => ops::resume(cli.config.as_deref(), actor, args),
         Command::Rollback(args) if args.now => {
-            breakglass::rollback_now(cli.config.as_deref(), &args.api, &args.reason)
+            breakglass::rollback_now(cli.config.as_deref(), actor, &args.api, &args.reason)
         }
-        Command::Rollback(args) => ops::intent(
+        Command::Rollback(args) => act::intent(
             cli.config.as_deref(),
-            ops::IntentKind::Rollback,
+            actor,
+            ActionKind::Rollback,
             ops::IntentArgs {
                 api: args.api,
                 reason: args.reason,
             },
         ),
         Command::Promote(args) => {
-            ops::intent(cli.config.as_deref(), ops::IntentKind::Promote, args)
+            act::intent(cli.config.as_deref(), actor, ActionKind::Promote, args)
+        }
+        Command::Approve(args) => {
+            act::intent(cli.config.as_deref(), actor, ActionKind::Approve, args)
         }
         Command::Sync(args) => match named_secrets_readable(cli.config.as_deref()) {
             Ok(()) => sync::run(cli.config.as_deref(), args),

@@ -9,6 +9,7 @@ use std::path::Path;
 use clap::Args;
 use serde_json::json;
 
+use crate::audit::{ActionKind, Actor};
 use crate::daemon::{consul_client, StateStore, StoreError};
 use crate::engine::{adopted_step, Intent, Phase, RolloutState};
 use crate::policy::{load_dir, Config, Policy, TrafficTarget, Weights};
@@ -45,6 +46,9 @@ pub struct ResumeArgs {
     /// highest step at or below the live green share.
     #[arg(long)]
     pub adopt_live: bool,
+    /// Why (recorded in the audit trail).
+    #[arg(long, default_value = "requested by an operator")]
+    pub reason: String,
 }
 
 #[derive(Debug, Args)]
@@ -59,15 +63,6 @@ pub struct RollbackArgs {
     /// then record the rollback in the state and alert.
     #[arg(long)]
     pub now: bool,
-}
-
-/// Which intent an [`IntentArgs`] command records.
-#[derive(Debug, Clone, Copy)]
-pub enum IntentKind {
-    Start,
-    Pause,
-    Rollback,
-    Promote,
 }
 
 pub(super) fn policies(config: &Config) -> Result<Vec<Policy>, i32> {
@@ -309,6 +304,20 @@ fn print_view(out: &mut impl Write, v: &RolloutView) -> io::Result<()> {
             "  pending:  {intent:?} (applied at the next evaluation)"
         )?;
     }
+    if let Some(gate) = &v.awaiting_approval {
+        let state = match &gate.approved_by {
+            Some(by) => format!("approved by {by}; entered at the next evaluation"),
+            None if gate.timed_out => format!("since {}, approval_timeout passed", gate.since),
+            None => format!("since {}", gate.since),
+        };
+        writeln!(
+            out,
+            "  approval: AWAITING APPROVAL to enter step {} ({} %), {state}; `greenlight approve {}`",
+            gate.step + 1,
+            gate.percent,
+            v.api
+        )?;
+    }
     if let Some(from) = v.applying_from {
         writeln!(
             out,
@@ -339,64 +348,9 @@ fn print_view(out: &mut impl Write, v: &RolloutView) -> io::Result<()> {
     Ok(())
 }
 
-pub fn intent(config: Option<&Path>, kind: IntentKind, args: IntentArgs) -> i32 {
-    let config = match super::load_config(config) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let policy = match policy_of(&config, &args.api) {
-        Ok(p) => p,
-        Err(code) => return code,
-    };
-    let intent = match kind {
-        IntentKind::Start => Intent::Start,
-        IntentKind::Pause => Intent::Pause {
-            reason: args.reason.clone(),
-        },
-        IntentKind::Rollback => Intent::Rollback {
-            reason: args.reason.clone(),
-        },
-        IntentKind::Promote => Intent::Promote,
-    };
-    record(&config, &policy, intent, "")
-}
-
-/// Records `intent` and says so, with `what` (what the daemon will do) when given.
-fn record(config: &Config, policy: &Policy, intent: Intent, what: &str) -> i32 {
-    let store = match store(config) {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
-    let runtime = match super::runtime() {
-        Ok(r) => r,
-        Err(code) => return code,
-    };
-    match runtime.block_on(store.set_intent(policy, intent.clone())) {
-        Ok(state) => {
-            let what = if what.is_empty() {
-                "The daemon applies it at its next evaluation.".to_string()
-            } else {
-                format!("At its next evaluation the daemon {what}.")
-            };
-            println!(
-                "{}: recorded {:?}; currently {} at step {}. {what}",
-                policy.api,
-                intent,
-                state.phase.as_str(),
-                state.step + 1
-            );
-            0
-        }
-        Err(e) => {
-            eprintln!("error: {}: {e}", policy.api);
-            super::EXIT_FAILURE
-        }
-    }
-}
-
 /// `resume`: says what it will do; after a manual weight change, refuses unless the operator
 /// chose between the step's weights (`--from-step`) and the live ones (`--adopt-live`).
-pub fn resume(config: Option<&Path>, args: ResumeArgs) -> i32 {
+pub fn resume(config: Option<&Path>, actor: &Actor, args: ResumeArgs) -> i32 {
     let config = match super::load_config(config) {
         Ok(c) => c,
         Err(code) => return code,
@@ -439,10 +393,10 @@ pub fn resume(config: Option<&Path>, args: ResumeArgs) -> i32 {
         eprintln!("{}", plan.refusal(&policy.api));
         return super::EXIT_CONFIG;
     }
-    let (intent, what) = if args.adopt_live {
-        (Intent::ResumeAdoptLive, plan.adopt_text())
+    let (kind, what) = if args.adopt_live {
+        (ActionKind::ResumeAdoptLive, plan.adopt_text())
     } else {
-        (Intent::Resume, plan.step_text())
+        (ActionKind::Resume, plan.step_text())
     };
     let what = if state.phase == Phase::Paused || matches!(state.intent, Some(Intent::Pause { .. }))
     {
@@ -453,7 +407,7 @@ pub fn resume(config: Option<&Path>, args: ResumeArgs) -> i32 {
             state.phase.as_str()
         )
     };
-    record(&config, &policy, intent, &what)
+    super::act::record(&config, &policy, actor, kind, &args.reason, &what)
 }
 
 /// What each way of resuming does to a paused rollout.

@@ -45,12 +45,19 @@ fn weights(w: Weights) -> String {
     format!("blue={} green={}", w.blue, w.green)
 }
 
-/// Alert events for one decision (rollback, promotion, pause, notices).
+/// The console page of `api` under the console's public URL.
+pub fn console_link(console_url: &str, api: &str) -> String {
+    format!("{}/apis/{api}", console_url.trim_end_matches('/'))
+}
+
+/// Alert events for one decision (rollback, promotion, pause, notices). `console_url`: the
+/// console's public URL (`[console] public_url`), for links to the API's page.
 pub fn for_decision(
     policy: &Policy,
     before: &RolloutState,
     d: &Decision,
     metrics_ui: Option<&str>,
+    console_url: Option<&str>,
 ) -> Vec<AlertEvent> {
     let mut events = Vec::new();
     let at = d.explanation.window_end;
@@ -250,6 +257,59 @@ pub fn for_decision(
                      Check the live weights and server states on every HAProxy node.",
                 ),
             ),
+            Notice::ApprovalNeeded {
+                step,
+                percent,
+                since,
+            } => {
+                let mut e = AlertEvent::new(
+                    &policy.api,
+                    EventKind::ApprovalNeeded,
+                    &format!("{id}-{step}"),
+                    format!(
+                        "{}: approval needed to enter step {} ({} % green); waiting at {} %",
+                        policy.api,
+                        step + 1,
+                        percent,
+                        d.explanation.green_percent
+                    ),
+                    at,
+                )
+                .with_field("step", format!("{} ({} %)", step + 1, percent))
+                .with_field("weights", weights(d.state.weights))
+                .with_field("since", since.to_string())
+                .with_description(format!(
+                    "The evidence allows {} to enter step {} ({} % green), which needs a human's approval                      (approval_before). Analysis and automatic rollback go on meanwhile.
+                     Approve with `greenlight approve {}`{}.
+{}",
+                    policy.api,
+                    step + 1,
+                    percent,
+                    policy.api,
+                    if console_url.is_some() { " or on the console page" } else { "" },
+                    d.reason
+                ));
+                if let Some(url) = console_url {
+                    e = e.with_link(console_link(url, &policy.api));
+                }
+                events.push(e);
+            }
+            Notice::ApprovalTimedOut {
+                step,
+                percent,
+                since,
+            } => events.push(AlertEvent::new(
+                &policy.api,
+                EventKind::ApprovalNeeded,
+                &format!("{id}-{step}-timeout"),
+                format!(
+                    "{}: no approval to enter step {} ({} % green) since {since}; still waiting",
+                    policy.api,
+                    step + 1,
+                    percent
+                ),
+                at,
+            )),
             Notice::Stuck { since } => events.push(AlertEvent::new(
                 &policy.api,
                 EventKind::Stuck,
@@ -262,6 +322,29 @@ pub fn for_decision(
                 ),
                 at,
             )),
+        }
+    }
+    // The gate the rollout waited at is behind it (approved, or rolled back): resolve its alert.
+    if let Some(gate) = &before.awaiting_approval {
+        let waiting_on = d.state.awaiting_approval.as_ref().map(|g| g.step);
+        if waiting_on != Some(gate.step) {
+            let suffixes: &[&str] = if gate.timed_out {
+                &["", "-timeout"]
+            } else {
+                &[""]
+            };
+            for suffix in suffixes {
+                events.push(
+                    AlertEvent::new(
+                        &policy.api,
+                        EventKind::ApprovalNeeded,
+                        &format!("{}-{}{suffix}", rollout_id(before), gate.step),
+                        format!("{}: no longer waiting for an approval", policy.api),
+                        at,
+                    )
+                    .resolve(at),
+                );
+            }
         }
     }
     // Green reports again (or the step changed): resolve its alert.
@@ -445,6 +528,51 @@ errors = 'e{color}[{interval}]'
     }
 
     #[test]
+    fn approval_needed_links_to_the_console_page_and_resolves_once_the_gate_is_passed() {
+        let p = policy();
+        let t0: Timestamp = "2026-01-05T00:00:00Z".parse().unwrap();
+        let s = RolloutState::started(&p, t0);
+        let mut waiting = decide(&p, &s, &empty(t0), t0);
+        waiting.notices = vec![Notice::ApprovalNeeded {
+            step: 1,
+            percent: 100.0,
+            since: t0,
+        }];
+        waiting.state.awaiting_approval = Some(crate::engine::ApprovalGate {
+            step: 1,
+            since: t0,
+            timed_out: false,
+        });
+        let fired = for_decision(&p, &s, &waiting, None, Some("https://gl.example.com/"));
+        assert_eq!(fired.len(), 1, "{fired:?}");
+        let e = &fired[0];
+        assert_eq!(e.kind, EventKind::ApprovalNeeded);
+        assert!(!e.resolved);
+        assert_eq!(
+            e.summary,
+            "checkout: approval needed to enter step 2 (100 % green); waiting at 10 %"
+        );
+        assert_eq!(
+            e.link.as_deref(),
+            Some("https://gl.example.com/apis/checkout")
+        );
+        assert!(e.description.contains("greenlight approve checkout"));
+        // Without a console URL: the same alert, no link.
+        let plain = for_decision(&p, &s, &waiting, None, None);
+        assert_eq!(plain[0].link, None);
+        // Still waiting: nothing more; past the gate: the alert is resolved.
+        let mut still = waiting.clone();
+        still.notices.clear();
+        assert!(for_decision(&p, &waiting.state, &still, None, None).is_empty());
+        let mut passed = still.clone();
+        passed.state.awaiting_approval = None;
+        let resolved = for_decision(&p, &waiting.state, &passed, None, None);
+        assert_eq!(resolved.len(), 1, "{resolved:?}");
+        assert!(resolved[0].resolved);
+        assert_eq!(resolved[0].key, e.key);
+    }
+
+    #[test]
     fn resuming_resolves_the_pause_and_a_new_rollout_resolves_the_rollback() {
         let p = policy();
         let t0: Timestamp = "2026-01-05T00:00:00Z".parse().unwrap();
@@ -453,7 +581,7 @@ errors = 'e{color}[{interval}]'
             reason: "checking".into(),
         });
         let paused = decide(&p, &s, &empty(t0), t0);
-        let fired = for_decision(&p, &s, &paused, None);
+        let fired = for_decision(&p, &s, &paused, None, None);
         assert_eq!(fired.len(), 1);
         assert_eq!(fired[0].kind, EventKind::Paused);
         assert!(!fired[0].resolved);
@@ -461,7 +589,7 @@ errors = 'e{color}[{interval}]'
         let mut s = paused.state.clone();
         s.intent = Some(Intent::Resume);
         let resumed = decide(&p, &s, &empty(t0), t0);
-        let resolved = for_decision(&p, &s, &resumed, None);
+        let resolved = for_decision(&p, &s, &resumed, None, None);
         assert_eq!(resolved.len(), 1);
         assert!(resolved[0].resolved);
         assert_eq!(
@@ -475,14 +603,14 @@ errors = 'e{color}[{interval}]'
         });
         let rolled = decide(&p, &s, &empty(t0), t0);
         assert_eq!(rolled.state.phase, Phase::RolledBack);
-        let rollback = for_decision(&p, &s, &rolled, None);
+        let rollback = for_decision(&p, &s, &rolled, None, None);
         assert_eq!(rollback[0].kind, EventKind::Rollback);
 
         let mut s = rolled.state.clone();
         s.intent = Some(Intent::Start);
         let t1 = t0 + jiff::SignedDuration::from_hours(1);
         let restarted = decide(&p, &s, &empty(t1), t1);
-        let resolved = for_decision(&p, &s, &restarted, None);
+        let resolved = for_decision(&p, &s, &restarted, None, None);
         assert_eq!(resolved.len(), 1);
         assert!(resolved[0].resolved);
         assert_eq!(resolved[0].key, rollback[0].key);
@@ -525,7 +653,7 @@ errors = 'e{color}[{interval}]'
                 ..window(minute(m), 900.0, 100.0)
             };
             let d = decide(&p, &s, &o, minute(m));
-            fired.extend(for_decision(&p, &s, &d, None));
+            fired.extend(for_decision(&p, &s, &d, None, None));
             s = d.state;
         }
         assert_eq!(fired.len(), 1, "{fired:?}");
@@ -542,7 +670,7 @@ errors = 'e{color}[{interval}]'
             .contains("rolls green back once this has lasted 5m"));
         assert!(page.description.contains("green requests: no data"));
         let d = decide(&p, &s, &window(minute(4), 900.0, 100.0), minute(4));
-        let resolved = for_decision(&p, &s, &d, None);
+        let resolved = for_decision(&p, &s, &d, None, None);
         assert_eq!(resolved.len(), 1, "{resolved:?}");
         assert!(resolved[0].resolved);
         assert_eq!(resolved[0].key, page.key);
@@ -563,7 +691,7 @@ errors = 'e{color}[{interval}]'
                 ..window(minute(m), 900.0, 100.0)
             };
             let d = decide(&p, &s, &o, minute(m));
-            events.extend(for_decision(&p, &s, &d, None));
+            events.extend(for_decision(&p, &s, &d, None, None));
             let done = d.action == Action::Rollback;
             s = d.state;
             if done {
@@ -590,7 +718,7 @@ errors = 'e{color}[{interval}]'
         let mut fired = Vec::new();
         for m in 1..8 {
             let d = decide(&p, &s, &window(minute(m), 997.0, 3.0), minute(m));
-            fired.extend(for_decision(&p, &s, &d, None));
+            fired.extend(for_decision(&p, &s, &d, None, None));
             s = d.state;
         }
         assert_eq!(fired.len(), 1, "{fired:?}");
@@ -605,7 +733,7 @@ errors = 'e{color}[{interval}]'
         assert_eq!(e.fields["observed_green_percent"], "0.3");
         assert_eq!(e.fields["configured_green_percent"], "10");
         let d = decide(&p, &s, &window(minute(8), 900.0, 100.0), minute(8));
-        let resolved = for_decision(&p, &s, &d, None);
+        let resolved = for_decision(&p, &s, &d, None, None);
         assert_eq!(resolved.len(), 1, "{resolved:?}");
         assert!(resolved[0].resolved);
         assert_eq!(resolved[0].key, e.key);

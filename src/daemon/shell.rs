@@ -32,15 +32,17 @@ pub struct Shell<E: Env = RealEnv> {
     pub status: Arc<LiveStatus>,
     /// Internal-error alerts already raised by this process (api, what).
     raised: Mutex<HashSet<(String, String)>>,
+    /// The console's public URL (`[console] public_url`), for links in alerts.
+    pub(super) console_url: Option<String>,
 }
 
 impl Shell<RealEnv> {
     /// Connects the parts described by `config` (no network traffic yet).
     pub fn new(config: &Config) -> Result<Self, DaemonError> {
-        Ok(Shell::with_env(
-            real_env(config)?,
-            config.metrics.latency_offset,
-        ))
+        Ok(
+            Shell::with_env(real_env(config)?, config.metrics.latency_offset)
+                .with_console_url(config.console.public_url.clone()),
+        )
     }
 }
 
@@ -53,7 +55,14 @@ impl<E: Env> Shell<E> {
             telemetry: Arc::new(Telemetry::new()),
             status: Arc::new(LiveStatus::default()),
             raised: Mutex::new(HashSet::new()),
+            console_url: None,
         }
+    }
+
+    /// Links alerts to the console pages under `url` (its public URL).
+    pub fn with_console_url(mut self, url: Option<String>) -> Self {
+        self.console_url = url;
+        self
     }
 
     async fn alert(&self, policy: &Policy, event: &AlertEvent) {
@@ -252,7 +261,13 @@ impl<E: Env> Shell<E> {
         let d = decide(policy, &state, &obs, now);
         // Alerts first: an alert recorded for a decision that is then not persisted is
         // re-decided and deduplicated; a persisted decision never loses its alert.
-        for event in alerts::for_decision(policy, &state, &d, self.env.ui()) {
+        for event in alerts::for_decision(
+            policy,
+            &state,
+            &d,
+            self.env.ui(),
+            self.console_url.as_deref(),
+        ) {
             self.alert(policy, &event).await;
         }
         let before = state.weights;

@@ -75,6 +75,20 @@ pub enum Notice {
     },
     /// No step progress since `since`.
     Stuck { since: Timestamp },
+    /// The evidence would take the rollout into step `step` (index; `percent` % green), which
+    /// needs a human's approval; it waits since `since`.
+    ApprovalNeeded {
+        step: usize,
+        percent: f64,
+        since: Timestamp,
+    },
+    /// No approval came within `approval_timeout` for step `step`; the rollout goes on waiting
+    /// (`on_approval_timeout = "hold"`). A rollback instead is its own decision.
+    ApprovalTimedOut {
+        step: usize,
+        percent: f64,
+        since: Timestamp,
+    },
 }
 
 /// Evidence and counts of one statistical stream, as reported with a decision.
@@ -152,6 +166,9 @@ pub struct DecisionRecord {
     /// Each stream's evidence after the decision, in log space. States written by the previous
     /// version (`[stream, E, E]`) are read too.
     pub evidence: Vec<EvidenceRecord>,
+    /// Who approved the gated step this decision entered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved_by: Option<String>,
     /// The window's counts per stream, when it was counted (for the console's charts).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub counted: Vec<CountRecord>,
@@ -195,6 +212,7 @@ struct Draft {
     guards: Vec<GuardReport>,
     problems: Vec<String>,
     notices: Vec<Notice>,
+    approved_by: Option<String>,
 }
 
 impl Draft {
@@ -235,7 +253,8 @@ fn evaluate(
     d: &mut Draft,
 ) {
     if let Some(intent) = s.intent.take() {
-        intents::apply(policy, s, intent, now, d);
+        let by = s.intent_by.take();
+        intents::apply(policy, s, intent, by, now, d);
         return;
     }
     if !intents::progressing(policy, s, obs, now, d) {
@@ -390,6 +409,7 @@ fn finish(
                 advance_log_e: round4(r.advance_log_e),
             })
             .collect(),
+        approved_by: d.approved_by.clone(),
         counted: d
             .counted
             .iter()

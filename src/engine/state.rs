@@ -219,6 +219,7 @@ impl RolloutState {
         self.reconcile(policy);
         self.phase = Phase::Progressing;
         self.reason = None;
+        self.started_by = None;
         self.rollout_started_at = Some(now);
         self.enter_step(policy, 0, now);
     }
@@ -231,6 +232,9 @@ impl RolloutState {
         self.last_progress_at = Some(now);
         self.intervals_at_step = 0;
         self.stuck_alerted = false;
+        // A gate and its approval belong to the step they were met at.
+        self.awaiting_approval = None;
+        self.approval = None;
         for s in &mut self.streams {
             s.step = Pair::default();
             s.rollback.start_stage(index);
@@ -327,6 +331,9 @@ impl RolloutState {
         self.weights = policy.traffic.weights_for(0.0);
         self.applying_from = None;
         self.intent = None;
+        self.intent_by = None;
+        self.awaiting_approval = None;
+        self.approval = None;
         self.reason = Some(reason.to_string());
         self.phase_since = Some(now);
         self.revision += 1;
@@ -347,6 +354,7 @@ impl RolloutState {
                 })
                 .collect(),
             counted: Vec::new(),
+            approved_by: None,
         });
         if self.history.len() > HISTORY_LEN {
             let extra = self.history.len() - HISTORY_LEN;

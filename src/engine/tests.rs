@@ -828,4 +828,5 @@ fn reloaded_policy_keeps_matching_evidence() {
     assert_eq!(r.streams[0].total, Pair::default());
 }
 
+mod approval;
 mod quality;

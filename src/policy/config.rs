@@ -496,6 +496,39 @@ mod tests {
     }
 
     #[test]
+    fn console_public_url_is_an_http_url_without_credentials() {
+        assert_eq!(Config::default().console.public_url, None);
+        let c = Config::from_toml(
+            "[console]\npublic_url = \"https://greenlight.example.com/\"\n",
+            Path::new("conf/g.toml"),
+        )
+        .unwrap();
+        assert_eq!(
+            c.console.public_url.as_deref(),
+            Some("https://greenlight.example.com")
+        );
+        let e = errors_of("[console]\npublic_url = \"https://me:pw@greenlight.example.com\"\n");
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with(
+                "conf/g.toml:2:14: console.public_url must not contain a user name or password"
+            ),
+            "{e:?}"
+        );
+        let e = errors_of("[console]\npublic_url = \"ftp://greenlight\"\n");
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with("conf/g.toml:2:14: console.public_url must be an http"),
+            "{e:?}"
+        );
+        let e = errors_of("[console]\nlisten = 1\n");
+        assert_eq!(
+            e,
+            vec!["conf/g.toml:2:1: unknown field `listen`, expected one of `public_url`, `admin_groups`, `proxy`, `token`"]
+        );
+    }
+
+    #[test]
     fn defaults_need_no_file() {
         let c = Config::default();
         assert_eq!(c.policies_dir, PathBuf::from("policies"));

@@ -29,6 +29,10 @@ use super::values::Table;
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawConsole {
+    /// The URL people reach the console at (behind a proxy: the proxy's), for links in
+    /// alerts. Default: none (alerts carry no console link).
+    #[serde(default)]
+    pub(super) public_url: Option<Spanned<String>>,
     /// Groups that may see and act on every API. Default: none.
     #[serde(default)]
     pub(super) admin_groups: Vec<Spanned<String>>,
@@ -74,6 +78,9 @@ pub(super) enum RawHash {
 /// The validated `[console]` section.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ConsoleConfig {
+    /// The URL people reach the console at, without a trailing `/`; alerts link to
+    /// `<public_url>/apis/<api>`. Default: none.
+    pub public_url: Option<String>,
     pub admin_groups: Vec<String>,
     pub proxy: Option<ProxyConfig>,
     pub tokens: Vec<TokenConfig>,
@@ -308,7 +315,16 @@ impl RawConsole {
                 });
             }
         }
+        let public_url = self.public_url.as_ref().map(|u| {
+            super::config_fields::validate_url(
+                u,
+                "console.public_url",
+                "it is shown in alerts; sign-in belongs to the proxy in front",
+                errors,
+            )
+        });
         ConsoleConfig {
+            public_url,
             admin_groups,
             proxy,
             tokens,

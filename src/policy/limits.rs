@@ -47,6 +47,11 @@ pub const ALERT_AFTER: DurationRange = DurationRange {
     min: SECOND,
     max: Duration::from_secs(30 * 86_400),
 };
+/// `approval_timeout`.
+pub const APPROVAL_TIMEOUT: DurationRange = DurationRange {
+    min: Duration::from_secs(60),
+    max: Duration::from_secs(30 * 86_400),
+};
 /// `min_green_requests_per_step` and a threshold check's `min_green_requests`.
 pub const REQUEST_COUNT: CountRange = CountRange {
     min: 0,

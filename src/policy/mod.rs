@@ -4,6 +4,7 @@
 //! validated types travel through the rest of the program. Every problem found in a file is
 //! reported at once, each as `file:line:col: message` (see [`PolicyError`]).
 
+mod approval;
 mod checks;
 mod config;
 mod config_console;

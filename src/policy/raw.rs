@@ -95,6 +95,26 @@ pub(super) struct RawPolicy {
     /// Groups that may approve its gates (besides the owners). Default: none.
     #[serde(default)]
     pub(super) approvers: Vec<Spanned<String>>,
+    /// Steps (percent values of `steps`, never the first) entered only after a human approves.
+    /// Default: none.
+    #[serde(default)]
+    pub(super) approval_before: Option<Spanned<Vec<Spanned<f64>>>>,
+    /// How long a gate waits for an approval before `on_approval_timeout`. Default: for ever.
+    #[serde(default)]
+    pub(super) approval_timeout: Option<Spanned<HumanDuration>>,
+    /// `"hold"` or `"rollback"` once `approval_timeout` has passed. Default `"hold"`.
+    #[serde(default)]
+    pub(super) on_approval_timeout: Option<Spanned<RawApprovalTimeoutAction>>,
+    /// Refuse an approval from whoever started the rollout. Default false.
+    #[serde(default)]
+    pub(super) approver_must_differ: Option<bool>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum RawApprovalTimeoutAction {
+    Hold,
+    Rollback,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]

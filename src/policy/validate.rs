@@ -163,6 +163,7 @@ impl RawPolicy {
         let data_quality = self.data_quality(errors);
         let traffic = validate_traffic(&self.traffic, context.consul_prefix, errors);
         let steps = validate_steps(&self.steps, traffic.as_ref(), errors);
+        let approval = self.approval(&steps, errors);
         let schedule = self
             .schedule
             .as_ref()
@@ -208,7 +209,7 @@ impl RawPolicy {
                 viewers: validate_groups(&self.viewers, "viewers", errors),
                 approvers: validate_groups(&self.approvers, "approvers", errors),
             },
-            approval: Default::default(),
+            approval,
         })
     }
 

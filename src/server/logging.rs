@@ -292,6 +292,56 @@ mod tests {
     }
 
     #[test]
+    fn an_audit_entry_is_one_json_line_with_who_what_and_the_state_before_and_after() {
+        use crate::audit::{ActionKind, Actor, AuditEntry};
+        let policy = crate::engine::tests::policy();
+        let before = RolloutState::started(&policy, t(0));
+        let mut after = before.clone();
+        after.intent = Some(crate::engine::Intent::Pause {
+            reason: "checking dashboards".into(),
+        });
+        let actor = Actor {
+            user: "alice".into(),
+            groups: vec!["payments".into(), "oncall".into()],
+            source: "10.0.0.7".into(),
+            request_id: "req-42".into(),
+        };
+        let entry = AuditEntry::new(
+            &policy,
+            &actor,
+            ActionKind::Pause,
+            "checking dashboards",
+            &before,
+            &after,
+            17,
+            t(1),
+        );
+        let text = capture(true, || log_audit(&entry));
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 1, "{text}");
+        let v: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+        assert_eq!(v["target"], AUDIT_TARGET);
+        assert_eq!(v["level"], "INFO");
+        assert_eq!(v["message"], "Recorded a human action.");
+        for (field, want) in [
+            ("api", "checkout"),
+            ("user", "alice"),
+            ("groups", "payments,oncall"),
+            ("action", "pause"),
+            ("reason", "checking dashboards"),
+            ("source", "10.0.0.7"),
+            ("request_id", "req-42"),
+            ("phase_before", "progressing"),
+            ("weights_before", "blue=95 green=5"),
+            ("phase_after", "progressing"),
+        ] {
+            assert_eq!(v[field], want, "{field}: {v}");
+        }
+        assert_eq!(v["step_before"], 0);
+        assert_eq!(v["revision"], 17);
+    }
+
+    #[test]
     fn json_lines_carry_the_fields_and_the_message() {
         let ds = decisions();
         let text = capture(true, || log_decision("checkout", &ds[3]));

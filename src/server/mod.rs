@@ -22,7 +22,7 @@ use axum::{Json, Router};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{Action, ApprovalGate, DecisionRecord, Intent, Pair, Phase, RolloutState};
+use crate::engine::{Action, DecisionRecord, Intent, Pair, Phase, RolloutState};
 use crate::policy::{Policy, Weights};
 
 pub use console::Console;
@@ -79,13 +79,29 @@ pub struct RolloutView {
     /// Alerts raised and not resolved yet (metrics unavailable, stuck, rollback not applied).
     #[serde(default)]
     pub open_alerts: Vec<String>,
-    /// Set while the rollout waits for a human's approval to enter a gated step.
-    #[serde(default)]
-    pub awaiting_approval: Option<ApprovalGate>,
     /// The ModifyIndex of the stored state this view shows, when read from Consul: send it as
     /// `expected_revision` with an action, so that a stale view changes nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_index: Option<u64>,
+    /// Set while the rollout waits for a human to approve its next step.
+    #[serde(default)]
+    pub awaiting_approval: Option<ApprovalView>,
+    /// Who started the rollout (absent: started automatically, or not recorded).
+    #[serde(default)]
+    pub started_by: Option<String>,
+}
+
+/// A gate the rollout waits at.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApprovalView {
+    /// Index of the gated step (the one after the current step) and its share of green.
+    pub step: usize,
+    pub percent: f64,
+    pub since: Timestamp,
+    /// `approval_timeout` has passed (the rollout waits on: `on_approval_timeout = "hold"`).
+    pub timed_out: bool,
+    /// The approval recorded for it, applied at the next evaluation.
+    pub approved_by: Option<String>,
 }
 
 /// The most recent decision.
@@ -178,8 +194,19 @@ impl RolloutView {
             revision: state.revision,
             history: state.history.clone(),
             open_alerts: open_alerts(state),
-            awaiting_approval: state.awaiting_approval.clone(),
             state_index: None,
+            awaiting_approval: state.awaiting_approval.as_ref().map(|g| ApprovalView {
+                step: g.step,
+                percent: policy.steps.get(g.step).copied().unwrap_or(100.0),
+                since: g.since,
+                timed_out: g.timed_out,
+                approved_by: state
+                    .approval
+                    .as_ref()
+                    .filter(|a| a.step == g.step)
+                    .map(|a| a.by.clone()),
+            }),
+            started_by: state.started_by.clone(),
         }
     }
 }

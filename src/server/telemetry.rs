@@ -44,6 +44,8 @@ pub const MANUAL_OVERRIDES_TOTAL: &str = "greenlight_manual_overrides_total";
 pub const POLICIES_LOADED: &str = "greenlight_policies_loaded";
 pub const POLICY_LOAD_ERRORS: &str = "greenlight_policy_load_errors";
 pub const SHELL_EVENTS_TOTAL: &str = "greenlight_shell_events_total";
+pub const AWAITING_APPROVAL: &str = "greenlight_awaiting_approval";
+pub const AUDIT_ENTRIES_TOTAL: &str = "greenlight_audit_entries_total";
 
 /// Upper bounds of the query duration histogram, seconds.
 const QUERY_BUCKETS: [f64; 12] = [
@@ -154,6 +156,11 @@ struct WriteLabels {
     result: &'static str,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
 type FloatGauge = Gauge<f64, AtomicU64>;
 
 /// The progressor's metrics registry and its event functions. Shared (`Arc`) between the
@@ -179,6 +186,8 @@ pub struct Telemetry {
     policies_loaded: Gauge,
     policy_errors: Gauge,
     shell_events: Family<EventLabels, Counter>,
+    awaiting_approval: Family<ApiLabels, Gauge>,
+    audit_entries: Family<ResultLabels, Counter>,
     /// Evidence stream ids exported per API, to drop the series of vanished streams.
     streams: Mutex<BTreeMap<String, BTreeSet<String>>>,
 }
@@ -212,6 +221,8 @@ impl Telemetry {
             policies_loaded: Gauge::default(),
             policy_errors: Gauge::default(),
             shell_events: Family::default(),
+            awaiting_approval: Family::default(),
+            audit_entries: Family::default(),
             streams: Mutex::new(BTreeMap::new()),
         };
         let mut r = Registry::default();
@@ -234,6 +245,16 @@ impl Telemetry {
             STEP,
             "Index of the current step in the policy's steps, per API",
             t.step.clone(),
+        );
+        r.register(
+            AWAITING_APPROVAL,
+            "1 while the rollout waits for a human to approve its next step, per API",
+            t.awaiting_approval.clone(),
+        );
+        r.register(
+            counter_base(AUDIT_ENTRIES_TOTAL),
+            "Audit entries of human actions, by whether writing them to Consul succeeded (ok or error)",
+            t.audit_entries.clone(),
         );
         r.register(
             counter_base(DECISIONS_TOTAL),
@@ -346,6 +367,9 @@ impl Telemetry {
         self.step
             .get_or_create(&labels)
             .set(i64::try_from(state.step).unwrap_or(i64::MAX));
+        self.awaiting_approval
+            .get_or_create(&labels)
+            .set(i64::from(state.awaiting_approval.is_some()));
         for phase in PHASES {
             self.phase
                 .get_or_create(&PhaseLabels {
@@ -407,6 +431,15 @@ impl Telemetry {
             .inc();
     }
 
+    /// Counts one audit entry, written to Consul (`ok`) or not.
+    pub fn audit_entry(&self, ok: bool) {
+        self.audit_entries
+            .get_or_create(&ResultLabels {
+                result: if ok { "ok" } else { "error" },
+            })
+            .inc();
+    }
+
     /// Records a manual weight change found on `api`.
     pub fn override_detected(&self, api: &str) {
         self.overrides.get_or_create(&api_labels(api)).inc();
@@ -449,6 +482,7 @@ impl Telemetry {
         self.green_weight.remove(&labels);
         self.green_percent.remove(&labels);
         self.step.remove(&labels);
+        self.awaiting_approval.remove(&labels);
         self.last_evaluation.remove(&labels);
         self.overrides.remove(&labels);
         for phase in PHASES {

@@ -76,6 +76,9 @@ struct State {
     /// Key → virtual time until which acquires fail.
     lock_delays: HashMap<String, Instant>,
     acl: Option<String>,
+    /// A key prefix the request's token may read but not write (an ACL `key_prefix` rule with
+    /// `policy = "read"`).
+    read_only: Option<String>,
     /// Reason the next write transaction's commit fails with (see `fail_next_commit`).
     commit_failure: Option<String>,
     clock_offset: Duration,
@@ -372,6 +375,7 @@ impl ConsulDouble {
                 sessions: HashMap::new(),
                 lock_delays: HashMap::new(),
                 acl: None,
+                read_only: None,
                 commit_failure: None,
                 clock_offset: Duration::ZERO,
                 rng: rand::rngs::StdRng::seed_from_u64(0x636f_6e73_756c),
@@ -414,6 +418,12 @@ impl ConsulDouble {
     pub fn with_acl(self, token: &str) -> ConsulDouble {
         self.shared.lock().acl = Some(token.to_string());
         self
+    }
+
+    /// Lets every token read but not write keys under `prefix`, as an ACL policy with
+    /// `key_prefix "<prefix>" { policy = "read" }` does: such writes are "Permission denied".
+    pub fn read_only_under(&self, prefix: &str) {
+        self.shared.lock().read_only = Some(prefix.to_string());
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -732,6 +742,15 @@ enum Access {
     NotFound,
 }
 
+impl State {
+    /// Whether writing `key` is denied by [`ConsulDouble::read_only_under`].
+    fn write_denied(&self, key: &str) -> bool {
+        self.read_only
+            .as_ref()
+            .is_some_and(|p| key.starts_with(p.as_str()))
+    }
+}
+
 fn access(st: &State, token: Option<&str>) -> Access {
     match (&st.acl, token) {
         (None, _) => Access::Allowed,
@@ -964,6 +983,7 @@ fn kv_put(
     let result = {
         let mut st = shared.lock();
         match access(&st, token) {
+            Access::Allowed if st.write_denied(key) => return denied("key:write", key),
             Access::Allowed => {}
             Access::NotFound => return acl_not_found(),
             Access::Anonymous => return denied("key:write", key),
@@ -1014,6 +1034,7 @@ fn kv_delete(shared: &Arc<Shared>, key: &str, query: &Query, token: Option<&str>
     let result = {
         let mut st = shared.lock();
         match access(&st, token) {
+            Access::Allowed if st.write_denied(key) => return denied("key:write", key),
             Access::Allowed => {}
             Access::NotFound => return acl_not_found(),
             Access::Anonymous => return denied("key:write", key),
@@ -1164,6 +1185,10 @@ fn txn(shared: &Arc<Shared>, token: Option<&str>, body: &[u8]) -> Response {
         };
         if let (true, Some(what)) = (anonymous, needs) {
             errors.push(json!({"OpIndex": i, "What": denied_text(what, &op.key)}));
+            continue;
+        }
+        if needs == Some("key:write") && st.write_denied(&op.key) {
+            errors.push(json!({"OpIndex": i, "What": denied_text("key:write", &op.key)}));
             continue;
         }
         if op.verb == "lock" && st.lock_delayed(&op.key) {

@@ -3,6 +3,7 @@
 
 use jiff::Timestamp;
 
+use super::approval::{self, Gate};
 use super::{
     check_stuck, describe_stream, elapsed, fmt_dur, in_schedule, Action, Draft,
     ADVANCE_MAX_ROLLBACK_E,
@@ -19,6 +20,9 @@ pub(super) fn advance_or_hold(
     guard_failing: bool,
     d: &mut Draft,
 ) {
+    if approval::timed_out(policy, s, now, d) {
+        return;
+    }
     if !in_schedule(policy, now) {
         d.set(
             Action::Hold,
@@ -137,9 +141,18 @@ pub(super) fn advance_or_hold(
     );
 }
 
-/// Moves green up one step (promoting at the last).
+/// Moves green up one step (promoting at the last), unless that step waits for an approval.
 fn advance(policy: &Policy, s: &mut RolloutState, now: Timestamp, reason: String, d: &mut Draft) {
     let next = s.step + 1;
+    let reason = match approval::gate(policy, s, next, now, &reason, d) {
+        Gate::Closed => return,
+        Gate::Open(None) => reason,
+        Gate::Open(Some(a)) => {
+            let why = format!("{reason} Approved by {}: {}", a.by, a.reason);
+            d.approved_by = Some(a.by);
+            why
+        }
+    };
     s.enter_step(policy, next, now);
     if next + 1 == policy.steps.len() {
         s.phase = Phase::Promoted;

@@ -23,20 +23,23 @@ pub fn adopted_step(policy: &Policy, live: Weights) -> usize {
         .unwrap_or(0)
 }
 
-/// Obeys an operator's request.
+/// Obeys an operator's request, recorded by `by` (absent: not recorded).
 pub(super) fn apply(
     policy: &Policy,
     s: &mut RolloutState,
     intent: Intent,
+    by: Option<String>,
     now: Timestamp,
     d: &mut Draft,
 ) {
+    let who = by.as_deref().unwrap_or("an operator").to_string();
     match intent {
         Intent::Start => match s.phase {
             Phase::Pending | Phase::RolledBack | Phase::Promoted => {
                 s.begin_rollout(policy, now);
                 s.quality = Default::default();
-                d.set(Action::Start, "Rollout started by an operator.");
+                s.started_by = by;
+                d.set(Action::Start, format!("Rollout started by {who}."));
             }
             Phase::Progressing | Phase::Paused => d.set(
                 Action::Hold,
@@ -47,7 +50,7 @@ pub(super) fn apply(
             Phase::Progressing | Phase::Pending => {
                 s.phase = Phase::Paused;
                 s.reason = Some(reason.clone());
-                d.set(Action::Pause, format!("Paused by an operator: {reason}"));
+                d.set(Action::Pause, format!("Paused by {who}: {reason}"));
             }
             _ => d.set(Action::Hold, "Pause ignored: nothing is progressing."),
         },
@@ -61,7 +64,7 @@ pub(super) fn apply(
                 d.set(
                     Action::Resume,
                     format!(
-                        "Resumed by an operator at step {} with its weights (blue={} green={}).",
+                        "Resumed by {who} at step {} with its weights (blue={} green={}).",
                         step + 1,
                         s.weights.blue,
                         s.weights.green
@@ -84,7 +87,7 @@ pub(super) fn apply(
                 d.set(
                     Action::Resume,
                     format!(
-                        "Resumed by an operator keeping the live weights (blue={} green={}) as step {} ({} %).",
+                        "Resumed by {who} keeping the live weights (blue={} green={}) as step {} ({} %).",
                         live.blue,
                         live.green,
                         step + 1,
@@ -96,7 +99,15 @@ pub(super) fn apply(
         },
         Intent::Rollback { reason } => match s.phase {
             Phase::RolledBack => d.set(Action::Hold, "Rollback ignored: already rolled back."),
-            _ => rollback::roll_back(policy, s, format!("Operator rollback: {reason}"), d),
+            _ => rollback::roll_back(
+                policy,
+                s,
+                match &by {
+                    Some(user) => format!("Operator rollback by {user}: {reason}"),
+                    None => format!("Operator rollback: {reason}"),
+                },
+                d,
+            ),
         },
         Intent::Promote => match s.phase {
             Phase::Promoted => d.set(Action::Hold, "Promote ignored: already promoted."),
@@ -104,8 +115,8 @@ pub(super) fn apply(
                 let last = policy.steps.len() - 1;
                 s.enter_step(policy, last, now);
                 s.phase = Phase::Promoted;
-                s.reason = Some("promoted by an operator".into());
-                d.set(Action::Promote, "Promoted to 100 % by an operator.");
+                s.reason = Some(format!("promoted by {who}"));
+                d.set(Action::Promote, format!("Promoted to 100 % by {who}."));
             }
         },
     }

@@ -39,6 +39,8 @@ pub(super) fn due(
 /// rollback alert says what happened).
 pub(super) fn roll_back(policy: &Policy, s: &mut RolloutState, reason: String, d: &mut Draft) {
     s.quality = Default::default();
+    s.awaiting_approval = None;
+    s.approval = None;
     s.phase = Phase::RolledBack;
     s.set_weights(policy.traffic.weights_for(0.0));
     s.reason = Some(reason.clone());

@@ -305,6 +305,7 @@ mod tests {
 
     fn auth() -> Auth {
         let config = ConsoleConfig {
+            public_url: None,
             admin_groups: vec!["platform".into()],
             proxy: Some(ProxyConfig {
                 addresses: vec![IpNet::parse("10.0.0.7").unwrap()],
