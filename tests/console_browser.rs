@@ -237,3 +237,72 @@ fn a_cross_site_form_post_is_refused() {
     );
     assert_eq!(ok.status, 200, "{}", ok.body);
 }
+
+#[test]
+fn approving_a_gate_from_the_page_advances_the_rollout_and_records_the_approver() {
+    let stack = Stack::start_with(&format!("{ACCESS}\napproval_before = [50]\n{POLICY}"), true);
+    let _feeder = Feeder::start(
+        &stack.haproxy,
+        stack.vm(),
+        ErrorRates {
+            blue: 0.0,
+            green: 0.0,
+        },
+        11,
+    );
+    let addr = listen_addr();
+    let cfg = stack.config_with("a", addr, &stack.vm().url(), &console_section());
+    let _daemon = stack.daemon("a", &cfg, &[]);
+    wait_ready(addr, OWNER_TOKEN, "checkout");
+    stack.wait_state("the wait at the gate", Duration::from_secs(90), |s| {
+        !s["awaiting_approval"].is_null() && s["applying_from"].is_null()
+    });
+
+    let b = Browser::start();
+    b.set_headers(&[
+        ("X-Forwarded-User", "rita"),
+        ("X-Forwarded-Groups", "release-managers"),
+    ]);
+    b.goto(&format!("http://{addr}/apis/checkout"));
+    let page = b.wait_source("the gate on the page", Duration::from_secs(10), |s| {
+        s.contains("waiting for approval to enter step 2 (50 %)")
+    });
+    // An approver may approve, nothing else.
+    assert!(page.contains("value=\"approve\""));
+    for other in ["pause", "rollback", "promote", "start"] {
+        assert!(
+            !page.contains(&format!("value=\"{other}\"")),
+            "{other} offered"
+        );
+    }
+    let mut recorded = false;
+    for _ in 0..5 {
+        b.type_into("#reason", "change CHG-1234 approved");
+        b.click("button[value='approve']");
+        let result = support::eventually("the answer", Duration::from_secs(10), || {
+            let t = b.text("#action-result");
+            (t.contains("recorded") || t.contains("Not done")).then_some(t)
+        });
+        if result.contains("recorded") {
+            recorded = true;
+            break;
+        }
+    }
+    assert!(recorded, "the approval was never recorded");
+    let advanced = stack.wait_state("step 2", Duration::from_secs(30), |s| {
+        support::stack::step(s) == 1
+    });
+    let entered = advanced["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|r| r["action"] == "advance")
+        .expect("an advance")
+        .clone();
+    assert_eq!(entered["approved_by"], "rita");
+    let page = b.wait_source("the approver on the page", Duration::from_secs(15), |s| {
+        s.contains("approved by rita") && s.contains("class=\"audit\"")
+    });
+    assert!(page.contains("change CHG-1234 approved"));
+}

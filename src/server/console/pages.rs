@@ -325,10 +325,15 @@ fn summary(out: &mut String, p: &ApiPage<'_>) {
         cards.push((
             "Approval",
             format!(
-                r#"<span class="pending">waiting for approval to enter step {} ({} %)</span> <small>since {}</small>"#,
+                r#"<span class="pending">waiting for approval to enter step {} ({} %)</span> <small>since {}{}</small>"#,
                 gate.step + 1,
-                v.steps.get(gate.step).copied().unwrap_or(0.0),
-                time(gate.since)
+                gate.percent,
+                time(gate.since),
+                match &gate.approved_by {
+                    Some(by) => format!("; approved by {}, applied at the next evaluation", esc(by)),
+                    None if gate.timed_out => "; the approval timeout has passed".to_string(),
+                    None => String::new(),
+                }
             ),
         ));
     }
@@ -519,11 +524,18 @@ fn timeline(out: &mut String, p: &ApiPage<'_>) {
             Item::Decision(r) => {
                 let _ = write!(
                     out,
-                    r#"<tr class="decision action-{a}"><td>{}</td><td>greenlight</td><td><b>{a}</b> <small>step {} · green {}</small></td><td>{}</td></tr>"#,
+                    r#"<tr class="decision action-{a}"><td>{}</td><td>greenlight</td><td><b>{a}</b> <small>step {} · green {}</small></td><td>{}{}</td></tr>"#,
                     time(at),
                     r.step + 1,
                     r.weights.green,
                     esc(&r.reason),
+                    r.approved_by
+                        .as_ref()
+                        .map(|by| format!(
+                            r#" <span class="approved">approved by {}</span>"#,
+                            esc(by)
+                        ))
+                        .unwrap_or_default(),
                     a = r.action.as_str()
                 );
             }
