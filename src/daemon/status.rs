@@ -73,6 +73,14 @@ impl StatusSource for LiveStatus {
         self.with(|i| i.views.values().cloned().collect())
     }
 
+    fn rollout(&self, api: &str) -> Option<RolloutView> {
+        self.with(|i| i.views.get(api).cloned())
+    }
+
+    fn summaries(&self) -> Vec<RolloutView> {
+        self.with(|i| i.views.values().map(RolloutView::summary).collect())
+    }
+
     fn policies(&self) -> Vec<Arc<Policy>> {
         self.with(|i| i.loaded.clone())
     }

@@ -335,6 +335,62 @@ impl RawConsole {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::Config;
+
+    fn errors_of(text: &str) -> Vec<String> {
+        match Config::from_toml(text, Path::new("conf/g.toml")) {
+            Ok(_) => Vec::new(),
+            Err(errors) => errors.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn sign_in_settings_are_validated_with_locations() {
+        let c = Config::from_toml(
+            "listen = \"0.0.0.0:8457\"\n[console]\nadmin_groups = [\"platform\"]\n\
+             [console.proxy]\naddresses = [\"10.0.0.0/8\"]\ngroups_header = \"X-Auth-Groups\"\n\
+             [[console.token]]\nuser = \"bot\"\ngroups = [\"payments\"]\n\
+             sha256 = \"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\"\n",
+            Path::new("conf/g.toml"),
+        )
+        .unwrap();
+        let proxy = c.console.proxy.as_ref().unwrap();
+        assert_eq!(proxy.user_header, "x-forwarded-user");
+        assert_eq!(proxy.groups_header, "x-auth-groups");
+        assert_eq!(c.console.tokens[0].sha256.resolve().unwrap()[0], 0x9f);
+        assert!(c.console.auth_configured());
+
+        let e = errors_of(
+            "[console.proxy]\naddresses = [\"proxy.internal\"]\nuser_header = \"X User\"\n\
+             [[console.token]]\nuser = \"bot\"\nsha256 = \"my-secret-token\"\n",
+        );
+        assert_eq!(e.len(), 3, "{e:?}");
+        assert!(e[0].starts_with("conf/g.toml:2:14: console.proxy.addresses: expected an address"));
+        assert!(
+            e[1].starts_with("conf/g.toml:3:15: console.proxy.user_header must be an HTTP header")
+        );
+        assert!(
+            e[2].starts_with("conf/g.toml:6:10: console.token.sha256 must be the token's SHA-256")
+        );
+        assert!(
+            !e[2].contains("my-secret-token"),
+            "the value is never echoed"
+        );
+    }
+
+    #[test]
+    fn without_sign_in_the_listen_address_must_be_loopback() {
+        assert_eq!(
+            errors_of("listen = \"0.0.0.0:8457\"\n"),
+            vec![
+                "conf/g.toml:1:10: listen 0.0.0.0:8457 is reachable from other machines, but the \
+                 console has no sign-in: listen on 127.0.0.1, or configure [console.proxy] or \
+                 [[console.token]]"
+            ]
+        );
+        assert!(errors_of("listen = \"127.0.0.1:9000\"\n").is_empty());
+        assert!(errors_of("listen = \"[::1]:9000\"\n").is_empty());
+    }
 
     #[test]
     fn ranges_match_their_addresses_only() {

@@ -36,6 +36,20 @@ pub trait StatusSource: Send + Sync + 'static {
     /// `Ok` when the progressor is ready to act (policies loaded, stores reachable); otherwise
     /// why not, in one sentence.
     fn ready(&self) -> Result<(), String>;
+    /// Every rollout without its decision history (what the console's overview shows).
+    fn summaries(&self) -> Vec<RolloutView> {
+        self.rollouts()
+            .into_iter()
+            .map(|mut v| {
+                v.history.clear();
+                v
+            })
+            .collect()
+    }
+    /// One API's rollout.
+    fn rollout(&self, api: &str) -> Option<RolloutView> {
+        self.rollouts().into_iter().find(|v| v.api == api)
+    }
     /// The loaded policies (their `owners`, `viewers` and `approvers` decide who sees what).
     fn policies(&self) -> Vec<Arc<Policy>> {
         Vec::new()
@@ -142,6 +156,33 @@ pub struct PauseInfo {
 }
 
 impl RolloutView {
+    /// This view without its decision history, cloned without copying the history.
+    pub fn summary(&self) -> RolloutView {
+        RolloutView {
+            api: self.api.clone(),
+            phase: self.phase,
+            step: self.step,
+            steps: self.steps.clone(),
+            green_percent: self.green_percent,
+            weights: self.weights,
+            applying_from: self.applying_from,
+            reason: self.reason.clone(),
+            last_decision: self.last_decision.clone(),
+            evidence: self.evidence.clone(),
+            intent_pending: self.intent_pending.clone(),
+            since: self.since,
+            rollout_started_at: self.rollout_started_at,
+            last_good_data_at: self.last_good_data_at,
+            paused: self.paused.clone(),
+            revision: self.revision,
+            history: Vec::new(),
+            open_alerts: self.open_alerts.clone(),
+            state_index: self.state_index,
+            awaiting_approval: self.awaiting_approval.clone(),
+            started_by: self.started_by.clone(),
+        }
+    }
+
     /// The view of `state` under `policy`. Takes nothing else: queries, traffic keys, channel
     /// settings and credentials are not part of a view.
     pub fn from_state(policy: &Policy, state: &RolloutState) -> RolloutView {
@@ -285,6 +326,14 @@ impl StatusSource for StaticStatus {
         lock(&self.ready).clone()
     }
 
+    fn rollout(&self, api: &str) -> Option<RolloutView> {
+        lock(&self.views).iter().find(|v| v.api == api).cloned()
+    }
+
+    fn summaries(&self) -> Vec<RolloutView> {
+        lock(&self.views).iter().map(RolloutView::summary).collect()
+    }
+
     fn policies(&self) -> Vec<Arc<Policy>> {
         lock(&self.policies).clone()
     }
@@ -362,8 +411,13 @@ pub async fn serve_router(
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
+    use axum::serve::ListenerExt;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "Serving metrics, status and the console over HTTP.");
+    // Without TCP_NODELAY a page sent in several writes waits for delayed ACKs (40 ms each).
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(
         listener,
         router.into_make_service_with_connect_info::<std::net::SocketAddr>(),

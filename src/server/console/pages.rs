@@ -6,7 +6,6 @@ use std::fmt::Write;
 use jiff::Timestamp;
 
 use super::auth::{Identity, Via};
-use super::charts::{line_chart, Rule, Series};
 use super::{allowed, MetricsUi, Visible, BUTTONS};
 use crate::audit::{ActionKind, AuditEntry};
 use crate::engine::{Action, Phase};
@@ -39,7 +38,7 @@ pub fn duration(secs: f64) -> String {
     }
 }
 
-fn since(now: Timestamp, t: Timestamp) -> f64 {
+pub(super) fn since(now: Timestamp, t: Timestamp) -> f64 {
     now.duration_since(t).as_secs_f64()
 }
 
@@ -244,7 +243,7 @@ pub fn api_page(p: &ApiPage<'_>, fragment: bool) -> String {
     );
     summary(&mut live, p);
     ladder(&mut live, p);
-    charts(&mut live, p);
+    super::charts::rollout_charts(&mut live, &p.visible.view);
     timeline(&mut live, p);
     live.push_str("</section>");
     if fragment {
@@ -399,109 +398,6 @@ fn ladder(out: &mut String, p: &ApiPage<'_>) {
         );
     }
     out.push_str("</ol></section>");
-}
-
-fn charts(out: &mut String, p: &ApiPage<'_>) {
-    let v = &p.visible.view;
-    let Some(last) = v.history.last() else {
-        out.push_str(r#"<section><h2>Charts</h2><p class="muted">No decision yet.</p></section>"#);
-        return;
-    };
-    let x = |t: Timestamp| -(last.at.duration_since(t).as_secs_f64());
-    let mut html = String::from(r#"<section><h2>Charts</h2><div class="charts">"#);
-    let green = Series {
-        name: "green share %".into(),
-        class: "green",
-        points: v
-            .history
-            .iter()
-            .map(|r| {
-                let total = (r.weights.blue + r.weights.green).max(1) as f64;
-                (x(r.at), 100.0 * r.weights.green as f64 / total)
-            })
-            .collect(),
-    };
-    html.extend(line_chart("Green's weight", "%", &[green], &[], true));
-    for e in &v.evidence {
-        let rates = |blue: bool| -> Vec<(f64, f64)> {
-            v.history
-                .iter()
-                .filter_map(|r| {
-                    let c = r.counted.iter().find(|c| c.stream == e.stream)?.counts;
-                    let c = if blue { c.blue } else { c.green };
-                    (c.requests > 0.0).then(|| (x(r.at), c.bad / c.requests))
-                })
-                .collect()
-        };
-        let what = if e.edge.is_some() {
-            "share slower than the edge"
-        } else {
-            "error rate"
-        };
-        html.extend(line_chart(
-            &format!("{}: {what} per window", e.stream),
-            "rate",
-            &[
-                Series {
-                    name: "blue".into(),
-                    class: "blue",
-                    points: rates(true),
-                },
-                Series {
-                    name: "green".into(),
-                    class: "green",
-                    points: rates(false),
-                },
-            ],
-            &[],
-            true,
-        ));
-        let ev = |rollback: bool| -> Vec<(f64, f64)> {
-            v.history
-                .iter()
-                .filter_map(|r| {
-                    let rec = r.evidence.iter().find(|x| x.stream == e.stream)?;
-                    Some((
-                        x(r.at),
-                        if rollback {
-                            rec.rollback_log_e
-                        } else {
-                            rec.advance_log_e
-                        },
-                    ))
-                })
-                .collect()
-        };
-        html.extend(line_chart(
-            &format!("{}: evidence (ln E)", e.stream),
-            "ln E",
-            &[
-                Series {
-                    name: "against green (rollback)".into(),
-                    class: "bad",
-                    points: ev(true),
-                },
-                Series {
-                    name: "for green (advance)".into(),
-                    class: "good",
-                    points: ev(false),
-                },
-            ],
-            &[
-                Rule {
-                    name: format!("rollback at 1/α = {:.0}", e.rollback_threshold),
-                    y: e.rollback_threshold.ln(),
-                },
-                Rule {
-                    name: format!("advance at {:.0}", e.advance_threshold),
-                    y: e.advance_threshold.ln(),
-                },
-            ],
-            false,
-        ));
-    }
-    html.push_str("</div></section>");
-    out.push_str(&html);
 }
 
 /// Decisions and human actions, newest first.
