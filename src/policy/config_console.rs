@@ -24,6 +24,7 @@ use toml::Spanned;
 use super::config_raw::RawSecret;
 use super::located::{shown, Errors};
 use super::secret::Secret;
+use super::validate::validate_groups;
 use super::values::Table;
 
 #[derive(Debug, Default, Deserialize)]
@@ -183,27 +184,6 @@ pub fn parse_hex32(s: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-fn groups(raw: &[Spanned<String>], field: &str, errors: &mut Errors<'_>) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    for g in raw {
-        let name = g.get_ref().trim();
-        if name.is_empty() || name.contains(',') {
-            errors.at(
-                g.span(),
-                format!("{field}: a group name must be non-empty and without commas"),
-            );
-        } else if out.iter().any(|o| o == name) {
-            errors.at(
-                g.span(),
-                format!("{field}: group {} is listed twice", shown(name)),
-            );
-        } else {
-            out.push(name.to_string());
-        }
-    }
-    out
-}
-
 fn header(
     raw: &Option<Spanned<String>>,
     default: &str,
@@ -232,7 +212,7 @@ fn header(
 
 impl RawConsole {
     pub(super) fn validate(&self, base: &Path, errors: &mut Errors<'_>) -> ConsoleConfig {
-        let admin_groups = groups(&self.admin_groups, "console.admin_groups", errors);
+        let admin_groups = validate_groups(&self.admin_groups, "console.admin_groups", errors);
         let proxy = self.proxy.as_ref().map(|p| {
             let raw = p.get_ref();
             if raw.addresses.is_empty() {
@@ -306,7 +286,7 @@ impl RawConsole {
                     );
                 }
             }
-            let groups = groups(&raw.groups, "console.token.groups", errors);
+            let groups = validate_groups(&raw.groups, "console.token.groups", errors);
             if let Some(sha256) = sha256 {
                 tokens.push(TokenConfig {
                     user,

@@ -554,7 +554,11 @@ fn validate_schedule(
 }
 
 /// `owners`, `viewers`, `approvers`: group names, each once.
-fn validate_groups(raw: &[Spanned<String>], field: &str, errors: &mut Errors<'_>) -> Vec<String> {
+pub(super) fn validate_groups(
+    raw: &[Spanned<String>],
+    field: &str,
+    errors: &mut Errors<'_>,
+) -> Vec<String> {
     let mut names: Vec<String> = Vec::new();
     for g in raw {
         let name = g.get_ref().trim();
