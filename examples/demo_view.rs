@@ -174,12 +174,12 @@ impl View {
             self.args.greenlight.trim_end_matches('/')
         );
         let got: Result<Vec<RolloutView>, String> = async {
-            let r = self
-                .client
-                .get(&url)
-                .send()
-                .await
-                .map_err(|e| e.to_string())?;
+            let mut req = self.client.get(&url);
+            // With sign-in configured (demo/run with DEMO_TOKEN), the API wants the token.
+            if let Ok(token) = std::env::var("GREENLIGHT_TOKEN") {
+                req = req.bearer_auth(token.trim());
+            }
+            let r = req.send().await.map_err(|e| e.to_string())?;
             r.json().await.map_err(|e| e.to_string())
         }
         .await;

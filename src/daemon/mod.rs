@@ -9,6 +9,7 @@
 //! state (and re-decides the same window) or the marked one (and finishes the change).
 
 mod alerts;
+pub mod console;
 pub mod env;
 pub mod health;
 pub mod plan;

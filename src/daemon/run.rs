@@ -80,6 +80,7 @@ impl Policies {
         self.errors = report.errors.len();
         telemetry.policies(self.by_api.len(), self.errors);
         status.set_policies(self.by_api.len(), self.errors);
+        status.set_loaded(self.by_api.values().cloned().collect());
     }
 }
 
@@ -112,16 +113,23 @@ pub async fn run(
     }
 
     if opts.serve && !opts.once {
+        let console =
+            super::console::console(&config, shell.env.store.clone(), shell.status.clone())
+                .map_err(DaemonError::Config)?;
         let listener = tokio::net::TcpListener::bind(config.listen).await?;
-        tracing::info!(listen = %config.listen, "Serving /metrics, /healthz, /readyz and /api/v1/rollouts.");
-        let telemetry = shell.telemetry.clone();
+        tracing::info!(
+            listen = %config.listen,
+            sign_in = console.auth.configured(),
+            "Serving /metrics, /healthz, /readyz, the console and /api/v1."
+        );
         let status: Arc<dyn crate::server::StatusSource> = shell.status.clone();
+        let router = crate::server::router_with(shell.telemetry.clone(), status, Arc::new(console));
         let mut rx = stop_rx.clone();
         tokio::spawn(async move {
             let stop = async move {
                 let _ = rx.wait_for(|s| *s).await;
             };
-            if let Err(e) = crate::server::serve(listener, telemetry, status, stop).await {
+            if let Err(e) = crate::server::serve_router(listener, router, stop).await {
                 tracing::error!(error = %e, "HTTP server failed.");
             }
         });

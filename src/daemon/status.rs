@@ -2,7 +2,7 @@
 //! every API and the health of the stores.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::health::{self, Assessment, Probe, Role};
@@ -13,6 +13,7 @@ use crate::server::{RolloutView, StatusSource};
 #[derive(Debug)]
 struct Inner {
     views: BTreeMap<String, RolloutView>,
+    loaded: Vec<Arc<Policy>>,
     policies: usize,
     policy_errors: usize,
     /// The session of the lock this instance holds, and the role it implies.
@@ -43,6 +44,7 @@ impl LiveStatus {
         LiveStatus {
             inner: Mutex::new(Inner {
                 views: BTreeMap::new(),
+                loaded: Vec::new(),
                 policies: 0,
                 policy_errors: 0,
                 session: None,
@@ -63,6 +65,18 @@ impl LiveStatus {
     pub fn update(&self, policy: &Policy, state: &RolloutState) {
         let view = RolloutView::from_state(policy, state);
         self.with(|i| i.views.insert(policy.api.clone(), view));
+    }
+
+    /// The loaded policies; an API without a view yet shows as fresh (pending).
+    pub fn set_loaded(&self, policies: Vec<Arc<Policy>>) {
+        self.with(|i| {
+            for p in &policies {
+                i.views
+                    .entry(p.api.clone())
+                    .or_insert_with(|| RolloutView::from_state(p, &RolloutState::new(p)));
+            }
+            i.loaded = policies;
+        });
     }
 
     /// Drops the API of a removed policy.
@@ -130,6 +144,18 @@ impl LiveStatus {
 impl StatusSource for LiveStatus {
     fn rollouts(&self) -> Vec<RolloutView> {
         self.with(|i| i.views.values().cloned().collect())
+    }
+
+    fn rollout(&self, api: &str) -> Option<RolloutView> {
+        self.with(|i| i.views.get(api).cloned())
+    }
+
+    fn summaries(&self) -> Vec<RolloutView> {
+        self.with(|i| i.views.values().map(RolloutView::summary).collect())
+    }
+
+    fn policies(&self) -> Vec<Arc<Policy>> {
+        self.with(|i| i.loaded.clone())
     }
 
     fn ready(&self) -> Result<(), String> {

@@ -169,6 +169,16 @@ pub struct DecisionRecord {
     /// Who approved the gated step this decision entered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approved_by: Option<String>,
+    /// The window's counts per stream, when it was counted (for the console's charts).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub counted: Vec<CountRecord>,
+}
+
+/// One stream's counts in one counted window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CountRecord {
+    pub stream: String,
+    pub counts: Pair,
 }
 
 /// Decides what to do with one API for one window. Pure: no I/O, no clock; `now` is given.
@@ -400,6 +410,14 @@ fn finish(
             })
             .collect(),
         approved_by: d.approved_by.clone(),
+        counted: d
+            .counted
+            .iter()
+            .map(|(stream, counts)| CountRecord {
+                stream: stream.clone(),
+                counts: *counts,
+            })
+            .collect(),
     });
     if s.history.len() > HISTORY_LEN {
         let extra = s.history.len() - HISTORY_LEN;

@@ -8,8 +8,8 @@ mod observation;
 mod state;
 
 pub use decide::{
-    adopted_step, approve, decide, percent, Action, Decision, DecisionRecord, Explanation,
-    GuardReport, Notice, QualityState, StreamReport, ADVANCE_MAX_ROLLBACK_E,
+    adopted_step, approve, decide, percent, Action, CountRecord, Decision, DecisionRecord,
+    Explanation, GuardReport, Notice, QualityState, StreamReport, ADVANCE_MAX_ROLLBACK_E,
     GREEN_MISSING_NOTICE_WINDOWS, MAGNITUDE_FACTOR, MAGNITUDE_FLOOR, RECENT_WINDOWS,
     SPLIT_MISMATCH_WINDOWS,
 };

@@ -362,6 +362,7 @@ impl RolloutState {
                     advance_log_e: s.advance_log_e(),
                 })
                 .collect(),
+            counted: Vec::new(),
             approved_by: None,
         });
         if self.history.len() > HISTORY_LEN {

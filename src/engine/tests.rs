@@ -84,6 +84,7 @@ pub(crate) fn policy() -> Policy {
         alerts: vec![],
         alert_routes: Default::default(),
         data_quality: Default::default(),
+        access: Default::default(),
         approval: Default::default(),
     }
 }

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::config_console::ConsoleConfig;
 use super::config_fields::{
     parse_node, resolve_path, validate_alert, validate_listen, validate_secret, validate_url,
 };
@@ -42,17 +43,10 @@ pub struct Config {
     /// Maximum number of APIs evaluated concurrently. Default 32.
     pub max_concurrency: usize,
     pub sync: SyncConfig,
+    /// `[console]`: sign-in, tokens, admin groups.
     pub console: ConsoleConfig,
     /// Every secret written in the file, with where it was written: [`Config::check_secrets`].
     secrets: Vec<SecretRef>,
-}
-
-/// The web console served by the daemon.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct ConsoleConfig {
-    /// The URL people reach the console at, without a trailing `/`; alerts link to
-    /// `<public_url>/apis/<api>`. Default: none.
-    pub public_url: Option<String>,
 }
 
 /// `greenlight sync`: mirrors the Consul weight keys into HAProxy.
@@ -254,16 +248,6 @@ impl RawConfig {
             limits::REPAIR_INTERVAL,
             errors,
         );
-        let console = ConsoleConfig {
-            public_url: self.console.public_url.as_ref().map(|u| {
-                validate_url(
-                    u,
-                    "console.public_url",
-                    "it is shown in alerts; sign-in belongs to the proxy in front",
-                    errors,
-                )
-            }),
-        };
         for (field, dir) in [
             ("policies_dir", &self.policies_dir),
             ("state_dir", &self.state_dir),
@@ -279,6 +263,19 @@ impl RawConfig {
             errors,
         );
 
+        let console = self.console.0.validate(base, errors);
+        if let Some(addr) = listen {
+            if !addr.ip().is_loopback() && !console.auth_configured() {
+                errors.at(
+                    self.listen.span(),
+                    format!(
+                        "listen {addr} is reachable from other machines, but the console has no \
+                         sign-in: listen on 127.0.0.1, or configure [console.proxy] or \
+                         [[console.token]]"
+                    ),
+                );
+            }
+        }
         let metrics = self.metrics.0.validate(base, errors);
         let consul = self.consul.0.validate(base, errors);
         let mut nodes = Vec::new();
@@ -527,7 +524,7 @@ mod tests {
         let e = errors_of("[console]\nlisten = 1\n");
         assert_eq!(
             e,
-            vec!["conf/g.toml:2:1: unknown field `listen`, expected `public_url`"]
+            vec!["conf/g.toml:2:1: unknown field `listen`, expected one of `public_url`, `admin_groups`, `proxy`, `token`"]
         );
     }
 
@@ -589,6 +586,9 @@ policies_dir = "../policies"
 state_dir = "state"
 listen = "0.0.0.0:9000"
 max_concurrency = 4
+
+[console.proxy]
+addresses = ["10.0.0.7"]
 
 [metrics]
 url = "http://vm:8428/"

@@ -41,22 +41,9 @@ pub(super) struct RawConfig {
     /// `[sync]`: `greenlight sync`.
     #[serde(default = "default_sync")]
     pub(super) sync: Table<RawSync>,
-    /// `[console]`: the web console served by the daemon.
-    #[serde(default = "default_console")]
-    pub(super) console: Table<RawConsole>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawConsole {
-    /// The URL people reach the console at (behind a proxy: the proxy's), for links in
-    /// alerts. Default: none (alerts carry no console link).
+    /// `[console]`: sign-in and admin groups of the console and the JSON API.
     #[serde(default)]
-    pub(super) public_url: Option<Spanned<String>>,
-}
-
-pub(super) fn default_console() -> Table<RawConsole> {
-    Table(RawConsole::default())
+    pub(super) console: Table<super::config_console::RawConsole>,
 }
 
 pub(super) fn default_policies_dir() -> Spanned<String> {

@@ -7,6 +7,7 @@
 mod approval;
 mod checks;
 mod config;
+mod config_console;
 mod config_fields;
 mod config_raw;
 #[cfg(test)]
@@ -29,9 +30,10 @@ use std::time::Duration;
 use serde::Serialize;
 
 pub use config::{
-    AlertChannel, AlertChannelKind, Config, ConsoleConfig, ConsulConfig, HaproxyConfig,
-    HaproxyNode, MetricsAuth, MetricsBackend, MetricsConfig, SyncConfig,
+    AlertChannel, AlertChannelKind, Config, ConsulConfig, HaproxyConfig, HaproxyNode, MetricsAuth,
+    MetricsBackend, MetricsConfig, SyncConfig,
 };
+pub use config_console::{ConsoleConfig, IpNet, ProxyConfig, TokenConfig, TokenHash};
 pub use load::{load_dir, load_file, load_paths, load_paths_in, LoadReport};
 pub use read::MAX_FILE_BYTES;
 pub use secret::{Secret, SecretError};
@@ -100,8 +102,22 @@ pub struct Policy {
     pub alert_routes: std::collections::BTreeMap<String, Vec<String>>,
     /// Plausibility bound and what to do when green's data are missing.
     pub data_quality: DataQuality,
+    /// Which groups may see, steer and approve this API in the console.
+    pub access: Access,
     /// Steps that wait for a human's approval (`approval_before`, …).
     pub approval: ApprovalPolicy,
+}
+
+/// The console's permissions on one API, by group (deny by default: a group named nowhere sees
+/// nothing; the config's `console.admin_groups` see and do everything).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct Access {
+    /// May see the API and act on it (start, pause, resume, rollback, promote, approve).
+    pub owners: Vec<String>,
+    /// May see it, read-only.
+    pub viewers: Vec<String>,
+    /// May see it and approve its gates.
+    pub approvers: Vec<String>,
 }
 
 /// Approval gates of a policy (see README, "Approval gates").

@@ -86,6 +86,15 @@ pub(super) struct RawPolicy {
     /// Compare green's observed share of requests with its weight. Default true.
     #[serde(default)]
     pub(super) check_traffic_split: Option<bool>,
+    /// Groups that may act on this API in the console. Default: none (admins only).
+    #[serde(default)]
+    pub(super) owners: Vec<Spanned<String>>,
+    /// Groups that may see it, read-only. Default: none.
+    #[serde(default)]
+    pub(super) viewers: Vec<Spanned<String>>,
+    /// Groups that may approve its gates (besides the owners). Default: none.
+    #[serde(default)]
+    pub(super) approvers: Vec<Spanned<String>>,
     /// Steps (percent values of `steps`, never the first) entered only after a human approves.
     /// Default: none.
     #[serde(default)]

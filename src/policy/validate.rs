@@ -205,6 +205,11 @@ impl RawPolicy {
             alerts,
             alert_routes,
             data_quality,
+            access: crate::policy::Access {
+                owners: validate_groups(&self.owners, "owners", errors),
+                viewers: validate_groups(&self.viewers, "viewers", errors),
+                approvers: validate_groups(&self.approvers, "approvers", errors),
+            },
             approval,
         })
     }
@@ -591,6 +596,32 @@ fn validate_schedule(
         tz: tz?,
         windows,
     })
+}
+
+/// `owners`, `viewers`, `approvers`: group names, each once.
+pub(super) fn validate_groups(
+    raw: &[Spanned<String>],
+    field: &str,
+    errors: &mut Errors<'_>,
+) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for g in raw {
+        let name = g.get_ref().trim();
+        if name.is_empty() || name.contains(',') {
+            errors.at(
+                g.span(),
+                format!("{field}: a group name must be non-empty and without commas"),
+            );
+        } else if names.iter().any(|n| n == name) {
+            errors.at(
+                g.span(),
+                format!("{field}: group {} is listed twice", shown(name)),
+            );
+        } else {
+            names.push(name.to_string());
+        }
+    }
+    names
 }
 
 fn validate_alerts(

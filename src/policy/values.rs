@@ -39,7 +39,7 @@ pub(super) fn duration(seconds: u64) -> Spanned<HumanDuration> {
 
 /// A TOML table deserialized into `T`. Anything else is refused: serde would otherwise take an
 /// array (`consul_keys = ["a", "b"]`) as the struct's fields in declaration order.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(super) struct Table<T>(pub(super) T);
 
 impl<T> Deref for Table<T> {

@@ -6,6 +6,7 @@
 //! Status views are built from a policy and a rollout state only ([`RolloutView::from_state`]),
 //! never from the daemon configuration, so no credential can reach a response.
 
+pub mod console;
 pub mod logging;
 pub mod telemetry;
 
@@ -13,10 +14,10 @@ use std::future::Future;
 use std::io;
 use std::sync::{Arc, Mutex};
 
-use axum::extract::{Path, State};
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -24,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::engine::{Action, DecisionRecord, Intent, Pair, Phase, RolloutState};
 use crate::policy::{Policy, Weights};
 
+pub use console::Console;
 pub use logging::{init_logging, log_decision, LogInitError};
 pub use telemetry::{QueryErrorKind, Telemetry};
 
@@ -34,6 +36,24 @@ pub trait StatusSource: Send + Sync + 'static {
     /// `Ok` when the progressor is ready to act (policies loaded, stores reachable); otherwise
     /// why not, in one sentence.
     fn ready(&self) -> Result<(), String>;
+    /// Every rollout without its decision history (what the console's overview shows).
+    fn summaries(&self) -> Vec<RolloutView> {
+        self.rollouts()
+            .into_iter()
+            .map(|mut v| {
+                v.history.clear();
+                v
+            })
+            .collect()
+    }
+    /// One API's rollout.
+    fn rollout(&self, api: &str) -> Option<RolloutView> {
+        self.rollouts().into_iter().find(|v| v.api == api)
+    }
+    /// The loaded policies (their `owners`, `viewers` and `approvers` decide who sees what).
+    fn policies(&self) -> Vec<Arc<Policy>> {
+        Vec::new()
+    }
 }
 
 /// One API's rollout as shown by the status API and `greenlight status`.
@@ -70,6 +90,13 @@ pub struct RolloutView {
     pub revision: u64,
     /// Most recent decisions, newest last.
     pub history: Vec<DecisionRecord>,
+    /// Alerts raised and not resolved yet (metrics unavailable, stuck, rollback not applied).
+    #[serde(default)]
+    pub open_alerts: Vec<String>,
+    /// The ModifyIndex of the stored state this view shows, when read from Consul: send it as
+    /// `expected_revision` with an action, so that a stale view changes nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_index: Option<u64>,
     /// Set while the rollout waits for a human to approve its next step.
     #[serde(default)]
     pub awaiting_approval: Option<ApprovalView>,
@@ -129,6 +156,33 @@ pub struct PauseInfo {
 }
 
 impl RolloutView {
+    /// This view without its decision history, cloned without copying the history.
+    pub fn summary(&self) -> RolloutView {
+        RolloutView {
+            api: self.api.clone(),
+            phase: self.phase,
+            step: self.step,
+            steps: self.steps.clone(),
+            green_percent: self.green_percent,
+            weights: self.weights,
+            applying_from: self.applying_from,
+            reason: self.reason.clone(),
+            last_decision: self.last_decision.clone(),
+            evidence: self.evidence.clone(),
+            intent_pending: self.intent_pending.clone(),
+            since: self.since,
+            rollout_started_at: self.rollout_started_at,
+            last_good_data_at: self.last_good_data_at,
+            paused: self.paused.clone(),
+            revision: self.revision,
+            history: Vec::new(),
+            open_alerts: self.open_alerts.clone(),
+            state_index: self.state_index,
+            awaiting_approval: self.awaiting_approval.clone(),
+            started_by: self.started_by.clone(),
+        }
+    }
+
     /// The view of `state` under `policy`. Takes nothing else: queries, traffic keys, channel
     /// settings and credentials are not part of a view.
     pub fn from_state(policy: &Policy, state: &RolloutState) -> RolloutView {
@@ -180,6 +234,8 @@ impl RolloutView {
             paused,
             revision: state.revision,
             history: state.history.clone(),
+            open_alerts: open_alerts(state),
+            state_index: None,
             awaiting_approval: state.awaiting_approval.as_ref().map(|g| ApprovalView {
                 step: g.step,
                 percent: policy.steps.get(g.step).copied().unwrap_or(100.0),
@@ -194,6 +250,20 @@ impl RolloutView {
             started_by: state.started_by.clone(),
         }
     }
+}
+
+fn open_alerts(state: &RolloutState) -> Vec<String> {
+    let mut alerts = Vec::new();
+    if state.rollback_unapplied {
+        alerts.push("rollback not applied".to_string());
+    }
+    if state.no_data_alerted {
+        alerts.push("metrics unavailable".to_string());
+    }
+    if state.stuck_alerted {
+        alerts.push("stuck at its step".to_string());
+    }
+    alerts
 }
 
 /// When `state` got where it is (see [`RolloutView::since`]). States written before the phase
@@ -221,6 +291,7 @@ fn since(state: &RolloutState) -> Option<Timestamp> {
 pub struct StaticStatus {
     views: Mutex<Vec<RolloutView>>,
     ready: Mutex<Result<(), String>>,
+    policies: Mutex<Vec<Arc<Policy>>>,
 }
 
 impl StaticStatus {
@@ -229,6 +300,7 @@ impl StaticStatus {
         StaticStatus {
             views: Mutex::new(views),
             ready: Mutex::new(Err("starting".into())),
+            policies: Mutex::new(Vec::new()),
         }
     }
 
@@ -238,6 +310,10 @@ impl StaticStatus {
 
     pub fn set_ready(&self, ready: Result<(), String>) {
         *lock(&self.ready) = ready;
+    }
+
+    pub fn set_policies(&self, policies: Vec<Arc<Policy>>) {
+        *lock(&self.policies) = policies;
     }
 }
 
@@ -249,12 +325,25 @@ impl StatusSource for StaticStatus {
     fn ready(&self) -> Result<(), String> {
         lock(&self.ready).clone()
     }
+
+    fn rollout(&self, api: &str) -> Option<RolloutView> {
+        lock(&self.views).iter().find(|v| v.api == api).cloned()
+    }
+
+    fn summaries(&self) -> Vec<RolloutView> {
+        lock(&self.views).iter().map(RolloutView::summary).collect()
+    }
+
+    fn policies(&self) -> Vec<Arc<Policy>> {
+        lock(&self.policies).clone()
+    }
 }
 
 #[derive(Clone)]
 struct AppState {
     telemetry: Arc<Telemetry>,
     status: Arc<dyn StatusSource>,
+    console: Arc<Console>,
 }
 
 /// Body of every error answer.
@@ -263,16 +352,45 @@ pub struct ErrorBody {
     pub error: String,
 }
 
-/// The routes, for embedding or testing without a socket.
+/// The routes of a read-only console without sign-in, for embedding or testing without a
+/// socket.
 pub fn router(telemetry: Arc<Telemetry>, status: Arc<dyn StatusSource>) -> Router {
+    router_with(telemetry, status, Arc::new(Console::read_only()))
+}
+
+/// Every route: metrics, health, the JSON API and the console pages.
+pub fn router_with(
+    telemetry: Arc<Telemetry>,
+    status: Arc<dyn StatusSource>,
+    console: Arc<Console>,
+) -> Router {
+    let state = AppState {
+        telemetry,
+        status,
+        console,
+    };
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/api/v1/rollouts", get(rollouts))
-        .route("/api/v1/rollouts/{api}", get(rollout))
+        .route("/api/v1/openapi.json", get(console::openapi))
+        .route("/api/v1/me", get(console::me))
+        .route("/api/v1/rollouts", get(console::rollouts))
+        .route("/api/v1/rollouts/{api}", get(console::rollout))
+        .route("/api/v1/rollouts/{api}/audit", get(console::audit))
+        .route(
+            "/api/v1/rollouts/{api}/actions",
+            post(console::act).layer(DefaultBodyLimit::max(console::MAX_BODY_BYTES)),
+        )
+        .route("/", get(console::overview))
+        .route("/apis/{api}", get(console::api_html))
+        .route("/assets/{name}", get(console::asset))
         .fallback(not_found)
-        .with_state(AppState { telemetry, status })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            console::identify,
+        ))
+        .with_state(state)
 }
 
 /// Serves the read-only endpoints on `listener` until `shutdown` completes, then finishes the
@@ -283,11 +401,29 @@ pub async fn serve(
     status: Arc<dyn StatusSource>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
+    serve_router(listener, router(telemetry, status), shutdown).await
+}
+
+/// Serves `router` on `listener` (with each connection's peer address, which decides whether
+/// sign-in proxy headers count) until `shutdown` completes.
+pub async fn serve_router(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    use axum::serve::ListenerExt;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, "Serving metrics and status over HTTP.");
-    axum::serve(listener, router(telemetry, status))
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    tracing::info!(%addr, "Serving metrics, status and the console over HTTP.");
+    // Without TCP_NODELAY a page sent in several writes waits for delayed ACKs (40 ms each).
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await?;
     tracing::info!(%addr, "Stopped the HTTP server.");
     Ok(())
 }
@@ -308,17 +444,6 @@ async fn readyz(State(app): State<AppState>) -> Response {
     match app.status.ready() {
         Ok(()) => (StatusCode::OK, "ready").into_response(),
         Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, reason).into_response(),
-    }
-}
-
-async fn rollouts(State(app): State<AppState>) -> Json<Vec<RolloutView>> {
-    Json(app.status.rollouts())
-}
-
-async fn rollout(State(app): State<AppState>, Path(api): Path<String>) -> Response {
-    match app.status.rollouts().into_iter().find(|v| v.api == api) {
-        Some(view) => Json(view).into_response(),
-        None => error(StatusCode::NOT_FOUND, format!("no rollout for API {api:?}")),
     }
 }
 

@@ -33,6 +33,7 @@ pub fn policy(api: &str, target: TrafficTarget, steps: &[f64], checks: Vec<Check
         alerts: vec![],
         alert_routes: Default::default(),
         data_quality: Default::default(),
+        access: Default::default(),
         approval: Default::default(),
     }
 }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod alertmanager;
+pub mod console;
 pub mod consul_double;
 pub mod exposition;
 pub mod fake_http;
@@ -13,6 +14,7 @@ pub mod prometheus;
 pub mod scraping;
 pub mod stack;
 pub mod victoria;
+pub mod webdriver;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
