@@ -253,6 +253,27 @@ impl ConsulClient {
         Ok((entries, reply.index))
     }
 
+    /// The keys under `prefix` (recursive, without values), sorted; none when nothing is there
+    /// (Consul answers 404).
+    pub async fn keys(&self, prefix: &str) -> Result<Vec<String>, ConsulError> {
+        let reply = self
+            .call(
+                Method::GET,
+                &kv_path(prefix),
+                &[("keys", String::new())],
+                None,
+                Duration::ZERO,
+            )
+            .await?;
+        if !reply_ok_or_404(reply.status, &reply.body)? {
+            return Ok(Vec::new());
+        }
+        let mut keys: Vec<String> = serde_json::from_str(&reply.body)
+            .map_err(|e| ConsulError::Decode(format!("KV keys: {e}")))?;
+        keys.sort();
+        Ok(keys)
+    }
+
     /// Writes `value` at `key` unconditionally.
     pub async fn put(&self, key: &str, value: &[u8]) -> Result<(), ConsulError> {
         self.put_query(key, value, &[]).await.map(|_| ())

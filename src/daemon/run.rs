@@ -110,8 +110,9 @@ pub async fn run(
         });
     }
 
-    // Deliver whatever a previous run left in the outbox.
-    shell.env.flush().await;
+    // Deliver whatever a previous run left in the local outbox (the shared one waits for the
+    // lock).
+    shell.env.flush(None).await;
 
     let lock_opts = LockOptions {
         lock_delay: config.consul.lock_delay,
@@ -160,7 +161,7 @@ pub async fn run(
         shell.status.set_consul(Ok(()));
         tracing::info!(instance = %opts.instance, "Leading: evaluating policies.");
         let fence = lock.fence().clone();
-        let mut evals = Evaluations::new(shell.clone(), fence, concurrency.clone());
+        let mut evals = Evaluations::new(shell.clone(), fence.clone(), concurrency.clone());
         let outcome = loop {
             if !lock.is_held() {
                 break Ok(());
@@ -170,7 +171,7 @@ pub async fn run(
                 while evals.in_flight() > 0 {
                     evals.finished().await;
                 }
-                shell.env.flush().await;
+                shell.env.flush(Some(&fence)).await;
                 let (failed, total) = (evals.failed, evals.total);
                 break if evals.lost {
                     Ok(())
@@ -197,7 +198,7 @@ pub async fn run(
                     policies.reload(&config, &shell.telemetry, &shell.status);
                 }
                 _ = tokio::time::sleep(opts.tick) => {
-                    shell.env.flush().await;
+                    shell.env.flush(Some(&fence)).await;
                     shell.telemetry.outbox_depth(shell.env.outbox_depth());
                     if dir_stamp(&config.policies_dir) != policies.stamp {
                         policies.reload(&config, &shell.telemetry, &shell.status);
