@@ -36,8 +36,8 @@ pub enum Fault {
     AlertsDown,
     /// A second instance races for the leader lock.
     LockRace,
-    /// A crashed instance's machine is gone for good, its local disk with it (with two
-    /// instances; chance per crash).
+    /// The leader's machine is gone for good, its local disk with it (while another instance
+    /// is there to take over).
     InstanceLost,
 }
 
@@ -95,7 +95,7 @@ impl Fault {
             Fault::HumanEdit => 0.002,
             Fault::AlertsDown => 0.003,
             Fault::LockRace => 1.0,
-            Fault::InstanceLost => 0.25,
+            Fault::InstanceLost => 0.002,
         }
     }
 }

@@ -321,6 +321,13 @@ pub fn run_night(cfg: &NightConfig) -> NightResult {
                 w.receiver_down_until = Some(now + SignedDuration::from_hours(hours));
                 w.log(|| format!("alert receiver down for {hours} h"));
             }
+            // The leader's machine is gone for good, its local disk with it; another instance
+            // takes over.
+            if let Some((h, _)) = w.holder.clone() {
+                if (0..instances).any(|j| j != h && !w.gone[j]) && w.chance(Fault::InstanceLost) {
+                    w.lose_instance(h);
+                }
+            }
             // The leader's session is lost.
             if w.holder.is_some() && w.chance(Fault::LeaderLoss) {
                 w.log(|| "leader session invalidated".to_string());
@@ -373,12 +380,6 @@ pub fn run_night(cfg: &NightConfig) -> NightResult {
             }
             if lock(&world).crashed[i] {
                 let mut w = lock(&world);
-                // With another instance still there, a crashed machine may never come back.
-                let other = (0..instances).any(|j| j != i && !w.gone[j]);
-                if other && w.chance(Fault::InstanceLost) {
-                    w.lose_instance(i);
-                    continue;
-                }
                 w.crashed[i] = false;
                 if w.holder.as_ref().is_some_and(|(h, _)| *h == i) {
                     // Its session expires.
