@@ -81,6 +81,9 @@ pub struct DeliveryReport {
     pub unknown_channels: Vec<String>,
     /// Corrupt outbox files moved aside as `.bad`.
     pub corrupt: usize,
+    /// Each delivery attempt: channel name and whether it was delivered (filled by the shared
+    /// outbox, for per-channel telemetry).
+    pub attempts: Vec<(String, bool)>,
 }
 
 /// Delivers alert events to named channels through a durable outbox.

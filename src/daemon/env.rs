@@ -94,8 +94,8 @@ pub trait AlertIo: Send + Sync {
         channels: &[String],
     ) -> impl Future<Output = Result<DeliveryReport, String>> + Send;
     /// Delivers whatever is due in the local outbox and, for the holder of `fence`, in the
-    /// shared one.
-    fn flush(&self, fence: Option<&Fence>) -> impl Future<Output = ()> + Send;
+    /// shared one; reports the shared outbox's delivery attempts.
+    fn flush(&self, fence: Option<&Fence>) -> impl Future<Output = DeliveryReport> + Send;
     /// Entries waiting in both outboxes (the shared one as of the last delivery pass).
     fn outbox_depth(&self) -> u64;
 }
@@ -223,17 +223,21 @@ impl AlertIo for RealEnv {
             .map_err(|e| e.to_string())
     }
 
-    async fn flush(&self, fence: Option<&Fence>) {
+    async fn flush(&self, fence: Option<&Fence>) -> DeliveryReport {
         self.notifier.flush().await;
         let Some(fence) = fence.filter(|f| f.is_held()) else {
-            return;
+            return DeliveryReport::default();
         };
-        if let Err(error) = self
+        match self
             .shared
             .deliver(&self.notifier, fence, Timestamp::now())
             .await
         {
-            tracing::warn!(%error, "Could not read the shared alert outbox; retrying at the next tick.");
+            Ok(report) => report,
+            Err(error) => {
+                tracing::warn!(%error, "Could not read the shared alert outbox; retrying at the next tick.");
+                DeliveryReport::default()
+            }
         }
     }
 

@@ -38,8 +38,9 @@ pub fn api_prefix(prefix: &str, api: &str) -> String {
     format!("{}/outbox/{api}/", prefix.trim_end_matches('/'))
 }
 
-/// The key of the `n`th entry written together with the state whose ModifyIndex was `index`:
-/// a compare-and-set on that index succeeds once, so the key is new, and keys sort by age.
+/// The key of the `n`th entry written together with the state whose ModifyIndex was `index`.
+/// A compare-and-set on that index changes it (Consul keeps the index only of an unchanged
+/// value, and then the same entry gets the same key), so the key is new, and keys sort by age.
 pub fn entry_key(api_prefix: &str, index: u64, n: usize, entry: &OutboxEntry) -> String {
     let mut hasher = Sha256::new();
     hasher.update(entry.channel.as_bytes());
@@ -189,17 +190,20 @@ impl SharedOutbox {
                 }
                 Some(Ok(())) => {
                     report.delivered += 1;
+                    report.attempts.push((entry.channel.clone(), true));
                     self.forget(&kv.key);
                     self.delete(&kv.key, kv.modify_index, fence).await?;
                 }
                 Some(Err(error)) if error.is_permanent() => {
                     report.rejected += 1;
+                    report.attempts.push((entry.channel.clone(), false));
                     tracing::error!(%error, key = %entry.event.key, channel = %entry.channel, "Alert rejected by its receiver; removed from the shared outbox.");
                     self.forget(&kv.key);
                     self.delete(&kv.key, kv.modify_index, fence).await?;
                 }
                 Some(Err(error)) => {
                     report.retrying += 1;
+                    report.attempts.push((entry.channel.clone(), false));
                     left += 1;
                     let (attempts, next) = self.failed(&kv.key, now);
                     tracing::warn!(%error, key = %entry.event.key, channel = %entry.channel, attempts, next_attempt_at = %next, "Alert delivery failed; will retry from the shared outbox.");

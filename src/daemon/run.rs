@@ -162,6 +162,11 @@ pub async fn run(
         tracing::info!(instance = %opts.instance, "Leading: evaluating policies.");
         let fence = lock.fence().clone();
         let mut evals = Evaluations::new(shell.clone(), fence.clone(), concurrency.clone());
+        // One tick per `opts.tick` however often evaluations finish (a sleep made anew in each
+        // turn of the loop would be put off by every finished evaluation).
+        let mut tick = tokio::time::interval(opts.tick);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.reset();
         let outcome = loop {
             if !lock.is_held() {
                 break Ok(());
@@ -171,7 +176,7 @@ pub async fn run(
                 while evals.in_flight() > 0 {
                     evals.finished().await;
                 }
-                shell.env.flush(Some(&fence)).await;
+                flush_alerts(&shell, &fence).await;
                 let (failed, total) = (evals.failed, evals.total);
                 break if evals.lost {
                     Ok(())
@@ -197,8 +202,8 @@ pub async fn run(
                     tracing::info!("SIGHUP: reloading policies.");
                     policies.reload(&config, &shell.telemetry, &shell.status);
                 }
-                _ = tokio::time::sleep(opts.tick) => {
-                    shell.env.flush(Some(&fence)).await;
+                _ = tick.tick() => {
+                    flush_alerts(&shell, &fence).await;
                     shell.telemetry.outbox_depth(shell.env.outbox_depth());
                     if dir_stamp(&config.policies_dir) != policies.stamp {
                         policies.reload(&config, &shell.telemetry, &shell.status);
@@ -367,6 +372,15 @@ impl Evaluations {
     fn abort(&mut self) {
         self.tasks.abort_all();
         self.running.clear();
+    }
+}
+
+/// Delivers what is due in both outboxes (the shared one as the holder of `fence`) and counts
+/// each delivery attempt of the shared one per channel.
+async fn flush_alerts(shell: &Shell, fence: &Fence) {
+    let report = shell.env.flush(Some(fence)).await;
+    for (channel, ok) in &report.attempts {
+        shell.telemetry.alert_delivery(channel, *ok);
     }
 }
 

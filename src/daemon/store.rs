@@ -142,7 +142,15 @@ impl StateStore {
             });
         }
         let folder = outbox::api_prefix(&self.prefix, &state.api);
-        let existing = self.client.keys(&folder).await?;
+        // Without the list nothing is dropped this time (the cap is restored at the next
+        // write); the state write does not wait for it.
+        let existing = match self.client.keys(&folder).await {
+            Ok(keys) => keys,
+            Err(error) => {
+                tracing::warn!(api = %state.api, %error, "Could not list the shared alert outbox; writing without trimming it.");
+                Vec::new()
+            }
+        };
         let plan = outbox::plan(&folder, &existing, index, alerts);
         let index = self.save_ops(state, index, fence, plan.ops()).await?;
         Ok(Saved {

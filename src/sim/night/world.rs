@@ -640,14 +640,16 @@ impl AlertIo for SimEnv {
         Ok(DeliveryReport::default())
     }
 
-    async fn flush(&self, fence: Option<&Fence>) {
+    async fn flush(&self, fence: Option<&Fence>) -> DeliveryReport {
         let mut w = self.w();
+        let mut report = DeliveryReport::default();
         if !w.crashed[self.instance] {
             w.deliver(self.instance);
             if fence.is_some() && w.fence_ok(fence) {
-                w.deliver_shared();
+                report.delivered = w.deliver_shared();
             }
         }
+        report
     }
 
     fn outbox_depth(&self) -> u64 {
