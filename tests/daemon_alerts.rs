@@ -191,6 +191,21 @@ fn a_daemon_driven_rollback_is_explained_in_alertmanager_metrics_and_json_logs()
     assert_eq!(rollbacks[0]["level"], "WARN");
 }
 
+/// A webhook channel `oncall` whose receiver is down: its port (nothing listens there yet) and
+/// the `[[alert]]` table naming it.
+fn webhook_down(stack: &Stack) -> (u16, &'static str) {
+    let port = free_port();
+    std::fs::write(
+        stack.dir.path().join("hook-url"),
+        format!("http://127.0.0.1:{port}/hook"),
+    )
+    .unwrap();
+    (
+        port,
+        "[[alert]]\nname = \"oncall\"\nkind = \"webhook\"\nurl = { file = \"hook-url\" }\n",
+    )
+}
+
 /// Rollback alerts waiting in the shared outbox (Consul KV).
 fn waiting_rollbacks(stack: &Stack) -> usize {
     let (code, body) = http(
@@ -226,15 +241,7 @@ fn rollback_events(hook: &FakeHttp) -> Vec<Value> {
 fn a_rollback_alert_survives_a_killed_daemon_and_is_delivered_exactly_once() {
     let stack = Stack::start_with(&policy_with(r#"alerts = ["oncall"]"#), true);
     let _feeder = Feeder::start(&stack.haproxy, stack.vm(), BAD_GREEN, 22);
-    // The receiver's port, with nothing listening yet.
-    let port = free_port();
-    std::fs::write(
-        stack.dir.path().join("hook-url"),
-        format!("http://127.0.0.1:{port}/hook"),
-    )
-    .unwrap();
-    let alerts =
-        "[[alert]]\nname = \"oncall\"\nkind = \"webhook\"\nurl = { file = \"hook-url\" }\n";
+    let (port, alerts) = webhook_down(&stack);
     let cfg = stack.config_with("a", listen_addr(), &stack.vm().url(), alerts);
     let mut first = stack.daemon("a", &cfg, &[]);
     let rolled = stack.wait_state("the rollback", DEADLINE, |s| {
@@ -279,15 +286,7 @@ fn a_rollback_alert_survives_a_killed_daemon_and_is_delivered_exactly_once() {
 fn a_rollback_alert_is_not_lost_with_the_machine_that_decided_it_during_a_receiver_outage() {
     let stack = Stack::start_with(&policy_with(r#"alerts = ["oncall"]"#), true);
     let _feeder = Feeder::start(&stack.haproxy, stack.vm(), BAD_GREEN, 23);
-    // The receiver's port, with nothing listening yet: it is down.
-    let port = free_port();
-    std::fs::write(
-        stack.dir.path().join("hook-url"),
-        format!("http://127.0.0.1:{port}/hook"),
-    )
-    .unwrap();
-    let alerts =
-        "[[alert]]\nname = \"oncall\"\nkind = \"webhook\"\nurl = { file = \"hook-url\" }\n";
+    let (port, alerts) = webhook_down(&stack);
     let vm_url = stack.vm().url();
     // Two instances on two machines: each has its own state directory.
     let cfg_a = stack.config_with("a", listen_addr(), &vm_url, alerts);

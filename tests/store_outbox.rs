@@ -4,10 +4,8 @@
 
 mod support;
 
-use std::time::Duration;
-
 use greenlight::alert::{AlertEvent, EventKind, OutboxEntry};
-use greenlight::consul::{ConsulClient, Lock, LockOptions};
+use greenlight::consul::{ConsulClient, Lock};
 use greenlight::daemon::outbox::{self, CAP_PER_API, MAX_ENTRY_BYTES};
 use greenlight::daemon::{StateStore, StoreError};
 use greenlight::engine::{Phase, RolloutState};
@@ -28,28 +26,13 @@ fn policy() -> Policy {
 
 fn entry(key: &str, description: usize) -> OutboxEntry {
     let at: Timestamp = "2026-11-27T05:00:00Z".parse().unwrap();
-    OutboxEntry {
-        channel: "oncall".into(),
-        event: AlertEvent::new("checkout", EventKind::Rollback, key, "rolled back", at)
-            .with_description("d".repeat(description)),
-        enqueued_at: at,
-        attempts: 0,
-        next_attempt_at: at,
-        last_error: None,
-        file_name: String::new(),
-    }
+    let event = AlertEvent::new("checkout", EventKind::Rollback, key, "rolled back", at)
+        .with_description("d".repeat(description));
+    OutboxEntry::new("oncall", &event, at)
 }
 
 async fn setup(d: &ConsulDouble) -> (ConsulClient, StateStore, Lock) {
-    let client = ConsulClient::new(d.url(), None, Duration::from_secs(5)).unwrap();
-    let store = StateStore::new(client.clone(), "greenlight");
-    let mut opts = LockOptions::new("a", Duration::from_secs(10));
-    opts.lock_delay = Duration::ZERO;
-    let lock = Lock::try_acquire(&client, &store.leader_key(), &opts)
-        .await
-        .unwrap()
-        .expect("lock");
-    (client, store, lock)
+    support::fixtures::leader(d).await
 }
 
 /// The rollout ids of the waiting entries, oldest first.

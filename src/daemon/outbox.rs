@@ -273,15 +273,7 @@ mod tests {
         let at: Timestamp = "2026-11-27T05:00:00Z".parse().unwrap();
         let event = AlertEvent::new("checkout", EventKind::Rollback, key, "rolled back", at)
             .with_description("x".repeat(description_len));
-        OutboxEntry {
-            channel: channel.into(),
-            event,
-            enqueued_at: at,
-            attempts: 0,
-            next_attempt_at: at,
-            last_error: None,
-            file_name: String::new(),
-        }
+        OutboxEntry::new(channel, &event, at)
     }
 
     const P: &str = "greenlight/outbox/checkout/";

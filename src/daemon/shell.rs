@@ -99,15 +99,7 @@ impl<E: Env> Shell<E> {
                 policy
                     .alert_channels(event.kind.as_str())
                     .iter()
-                    .map(move |channel| OutboxEntry {
-                        channel: channel.clone(),
-                        event: event.clone(),
-                        enqueued_at: now,
-                        attempts: 0,
-                        next_attempt_at: now,
-                        last_error: None,
-                        file_name: String::new(),
-                    })
+                    .map(move |channel| OutboxEntry::new(channel, event, now))
             })
             .collect();
         let saved = self
