@@ -1,17 +1,23 @@
 //! The shared alert outbox against the Consul double: a state change and the alerts it raised
 //! are written in one fenced transaction (both or neither), the outbox stays within its cap
-//! without ever refusing a state write, and what does not fit Consul is handed back.
+//! without ever refusing a state write, what does not fit Consul is handed back, and the lock
+//! holder delivers each entry (retrying with backoff) and deletes it once delivered.
 
 mod support;
 
-use greenlight::alert::{AlertEvent, EventKind, OutboxEntry};
+use std::time::Duration;
+
+use greenlight::alert::{
+    AlertEvent, ChannelKind, ChannelSettings, DeliveryReport, EventKind, Notifier, OutboxEntry,
+};
 use greenlight::consul::{ConsulClient, Lock};
-use greenlight::daemon::outbox::{self, CAP_PER_API, MAX_ENTRY_BYTES};
+use greenlight::daemon::outbox::{self, SharedOutbox, CAP_PER_API, MAX_ENTRY_BYTES};
 use greenlight::daemon::{StateStore, StoreError};
 use greenlight::engine::{Phase, RolloutState};
 use greenlight::policy::Policy;
 use jiff::Timestamp;
 use support::consul_double::ConsulDouble;
+use support::fake_http::{Behaviour, FakeHttp};
 
 const FOLDER: &str = "greenlight/outbox/checkout/";
 
@@ -188,4 +194,77 @@ async fn an_alert_too_big_for_consul_is_handed_back_and_the_state_still_written(
         .unwrap();
     assert!(saved.written + saved.dropped.len() <= outbox::MAX_OPS);
     assert_eq!(saved.written + saved.spilled.len(), 100);
+}
+
+fn webhook(port: u16) -> Vec<ChannelSettings> {
+    vec![ChannelSettings {
+        name: "oncall".into(),
+        kind: ChannelKind::Webhook {
+            url: format!("http://127.0.0.1:{port}/hook"),
+            hmac_secret: None,
+        },
+    }]
+}
+
+#[tokio::test]
+async fn the_leader_retries_a_shared_alert_until_its_receiver_is_back_then_deletes_it() {
+    let d = ConsulDouble::start();
+    let (client, store, lock) = setup(&d).await;
+    let p = policy();
+    store
+        .save_with_alerts(
+            &rolled_back(&p),
+            0,
+            Some(lock.fence()),
+            vec![entry("r1", 10)],
+        )
+        .await
+        .unwrap();
+    let port = support::free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let notifier = Notifier::new(webhook(port), dir.path(), Duration::from_secs(2)).unwrap();
+    let shared = SharedOutbox::new(client.clone(), "greenlight");
+    let t0: Timestamp = "2026-11-27T05:00:00Z".parse().unwrap();
+
+    // The receiver is down: the entry stays, and is not tried again within its backoff.
+    let report = shared.deliver(&notifier, lock.fence(), t0).await.unwrap();
+    assert_eq!((report.delivered, report.retrying), (0, 1));
+    assert_eq!(report.attempts, vec![("oncall".to_string(), false)]);
+    assert_eq!(shared.depth(), 1);
+    let soon = t0 + jiff::SignedDuration::from_millis(500);
+    let report = shared.deliver(&notifier, lock.fence(), soon).await.unwrap();
+    assert!(report.attempts.is_empty(), "{report:?}");
+    assert_eq!(waiting(&client).await, vec!["r1"]);
+
+    // Back: delivered once, then deleted.
+    let hook = FakeHttp::start_on(
+        port,
+        Behaviour::Answer {
+            status: 200,
+            content_type: "application/json",
+            body: "{}".into(),
+        },
+    );
+    let later = t0 + jiff::SignedDuration::from_secs(2);
+    let report = shared
+        .deliver(&notifier, lock.fence(), later)
+        .await
+        .unwrap();
+    assert_eq!(report.delivered, 1, "{report:?}");
+    assert!(waiting(&client).await.is_empty());
+    assert_eq!(shared.depth(), 0);
+    let received = hook.received();
+    assert_eq!(received.len(), 1);
+    assert!(
+        received[0].body.contains("checkout/rollback/r1"),
+        "{}",
+        received[0].body
+    );
+    // Nothing left to send.
+    let report = shared
+        .deliver(&notifier, lock.fence(), later)
+        .await
+        .unwrap();
+    assert_eq!(report, DeliveryReport::default());
+    assert_eq!(hook.received().len(), 1);
 }
