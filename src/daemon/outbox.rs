@@ -126,10 +126,20 @@ pub struct SharedOutbox {
     client: ConsulClient,
     root: String,
     retry: Retry,
-    /// Per key: failed attempts and the time of the next one (kept by the deliverer; a new
-    /// leader starts afresh, which is at most one early retry).
-    failing: Mutex<HashMap<String, (u32, Timestamp)>>,
+    /// What this deliverer knows of each waiting key. An entry is never changed once written
+    /// (a key is written once, or again with the same entry), so its value is read once and
+    /// each pass lists only the keys. Attempts are counted here: a new leader starts afresh,
+    /// which is at most one early retry.
+    known: Mutex<HashMap<String, Known>>,
     depth: AtomicU64,
+}
+
+#[derive(Debug, Clone)]
+struct Known {
+    index: u64,
+    entry: OutboxEntry,
+    attempts: u32,
+    next_attempt_at: Option<Timestamp>,
 }
 
 impl SharedOutbox {
@@ -138,7 +148,7 @@ impl SharedOutbox {
             client,
             root: format!("{}/outbox/", prefix.trim_end_matches('/')),
             retry: Retry::default(),
-            failing: Mutex::new(HashMap::new()),
+            known: Mutex::new(HashMap::new()),
             depth: AtomicU64::new(0),
         }
     }
@@ -146,6 +156,10 @@ impl SharedOutbox {
     /// Entries waiting, as of the last delivery pass.
     pub fn depth(&self) -> u64 {
         self.depth.load(Ordering::Relaxed)
+    }
+
+    fn known(&self) -> std::sync::MutexGuard<'_, HashMap<String, Known>> {
+        self.known.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Delivers every due entry through `notifier`'s channels, oldest first per API; a channel
@@ -159,91 +173,104 @@ impl SharedOutbox {
         now: Timestamp,
     ) -> Result<DeliveryReport, ConsulError> {
         let mut report = DeliveryReport::default();
-        let (mut entries, _) = self.client.list(&self.root).await?;
-        entries.sort_by(|a, b| a.key.cmp(&b.key));
+        let keys = self.client.keys(&self.root).await?;
+        self.known().retain(|k, _| keys.binary_search(k).is_ok());
         let mut down: BTreeSet<String> = BTreeSet::new();
         let mut left = 0;
-        let mut seen = Vec::with_capacity(entries.len());
-        for kv in entries {
-            seen.push(kv.key.clone());
-            let entry: OutboxEntry = match serde_json::from_slice(&kv.value) {
-                Ok(e) => e,
-                Err(error) => {
-                    tracing::error!(key = %kv.key, %error, "Dropped an undecodable entry of the shared alert outbox.");
-                    report.corrupt += 1;
-                    self.delete(&kv.key, kv.modify_index, fence).await?;
-                    continue;
-                }
+        for key in &keys {
+            let Some(known) = self.read(key, fence, &mut report).await? else {
+                continue;
             };
-            let due = self.due(&kv.key, now);
-            if !due || down.contains(&entry.channel) || !fence.is_held() {
+            let due = known.next_attempt_at.is_none_or(|t| t <= now);
+            if !due || down.contains(&known.entry.channel) || !fence.is_held() {
                 left += 1;
                 continue;
             }
-            match notifier.send(&entry.channel, &entry.event).await {
+            let (channel, event) = (&known.entry.channel, &known.entry.event);
+            match notifier.send(channel, event).await {
                 None => {
-                    if !report.unknown_channels.contains(&entry.channel) {
-                        tracing::error!(channel = %entry.channel, key = %entry.event.key, "Alert channel is not configured; the alert waits in the shared outbox.");
-                        report.unknown_channels.push(entry.channel.clone());
+                    if !report.unknown_channels.contains(channel) {
+                        tracing::error!(%channel, key = %event.key, "Alert channel is not configured; the alert waits in the shared outbox.");
+                        report.unknown_channels.push(channel.clone());
                     }
                     left += 1;
                 }
                 Some(Ok(())) => {
                     report.delivered += 1;
-                    report.attempts.push((entry.channel.clone(), true));
-                    self.forget(&kv.key);
-                    self.delete(&kv.key, kv.modify_index, fence).await?;
+                    report.attempts.push((channel.clone(), true));
+                    self.delete(key, known.index, fence).await?;
                 }
                 Some(Err(error)) if error.is_permanent() => {
                     report.rejected += 1;
-                    report.attempts.push((entry.channel.clone(), false));
-                    tracing::error!(%error, key = %entry.event.key, channel = %entry.channel, "Alert rejected by its receiver; removed from the shared outbox.");
-                    self.forget(&kv.key);
-                    self.delete(&kv.key, kv.modify_index, fence).await?;
+                    report.attempts.push((channel.clone(), false));
+                    tracing::error!(%error, key = %event.key, %channel, "Alert rejected by its receiver; removed from the shared outbox.");
+                    self.delete(key, known.index, fence).await?;
                 }
                 Some(Err(error)) => {
                     report.retrying += 1;
-                    report.attempts.push((entry.channel.clone(), false));
+                    report.attempts.push((channel.clone(), false));
                     left += 1;
-                    let (attempts, next) = self.failed(&kv.key, now);
-                    tracing::warn!(%error, key = %entry.event.key, channel = %entry.channel, attempts, next_attempt_at = %next, "Alert delivery failed; will retry from the shared outbox.");
-                    down.insert(entry.channel.clone());
+                    let (attempts, next) = self.failed(key, now);
+                    tracing::warn!(%error, key = %event.key, %channel, attempts, next_attempt_at = %next, "Alert delivery failed; will retry from the shared outbox.");
+                    down.insert(channel.clone());
                 }
             }
         }
-        self.failing
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|k, _| seen.contains(k));
         self.depth.store(left, Ordering::Relaxed);
         Ok(report)
     }
 
-    fn due(&self, key: &str, now: Timestamp) -> bool {
-        let failing = self.failing.lock().unwrap_or_else(|p| p.into_inner());
-        failing.get(key).is_none_or(|(_, next)| *next <= now)
+    /// What is known of `key`, reading its value the first time. An undecodable entry is
+    /// logged and deleted (`None`), as is a key gone meanwhile.
+    async fn read(
+        &self,
+        key: &str,
+        fence: &Fence,
+        report: &mut DeliveryReport,
+    ) -> Result<Option<Known>, ConsulError> {
+        if let Some(k) = self.known().get(key) {
+            return Ok(Some(k.clone()));
+        }
+        let Some(kv) = self.client.get(key).await? else {
+            return Ok(None);
+        };
+        match serde_json::from_slice::<OutboxEntry>(&kv.value) {
+            Ok(entry) => {
+                let known = Known {
+                    index: kv.modify_index,
+                    entry,
+                    attempts: 0,
+                    next_attempt_at: None,
+                };
+                self.known().insert(key.to_string(), known.clone());
+                Ok(Some(known))
+            }
+            Err(error) => {
+                tracing::error!(%key, %error, "Dropped an undecodable entry of the shared alert outbox.");
+                report.corrupt += 1;
+                self.delete(key, kv.modify_index, fence).await?;
+                Ok(None)
+            }
+        }
     }
 
     fn failed(&self, key: &str, now: Timestamp) -> (u32, Timestamp) {
-        let mut failing = self.failing.lock().unwrap_or_else(|p| p.into_inner());
-        let slot = failing.entry(key.to_string()).or_insert((0, now));
-        slot.0 = slot.0.saturating_add(1);
-        let delay =
-            jiff::SignedDuration::try_from(backoff(slot.0)).unwrap_or(jiff::SignedDuration::MAX);
-        slot.1 = now.checked_add(delay).unwrap_or(Timestamp::MAX);
-        *slot
-    }
-
-    fn forget(&self, key: &str) {
-        self.failing
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(key);
+        let mut known = self.known();
+        let Some(k) = known.get_mut(key) else {
+            return (1, now);
+        };
+        k.attempts = k.attempts.saturating_add(1);
+        let delay = jiff::SignedDuration::try_from(backoff(k.attempts))
+            .unwrap_or(jiff::SignedDuration::MAX);
+        let next = now.checked_add(delay).unwrap_or(Timestamp::MAX);
+        k.next_attempt_at = Some(next);
+        (k.attempts, next)
     }
 
     /// Deletes `key` if it is still at `index`, while `fence` holds (transient Consul errors
     /// retried). A rolled-back delete (written again, or the lock is gone) leaves it.
     async fn delete(&self, key: &str, index: u64, fence: &Fence) -> Result<(), ConsulError> {
+        self.known().remove(key);
         let ops = [fence.check(), TxnOp::delete_cas(key, index)];
         let done = self
             .retry
