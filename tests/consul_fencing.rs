@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use greenlight::consul::{ConsulClient, ConsulError, Lock, LockOptions};
+use greenlight::consul::{ConsulClient, ConsulError, Lock};
 use greenlight::daemon::{StateStore, StoreError};
 use greenlight::engine::RolloutState;
 use greenlight::policy::{Policy, Weights};
@@ -32,15 +32,7 @@ fn w(blue: u32, green: u32) -> Weights {
 }
 
 async fn setup(d: &ConsulDouble) -> (ConsulClient, StateStore, Lock) {
-    let client = ConsulClient::new(d.url(), None, Duration::from_secs(5)).unwrap();
-    let store = StateStore::new(client.clone(), "greenlight");
-    let mut opts = LockOptions::new("a", Duration::from_secs(10));
-    opts.lock_delay = Duration::ZERO;
-    let lock = Lock::try_acquire(&client, &store.leader_key(), &opts)
-        .await
-        .unwrap()
-        .expect("lock");
-    (client, store, lock)
+    support::fixtures::leader(d).await
 }
 
 #[tokio::test]

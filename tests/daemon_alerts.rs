@@ -1,6 +1,7 @@
 //! Alerts and telemetry of a running `greenlight run`: a rollback it drives reaches a real
 //! Alertmanager with its explanation; an alert recorded while the receiver is down survives a
-//! SIGKILL and is delivered exactly once after a restart; `/metrics`, `/readyz` and `--log-json`
+//! SIGKILL and is delivered exactly once after a restart, and survives the instance's machine
+//! (another instance delivers it from the shared outbox in Consul); `/metrics`, `/readyz` and `--log-json`
 //! show what the daemon did.
 
 mod support;
@@ -170,6 +171,42 @@ fn a_daemon_driven_rollback_is_explained_in_alertmanager_metrics_and_json_logs()
     assert_eq!(rollbacks[0]["level"], "WARN");
 }
 
+/// A webhook channel `oncall` whose receiver is down: its port (nothing listens there yet) and
+/// the `[[alert]]` table naming it.
+fn webhook_down(stack: &Stack) -> (u16, &'static str) {
+    let port = free_port();
+    std::fs::write(
+        stack.dir.path().join("hook-url"),
+        format!("http://127.0.0.1:{port}/hook"),
+    )
+    .unwrap();
+    (
+        port,
+        "[[alert]]\nname = \"oncall\"\nkind = \"webhook\"\nurl = { file = \"hook-url\" }\n",
+    )
+}
+
+/// Rollback alerts waiting in the shared outbox (Consul KV).
+fn waiting_rollbacks(stack: &Stack) -> usize {
+    let (code, body) = http(
+        stack.consul.addr(),
+        "GET",
+        "/v1/kv/greenlight/outbox/?keys",
+        b"",
+    )
+    .expect("list the shared outbox");
+    if code == 404 {
+        return 0;
+    }
+    assert_eq!(code, 200, "{body}");
+    let keys: Vec<String> = serde_json::from_str(&body).unwrap();
+    keys.iter()
+        .filter_map(|k| stack.consul.value(k))
+        .filter_map(|v| serde_json::from_slice::<Value>(&v).ok())
+        .filter(|entry| entry["event"]["kind"] == "rollback" && entry["event"]["resolved"] == false)
+        .count()
+}
+
 /// Rollback events received by the webhook receiver.
 fn rollback_events(hook: &FakeHttp) -> Vec<Value> {
     hook.received()
@@ -184,30 +221,14 @@ fn rollback_events(hook: &FakeHttp) -> Vec<Value> {
 fn a_rollback_alert_survives_a_killed_daemon_and_is_delivered_exactly_once() {
     let stack = Stack::start_with(&policy_with(r#"alerts = ["oncall"]"#), true);
     let _feeder = Feeder::start(&stack.haproxy, stack.vm(), BAD_GREEN, 22);
-    // The receiver's port, with nothing listening yet.
-    let port = free_port();
-    std::fs::write(
-        stack.dir.path().join("hook-url"),
-        format!("http://127.0.0.1:{port}/hook"),
-    )
-    .unwrap();
-    let alerts =
-        "[[alert]]\nname = \"oncall\"\nkind = \"webhook\"\nurl = { file = \"hook-url\" }\n";
+    let (port, alerts) = webhook_down(&stack);
     let cfg = stack.config_with("a", listen_addr(), &stack.vm().url(), alerts);
     let mut first = stack.daemon("a", &cfg, &[]);
     let rolled = stack.wait_state("the rollback", DEADLINE, |s| {
         phase(s) == "rolled_back" && s["applying_from"].is_null()
     });
-    // The alert waits in the outbox.
-    let outbox = stack.dir.path().join("state-a/outbox");
-    let waiting = std::fs::read_dir(&outbox)
-        .unwrap()
-        .flatten()
-        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
-        .filter_map(|t| serde_json::from_str::<Value>(&t).ok())
-        .filter(|entry| entry["event"]["kind"] == "rollback")
-        .count();
-    assert_eq!(waiting, 1, "{}", first.output());
+    // The alert waits in the shared outbox in Consul, written with the rollback.
+    assert_eq!(waiting_rollbacks(&stack), 1, "{}", first.output());
     first.kill();
 
     // The receiver comes up; the restarted daemon (same state dir) takes over once the dead
@@ -238,5 +259,48 @@ fn a_rollback_alert_survives_a_killed_daemon_and_is_delivered_exactly_once() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(rollback_events(&hook).len(), 1, "{:?}", hook.received());
+    assert_eq!(phase(&stack.state().unwrap()), "rolled_back");
+}
+
+#[test]
+fn a_rollback_alert_is_not_lost_with_the_machine_that_decided_it_during_a_receiver_outage() {
+    let stack = Stack::start_with(&policy_with(r#"alerts = ["oncall"]"#), true);
+    let _feeder = Feeder::start(&stack.haproxy, stack.vm(), BAD_GREEN, 23);
+    let (port, alerts) = webhook_down(&stack);
+    let vm_url = stack.vm().url();
+    // Two instances on two machines: each has its own state directory.
+    let cfg_a = stack.config_with("a", listen_addr(), &vm_url, alerts);
+    let cfg_b = stack.config_with("b", listen_addr(), &vm_url, alerts);
+    let mut a = stack.daemon("a", &cfg_a, &[]);
+    let rolled = stack.wait_state("the rollback by instance a", DEADLINE, |s| {
+        phase(s) == "rolled_back" && s["applying_from"].is_null()
+    });
+    assert_eq!(waiting_rollbacks(&stack), 1, "{}", a.output());
+    // Instance a's machine is gone for good, its disk with it.
+    a.kill();
+    let _ = std::fs::remove_dir_all(stack.dir.path().join("state-a"));
+
+    // Instance b takes over once a's session has expired; the receiver comes back.
+    stack.consul.advance_clock(Duration::from_secs(25));
+    let mut b = stack.daemon("b", &cfg_b, &[]);
+    let hook = FakeHttp::start_on(
+        port,
+        Behaviour::Answer {
+            status: 200,
+            content_type: "application/json",
+            body: "{}".into(),
+        },
+    );
+    let delivered = eventually("the rollback alert a decided", DEADLINE, || {
+        b.assert_running();
+        let events = rollback_events(&hook);
+        (!events.is_empty()).then_some(events)
+    });
+    assert_eq!(delivered[0]["api"], "checkout");
+    assert_eq!(delivered[0]["fields"]["reason"], rolled["reason"]);
+    // Delivered, so deleted from the shared outbox.
+    eventually("the delivered alert deleted", DEADLINE, || {
+        (waiting_rollbacks(&stack) == 0).then_some(())
+    });
     assert_eq!(phase(&stack.state().unwrap()), "rolled_back");
 }

@@ -90,3 +90,34 @@ fn busy_healthy_night_keeps_a_readable_state() {
 
 /// Seeds of the short soak (8 simulated hours each, about a minute on two cores in a debug build).
 const SEEDS: u64 = 80;
+
+#[test]
+fn a_rollback_alert_is_delivered_after_the_leader_that_decided_it_is_gone_for_good() {
+    // The receiver is down all night; two instances; the leader's machine may die for good.
+    // Alerts written only to the deciding instance's disk were lost with it.
+    let mut faults = Faults::only(&[Fault::LockRace, Fault::AlertsDown, Fault::InstanceLost]);
+    faults.rates.insert(Fault::AlertsDown, 1.0);
+    faults.rates.insert(Fault::InstanceLost, 0.02);
+    let mut exercised = 0;
+    // Seeds whose world is "errors=5x": rolled back within minutes.
+    for seed in (0..12).map(|k| 5 + 8 * k) {
+        let r = run_night(&NightConfig {
+            seed,
+            hours: 2.0,
+            faults: faults.clone(),
+            trace: true,
+        });
+        assert_eq!(r.world, "errors=5x");
+        assert!(r.violation.is_none(), "{:?}", r.violation);
+        let at = |needle: &str| r.trace.iter().position(|l| l.contains(needle));
+        if let (Some(rollback), Some(lost)) =
+            (at("alert checkout/rollback/"), at("is gone for good"))
+        {
+            exercised += usize::from(rollback < lost);
+        }
+    }
+    assert!(
+        exercised >= 3,
+        "only {exercised} nights lost the leader after it decided a rollback"
+    );
+}

@@ -5,6 +5,11 @@
 //! is retried with exponential backoff by [`Notifier::flush`], which the daemon calls on every
 //! tick and at start, also after a restart. Delivery is at least once: a crash between a
 //! successful send and the removal of its entry sends it again.
+//!
+//! This on-disk outbox holds only the alerts that cannot be written to Consul with the state
+//! change behind them (the daemon's own failures, an unreachable Consul, a lost lock). Alerts
+//! raised by a persisted decision live in the shared outbox in Consul KV (`daemon::outbox`),
+//! which [`Notifier::send`] delivers for the lock holder.
 
 pub mod channel;
 pub mod event;
@@ -76,6 +81,9 @@ pub struct DeliveryReport {
     pub unknown_channels: Vec<String>,
     /// Corrupt outbox files moved aside as `.bad`.
     pub corrupt: usize,
+    /// Each delivery attempt: channel name and whether it was delivered (filled by the shared
+    /// outbox, for per-channel telemetry).
+    pub attempts: Vec<(String, bool)>,
 }
 
 /// Delivers alert events to named channels through a durable outbox.
@@ -191,6 +199,27 @@ impl Notifier {
         }
         self.refresh_depth();
         report
+    }
+
+    /// Sends `event` to the channel named `channel` once, without the local outbox (the caller
+    /// keeps it elsewhere until this succeeds). `None` if no such channel is configured.
+    pub async fn send(
+        &self,
+        channel: &str,
+        event: &AlertEvent,
+    ) -> Option<Result<(), DeliveryError>> {
+        let settings = self.channels.get(channel)?;
+        let result = channel::deliver(&self.client, settings, event).await;
+        match &result {
+            Ok(()) => {
+                tracing::info!(key = %event.key, %channel, kind = settings.kind.as_str(), resolved = event.resolved, "Delivered alert.");
+                self.deliveries.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => {
+                self.failures.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Some(result)
     }
 
     /// Successful deliveries since start.

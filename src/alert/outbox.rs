@@ -51,6 +51,19 @@ pub struct OutboxEntry {
 }
 
 impl OutboxEntry {
+    /// `event` waiting for `channel` since `now`, due at once.
+    pub fn new(channel: &str, event: &AlertEvent, now: Timestamp) -> Self {
+        OutboxEntry {
+            channel: channel.to_string(),
+            event: event.clone(),
+            enqueued_at: now,
+            attempts: 0,
+            next_attempt_at: now,
+            last_error: None,
+            file_name: String::new(),
+        }
+    }
+
     /// Whether a delivery attempt is due at `now`.
     pub fn is_due(&self, now: Timestamp) -> bool {
         self.next_attempt_at <= now
@@ -163,13 +176,8 @@ impl Outbox {
                 }
             }
             let entry = OutboxEntry {
-                channel: channel.clone(),
-                event: event.clone(),
-                enqueued_at: now,
-                attempts: 0,
-                next_attempt_at: now,
-                last_error: None,
                 file_name,
+                ..OutboxEntry::new(channel, event, now)
             };
             if self.create(&entry)? {
                 out.push(entry);

@@ -253,7 +253,8 @@ impl ConsulClient {
         Ok((entries, reply.index))
     }
 
-    /// The keys under `prefix` (recursive), sorted as Consul sorts them; empty when none.
+    /// The keys under `prefix` (recursive, without values), sorted; none when nothing is there
+    /// (Consul answers 404).
     pub async fn keys(&self, prefix: &str) -> Result<Vec<String>, ConsulError> {
         let reply = self
             .call(
@@ -267,7 +268,10 @@ impl ConsulClient {
         if !reply_ok_or_404(reply.status, &reply.body)? {
             return Ok(Vec::new());
         }
-        serde_json::from_str(&reply.body).map_err(|e| ConsulError::Decode(format!("KV keys: {e}")))
+        let mut keys: Vec<String> = serde_json::from_str(&reply.body)
+            .map_err(|e| ConsulError::Decode(format!("KV keys: {e}")))?;
+        keys.sort();
+        Ok(keys)
     }
 
     /// Writes `value` at `key` unconditionally.

@@ -67,14 +67,15 @@ impl ConsoleBackend for DaemonConsole {
     }
 }
 
-/// The console the daemon serves: sign-in from `config`, actions through `store`.
+/// The console the daemon serves: sign-in from `config`, actions through `store`, recorded in
+/// `audit` (the shell's trail, which alerts through the daemon's one outbox).
 pub fn console(
     config: &Config,
     store: StateStore,
+    audit: AuditLog,
     status: Arc<LiveStatus>,
 ) -> Result<Console, String> {
     let auth = Auth::from_config(&config.console)?;
-    let audit = AuditLog::new(store.client().clone(), &config.consul.prefix);
     let actions: Arc<dyn ConsoleBackend> = Arc::new(DaemonConsole::new(store, audit, status));
     let backend = match config.metrics.kind {
         crate::policy::MetricsBackend::VictoriaMetrics => crate::metrics::Backend::VictoriaMetrics,

@@ -8,8 +8,9 @@ use std::time::Instant;
 
 use jiff::Timestamp;
 
-use super::store::{StateStore, StoreError};
-use crate::alert::{AlertEvent, DeliveryReport, Notifier};
+use super::outbox::SharedOutbox;
+use super::store::{Saved, StateStore, StoreError};
+use crate::alert::{AlertEvent, DeliveryReport, Notifier, OutboxEntry};
 use crate::consul::Fence;
 use crate::engine::{DataProblem, Observation, RolloutState};
 use crate::metrics::{observe_with, ObserveOptions, PromClient};
@@ -30,6 +31,15 @@ pub trait StateIo: Send + Sync {
         index: u64,
         fence: Option<&Fence>,
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+    /// [`StateIo::save`] with `alerts` written to the shared outbox in the same transaction
+    /// (both or neither); alerts that do not fit come back in [`Saved::spilled`].
+    fn save_with_alerts(
+        &self,
+        state: &RolloutState,
+        index: u64,
+        fence: Option<&Fence>,
+        alerts: Vec<OutboxEntry>,
+    ) -> impl Future<Output = Result<Saved, StoreError>> + Send;
 }
 
 /// Where the blue/green split lives (Consul KV keys or HAProxy's Runtime API).
@@ -72,17 +82,21 @@ pub trait MetricsIo: Send + Sync {
     fn ui(&self) -> Option<&str>;
 }
 
-/// Durable alert delivery.
+/// Durable alert delivery. Alerts raised by a state change travel with it
+/// ([`StateIo::save_with_alerts`], the shared outbox in Consul); `notify` is for the others
+/// (the daemon's own failures, Consul unreachable, a lock lost), kept in this instance's local
+/// outbox.
 pub trait AlertIo: Send + Sync {
-    /// Records `event` durably for `channels` and tries to deliver it once.
+    /// Records `event` durably in the local outbox for `channels` and tries to deliver it once.
     fn notify(
         &self,
         event: &AlertEvent,
         channels: &[String],
     ) -> impl Future<Output = Result<DeliveryReport, String>> + Send;
-    /// Delivers whatever is due in the outbox.
-    fn flush(&self) -> impl Future<Output = ()> + Send;
-    /// Entries waiting in the outbox.
+    /// Delivers whatever is due in the local outbox and, for the holder of `fence`, in the
+    /// shared one; reports the shared outbox's delivery attempts.
+    fn flush(&self, fence: Option<&Fence>) -> impl Future<Output = DeliveryReport> + Send;
+    /// Entries waiting in both outboxes (the shared one as of the last delivery pass).
     fn outbox_depth(&self) -> u64;
 }
 
@@ -106,6 +120,7 @@ pub struct RealEnv {
     pub(super) consul_kv: ConsulKv,
     pub(super) haproxy: Option<HaproxyRuntime>,
     pub(super) notifier: std::sync::Arc<Notifier>,
+    pub(super) shared: SharedOutbox,
 }
 
 impl RealEnv {
@@ -142,6 +157,18 @@ impl StateIo for RealEnv {
         fence: Option<&Fence>,
     ) -> Result<u64, StoreError> {
         self.store.save(state, index, fence).await
+    }
+
+    async fn save_with_alerts(
+        &self,
+        state: &RolloutState,
+        index: u64,
+        fence: Option<&Fence>,
+        alerts: Vec<OutboxEntry>,
+    ) -> Result<Saved, StoreError> {
+        self.store
+            .save_with_alerts(state, index, fence, alerts)
+            .await
     }
 }
 
@@ -203,12 +230,26 @@ impl AlertIo for RealEnv {
             .map_err(|e| e.to_string())
     }
 
-    async fn flush(&self) {
+    async fn flush(&self, fence: Option<&Fence>) -> DeliveryReport {
         self.notifier.flush().await;
+        let Some(fence) = fence.filter(|f| f.is_held()) else {
+            return DeliveryReport::default();
+        };
+        match self
+            .shared
+            .deliver(&self.notifier, fence, Timestamp::now())
+            .await
+        {
+            Ok(report) => report,
+            Err(error) => {
+                tracing::warn!(%error, "Could not read the shared alert outbox; retrying at the next tick.");
+                DeliveryReport::default()
+            }
+        }
     }
 
     fn outbox_depth(&self) -> u64 {
-        self.notifier.outbox_depth()
+        self.notifier.outbox_depth() + self.shared.depth()
     }
 }
 

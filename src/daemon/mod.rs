@@ -3,8 +3,8 @@
 //!
 //! Per API and window: read the state (Consul KV) and the live weights; finish a weight change a
 //! crashed predecessor left half done, or pause on a manual change; query the window's metrics;
-//! `decide()`; record alerts in the durable outbox; persist the new state (compare-and-set,
-//! fenced by the lock) with the pending weight change marked; write the weights
+//! `decide()`; persist the new state (compare-and-set, fenced by the lock) with the pending
+//! weight change marked and its alerts in the shared outbox, in one transaction; write the weights
 //! (compare-and-set); clear the mark. Killed at any point, the next instance finds either the old
 //! state (and re-decides the same window) or the marked one (and finishes the change).
 
@@ -12,6 +12,7 @@ mod alerts;
 pub mod console;
 pub mod env;
 pub mod health;
+pub mod outbox;
 pub mod plan;
 mod run;
 mod shell;
@@ -21,7 +22,7 @@ pub mod store;
 use std::time::Duration;
 
 pub use status::LiveStatus;
-pub use store::{StateStore, StoreError};
+pub use store::{Saved, StateStore, StoreError};
 
 pub use env::{AlertIo, Clock, Env, MetricsIo, RealEnv, StateIo, WeightIo};
 pub use run::run;
@@ -144,7 +145,7 @@ pub fn real_env(config: &Config) -> Result<RealEnv, DaemonError> {
     };
     Ok(RealEnv {
         store: StateStore::new(consul.clone(), &config.consul.prefix),
-        consul_kv: ConsulKv::new(consul),
+        consul_kv: ConsulKv::new(consul.clone()),
         haproxy,
         metrics,
         observe: ObserveOptions {
@@ -154,5 +155,6 @@ pub fn real_env(config: &Config) -> Result<RealEnv, DaemonError> {
         backend,
         metrics_url: config.metrics.url.clone(),
         notifier: std::sync::Arc::new(notifier),
+        shared: outbox::SharedOutbox::new(consul.clone(), &config.consul.prefix),
     })
 }

@@ -113,9 +113,13 @@ pub async fn run(
     }
 
     if opts.serve && !opts.once {
-        let console =
-            super::console::console(&config, shell.env.store.clone(), shell.status.clone())
-                .map_err(DaemonError::Config)?;
+        let console = super::console::console(
+            &config,
+            shell.env.store.clone(),
+            shell.audit_log(),
+            shell.status.clone(),
+        )
+        .map_err(DaemonError::Config)?;
         let listener = tokio::net::TcpListener::bind(config.listen).await?;
         tracing::info!(
             listen = %config.listen,
@@ -140,8 +144,9 @@ pub async fn run(
         spawn_health(shell.clone(), leader_key, opts.tick, stop_rx.clone());
     }
 
-    // Deliver whatever a previous run left in the outbox.
-    shell.env.flush().await;
+    // Deliver whatever a previous run left in the local outbox (the shared one waits for the
+    // lock).
+    shell.env.flush(None).await;
 
     let lock_opts = LockOptions {
         lock_delay: config.consul.lock_delay,
@@ -186,7 +191,12 @@ pub async fn run(
             .set_leading(Some(&lock.fence().session), Instant::now());
         tracing::info!(instance = %opts.instance, "Leading: evaluating policies.");
         let fence = lock.fence().clone();
-        let mut evals = Evaluations::new(shell.clone(), fence, concurrency.clone());
+        let mut evals = Evaluations::new(shell.clone(), fence.clone(), concurrency.clone());
+        // One tick per `opts.tick` however often evaluations finish (a sleep made anew in each
+        // turn of the loop would be put off by every finished evaluation).
+        let mut tick = tokio::time::interval(opts.tick);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.reset();
         let outcome = loop {
             if !lock.is_held() {
                 break Ok(());
@@ -196,7 +206,7 @@ pub async fn run(
                 while evals.in_flight() > 0 {
                     evals.finished().await;
                 }
-                shell.env.flush().await;
+                flush_alerts(&shell, &fence).await;
                 let (failed, total) = (evals.failed, evals.total);
                 break if evals.lost {
                     Ok(())
@@ -222,8 +232,8 @@ pub async fn run(
                     tracing::info!("SIGHUP: reloading policies.");
                     policies.reload(&config, &shell.telemetry, &shell.status);
                 }
-                _ = tokio::time::sleep(opts.tick) => {
-                    shell.env.flush().await;
+                _ = tick.tick() => {
+                    flush_alerts(&shell, &fence).await;
                     shell.telemetry.outbox_depth(shell.env.outbox_depth());
                     if dir_stamp(&config.policies_dir) != policies.stamp {
                         policies.reload(&config, &shell.telemetry, &shell.status);
@@ -395,7 +405,15 @@ impl Evaluations {
     }
 }
 
-/// How long one evaluation of `policy` may take: its interval, at least 30 s.
+/// Delivers what is due in both outboxes (the shared one as the holder of `fence`) and counts
+/// each delivery attempt of the shared one per channel.
+async fn flush_alerts(shell: &Shell, fence: &Fence) {
+    let report = shell.env.flush(Some(fence)).await;
+    for (channel, ok) in &report.attempts {
+        shell.telemetry.alert_delivery(channel, *ok);
+    }
+}
+
 /// How long a probe or a confirmation of leadership counts: five ticks, at least 5 s.
 fn health_fresh_for(tick: Duration) -> Duration {
     (tick * 5).max(Duration::from_secs(5))
@@ -458,6 +476,7 @@ fn spawn_health(
     });
 }
 
+/// How long one evaluation of `policy` may take: its interval, at least 30 s.
 fn evaluation_bound(policy: &Policy) -> Duration {
     policy.interval.max(Duration::from_secs(30))
 }

@@ -1,5 +1,5 @@
 //! One evaluation of one API: read the state and live weights, reconcile, observe, decide,
-//! persist, write the weights, alert.
+//! persist with its alerts, write the weights.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -13,7 +13,7 @@ use super::plan::{self, LivePlan, WindowKind, WindowPlan};
 use super::status::LiveStatus;
 use super::store::StoreError;
 use super::{alerts, real_env, DaemonError};
-use crate::alert::AlertEvent;
+use crate::alert::{AlertEvent, OutboxEntry};
 use crate::consul::Fence;
 use crate::engine::{decide, Observation, Phase, RolloutState};
 use crate::metrics::window::aligned_end;
@@ -71,8 +71,13 @@ impl<E: Env> Shell<E> {
         self
     }
 
+    /// Sends `event` through the local outbox (alerts not tied to a state write).
     async fn alert(&self, policy: &Policy, event: &AlertEvent) {
-        let channels = policy.alert_channels(event.kind.as_str());
+        self.notify_local(policy, event, policy.alert_channels(event.kind.as_str()))
+            .await;
+    }
+
+    async fn notify_local(&self, policy: &Policy, event: &AlertEvent, channels: &[String]) {
         if channels.is_empty() {
             return;
         }
@@ -88,6 +93,44 @@ impl<E: Env> Shell<E> {
             }
         }
         self.telemetry.outbox_depth(self.env.outbox_depth());
+    }
+
+    /// Saves `state` with the alerts it raises in one transaction (the shared outbox): the
+    /// alerts exist if and only if the state was written. Alerts that do not fit the
+    /// transaction go to the local outbox; waiting alerts dropped to make room are logged and
+    /// counted.
+    async fn save_alerting(
+        &self,
+        policy: &Policy,
+        state: &RolloutState,
+        index: u64,
+        fence: Option<&Fence>,
+        events: &[AlertEvent],
+    ) -> Result<u64, StoreError> {
+        let now = self.env.now();
+        let entries: Vec<OutboxEntry> = events
+            .iter()
+            .flat_map(|event| {
+                policy
+                    .alert_channels(event.kind.as_str())
+                    .iter()
+                    .map(move |channel| OutboxEntry::new(channel, event, now))
+            })
+            .collect();
+        let saved = self
+            .env
+            .save_with_alerts(state, index, fence, entries)
+            .await?;
+        for key in &saved.dropped {
+            self.telemetry.shell_event(&policy.api, "alert_dropped");
+            tracing::warn!(api = %policy.api, %key, "The shared alert outbox is full; dropped its oldest alert.");
+        }
+        for entry in saved.spilled {
+            tracing::warn!(api = %policy.api, key = %entry.event.key, channel = %entry.channel, "An alert does not fit the state transaction; keeping it in the local outbox.");
+            self.notify_local(policy, &entry.event, std::slice::from_ref(&entry.channel))
+                .await;
+        }
+        Ok(saved.index)
     }
 
     /// Raises `event` once per process and occurrence `what` (until the API evaluates cleanly).
@@ -265,20 +308,21 @@ impl<E: Env> Shell<E> {
         };
 
         let d = decide(policy, &state, &obs, now);
-        // Alerts first: an alert recorded for a decision that is then not persisted is
-        // re-decided and deduplicated; a persisted decision never loses its alert.
-        for event in alerts::for_decision(
+        // The decision and its alerts are written together: a decision that is not persisted
+        // raises nothing (it is decided again), a persisted one never loses its alert, whatever
+        // becomes of this instance.
+        let events = alerts::for_decision(
             policy,
             &state,
             &d,
             self.env.ui(),
             self.console_url.as_deref(),
-        ) {
-            self.alert(policy, &event).await;
-        }
+        );
         let before = state.weights;
         let mut next = d.state.clone();
-        index = self.env.save(&next, index, fence).await?;
+        index = self
+            .save_alerting(policy, &next, index, fence, &events)
+            .await?;
         log_decision(&policy.api, &d);
         self.telemetry.decision(&policy.api, &d);
         if d.set_weights.is_some() {
@@ -385,12 +429,17 @@ impl<E: Env> Shell<E> {
             return;
         }
         let e = alerts::rollback_not_applied(policy, state, &error.to_string(), self.env.now());
-        self.alert(policy, &e).await;
         state.rollback_unapplied = true;
-        match self.env.save(state, *index, fence).await {
+        match self
+            .save_alerting(policy, state, *index, fence, std::slice::from_ref(&e))
+            .await
+        {
             Ok(i) => *index = i,
-            Err(e) => {
-                tracing::warn!(api = %policy.api, error = %e, "Could not mark the rollback as not applied.")
+            Err(error) => {
+                // The alert must get out all the same: through the local outbox.
+                tracing::warn!(api = %policy.api, %error, "Could not mark the rollback as not applied; alerting from this instance.");
+                state.rollback_unapplied = false;
+                self.alert(policy, &e).await;
             }
         }
     }
@@ -408,9 +457,10 @@ impl<E: Env> Shell<E> {
         }
         let e =
             alerts::rollback_not_applied(policy, state, "", self.env.now()).resolve(self.env.now());
-        self.alert(policy, &e).await;
         state.rollback_unapplied = false;
-        *index = self.env.save(state, *index, fence).await?;
+        *index = self
+            .save_alerting(policy, state, *index, fence, std::slice::from_ref(&e))
+            .await?;
         tracing::info!(api = %policy.api, "The rollback is applied now.");
         Ok(())
     }
@@ -430,7 +480,6 @@ impl<E: Env> Shell<E> {
     ) -> Result<(), EvalError> {
         self.telemetry.override_detected(&policy.api);
         let event = alerts::manual_override(policy, state, expected, found, now);
-        self.alert(policy, &event).await;
         let by_hand = format!(
             "weights changed by hand (expected blue={} green={}, found blue={} green={})",
             expected.blue, expected.green, found.blue, found.green
@@ -446,7 +495,9 @@ impl<E: Env> Shell<E> {
         state.applying_from = None;
         state.rollback_unapplied = false;
         state.revision += 1;
-        *index = self.env.save(state, *index, fence).await?;
+        *index = self
+            .save_alerting(policy, state, *index, fence, std::slice::from_ref(&event))
+            .await?;
         self.status.update(policy, state);
         self.telemetry.rollout(&policy.api, state);
         Ok(())

@@ -1,6 +1,9 @@
 //! Rollout state in Consul KV: one JSON document per API under `<prefix>/state/<api>`, always
-//! written by compare-and-set (and, for the daemon, fenced by its lock).
+//! written by compare-and-set (and, for the daemon, fenced by its lock), together with the
+//! alerts that state change raised (the shared outbox, `<prefix>/outbox/<api>/`).
 
+use super::outbox;
+use crate::alert::OutboxEntry;
 use crate::consul::{is_stale_index, ConsulClient, ConsulError, Fence, TxnOp};
 use crate::engine::{decode_state, encode_state, RolloutState};
 use crate::policy::Policy;
@@ -48,6 +51,19 @@ pub fn decode(api: &str, key: &str, index: u64, bytes: &[u8]) -> Result<RolloutS
         index,
         reason: e.to_string(),
     })
+}
+
+/// What a state write with alerts stored.
+#[derive(Debug, Default)]
+pub struct Saved {
+    /// The state's new ModifyIndex.
+    pub index: u64,
+    /// Alerts written to the shared outbox.
+    pub written: usize,
+    /// Keys of the oldest waiting alerts dropped to make room.
+    pub dropped: Vec<String>,
+    /// Alerts that did not fit the transaction (to be kept in the local outbox).
+    pub spilled: Vec<OutboxEntry>,
 }
 
 /// Reads and writes rollout states.
@@ -109,14 +125,63 @@ impl StateStore {
         index: u64,
         fence: Option<&Fence>,
     ) -> Result<u64, StoreError> {
+        self.save_ops(state, index, fence, Vec::new()).await
+    }
+
+    /// [`StateStore::save`] with `alerts` written to the shared outbox in the same transaction:
+    /// either the state and its alerts are stored, or neither. The oldest waiting alerts of the
+    /// API beyond [`outbox::CAP_PER_API`] are dropped in that transaction; alerts that do not
+    /// fit it are handed back in [`Saved::spilled`].
+    pub async fn save_with_alerts(
+        &self,
+        state: &RolloutState,
+        index: u64,
+        fence: Option<&Fence>,
+        alerts: Vec<OutboxEntry>,
+    ) -> Result<Saved, StoreError> {
+        if alerts.is_empty() {
+            let index = self.save(state, index, fence).await?;
+            return Ok(Saved {
+                index,
+                ..Saved::default()
+            });
+        }
+        let folder = outbox::api_prefix(&self.prefix, &state.api);
+        // Without the list nothing is dropped this time (the cap is restored at the next
+        // write); the state write does not wait for it.
+        let existing = match self.client.keys(&folder).await {
+            Ok(keys) => keys,
+            Err(error) => {
+                tracing::warn!(api = %state.api, %error, "Could not list the shared alert outbox; writing without trimming it.");
+                Vec::new()
+            }
+        };
+        let plan = outbox::plan(&folder, &existing, index, alerts);
+        let index = self.save_ops(state, index, fence, plan.ops()).await?;
+        Ok(Saved {
+            index,
+            written: plan.writes.len(),
+            dropped: plan.drops,
+            spilled: plan.spilled,
+        })
+    }
+
+    async fn save_ops(
+        &self,
+        state: &RolloutState,
+        index: u64,
+        fence: Option<&Fence>,
+        extra: Vec<TxnOp>,
+    ) -> Result<u64, StoreError> {
         let key = self.key(&state.api);
         let body = encode(state)?;
-        let mut ops = Vec::with_capacity(2);
+        let mut ops = Vec::with_capacity(2 + extra.len());
         if let Some(f) = fence {
             ops.push(f.check());
         }
         let state_op = ops.len();
         ops.push(TxnOp::cas(&key, &body, index));
+        ops.extend(extra);
         match self.client.txn(&ops).await {
             Ok(results) => Ok(results
                 .entries

@@ -54,3 +54,24 @@ pub fn haproxy(backend: &str) -> TrafficTarget {
         green: "green".into(),
     }
 }
+
+/// A client and state store on the Consul double `d` (prefix `greenlight`), holding the leader
+/// lock (no lock-delay).
+pub async fn leader(
+    d: &super::consul_double::ConsulDouble,
+) -> (
+    greenlight::consul::ConsulClient,
+    greenlight::daemon::StateStore,
+    greenlight::consul::Lock,
+) {
+    use greenlight::consul::{ConsulClient, Lock, LockOptions};
+    let client = ConsulClient::new(d.url(), None, Duration::from_secs(5)).unwrap();
+    let store = greenlight::daemon::StateStore::new(client.clone(), "greenlight");
+    let mut opts = LockOptions::new("a", Duration::from_secs(10));
+    opts.lock_delay = Duration::ZERO;
+    let lock = Lock::try_acquire(&client, &store.leader_key(), &opts)
+        .await
+        .unwrap()
+        .expect("lock");
+    (client, store, lock)
+}

@@ -36,10 +36,13 @@ pub enum Fault {
     AlertsDown,
     /// A second instance races for the leader lock.
     LockRace,
+    /// The leader's machine is gone for good, its local disk with it (while another instance
+    /// is there to take over).
+    InstanceLost,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 13] = [
+    pub const ALL: [Fault; 14] = [
         Fault::ConsulError,
         Fault::ConsulTimeout,
         Fault::CasConflict,
@@ -53,6 +56,7 @@ impl Fault {
         Fault::HumanEdit,
         Fault::AlertsDown,
         Fault::LockRace,
+        Fault::InstanceLost,
     ];
 
     pub fn name(self) -> &'static str {
@@ -70,6 +74,7 @@ impl Fault {
             Fault::HumanEdit => "human-edit",
             Fault::AlertsDown => "alerts-down",
             Fault::LockRace => "lock-race",
+            Fault::InstanceLost => "instance-lost",
         }
     }
 
@@ -90,6 +95,7 @@ impl Fault {
             Fault::HumanEdit => 0.002,
             Fault::AlertsDown => 0.003,
             Fault::LockRace => 1.0,
+            Fault::InstanceLost => 0.002,
         }
     }
 }

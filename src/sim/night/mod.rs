@@ -194,7 +194,7 @@ impl Instance {
         };
         let shell = Shell::with_env(env, Duration::ZERO);
         // The daemon delivers what a previous run left in its outbox before anything else.
-        run_ready(crate::daemon::AlertIo::flush(&shell.env));
+        run_ready(crate::daemon::AlertIo::flush(&shell.env, None));
         Instance {
             shell,
             fence: None,
@@ -244,6 +244,9 @@ pub fn run_night(cfg: &NightConfig) -> NightResult {
         started_at: start,
         receiver_down_until: None,
         outboxes: vec![Default::default(); instances],
+        shared_outbox: Default::default(),
+        gone: vec![false; instances],
+        lost_alerts: Default::default(),
         produced: Default::default(),
         delivered: Default::default(),
         landed: Vec::new(),
@@ -318,6 +321,13 @@ pub fn run_night(cfg: &NightConfig) -> NightResult {
                 w.receiver_down_until = Some(now + SignedDuration::from_hours(hours));
                 w.log(|| format!("alert receiver down for {hours} h"));
             }
+            // The leader's machine is gone for good, its local disk with it; another instance
+            // takes over.
+            if let Some((h, _)) = w.holder.clone() {
+                if (0..instances).any(|j| j != h && !w.gone[j]) && w.chance(Fault::InstanceLost) {
+                    w.lose_instance(h);
+                }
+            }
             // The leader's session is lost.
             if w.holder.is_some() && w.chance(Fault::LeaderLoss) {
                 w.log(|| "leader session invalidated".to_string());
@@ -365,6 +375,9 @@ pub fn run_night(cfg: &NightConfig) -> NightResult {
             o
         };
         for i in order {
+            if lock(&world).gone[i] {
+                continue;
+            }
             if lock(&world).crashed[i] {
                 let mut w = lock(&world);
                 w.crashed[i] = false;
@@ -437,7 +450,10 @@ pub fn run_night(cfg: &NightConfig) -> NightResult {
                 }
             }
             if !lock(&world).crashed[i] {
-                run_ready(crate::daemon::AlertIo::flush(&p.shell.env));
+                run_ready(crate::daemon::AlertIo::flush(
+                    &p.shell.env,
+                    p.fence.as_ref(),
+                ));
             }
         }
 
@@ -461,19 +477,39 @@ pub fn run_night(cfg: &NightConfig) -> NightResult {
         }
     }
 
-    // Morning: receivers come back, every instance restarts and flushes its outbox.
+    // Morning: receivers come back, every instance still there restarts and flushes its local
+    // outbox, the next lock holder the shared one. Lost with a machine that never came back:
+    // only that machine's local alerts, never one raised by a persisted decision.
     if violation.is_none() {
         let mut w = lock(&world);
         w.receiver_down_until = None;
         for i in 0..instances {
-            w.crashed[i] = false;
-            w.deliver(i);
+            if !w.gone[i] {
+                w.crashed[i] = false;
+                w.deliver(i);
+            }
         }
-        let lost: Vec<String> = w
+        w.deliver_shared();
+        let mut lost: Vec<String> = w
             .produced
             .difference(&w.delivered)
+            .filter(|k| !w.lost_alerts.contains(*k))
             .map(|(k, r)| format!("{k}{}", if *r { " (resolved)" } else { "" }))
             .collect();
+        // A persisted rollback's alert is delivered, whoever decided it.
+        if let Some(s) = w
+            .stored_state(&policy.api, &key)
+            .and_then(Result::ok)
+            .filter(|s| s.phase == Phase::RolledBack)
+        {
+            let id = s
+                .rollout_started_at
+                .map_or("none".to_string(), |t| t.as_second().to_string());
+            let wanted = (format!("{}/rollback/{id}", policy.api), false);
+            if !w.delivered.contains(&wanted) {
+                lost.push(format!("{} (the persisted rollback's alert)", wanted.0));
+            }
+        }
         if !lost.is_empty() {
             violation = Some(Violation {
                 seed: cfg.seed,

@@ -1,6 +1,6 @@
-//! The simulated outside world of one night: Consul KV (states, weights, the leader lock), the
-//! metrics backend, the alert receiver and each instance's clock, all in memory, with faults
-//! injected at every I/O step. [`SimEnv`] is one daemon instance's view of it and implements the
+//! The simulated outside world of one night: Consul KV (states, weights, the leader lock, the
+//! shared alert outbox), the metrics backend, the alert receiver and each instance's clock, all
+//! in memory, with faults injected at every I/O step. [`SimEnv`] is one daemon instance's view of it and implements the
 //! shell's I/O traits, so the real [`crate::daemon::Shell`] runs against it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -12,9 +12,10 @@ use rand::rngs::StdRng;
 use rand::Rng;
 
 use super::faults::{Fault, Faults};
-use crate::alert::{AlertEvent, DeliveryReport};
+use crate::alert::{AlertEvent, DeliveryReport, OutboxEntry};
 use crate::consul::{ConsulError, Fence};
-use crate::daemon::store::{decode, encode, StoreError};
+use crate::daemon::outbox;
+use crate::daemon::store::{decode, encode, Saved, StoreError};
 use crate::daemon::{AlertIo, Clock, MetricsIo, StateIo, WeightIo};
 use crate::engine::{CheckData, DataProblem, Observation, RolloutState};
 use crate::policy::{Policy, Weights};
@@ -81,8 +82,15 @@ pub struct WorldState {
     pub started_at: Timestamp,
     /// Alert receiver down until then.
     pub receiver_down_until: Option<Timestamp>,
-    /// Per instance: its durable outbox (key, resolved) → event.
+    /// Per instance: its local durable outbox (key, resolved) → event.
     pub outboxes: Vec<BTreeMap<(String, bool), AlertEvent>>,
+    /// Consul's `<prefix>/outbox/…`: alerts written with the state change that raised them.
+    pub shared_outbox: BTreeMap<String, OutboxEntry>,
+    /// Per instance: its machine is gone for good (never restarts, its local outbox is lost).
+    pub gone: Vec<bool>,
+    /// Alerts allowed to go undelivered: local ones lost with a machine that never came back,
+    /// and shared ones dropped beyond the outbox's cap (both logged).
+    pub lost_alerts: BTreeSet<(String, bool)>,
     pub produced: BTreeSet<(String, bool)>,
     pub delivered: BTreeSet<(String, bool)>,
     pub landed: Vec<Landed>,
@@ -168,7 +176,7 @@ impl WorldState {
         false
     }
 
-    /// Delivers every outbox entry when the receiver is up.
+    /// Delivers every entry of `instance`'s local outbox when the receiver is up.
     pub fn deliver(&mut self, instance: usize) -> usize {
         if self.receiver_down_until.is_some_and(|t| self.now < t) {
             return 0;
@@ -179,6 +187,36 @@ impl WorldState {
             self.delivered.insert(k);
         }
         n
+    }
+
+    /// The lock holder delivers (and deletes) every shared outbox entry when the receiver is up.
+    pub fn deliver_shared(&mut self) -> usize {
+        if self.receiver_down_until.is_some_and(|t| self.now < t) {
+            return 0;
+        }
+        let entries = std::mem::take(&mut self.shared_outbox);
+        let n = entries.len();
+        for (_, e) in entries {
+            self.delivered.insert((e.event.key, e.event.resolved));
+        }
+        n
+    }
+
+    /// `instance`'s machine is gone for good: its local outbox with it.
+    pub fn lose_instance(&mut self, instance: usize) {
+        self.gone[instance] = true;
+        self.crashed[instance] = true;
+        if self.holder.as_ref().is_some_and(|(h, _)| *h == instance) {
+            self.holder = None;
+        }
+        let local = std::mem::take(&mut self.outboxes[instance]);
+        self.log(|| {
+            format!(
+                "instance {instance} is gone for good ({} local alerts with it)",
+                local.len()
+            )
+        });
+        self.lost_alerts.extend(local.into_keys());
     }
 
     /// The state of `api` as stored, decoded with the production codec.
@@ -277,6 +315,18 @@ impl StateIo for SimEnv {
         index: u64,
         fence: Option<&Fence>,
     ) -> Result<u64, StoreError> {
+        self.save_with_alerts(state, index, fence, Vec::new())
+            .await
+            .map(|s| s.index)
+    }
+
+    async fn save_with_alerts(
+        &self,
+        state: &RolloutState,
+        index: u64,
+        fence: Option<&Fence>,
+        alerts: Vec<OutboxEntry>,
+    ) -> Result<Saved, StoreError> {
         let key = self.key(&state.api);
         let body = encode(state)?;
         let mut w = self.w();
@@ -312,6 +362,36 @@ impl StateIo for SimEnv {
         w.index += 1;
         let new = w.index;
         w.states.insert(key, (body, new));
+        // The alerts, in the same transaction, as the production store plans them.
+        let folder = outbox::api_prefix(&self.prefix, &state.api);
+        let existing: Vec<String> = w
+            .shared_outbox
+            .keys()
+            .filter(|k| k.starts_with(&folder))
+            .cloned()
+            .collect();
+        let plan = outbox::plan(&folder, &existing, index, alerts);
+        for k in &plan.drops {
+            if let Some(e) = w.shared_outbox.remove(k) {
+                w.log(|| format!("shared outbox full: dropped {}", e.event.key));
+                w.lost_alerts.insert((e.event.key, e.event.resolved));
+            }
+        }
+        for (k, v) in &plan.writes {
+            let e: OutboxEntry = serde_json::from_slice(v).expect("an outbox entry decodes");
+            w.log(|| {
+                let r = if e.event.resolved { " (resolved)" } else { "" };
+                format!("alert {}{r} to the shared outbox", e.event.key)
+            });
+            w.produced.insert((e.event.key.clone(), e.event.resolved));
+            w.shared_outbox.insert(k.clone(), e);
+        }
+        let saved = Saved {
+            index: new,
+            written: plan.writes.len(),
+            dropped: plan.drops,
+            spilled: plan.spilled,
+        };
         w.record(
             i,
             fence,
@@ -324,7 +404,7 @@ impl StateIo for SimEnv {
         if w.crash_after(i, "save") {
             return Err(unreachable("crash after save").into());
         }
-        Ok(new)
+        Ok(saved)
     }
 }
 
@@ -560,15 +640,21 @@ impl AlertIo for SimEnv {
         Ok(DeliveryReport::default())
     }
 
-    async fn flush(&self) {
+    async fn flush(&self, fence: Option<&Fence>) -> DeliveryReport {
         let mut w = self.w();
+        let mut report = DeliveryReport::default();
         if !w.crashed[self.instance] {
             w.deliver(self.instance);
+            if fence.is_some() && w.fence_ok(fence) {
+                report.delivered = w.deliver_shared();
+            }
         }
+        report
     }
 
     fn outbox_depth(&self) -> u64 {
-        self.w().outboxes[self.instance].len() as u64
+        let w = self.w();
+        (w.outboxes[self.instance].len() + w.shared_outbox.len()) as u64
     }
 }
 
