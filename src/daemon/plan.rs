@@ -47,6 +47,16 @@ pub fn reconcile_live(state: &RolloutState, live: Weights) -> LivePlan {
     }
 }
 
+/// [`reconcile_live`] when `live` may come from only some of the nodes (the others did not
+/// answer): a change under way is not confirmed by them, since the silent nodes may not have it
+/// (a rollback written only to the nodes that answered must still reach the others).
+pub fn reconcile_live_partial(state: &RolloutState, live: Weights, some_unread: bool) -> LivePlan {
+    match reconcile_live(state, live) {
+        LivePlan::Confirmed if some_unread => LivePlan::InSync,
+        plan => plan,
+    }
+}
+
 /// Which window an evaluation at `end` covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WindowPlan {
@@ -260,6 +270,15 @@ errors = 'e{color}[{interval}]'
             LivePlan::Finish { from: at_step }
         );
         assert_eq!(reconcile_live(&s, s.weights), LivePlan::Confirmed);
+        // Nodes that answered having the rollback confirm nothing about those that did not.
+        assert_eq!(
+            reconcile_live_partial(&s, s.weights, true),
+            LivePlan::InSync
+        );
+        assert_eq!(
+            reconcile_live_partial(&s, at_step, true),
+            LivePlan::Finish { from: at_step }
+        );
         let by_hand = Weights {
             blue: 50,
             green: 50,

@@ -36,10 +36,15 @@ pub enum Fault {
     AlertsDown,
     /// A second instance races for the leader lock.
     LockRace,
+    /// An HAProxy node restarts: its runtime weights are the configuration's again, under a
+    /// new process.
+    HaproxyReload,
+    /// An HAProxy node's Runtime API stops answering for a while.
+    HaproxyUnreachable,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 13] = [
+    pub const ALL: [Fault; 15] = [
         Fault::ConsulError,
         Fault::ConsulTimeout,
         Fault::CasConflict,
@@ -53,6 +58,8 @@ impl Fault {
         Fault::HumanEdit,
         Fault::AlertsDown,
         Fault::LockRace,
+        Fault::HaproxyReload,
+        Fault::HaproxyUnreachable,
     ];
 
     pub fn name(self) -> &'static str {
@@ -70,11 +77,14 @@ impl Fault {
             Fault::HumanEdit => "human-edit",
             Fault::AlertsDown => "alerts-down",
             Fault::LockRace => "lock-race",
+            Fault::HaproxyReload => "haproxy-reload",
+            Fault::HaproxyUnreachable => "haproxy-unreachable",
         }
     }
 
     /// Default chance per opportunity: per I/O call for Consul faults and crashes, per
-    /// simulated interval for the others (lock-race: whether a second instance runs at all).
+    /// simulated interval for the others (per node for the HAProxy faults; lock-race: whether a
+    /// second instance runs at all).
     pub fn default_rate(self) -> f64 {
         match self {
             Fault::ConsulError => 0.02,
@@ -90,6 +100,8 @@ impl Fault {
             Fault::HumanEdit => 0.002,
             Fault::AlertsDown => 0.003,
             Fault::LockRace => 1.0,
+            Fault::HaproxyReload => 0.002,
+            Fault::HaproxyUnreachable => 0.002,
         }
     }
 }

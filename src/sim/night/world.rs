@@ -9,17 +9,18 @@ use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 use rand::rngs::StdRng;
-use rand::Rng;
+use rand::{Rng, SeedableRng};
 
 use super::faults::{Fault, Faults};
-use crate::alert::{AlertEvent, DeliveryReport};
+use super::haproxy::{self, SimNode, SimRuntime};
+use crate::alert::{AlertEvent, DeliveryReport, EventKind};
 use crate::consul::{ConsulError, Fence};
 use crate::daemon::store::{decode, encode, StoreError};
 use crate::daemon::{AlertIo, Clock, MetricsIo, StateIo, WeightIo};
 use crate::engine::{CheckData, DataProblem, Observation, RolloutState};
-use crate::policy::{Policy, Weights};
+use crate::policy::{Policy, TrafficTarget, Weights};
 use crate::sim::World;
-use crate::traffic::TrafficError;
+use crate::traffic::{HaproxyRuntime, TrafficError};
 
 /// What the metrics backend does during the current step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +52,8 @@ pub struct Landed {
     pub session: Option<String>,
     pub holder: Option<String>,
     pub what: String,
+    /// The weights written, for a weight write.
+    pub weights: Option<Weights>,
 }
 
 /// Everything outside the daemon processes. Survives their crashes.
@@ -93,9 +96,59 @@ pub struct WorldState {
     pub trace: Option<Vec<String>>,
     /// Decoded stored states, by key.
     pub checked: HashMap<String, Checked>,
+    /// The observation of the next window, drawn by the caller (the decision-quality
+    /// comparison draws every judge's windows itself); when set, the metrics backend answers
+    /// with it instead of drawing from `traffic`.
+    pub fed: Option<Observation>,
+    /// The last state saved, by key, with its modify index: what a load of that version
+    /// decodes to (the codec checks it on every save), without decoding it again.
+    pub saved: HashMap<String, (u64, RolloutState)>,
+    /// HAProxy nodes, for a night whose API uses the `haproxy` target (empty otherwise).
+    pub nodes: Vec<SimNode>,
+    /// The session of the fence guarding the HAProxy write under way.
+    pub writer: Option<String>,
+    /// "Weights changed by hand" alerts produced.
+    pub overrides: u64,
 }
 
 impl WorldState {
+    /// A world at `start` with nothing stored yet, `instances` daemon processes, faults drawn
+    /// from `seed`.
+    pub fn new(seed: u64, faults: Faults, start: Timestamp, instances: usize) -> Self {
+        WorldState {
+            rng: StdRng::seed_from_u64(seed),
+            faults,
+            step: 0,
+            now: start,
+            clock_offset: vec![SignedDuration::ZERO; instances],
+            index: 1,
+            states: HashMap::new(),
+            weights: HashMap::new(),
+            holder: None,
+            sessions: 0,
+            crashed: vec![false; instances],
+            metrics: MetricsMode::Normal,
+            traffic: HashMap::new(),
+            green_requests: HashMap::new(),
+            bad_green: HashMap::new(),
+            started_at: start,
+            receiver_down_until: None,
+            outboxes: vec![Default::default(); instances],
+            produced: Default::default(),
+            delivered: Default::default(),
+            landed: Vec::new(),
+            human: HashMap::new(),
+            released_human: HashMap::new(),
+            trace: None,
+            checked: HashMap::new(),
+            fed: None,
+            saved: HashMap::new(),
+            nodes: Vec::new(),
+            writer: None,
+            overrides: 0,
+        }
+    }
+
     pub fn log(&mut self, line: impl FnOnce() -> String) {
         if let Some(t) = &mut self.trace {
             let l = line();
@@ -129,12 +182,25 @@ impl WorldState {
     }
 
     fn record(&mut self, instance: usize, fence: Option<&Fence>, what: String) {
+        let weights = None;
+        self.record_session(instance, fence.map(|f| f.session.clone()), what, weights);
+    }
+
+    /// Records a write that landed, made under `session`.
+    pub fn record_session(
+        &mut self,
+        instance: usize,
+        session: Option<String>,
+        what: String,
+        weights: Option<Weights>,
+    ) {
         let landed = Landed {
             step: self.step,
             instance,
-            session: fence.map(|f| f.session.clone()),
+            session,
             holder: self.holder_session(),
             what,
+            weights,
         };
         self.log(|| {
             format!(
@@ -149,6 +215,16 @@ impl WorldState {
             )
         });
         self.landed.push(landed);
+    }
+
+    /// For an HAProxy night: the split of the nodes greenlight and humans keep (the first
+    /// reachable node not just restarted), as `weights` of `api`.
+    pub fn sync_fleet(&mut self, api: &str) {
+        let now = self.now;
+        if let Some(n) = self.nodes.iter().find(|n| n.reachable(now) && !n.reset) {
+            let weights = n.weights;
+            self.weights.insert(api.to_string(), weights);
+        }
     }
 
     /// Crash points around a write: returns Err if the process dies before the write.
@@ -243,9 +319,78 @@ pub struct SimEnv {
     pub world: Arc<Mutex<WorldState>>,
     pub instance: usize,
     pub prefix: String,
+    /// This process's Runtime API client, when the world has HAProxy nodes (its memory of
+    /// each node's process is lost with the process).
+    pub haproxy: Option<HaproxyRuntime<SimRuntime>>,
 }
 
 impl SimEnv {
+    /// Instance `instance`'s view of `world`, keys under `greenlight/`.
+    pub fn new(world: &Arc<Mutex<WorldState>>, instance: usize) -> Self {
+        let nodes = !world
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .nodes
+            .is_empty();
+        SimEnv {
+            world: world.clone(),
+            instance,
+            prefix: "greenlight".into(),
+            haproxy: nodes.then(|| haproxy::runtime(world, instance)),
+        }
+    }
+
+    /// The HAProxy runtime, when `policy` uses the `haproxy` target.
+    fn nodes_for(&self, policy: &Policy) -> Option<&HaproxyRuntime<SimRuntime>> {
+        match policy.traffic.target {
+            TrafficTarget::Haproxy { .. } => self.haproxy.as_ref(),
+            TrafficTarget::ConsulKeys { .. } => None,
+        }
+    }
+
+    fn crashed_error(&self) -> Option<TrafficError> {
+        self.w().crashed[self.instance].then(|| TrafficError::Unreachable {
+            target: "haproxy".into(),
+            attempts: 1,
+            reason: "process crashed".into(),
+        })
+    }
+
+    /// A compare-and-set over the HAProxy nodes, with crash points around it.
+    async fn write_nodes(
+        &self,
+        runtime: &HaproxyRuntime<SimRuntime>,
+        policy: &Policy,
+        expected: Weights,
+        new: Weights,
+        fence: Option<&Fence>,
+    ) -> Result<(), TrafficError> {
+        let i = self.instance;
+        let down = || TrafficError::Unreachable {
+            target: "haproxy".into(),
+            attempts: 1,
+            reason: "simulated crash".into(),
+        };
+        {
+            let mut w = self.w();
+            if w.crashed[i] || w.crash_before(i, "write HAProxy weights") {
+                return Err(down());
+            }
+            w.writer = fence.map(|f| f.session.clone());
+        }
+        let landed_before = self.w().landed.len();
+        let r = runtime.write(policy, expected, new, fence).await;
+        let mut w = self.w();
+        w.writer = None;
+        w.sync_fleet(&policy.api);
+        if w.landed.len() > landed_before {
+            w.released_human.remove(&policy.api);
+        }
+        if w.crash_after(i, "write HAProxy weights") {
+            return Err(down());
+        }
+        r
+    }
     fn w(&self) -> MutexGuard<'_, WorldState> {
         self.world.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -267,6 +412,11 @@ impl StateIo for SimEnv {
         }
         match w.states.get(&key) {
             None => Ok((RolloutState::new(policy), 0)),
+            // The state this world saved last at that index: `encode` checked when saving it
+            // that its bytes decode to exactly this state.
+            Some((_, index)) if w.saved.get(&key).is_some_and(|(i, _)| i == index) => {
+                Ok((w.saved[&key].1.clone(), *index))
+            }
             Some((bytes, index)) => Ok((decode(&policy.api, &key, *index, bytes)?, *index)),
         }
     }
@@ -311,7 +461,8 @@ impl StateIo for SimEnv {
         }
         w.index += 1;
         let new = w.index;
-        w.states.insert(key, (body, new));
+        w.states.insert(key.clone(), (body, new));
+        w.saved.insert(key, (new, state.clone()));
         w.record(
             i,
             fence,
@@ -332,8 +483,14 @@ impl WeightIo for SimEnv {
     async fn read_weights(
         &self,
         policy: &Policy,
-        _confirmed: Option<Timestamp>,
+        confirmed: Option<Timestamp>,
     ) -> Result<Weights, TrafficError> {
+        if let Some(runtime) = self.nodes_for(policy) {
+            if let Some(e) = self.crashed_error() {
+                return Err(e);
+            }
+            return runtime.read(policy, confirmed).await;
+        }
         let mut w = self.w();
         if w.crashed[self.instance] || w.fire(Fault::ConsulError, "read weights", self.instance) {
             return Err(TrafficError::Unreachable {
@@ -351,6 +508,9 @@ impl WeightIo for SimEnv {
     }
 
     async fn init_weights(&self, policy: &Policy, weights: Weights) -> Result<(), TrafficError> {
+        if self.nodes_for(policy).is_some() {
+            return Ok(());
+        }
         let mut w = self.w();
         w.weights.entry(policy.api.clone()).or_insert(weights);
         Ok(())
@@ -363,6 +523,11 @@ impl WeightIo for SimEnv {
         new: Weights,
         fence: Option<&Fence>,
     ) -> Result<(), TrafficError> {
+        if let Some(runtime) = self.nodes_for(policy) {
+            return self
+                .write_nodes(runtime, policy, expected, new, fence)
+                .await;
+        }
         let mut w = self.w();
         let i = self.instance;
         let down = || TrafficError::Unreachable {
@@ -391,13 +556,14 @@ impl WeightIo for SimEnv {
         }
         w.weights.insert(policy.api.clone(), new);
         w.released_human.remove(&policy.api);
-        w.record(
+        w.record_session(
             i,
-            fence,
+            fence.map(|f| f.session.clone()),
             format!(
                 "weights of {} blue={} green={}",
                 policy.api, new.blue, new.green
             ),
+            Some(new),
         );
         if w.fire(Fault::ConsulTimeout, "write weights", i) || w.crash_after(i, "write weights") {
             return Err(down());
@@ -424,6 +590,14 @@ impl MetricsIo for SimEnv {
             }
             _ => {}
         }
+        // The caller drew this window already (for the same window, or the shell asked for
+        // another one than the caller drew: nothing is known about that one).
+        if let Some(fed) = w.fed.take() {
+            if (fed.start, fed.end) == (start, end) {
+                return fed;
+            }
+            return every_check(policy, start, end, || DataProblem::NoData);
+        }
         // A window ahead of true time (this instance's clock is ahead) has no samples yet: a
         // real backend's freshness query finds the newest sample too old.
         if end > w.now {
@@ -432,13 +606,16 @@ impl MetricsIo for SimEnv {
             });
         }
 
-        let live = w
-            .weights
-            .get(&policy.api)
-            .copied()
-            .unwrap_or(Weights { blue: 0, green: 0 });
-        let total = (live.blue + live.green).max(1);
-        let share = live.green as f64 / total as f64;
+        let share = if w.nodes.is_empty() {
+            let live = w
+                .weights
+                .get(&policy.api)
+                .copied()
+                .unwrap_or(Weights { blue: 0, green: 0 });
+            live.green as f64 / (live.blue + live.green).max(1) as f64
+        } else {
+            haproxy::green_share(&w.nodes)
+        };
         let elapsed =
             Duration::from_secs((start.as_second() - w.started_at.as_second()).max(0) as u64);
         // What the world really served: drawn once per window the shell asks for. Windows
@@ -553,6 +730,12 @@ impl AlertIo for SimEnv {
                     if event.resolved { " (resolved)" } else { "" }
                 )
             });
+            if event.kind == EventKind::ManualOverride
+                && !event.resolved
+                && !w.produced.contains(&key)
+            {
+                w.overrides += 1;
+            }
             w.produced.insert(key.clone());
             w.outboxes[i].insert(key, event.clone());
             w.deliver(i);
