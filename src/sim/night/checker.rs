@@ -199,7 +199,7 @@ impl Checker {
         let no_human = human.is_none() && released.is_none();
         if state.phase == Phase::RolledBack
             && ((state.applying_from.is_some() && live != rollback_weights)
-                || (no_human && green_on_a_node))
+                || (no_human && state.weights == rollback_weights && green_on_a_node))
         {
             let alerted = state.rollback_unapplied
                 && w.produced

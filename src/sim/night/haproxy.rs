@@ -212,7 +212,7 @@ mod tests {
     use crate::daemon::store::encode;
     use crate::daemon::Shell;
     use crate::engine::{Intent, Phase, RolloutState};
-    use crate::sim::night::world::SimEnv;
+    use crate::sim::night::sim_env::SimEnv;
     use crate::sim::night::{run_ready, statics, Faults};
 
     /// A world of three nodes at `weights`, with `state` stored.

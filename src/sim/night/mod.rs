@@ -14,6 +14,7 @@ mod faults;
 mod haproxy;
 mod report;
 mod rollout;
+mod sim_env;
 mod world;
 
 use std::collections::{BTreeMap, HashMap};
@@ -31,7 +32,8 @@ use checker::Checker;
 pub use faults::{Fault, Faults};
 pub use report::{SoakReport, WorldOutcome};
 pub use rollout::ShellRollout;
-pub use world::{MetricsMode, SimEnv, WorldState};
+pub use sim_env::SimEnv;
+pub use world::{MetricsMode, WorldState};
 
 use crate::consul::Fence;
 use crate::daemon::Shell;

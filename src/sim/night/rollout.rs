@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 
-use super::world::{SimEnv, WorldState};
+use super::sim_env::SimEnv;
+use super::world::WorldState;
 use super::{lock, run_ready, Faults};
 use crate::daemon::store::encode;
 use crate::daemon::{AlertIo, EvalError, Shell};
