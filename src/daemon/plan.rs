@@ -47,6 +47,18 @@ pub fn reconcile_live(state: &RolloutState, live: Weights) -> LivePlan {
     }
 }
 
+/// [`reconcile_live`] when `live` may come from only some of the nodes (the others did not
+/// answer). A change that takes green out of service is written to every node that answers,
+/// whatever the others (a rollback must land where it can): the nodes that answered having it
+/// do not confirm it on the silent ones, so the change stays pending until they answer. Other
+/// changes are written to every node or to none, so the nodes that answered tell.
+pub fn reconcile_live_partial(state: &RolloutState, live: Weights, some_unread: bool) -> LivePlan {
+    match reconcile_live(state, live) {
+        LivePlan::Confirmed if some_unread && state.weights.green == 0 => LivePlan::InSync,
+        plan => plan,
+    }
+}
+
 /// Which window an evaluation at `end` covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WindowPlan {
@@ -260,6 +272,15 @@ errors = 'e{color}[{interval}]'
             LivePlan::Finish { from: at_step }
         );
         assert_eq!(reconcile_live(&s, s.weights), LivePlan::Confirmed);
+        // Nodes that answered having the rollback confirm nothing about those that did not.
+        assert_eq!(
+            reconcile_live_partial(&s, s.weights, true),
+            LivePlan::InSync
+        );
+        assert_eq!(
+            reconcile_live_partial(&s, at_step, true),
+            LivePlan::Finish { from: at_step }
+        );
         let by_hand = Weights {
             blue: 50,
             green: 50,

@@ -185,6 +185,7 @@ impl<E: Env> Shell<E> {
 
         // The live split.
         let from = state.applying_from.unwrap_or(state.weights);
+        let mut nodes_down = false;
         let live = match self
             .env
             .read_weights(policy, state.weights_confirmed_at)
@@ -212,6 +213,7 @@ impl<E: Env> Shell<E> {
             // still lands on them; a step forward is refused until all answer).
             Err(TrafficError::NodesDown { weights, down }) => {
                 tracing::warn!(api = %policy.api, down = ?down, "Some HAProxy nodes are unreachable; deciding on the others.");
+                nodes_down = true;
                 weights
             }
             // Nodes disagree beyond greenlight's own change: someone edited one by hand.
@@ -228,7 +230,7 @@ impl<E: Env> Shell<E> {
             }
             Err(e) => return Err(e.into()),
         };
-        match plan::reconcile_live(&state, live) {
+        match plan::reconcile_live_partial(&state, live, nodes_down) {
             LivePlan::InSync => {}
             LivePlan::Confirmed => {
                 state.applying_from = None;

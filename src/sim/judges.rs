@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 
+use super::night::ShellRollout;
 use super::{default_start, lognormal_cdf, Scenario, World};
-use crate::engine::{decide, CheckData, Observation, Phase, RolloutState};
+use crate::engine::{CheckData, Observation, Phase};
 use crate::policy::{CheckKind, Policy};
 use crate::stats::shift_interval;
 
@@ -37,17 +38,17 @@ pub trait Judge {
     fn observe(&mut self, obs: &Observation, now: Timestamp) -> Verdict;
 }
 
-/// greenlight: the real engine's [`decide`].
+/// greenlight: the real daemon shell ([`ShellRollout`]: the stored state and its codec, the
+/// weight reconciliation, window choice, warm-up and [`decide`](crate::engine::decide) itself) in a world without
+/// faults.
 pub struct Greenlight<'a> {
-    policy: &'a Policy,
-    state: RolloutState,
+    rollout: ShellRollout<'a>,
 }
 
 impl<'a> Greenlight<'a> {
     pub fn new(policy: &'a Policy, start: Timestamp) -> Self {
         Greenlight {
-            policy,
-            state: RolloutState::started(policy, start),
+            rollout: ShellRollout::started(policy, start),
         }
     }
 }
@@ -58,16 +59,17 @@ impl Judge for Greenlight<'_> {
     }
 
     fn green_share(&self) -> f64 {
-        self.state.weights.green as f64 / self.policy.traffic.total_weight.max(1) as f64
+        self.rollout.green_share()
     }
 
     fn step(&self) -> usize {
-        self.state.step
+        self.rollout.state().step
     }
 
     fn observe(&mut self, obs: &Observation, now: Timestamp) -> Verdict {
-        self.state = decide(self.policy, &self.state, obs, now).state;
-        match self.state.phase {
+        // Without faults an evaluation does not fail; if one did, the rollout holds.
+        let _ = self.rollout.evaluate(obs.clone(), now);
+        match self.rollout.state().phase {
             Phase::Promoted => Verdict::Promoted,
             Phase::RolledBack => Verdict::RolledBack,
             _ => Verdict::Continue,

@@ -23,8 +23,7 @@ use serde::Serialize;
 pub use scenario::{Scenario, ScenarioError};
 
 use crate::engine::{
-    decide, Action, CheckData, CheckObservation, Counts, DataProblem, Decision, EdgeCounts,
-    Observation, Pair, Phase, RolloutState,
+    Action, CheckData, CheckObservation, Counts, DataProblem, EdgeCounts, Observation, Pair, Phase,
 };
 use crate::policy::{CheckKind, Policy};
 
@@ -388,57 +387,56 @@ impl<'a> World<'a> {
 }
 
 /// Runs one rollout of `policy` in the configured world, from step 0 to promotion, rollback or
-/// `max_duration`.
+/// `max_duration`, through the real daemon shell ([`night::ShellRollout`]: stored state and
+/// codec, weight reconciliation, window choice, warm-up, decision) in a world without faults.
 pub fn simulate(policy: &Policy, cfg: &SimConfig) -> SimResult {
     let start = cfg.start.unwrap_or_else(|| default_start(policy));
     let mut world = World::new(policy, &cfg.scenario, cfg.seed);
-    let mut state = RolloutState::started(policy, start);
+    let mut rollout = night::ShellRollout::started(policy, start);
     let step = SignedDuration::try_from(policy.interval).unwrap_or(SignedDuration::from_mins(1));
     let mut t = start;
     let mut timeline = Vec::new();
     let (mut green_requests, mut bad_green, mut green_errors) = (0u64, 0u64, 0u64);
     let mut decisions = 0usize;
-    let mut last: Option<Decision> = None;
+    let mut last_reason = String::new();
     loop {
         let elapsed = Duration::from_secs((t.as_second() - start.as_second()).max(0) as u64);
         if elapsed >= cfg.max_duration {
             break;
         }
         let end = t + step;
-        let share = state.weights.green as f64 / policy.traffic.total_weight.max(1) as f64;
-        let (obs, blue, green, bad) = world.window(t, end, elapsed, share, state.step);
+        let share = rollout.green_share();
+        let (obs, blue, green, bad) = world.window(t, end, elapsed, share, rollout.state().step);
         green_requests += green.requests as u64;
         green_errors += green.bad as u64;
         bad_green += bad;
-        let green_percent = share * 100.0;
-        let d = decide(policy, &state, &obs, end);
-        decisions += 1;
+        let (action, reason, evidence) = match rollout.evaluate(obs, end) {
+            Ok(Some(d)) => {
+                decisions += 1;
+                (d.action, d.reason, d.evidence)
+            }
+            Ok(None) => (Action::Hold, "not evaluated".to_string(), Vec::new()),
+            Err(e) => (Action::Hold, format!("evaluation failed: {e}"), Vec::new()),
+        };
         if cfg.keep_timeline {
             timeline.push(SimWindow {
                 end,
                 elapsed_s: (end.as_second() - start.as_second()) as u64,
-                green_percent,
+                green_percent: share * 100.0,
                 blue,
                 green,
-                action: d.action,
-                reason: d.reason.clone(),
-                evidence: d
-                    .state
-                    .history
-                    .last()
-                    .map(|h| h.evidence.clone())
-                    .unwrap_or_default(),
+                action,
+                reason: reason.clone(),
+                evidence,
             });
         }
-        state = d.state.clone();
+        last_reason = reason;
         t = end;
-        let done = matches!(state.phase, Phase::Promoted | Phase::RolledBack);
-        last = Some(d);
-        if done {
+        if matches!(rollout.state().phase, Phase::Promoted | Phase::RolledBack) {
             break;
         }
     }
-    let outcome = match state.phase {
+    let outcome = match rollout.state().phase {
         Phase::Promoted => Outcome::Promoted,
         Phase::RolledBack => Outcome::RolledBack,
         _ => Outcome::Held,
@@ -450,7 +448,7 @@ pub fn simulate(policy: &Policy, cfg: &SimConfig) -> SimResult {
         bad_green_requests: bad_green,
         green_errors,
         decisions,
-        final_reason: last.map(|d| d.reason).unwrap_or_default(),
+        final_reason: last_reason,
         timeline,
     }
 }

@@ -2,13 +2,16 @@
 //! back after.
 
 use std::fmt;
+use std::future::Future;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::haproxy_node::{parse_node_reply, unix_now, NodeWeights, Seen};
+use super::haproxy_node::{
+    classify, node_write, parse_node_reply, unix_now, NodeWeights, NodeWrite, Seen,
+};
 use super::{Retry, TrafficError};
 use crate::consul::Fence;
 use crate::policy::{Policy, TrafficTarget, Weights};
@@ -54,54 +57,26 @@ impl fmt::Display for RuntimeAddr {
     }
 }
 
-/// The HAProxy Runtime API actuator over one or more nodes.
-#[derive(Debug, Clone)]
-pub struct HaproxyRuntime {
-    nodes: Vec<RuntimeAddr>,
-    timeout: Duration,
-    retry: Retry,
-    seen: Seen,
+/// One exchange with a node's Runtime API: a command line in, everything the node answered
+/// out (one attempt; a node that does not answer is [`TrafficError::Unreachable`]). The
+/// sockets in production, simulated nodes in the world simulator.
+pub trait RuntimeIo: Clone + fmt::Debug + Send + Sync {
+    fn exchange(
+        &self,
+        node: &RuntimeAddr,
+        line: &str,
+    ) -> impl Future<Output = Result<String, TrafficError>> + Send;
 }
 
-impl HaproxyRuntime {
-    /// Drives every node in `nodes` (at least one for anything to happen).
-    pub fn new(nodes: Vec<RuntimeAddr>) -> Self {
-        HaproxyRuntime {
-            nodes,
-            timeout: Duration::from_secs(5),
-            retry: Retry::default(),
-            seen: Seen::default(),
-        }
-    }
+/// The Runtime API over TCP or Unix sockets, each exchange (connect, write, read to EOF)
+/// bounded by a timeout.
+#[derive(Debug, Clone)]
+pub struct Sockets {
+    timeout: Duration,
+}
 
-    /// Parses `tcp://…` / `unix://…` node addresses.
-    pub fn from_urls<S: AsRef<str>>(urls: &[S]) -> Result<Self, String> {
-        let nodes = urls
-            .iter()
-            .map(|u| u.as_ref().parse())
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self::new(nodes))
-    }
-
-    /// Bounds one command exchange (connect, write, read to EOF).
-    pub fn with_timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
-    }
-
-    /// Replaces the backoff used when a node cannot be reached.
-    pub fn with_retry(mut self, retry: Retry) -> Self {
-        self.retry = retry;
-        self
-    }
-
-    pub fn nodes(&self) -> &[RuntimeAddr] {
-        &self.nodes
-    }
-
-    /// Sends one command line to `node` and returns everything it answered (read to EOF).
-    /// One attempt; a connection failure is [`TrafficError::Unreachable`].
-    pub async fn command(&self, node: &RuntimeAddr, line: &str) -> Result<String, TrafficError> {
+impl RuntimeIo for Sockets {
+    async fn exchange(&self, node: &RuntimeAddr, line: &str) -> Result<String, TrafficError> {
         let exchange = async {
             match node {
                 RuntimeAddr::Tcp(hostport) => {
@@ -124,6 +99,70 @@ impl HaproxyRuntime {
             Ok(Err(e)) => Err(unreachable(e.to_string())),
             Err(_) => Err(unreachable(format!("no answer within {:?}", self.timeout))),
         }
+    }
+}
+
+/// The HAProxy Runtime API actuator over one or more nodes.
+#[derive(Debug, Clone)]
+pub struct HaproxyRuntime<R: RuntimeIo = Sockets> {
+    nodes: Vec<RuntimeAddr>,
+    io: R,
+    retry: Retry,
+    seen: Seen,
+}
+
+impl HaproxyRuntime {
+    /// Drives every node in `nodes` (at least one for anything to happen).
+    pub fn new(nodes: Vec<RuntimeAddr>) -> Self {
+        Self::with_io(
+            nodes,
+            Sockets {
+                timeout: Duration::from_secs(5),
+            },
+        )
+    }
+
+    /// Parses `tcp://…` / `unix://…` node addresses.
+    pub fn from_urls<S: AsRef<str>>(urls: &[S]) -> Result<Self, String> {
+        let nodes = urls
+            .iter()
+            .map(|u| u.as_ref().parse())
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self::new(nodes))
+    }
+
+    /// Bounds one command exchange (connect, write, read to EOF).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.io.timeout = timeout;
+        self
+    }
+}
+
+impl<R: RuntimeIo> HaproxyRuntime<R> {
+    /// Drives `nodes` through `io`.
+    pub fn with_io(nodes: Vec<RuntimeAddr>, io: R) -> Self {
+        HaproxyRuntime {
+            nodes,
+            io,
+            retry: Retry::default(),
+            seen: Seen::default(),
+        }
+    }
+
+    /// Replaces the backoff used when a node cannot be reached.
+    pub fn with_retry(mut self, retry: Retry) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    pub fn nodes(&self) -> &[RuntimeAddr] {
+        &self.nodes
+    }
+
+    /// Sends one command line to `node` and returns everything it answered (read to EOF).
+    /// One attempt; a connection failure is [`TrafficError::Unreachable`].
+    pub async fn command(&self, node: &RuntimeAddr, line: &str) -> Result<String, TrafficError> {
+        self.io.exchange(node, line).await
     }
 
     /// [`Self::command`] with retries while the node is unreachable.
@@ -298,12 +337,7 @@ impl HaproxyRuntime {
         }
     }
 
-    /// The weights every node agrees on. [`TrafficError::Reloaded`] when nodes came back from
-    /// a restart at their configured weights (unless a node that was not restarted shows the
-    /// same weights everywhere), [`TrafficError::Diverged`] with every node's weights when
-    /// they disagree otherwise. With nodes unreachable while the others agree (none of them
-    /// reloaded): [`TrafficError::NodesDown`] with those weights, so a rollback can still be
-    /// decided and written to the nodes that answer.
+    /// The weights every node agrees on, or why there are none ([`classify`]).
     ///
     /// `written` is when greenlight last knew its weights to be on every node: a node this
     /// runtime has not seen before (after a restart of greenlight, or with `run --once`) whose
@@ -327,42 +361,7 @@ impl HaproxyRuntime {
                 Err(e) => return Err(e),
             }
         }
-        let first = match found.first() {
-            Some(first) => first.weights,
-            None if down.is_empty() => {
-                return Err(TrafficError::Missing {
-                    keys: vec![format!("{backend} (no HAProxy nodes configured)")],
-                })
-            }
-            None => return Err(collect(down.into_iter().map(|(_, e)| e).collect()).unwrap_err()),
-        };
-        let agree = found.iter().all(|n| n.weights == first);
-        let steady = found.iter().any(|n| !n.reloaded);
-        let reloaded = found.iter().any(|n| n.reloaded);
-        if !down.is_empty() {
-            if agree && !reloaded {
-                return Err(TrafficError::NodesDown {
-                    weights: first,
-                    down,
-                });
-            }
-            return Err(down.remove(0).1);
-        }
-        let per_node = || found.iter().map(|n| (n.node.clone(), n.weights)).collect();
-        if agree && steady {
-            return Ok(first);
-        }
-        if reloaded {
-            return Err(TrafficError::Reloaded {
-                nodes: found
-                    .iter()
-                    .filter(|n| n.reloaded)
-                    .map(|n| n.node.clone())
-                    .collect(),
-                found: per_node(),
-            });
-        }
-        Err(TrafficError::Diverged(per_node()))
+        classify(&found, down, backend)
     }
 
     /// Compare-and-set over all nodes, node by node: a node already at `new` is left as it is,
@@ -395,16 +394,17 @@ impl HaproxyRuntime {
         let mut failed: Vec<(String, TrafficError)> = Vec::new();
         for node in &self.nodes {
             match self.read_node(node, backend, blue, green).await {
-                Ok(n) if n.weights == new => {
-                    self.seen.applied(node, backend);
-                    applied.push(n.node);
-                }
-                Ok(n) if n.weights == expected || n.reloaded => writable.push(node),
-                Ok(n) => {
-                    tracing::debug!(%node, "HAProxy weights differ from the expected ones.");
-                    let found = n.weights;
-                    failed.push((n.node, TrafficError::Override { found }));
-                }
+                Ok(n) => match node_write(&n, expected, new) {
+                    NodeWrite::Applied => {
+                        self.seen.applied(node, backend);
+                        applied.push(n.node);
+                    }
+                    NodeWrite::Write => writable.push(node),
+                    NodeWrite::Changed(found) => {
+                        tracing::debug!(%node, "HAProxy weights differ from the expected ones.");
+                        failed.push((n.node, TrafficError::Override { found }));
+                    }
+                },
                 Err(e) => failed.push((node.to_string(), e)),
             }
         }
@@ -439,7 +439,7 @@ impl HaproxyRuntime {
     }
 }
 
-fn collect(mut errors: Vec<TrafficError>) -> Result<(), TrafficError> {
+pub(super) fn collect(mut errors: Vec<TrafficError>) -> Result<(), TrafficError> {
     match errors.len() {
         0 => Ok(()),
         1 => Err(errors.remove(0)),

@@ -4,7 +4,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::haproxy::{parse_get_weight, RuntimeAddr};
+use super::haproxy::{collect, parse_get_weight, RuntimeAddr};
+use super::TrafficError;
 use crate::policy::Weights;
 
 /// One node's view of a backend's blue and green servers.
@@ -138,6 +139,77 @@ pub(super) fn parse_node_reply(
 fn error_text(mut lines: Vec<&str>) -> String {
     lines.dedup();
     lines.join("; ")
+}
+
+/// The live split of one backend from what each node answered (`found`) and the nodes that
+/// did not answer (`down`): the weights every node agrees on. [`TrafficError::Reloaded`] when
+/// nodes came back from a restart at their configured weights (unless a node that was not
+/// restarted shows the same weights everywhere), [`TrafficError::Diverged`] with every node's
+/// weights when they disagree otherwise. With nodes unreachable while the others agree (none of
+/// them reloaded): [`TrafficError::NodesDown`] with those weights, so a rollback can still be
+/// decided and written to the nodes that answer.
+pub(crate) fn classify(
+    found: &[NodeWeights],
+    mut down: Vec<(String, TrafficError)>,
+    backend: &str,
+) -> Result<Weights, TrafficError> {
+    let first = match found.first() {
+        Some(first) => first.weights,
+        None if down.is_empty() => {
+            return Err(TrafficError::Missing {
+                keys: vec![format!("{backend} (no HAProxy nodes configured)")],
+            })
+        }
+        None => return Err(collect(down.into_iter().map(|(_, e)| e).collect()).unwrap_err()),
+    };
+    let agree = found.iter().all(|n| n.weights == first);
+    let steady = found.iter().any(|n| !n.reloaded);
+    let reloaded = found.iter().any(|n| n.reloaded);
+    if !down.is_empty() {
+        if agree && !reloaded {
+            return Err(TrafficError::NodesDown {
+                weights: first,
+                down,
+            });
+        }
+        return Err(down.remove(0).1);
+    }
+    let per_node = || found.iter().map(|n| (n.node.clone(), n.weights)).collect();
+    if agree && steady {
+        return Ok(first);
+    }
+    if reloaded {
+        return Err(TrafficError::Reloaded {
+            nodes: found
+                .iter()
+                .filter(|n| n.reloaded)
+                .map(|n| n.node.clone())
+                .collect(),
+            found: per_node(),
+        });
+    }
+    Err(TrafficError::Diverged(per_node()))
+}
+
+/// What a compare-and-set from `expected` to `new` does on one node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NodeWrite {
+    /// The node has `new` already.
+    Applied,
+    /// The node is at `expected`, or just restarted at its configured weights: write it.
+    Write,
+    /// Someone changed the node by hand: these are its weights.
+    Changed(Weights),
+}
+
+pub(crate) fn node_write(node: &NodeWeights, expected: Weights, new: Weights) -> NodeWrite {
+    if node.weights == new {
+        NodeWrite::Applied
+    } else if node.weights == expected || node.reloaded {
+        NodeWrite::Write
+    } else {
+        NodeWrite::Changed(node.weights)
+    }
 }
 
 #[cfg(test)]

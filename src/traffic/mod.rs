@@ -18,7 +18,7 @@ use std::future::Future;
 use std::time::Duration;
 
 pub use consul_kv::ConsulKv;
-pub use haproxy::{HaproxyRuntime, RuntimeAddr};
+pub use haproxy::{HaproxyRuntime, RuntimeAddr, RuntimeIo, Sockets};
 pub use haproxy_node::{NodeWeights, Process};
 pub use memory::MemoryTraffic;
 pub use sync::{SyncSettings, SyncTarget, Syncer};

@@ -39,10 +39,15 @@ pub enum Fault {
     /// The leader's machine is gone for good, its local disk with it (while another instance
     /// is there to take over).
     InstanceLost,
+    /// An HAProxy node restarts: its runtime weights are the configuration's again, under a
+    /// new process.
+    HaproxyReload,
+    /// An HAProxy node's Runtime API stops answering for a while.
+    HaproxyUnreachable,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 14] = [
+    pub const ALL: [Fault; 16] = [
         Fault::ConsulError,
         Fault::ConsulTimeout,
         Fault::CasConflict,
@@ -57,6 +62,8 @@ impl Fault {
         Fault::AlertsDown,
         Fault::LockRace,
         Fault::InstanceLost,
+        Fault::HaproxyReload,
+        Fault::HaproxyUnreachable,
     ];
 
     pub fn name(self) -> &'static str {
@@ -75,11 +82,14 @@ impl Fault {
             Fault::AlertsDown => "alerts-down",
             Fault::LockRace => "lock-race",
             Fault::InstanceLost => "instance-lost",
+            Fault::HaproxyReload => "haproxy-reload",
+            Fault::HaproxyUnreachable => "haproxy-unreachable",
         }
     }
 
     /// Default chance per opportunity: per I/O call for Consul faults and crashes, per
-    /// simulated interval for the others (lock-race: whether a second instance runs at all).
+    /// simulated interval for the others (per node for the HAProxy faults; lock-race: whether a
+    /// second instance runs at all).
     pub fn default_rate(self) -> f64 {
         match self {
             Fault::ConsulError => 0.02,
@@ -96,6 +106,8 @@ impl Fault {
             Fault::AlertsDown => 0.003,
             Fault::LockRace => 1.0,
             Fault::InstanceLost => 0.002,
+            Fault::HaproxyReload => 0.002,
+            Fault::HaproxyUnreachable => 0.002,
         }
     }
 }

@@ -9,7 +9,12 @@
 //! evaluates each API through the shell, retrying like the daemon's tick does; crashed
 //! instances restart from the store; then the invariants are checked.
 
+mod checker;
 mod faults;
+mod haproxy;
+mod report;
+mod rollout;
+mod sim_env;
 mod world;
 
 use std::collections::{BTreeMap, HashMap};
@@ -21,16 +26,19 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 
+use checker::Checker;
 pub use faults::{Fault, Faults};
-pub use world::{MetricsMode, SimEnv, WorldState};
+pub use report::{SoakReport, WorldOutcome};
+pub use rollout::ShellRollout;
+pub use sim_env::SimEnv;
+pub use world::{MetricsMode, WorldState};
 
 use crate::consul::Fence;
 use crate::daemon::Shell;
 use crate::engine::{Intent, Phase, RolloutState};
-use crate::policy::{Policy, Weights};
+use crate::policy::Policy;
 use crate::sim::{Scenario, World};
 
 /// The policy simulated nights run by default: the checkout example without its schedule.
@@ -79,6 +87,9 @@ pub const WORLDS: [(&str, bool); 8] = [
     ("latency=+50%", true),
     ("errors=3x,from-step=3", true),
 ];
+
+/// HAProxy nodes of a night on the `haproxy` target.
+const HAPROXY_NODES: usize = 3;
 
 /// One night's settings.
 #[derive(Debug, Clone)]
@@ -145,18 +156,31 @@ fn rollback_cause(reason: &str) -> &'static str {
 
 /// A shared, leaked copy of the policy and worlds (one per process; the traffic generator
 /// borrows them for the whole night).
-struct Statics {
-    policy: &'static Policy,
+pub(super) struct Statics {
+    pub(super) policy: &'static Policy,
+    /// The same policy on the `haproxy` target.
+    pub(super) haproxy: &'static Policy,
     worlds: Vec<&'static Scenario>,
 }
 
-fn statics() -> &'static Statics {
+pub(super) fn statics() -> &'static Statics {
     static S: std::sync::OnceLock<Statics> = std::sync::OnceLock::new();
     S.get_or_init(|| {
         let policy = Policy::from_toml(NIGHT_POLICY, Path::new("night.toml"), None)
             .expect("the night policy is valid");
+        let target = format!(
+            "haproxy = {{ backend = \"{}\", blue = \"blue\", green = \"green\" }}",
+            haproxy::BACKEND
+        );
+        let text = NIGHT_POLICY.replace(
+            r#"consul_keys = { blue = "haproxy/checkout/weights/blue", green = "haproxy/checkout/weights/green" }"#,
+            &target,
+        );
+        let on_haproxy = Policy::from_toml(&text, Path::new("night-haproxy.toml"), None)
+            .expect("the night policy on HAProxy is valid");
         Statics {
             policy: Box::leak(Box::new(policy)),
+            haproxy: Box::leak(Box::new(on_haproxy)),
             worlds: WORLDS
                 .iter()
                 .map(|(s, _)| &*Box::leak(Box::new(s.parse::<Scenario>().expect("valid world"))))
@@ -187,11 +211,7 @@ struct Instance {
 
 impl Instance {
     fn boot(world: &Arc<Mutex<WorldState>>, i: usize) -> Instance {
-        let env = SimEnv {
-            world: world.clone(),
-            instance: i,
-            prefix: "greenlight".into(),
-        };
+        let env = SimEnv::new(world, i);
         let shell = Shell::with_env(env, Duration::ZERO);
         // The daemon delivers what a previous run left in its outbox before anything else.
         run_ready(crate::daemon::AlertIo::flush(&shell.env, None));
@@ -207,7 +227,9 @@ impl Instance {
 /// Runs one night.
 pub fn run_night(cfg: &NightConfig) -> NightResult {
     let st = statics();
-    let policy = st.policy;
+    // Every other block of eight seeds drives HAProxy nodes instead of Consul keys.
+    let on_haproxy = (cfg.seed / WORLDS.len() as u64) % 2 == 1;
+    let policy = if on_haproxy { st.haproxy } else { st.policy };
     let world_index = (cfg.seed % WORLDS.len() as u64) as usize;
     let (world_name, regression) = WORLDS[world_index];
     let start: Timestamp = "2026-01-05T21:00:00Z".parse().expect("valid timestamp");
@@ -225,36 +247,17 @@ pub fn run_night(cfg: &NightConfig) -> NightResult {
     );
     let mut weights = HashMap::new();
     weights.insert(policy.api.clone(), policy.traffic.weights_for(0.0));
-    let world = Arc::new(Mutex::new(WorldState {
-        rng: StdRng::seed_from_u64(cfg.seed),
-        faults: cfg.faults.clone(),
-        step: 0,
-        now: start,
-        clock_offset: vec![SignedDuration::ZERO; instances],
-        index: 1,
-        states: HashMap::new(),
-        weights,
-        holder: None,
-        sessions: 0,
-        crashed: vec![false; instances],
-        metrics: MetricsMode::Normal,
-        traffic,
-        green_requests: HashMap::new(),
-        bad_green: HashMap::new(),
-        started_at: start,
-        receiver_down_until: None,
-        outboxes: vec![Default::default(); instances],
-        shared_outbox: Default::default(),
-        gone: vec![false; instances],
-        lost_alerts: Default::default(),
-        produced: Default::default(),
-        delivered: Default::default(),
-        landed: Vec::new(),
-        human: HashMap::new(),
-        released_human: HashMap::new(),
-        trace: cfg.trace.then(Vec::new),
-        checked: HashMap::new(),
-    }));
+    let mut state = WorldState::new(cfg.seed, cfg.faults.clone(), start, instances);
+    state.traffic = traffic;
+    state.weights = weights;
+    state.trace = cfg.trace.then(Vec::new);
+    if on_haproxy {
+        let configured = policy.traffic.weights_for(0.0);
+        state.nodes = (0..HAPROXY_NODES)
+            .map(|i| haproxy::SimNode::new(i, configured, start))
+            .collect();
+    }
+    let world = Arc::new(Mutex::new(state));
     let mut procs: Vec<Instance> = (0..instances).map(|i| Instance::boot(&world, i)).collect();
     let mut checker = Checker::default();
     let steps = (cfg.hours * 3600.0 / interval.as_secs_f64()).round() as u64;
@@ -294,6 +297,8 @@ pub fn run_night(cfg: &NightConfig) -> NightResult {
                     }
                 }
             };
+            haproxy::node_faults(&mut w);
+            w.sync_fleet(&policy.api);
             let mode = w.metrics;
             if mode != MetricsMode::Normal {
                 w.log(|| format!("metrics {mode:?}"));
@@ -321,6 +326,7 @@ pub fn run_night(cfg: &NightConfig) -> NightResult {
                 w.receiver_down_until = Some(now + SignedDuration::from_hours(hours));
                 w.log(|| format!("alert receiver down for {hours} h"));
             }
+            // The leader's session is lost.
             // The leader's machine is gone for good, its local disk with it; another instance
             // takes over.
             if let Some((h, _)) = w.holder.clone() {
@@ -328,7 +334,6 @@ pub fn run_night(cfg: &NightConfig) -> NightResult {
                     w.lose_instance(h);
                 }
             }
-            // The leader's session is lost.
             if w.holder.is_some() && w.chance(Fault::LeaderLoss) {
                 w.log(|| "leader session invalidated".to_string());
                 w.holder = None;
@@ -357,6 +362,11 @@ pub fn run_night(cfg: &NightConfig) -> NightResult {
                 let current = w.weights[&api];
                 let total = policy.traffic.total_weight;
                 let by_hand = world::human_split(&mut w.rng, total, current);
+                // On every node (the configuration and each runtime).
+                for n in &mut w.nodes {
+                    n.weights = by_hand;
+                    n.reset = false;
+                }
                 w.weights.insert(api.clone(), by_hand);
                 w.human.insert(api.clone(), by_hand);
                 checker.human_since = Some(now);
@@ -564,327 +574,6 @@ fn operator_intent(w: &mut WorldState, policy: &Policy, key: &str, intent: Inten
     let new = w.index;
     w.states.insert(key.to_string(), (body, new));
     true
-}
-
-/// What the invariants compare from one step to the next.
-#[derive(Debug, Clone, Default)]
-struct Snapshot {
-    state: Option<RolloutState>,
-    live: Option<Weights>,
-    landed: usize,
-}
-
-/// The invariants, with what they remember across steps.
-#[derive(Debug, Default)]
-struct Checker {
-    last: Option<RolloutState>,
-    human_since: Option<Timestamp>,
-    /// Steps a decided rollback has been unapplied with no "not applied" alert.
-    unapplied_steps: u32,
-    /// The current rollout's recorded start and the step at which it was first seen.
-    rollout: Option<(Timestamp, u64)>,
-}
-
-type Broken = (&'static str, String);
-
-impl Checker {
-    fn snapshot(&self, world: &Arc<Mutex<WorldState>>, key: &str, api: &str) -> Snapshot {
-        let mut w = lock(world);
-        Snapshot {
-            state: w.checked_state(api, key).and_then(|c| c.state.ok()),
-            live: w.weights.get(api).copied(),
-            landed: w.landed.len(),
-        }
-    }
-
-    fn check(
-        &mut self,
-        world: &Arc<Mutex<WorldState>>,
-        policy: &Policy,
-        key: &str,
-        before: &Snapshot,
-        intent_this_step: bool,
-    ) -> Result<(), Broken> {
-        let mut w = lock(world);
-        let api = policy.api.as_str();
-        let Some(checked) = w.checked_state(api, key) else {
-            return Ok(());
-        };
-        // Nothing non-finite in what is stored.
-        if let Some(path) = checked.null_at {
-            return Err(("nothing non-finite is stored", format!("null at {path}")));
-        }
-        // The stored state always decodes.
-        let state = match checked.state {
-            Err(e) => return Err(("the stored state always decodes", e)),
-            Ok(s) => s,
-        };
-        let live = w
-            .weights
-            .get(api)
-            .copied()
-            .unwrap_or(Weights { blue: 0, green: 0 });
-        let total = policy.traffic.total_weight;
-        // Blue + green = total, never a half-applied split.
-        if live.blue + live.green != total {
-            return Err((
-                "blue + green = total",
-                format!("blue={} green={} total={total}", live.blue, live.green),
-            ));
-        }
-        // The state is never older than a confirmed weight change.
-        let human = w.human.get(api).copied();
-        let released = w.released_human.get(api).copied();
-        if live != state.weights
-            && Some(live) != state.applying_from
-            && Some(live) != human
-            && Some(live) != released
-        {
-            return Err((
-                "the stored state knows the live weights",
-                format!(
-                    "live blue={} green={}, state blue={} green={} (applying from {:?})",
-                    live.blue,
-                    live.green,
-                    state.weights.blue,
-                    state.weights.green,
-                    state.applying_from
-                ),
-            ));
-        }
-        let new_writes = &w.landed[before.landed..];
-        // Only the lock holder writes.
-        if let Some(l) = new_writes.iter().find(|l| l.session != l.holder) {
-            return Err((
-                "only the lock holder writes",
-                format!(
-                    "instance {} wrote {} with session {:?} while {:?} held the lock",
-                    l.instance, l.what, l.session, l.holder
-                ),
-            ));
-        }
-        let weight_writes = new_writes
-            .iter()
-            .filter(|l| l.what.starts_with("weights"))
-            .count();
-        // A weight set by a human is never overwritten.
-        if before.live.is_some() && human.is_some() && weight_writes > 0 {
-            return Err((
-                "a weight set by a human is never overwritten",
-                format!(
-                    "greenlight wrote weights while a human's blue={} green={} stood",
-                    live.blue, live.green
-                ),
-            ));
-        }
-        // No weight change and no rollback on unusable data.
-        let prior_pending = before
-            .state
-            .as_ref()
-            .is_some_and(|s| s.applying_from.is_some());
-        let prior_intent = before.state.as_ref().is_some_and(|s| s.intent.is_some());
-        // Green has no series before its rollout starts: an automatic start may not wait for them.
-        let starting = before
-            .state
-            .as_ref()
-            .is_none_or(|s| s.phase == Phase::Pending)
-            && w.metrics == MetricsMode::GreenMissing;
-        if !w.metrics.usable() && !intent_this_step && !prior_intent && !prior_pending && !starting
-        {
-            if weight_writes > 0 {
-                return Err((
-                    "no weight change while the data are unusable",
-                    format!(
-                        "metrics {:?}, weights now blue={} green={}",
-                        w.metrics, live.blue, live.green
-                    ),
-                ));
-            }
-            let was = before.state.as_ref().map(|s| s.phase);
-            if state.phase == Phase::RolledBack && was != Some(Phase::RolledBack) {
-                return Err((
-                    "no rollback on unusable data",
-                    format!(
-                        "metrics {:?}: {}",
-                        w.metrics,
-                        state.reason.clone().unwrap_or_default()
-                    ),
-                ));
-            }
-        }
-        // A decided rollback is applied, or a critical "not applied" alert is outstanding.
-        let rollback_weights = policy.traffic.weights_for(0.0);
-        if state.phase == Phase::RolledBack
-            && state.applying_from.is_some()
-            && live != rollback_weights
-        {
-            let alerted = state.rollback_unapplied
-                && w.produced
-                    .iter()
-                    .any(|(k, r)| !r && k.ends_with("-not-applied"));
-            if alerted {
-                self.unapplied_steps = 0;
-            } else {
-                self.unapplied_steps += 1;
-                if self.unapplied_steps >= 3 {
-                    return Err((
-                        "a decided rollback is applied or alerted as not applied",
-                        format!(
-                            "live blue={} green={} for {} steps",
-                            live.blue, live.green, self.unapplied_steps
-                        ),
-                    ));
-                }
-            }
-        } else {
-            self.unapplied_steps = 0;
-        }
-        // No window counted twice; evidence never reset by a crash or failover.
-        if let Some(prev) = &self.last {
-            let same_rollout = prev.rollout_started_at == state.rollout_started_at;
-            if same_rollout {
-                // Windows consumed without data may be given back (a corrected forward clock
-                // jump); windows whose data counted never are.
-                if state.last_good_data_at < prev.last_good_data_at {
-                    return Err((
-                        "no window is counted twice",
-                        format!(
-                            "the end of the last counted window went back from {:?} to {:?}",
-                            prev.last_good_data_at, state.last_good_data_at
-                        ),
-                    ));
-                }
-                for (a, b) in prev.streams.iter().zip(&state.streams) {
-                    if a.id == b.id && b.advance.intervals < a.advance.intervals {
-                        return Err((
-                            "evidence is never reset by a crash or failover",
-                            format!(
-                                "{}: {} counted windows, then {}",
-                                a.id, a.advance.intervals, b.advance.intervals
-                            ),
-                        ));
-                    }
-                }
-            }
-        }
-        // Counted windows never exceed the intervals of true time since the rollout began (its
-        // recorded start comes from an instance's clock, which may be off).
-        if self.rollout.map(|(t, _)| t) != state.rollout_started_at {
-            self.rollout = state.rollout_started_at.map(|t| (t, w.step));
-        }
-        if let Some((_, first_step)) = self.rollout {
-            let windows = (w.step - first_step) as i64;
-            for s in &state.streams {
-                if s.advance.intervals as i64 > windows + 1 {
-                    return Err((
-                        "no window is counted twice",
-                        format!(
-                            "{}: {} windows counted in {} intervals",
-                            s.id, s.advance.intervals, windows
-                        ),
-                    ));
-                }
-            }
-        }
-        drop(w);
-        self.last = Some(state);
-        Ok(())
-    }
-}
-
-/// The outcome of many nights.
-#[derive(Debug, Default, Clone)]
-pub struct SoakReport {
-    pub nights: usize,
-    pub hours: f64,
-    pub faults: BTreeMap<Fault, u64>,
-    pub violations: Vec<Violation>,
-    /// Per world: (nights, promoted, rolled back, minutes to the end of each decided night,
-    /// green requests, bad green requests).
-    pub worlds: BTreeMap<&'static str, WorldOutcome>,
-}
-
-#[derive(Debug, Default, Clone)]
-pub struct WorldOutcome {
-    pub regression: bool,
-    pub nights: usize,
-    pub promoted: usize,
-    pub rolled_back: usize,
-    pub minutes: Vec<f64>,
-    pub bad_green: u64,
-    pub green_requests: u64,
-    /// Rollbacks by cause (operator, evidence, green data missing, threshold guard).
-    pub causes: BTreeMap<&'static str, usize>,
-}
-
-impl SoakReport {
-    pub fn add(&mut self, r: &NightResult) {
-        self.nights += 1;
-        self.hours += r.hours;
-        for (f, n) in &r.faults {
-            *self.faults.entry(*f).or_default() += n;
-        }
-        if let Some(v) = &r.violation {
-            self.violations.push(v.clone());
-        }
-        let o = self.worlds.entry(r.world).or_default();
-        o.regression = r.regression;
-        o.nights += 1;
-        match r.phase {
-            Some(Phase::Promoted) => o.promoted += 1,
-            Some(Phase::RolledBack) => o.rolled_back += 1,
-            _ => {}
-        }
-        if let Some(m) = r.minutes_to_end {
-            o.minutes.push(m);
-        }
-        if let Some(c) = r.rollback_cause {
-            *o.causes.entry(c).or_default() += 1;
-        }
-        o.bad_green += r.bad_green;
-        o.green_requests += r.green_requests;
-    }
-
-    /// A Markdown report: nights, faults, violations, outcomes per world.
-    pub fn table(&self) -> String {
-        let mut out = format!(
-            "nights: {}, simulated hours: {:.0}, invariant violations: {}\n\n| fault | injected |\n|---|---:|\n",
-            self.nights,
-            self.hours,
-            self.violations.len()
-        );
-        for (f, n) in &self.faults {
-            out.push_str(&format!("| {f} | {n} |\n"));
-        }
-        out.push_str("\n| world | green is | nights | promoted | rolled back | by the statistics | by an operator | for green's missing data | median minutes to the end | bad green requests per night |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
-        for (name, o) in &self.worlds {
-            let mut m = o.minutes.clone();
-            m.sort_by(f64::total_cmp);
-            let median = if m.is_empty() {
-                "-".to_string()
-            } else {
-                format!("{:.0}", m[m.len() / 2])
-            };
-            let cause = |c: &str| o.causes.get(c).copied().unwrap_or(0);
-            out.push_str(&format!(
-                "| {name} | {} | {} | {} ({:.1} %) | {} ({:.1} %) | {} | {} | {} | {median} | {:.0} |\n",
-                if o.regression { "worse" } else { "healthy" },
-                o.nights,
-                o.promoted,
-                100.0 * o.promoted as f64 / o.nights.max(1) as f64,
-                o.rolled_back,
-                100.0 * o.rolled_back as f64 / o.nights.max(1) as f64,
-                cause("evidence") + cause("threshold guard"),
-                cause("operator"),
-                cause("green data missing"),
-                o.bad_green as f64 / o.nights.max(1) as f64,
-            ));
-        }
-        for v in self.violations.iter().take(20) {
-            out.push_str(&format!("\nviolation: {v}"));
-        }
-        out
-    }
 }
 
 #[cfg(test)]
