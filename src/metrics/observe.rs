@@ -55,11 +55,12 @@
 //! the requests count.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::future::join_all;
 use jiff::Timestamp;
+use tokio::sync::OnceCell;
 use tracing::{debug, info, warn};
 
 use super::client::{PromClient, QueryError, QueryResult};
@@ -164,7 +165,9 @@ struct Ctx<'a> {
     max_age: Duration,
     lookback: Duration,
     /// Answers of the freshness queries already made for this window, by query text.
-    newest: Mutex<HashMap<String, Result<QueryResult, QueryError>>>,
+    /// One freshness answer per query, shared by the checks that run at once (the first to ask
+    /// sends it, the others wait for its answer).
+    newest: Mutex<HashMap<String, Arc<OnceCell<Result<QueryResult, QueryError>>>>>,
 }
 
 #[derive(Clone, Copy)]
@@ -265,15 +268,13 @@ impl<'a> Ctx<'a> {
     /// The answer of freshness query `q` at the window end, asked once per window: the checks of
     /// one policy run one after the other, so a later check reuses an earlier one's answer.
     async fn newest_sample(&self, q: &str) -> Result<QueryResult, QueryError> {
-        let known = self.newest.lock().ok().and_then(|m| m.get(q).cloned());
-        if let Some(answer) = known {
-            return answer;
-        }
-        let answer = self.client.instant(q, self.end).await;
-        if let Ok(mut m) = self.newest.lock() {
-            m.insert(q.to_string(), answer.clone());
-        }
-        answer
+        let cell = {
+            let mut m = self.newest.lock().unwrap_or_else(|p| p.into_inner());
+            m.entry(q.to_string()).or_default().clone()
+        };
+        cell.get_or_init(|| self.client.instant(q, self.end))
+            .await
+            .clone()
     }
 
     /// The single value of `m`, or `None` for an empty answer, after the freshness rules.
