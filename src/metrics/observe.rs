@@ -157,6 +157,9 @@ fn check_unusable(api: &str, check: &str, problem: &DataProblem) {
     }
 }
 
+/// A query's answer, computed once and shared.
+type SharedAnswer = Arc<OnceCell<Result<QueryResult, QueryError>>>;
+
 struct Ctx<'a> {
     client: &'a PromClient,
     api: &'a str,
@@ -167,7 +170,7 @@ struct Ctx<'a> {
     /// Answers of the freshness queries already made for this window, by query text.
     /// One freshness answer per query, shared by the checks that run at once (the first to ask
     /// sends it, the others wait for its answer).
-    newest: Mutex<HashMap<String, Arc<OnceCell<Result<QueryResult, QueryError>>>>>,
+    newest: Mutex<HashMap<String, SharedAnswer>>,
 }
 
 #[derive(Clone, Copy)]
