@@ -488,12 +488,7 @@ impl RawConsul {
 mod tests {
     use super::*;
 
-    fn errors_of(text: &str) -> Vec<String> {
-        match Config::from_toml(text, Path::new("conf/g.toml")) {
-            Ok(_) => Vec::new(),
-            Err(errors) => errors.iter().map(|e| e.to_string()).collect(),
-        }
-    }
+    use crate::policy::fixture::config_errors_of as errors_of;
 
     #[test]
     fn console_public_url_is_an_http_url_without_credentials() {

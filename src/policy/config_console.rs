@@ -317,12 +317,7 @@ mod tests {
     use super::*;
     use crate::policy::Config;
 
-    fn errors_of(text: &str) -> Vec<String> {
-        match Config::from_toml(text, Path::new("conf/g.toml")) {
-            Ok(_) => Vec::new(),
-            Err(errors) => errors.iter().map(|e| e.to_string()).collect(),
-        }
-    }
+    use crate::policy::fixture::config_errors_of as errors_of;
 
     #[test]
     fn sign_in_settings_are_validated_with_locations() {

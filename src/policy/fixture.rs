@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use super::Policy;
+use super::{Config, Policy};
 
 pub(super) const GOOD: &str = r#"
 api = "checkout"
@@ -45,4 +45,12 @@ pub(super) fn errors_of(text: &str) -> Vec<String> {
 pub(super) fn variant(from: &str, to: &str) -> String {
     assert!(GOOD.contains(from), "{from:?} not in the sample");
     GOOD.replacen(from, to, 1)
+}
+
+/// The errors of the daemon config `text` (read as `conf/g.toml`), one string each.
+pub(super) fn config_errors_of(text: &str) -> Vec<String> {
+    match Config::from_toml(text, Path::new("conf/g.toml")) {
+        Ok(_) => Vec::new(),
+        Err(errors) => errors.iter().map(|e| e.to_string()).collect(),
+    }
 }
