@@ -1,12 +1,13 @@
 //! The console's JSON API and sign-in against a real daemon (Consul double, HAProxy): who gets
-//! in, who may do what, and what bad input gets.
+//! in (proxy headers, bearer tokens, token sign-in sessions), who may do what, and what bad
+//! input gets.
 
 use std::net::SocketAddr;
 
 mod support;
 use support::console::{
-    act, console_section, get, request, wait_ready, ACCESS, OUTSIDER_TOKEN, OWNER_TOKEN,
-    VIEWER_TOKEN,
+    act, console_section, cookie_value, form_encode, get, page_csrf, request, set_cookie, sign_in,
+    wait_ready, ACCESS, OUTSIDER_TOKEN, OWNER_TOKEN, VIEWER_TOKEN,
 };
 use support::stack::{listen_addr, policy_with, Stack};
 use support::Proc;
@@ -289,6 +290,8 @@ fn the_openapi_document_describes_every_api_route() {
         "/api/v1/rollouts/{api}",
         "/api/v1/rollouts/{api}/audit",
         "/api/v1/rollouts/{api}/actions",
+        "/signin",
+        "/signout",
     ] {
         assert!(paths.contains_key(path), "{path} is not documented");
     }
@@ -313,4 +316,232 @@ fn the_openapi_document_describes_every_api_route() {
         );
         assert!(!a.body.contains("unknown action"), "{k}: {}", a.body);
     }
+}
+
+/// `Cookie: greenlight_session=<id>`.
+fn session(id: &str) -> String {
+    format!("greenlight_session={id}")
+}
+
+#[test]
+fn a_token_sign_in_opens_a_browser_session_until_sign_out() {
+    let mut c = signed_in();
+    // A browser without credentials is sent to the sign-in form; an API client gets 401 JSON.
+    let page = get(c.addr, "/apis/checkout", &[("Accept", "text/html")]);
+    assert_eq!(page.status, 303, "{}", page.body);
+    assert_eq!(page.headers["location"], "/signin?next=%2Fapis%2Fcheckout");
+    let api = get(c.addr, "/api/v1/rollouts", &[("Accept", "text/html")]);
+    assert_eq!(api.status, 401);
+    assert!(api.json()["error"].as_str().unwrap().contains("/signin"));
+
+    let done = sign_in(c.addr, OWNER_TOKEN);
+    assert_eq!(done.status, 303, "{}", done.body);
+    assert_eq!(done.headers["location"], "/apis/checkout");
+    let set = set_cookie(&done, "greenlight_session").expect("a session cookie");
+    for attribute in ["Path=/", "HttpOnly", "SameSite=Strict", "Max-Age=43200"] {
+        assert!(set.contains(attribute), "{attribute} missing: {set}");
+    }
+    // Plain http on loopback: a Secure cookie would be dropped by the browser.
+    assert!(!set.contains("Secure"), "{set}");
+    let id = cookie_value(&set);
+    assert!(id.len() >= 32, "an opaque id: {set}");
+    assert!(!set.contains(OWNER_TOKEN), "the token is not the cookie");
+
+    let me = get(c.addr, "/api/v1/me", &[("Cookie", &session(&id))]);
+    assert_eq!(me.status, 200, "{}", me.body);
+    assert_eq!(me.json()["user"], "deploy-bot");
+    assert_eq!(me.json()["via"], "session");
+    assert_eq!(me.json()["roles"]["checkout"], "owner");
+
+    // Writes from the session need the page's CSRF token, like any browser write.
+    let page = get(c.addr, "/apis/checkout", &[("Cookie", &session(&id))]);
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("id=\"signout\""), "a sign-out button");
+    let csrf = page_csrf(&page.body).expect("the page's CSRF token");
+    let origin = format!("http://{}", c.addr);
+    let action = r#"{"action":"start","reason":"signed in with a token"}"#;
+    let without = request(
+        c.addr,
+        "POST",
+        "/api/v1/rollouts/checkout/actions",
+        &[
+            ("Cookie", &session(&id)),
+            ("Origin", &origin),
+            ("Content-Type", "application/json"),
+        ],
+        Some(action),
+        None,
+    );
+    assert_eq!(without.status, 403, "{}", without.body);
+    let cookies = format!("{}; greenlight_csrf={csrf}", session(&id));
+    let with = request(
+        c.addr,
+        "POST",
+        "/api/v1/rollouts/checkout/actions",
+        &[
+            ("Cookie", &cookies),
+            ("Origin", &origin),
+            ("X-CSRF-Token", &csrf),
+            ("Content-Type", "application/json"),
+        ],
+        Some(action),
+        None,
+    );
+    assert_eq!(with.status, 200, "{}", with.body);
+    assert_eq!(c.stack.state().unwrap()["intent"]["intent"], "start");
+    let audit = get(
+        c.addr,
+        "/api/v1/rollouts/checkout/audit",
+        &[("Cookie", &session(&id))],
+    )
+    .json();
+    assert_eq!(
+        audit.as_array().unwrap().last().unwrap()["user"],
+        "deploy-bot"
+    );
+
+    // Signing out needs the CSRF token too, then the cookie is worth nothing.
+    let signout = |csrf: &str| {
+        request(
+            c.addr,
+            "POST",
+            "/signout",
+            &[
+                ("Cookie", &cookies),
+                ("Origin", &origin),
+                ("Content-Type", "application/x-www-form-urlencoded"),
+            ],
+            Some(&format!("csrf={}", form_encode(csrf))),
+            None,
+        )
+    };
+    assert_eq!(signout("forged").status, 403);
+    assert_eq!(
+        get(c.addr, "/api/v1/me", &[("Cookie", &session(&id))]).status,
+        200
+    );
+    let out = signout(&csrf);
+    assert_eq!(out.status, 303, "{}", out.body);
+    assert_eq!(out.headers["location"], "/signin");
+    assert!(set_cookie(&out, "greenlight_session")
+        .unwrap()
+        .contains("Max-Age=0"));
+    assert_eq!(
+        get(c.addr, "/api/v1/me", &[("Cookie", &session(&id))]).status,
+        401
+    );
+    c.daemon.assert_running();
+    let log = c.daemon.output();
+    assert!(log.contains("Signed in to the console"), "{log}");
+    assert!(
+        !log.contains(OWNER_TOKEN) && !log.contains(&id),
+        "the log shows a secret"
+    );
+}
+
+#[test]
+fn wrong_tokens_at_sign_in_get_an_error_no_cookie_and_are_rate_limited() {
+    let mut c = signed_in();
+    let wrong = "gl-wrong-token-77c1-not-a-real-secret";
+    for _ in 0..5 {
+        let a = sign_in(c.addr, wrong);
+        assert_eq!(a.status, 401, "{}", a.body);
+        assert!(a.body.contains("That token is not valid."), "{}", a.body);
+        assert!(a.body.contains("name=\"token\""), "the form again");
+        assert!(!a.body.contains(wrong));
+        assert_eq!(set_cookie(&a, "greenlight_session"), None);
+    }
+    // Too many failures from this address: even the right token waits.
+    let held = sign_in(c.addr, OWNER_TOKEN);
+    assert_eq!(held.status, 429, "{}", held.body);
+    let wait: u64 = held.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&wait), "Retry-After {wait}");
+    assert_eq!(set_cookie(&held, "greenlight_session"), None);
+    // Another address is not held.
+    let other = request(
+        c.addr,
+        "GET",
+        "/signin",
+        &[("Accept", "text/html")],
+        None,
+        Some("127.0.0.2".parse().unwrap()),
+    );
+    assert_eq!(other.status, 200);
+    c.daemon.assert_running();
+    let log = c.daemon.output();
+    assert!(log.contains("Refused a console sign-in"), "{log}");
+    assert!(
+        !log.contains(wrong) && !log.contains(OWNER_TOKEN),
+        "the log shows a token"
+    );
+}
+
+#[test]
+fn a_cross_site_or_forged_sign_in_is_refused() {
+    let c = signed_in();
+    let form = get(c.addr, "/signin", &[("Accept", "text/html")]);
+    let csrf = cookie_value(&set_cookie(&form, "greenlight_signin").unwrap());
+    let post = |origin: &str, cookie_csrf: &str, field_csrf: &str| {
+        request(
+            c.addr,
+            "POST",
+            "/signin",
+            &[
+                ("Origin", origin),
+                ("Cookie", &format!("greenlight_signin={cookie_csrf}")),
+                ("Content-Type", "application/x-www-form-urlencoded"),
+            ],
+            Some(&format!(
+                "csrf={}&token={}",
+                form_encode(field_csrf),
+                form_encode(OWNER_TOKEN)
+            )),
+            None,
+        )
+    };
+    let origin = format!("http://{}", c.addr);
+    let cross = post("https://evil.example", &csrf, &csrf);
+    assert_eq!(cross.status, 403, "{}", cross.body);
+    assert!(cross.body.contains("cross-site request refused"));
+    let forged = post(&origin, "abc.def", "abc.def");
+    assert_eq!(forged.status, 403, "{}", forged.body);
+    assert!(forged.body.contains("CSRF"));
+    for a in [&cross, &forged] {
+        assert_eq!(set_cookie(a, "greenlight_session"), None);
+    }
+    // A made-up session cookie is no session.
+    let made_up = session(&"ab".repeat(32));
+    assert_eq!(
+        get(c.addr, "/api/v1/me", &[("Cookie", &made_up)]).status,
+        401
+    );
+    // The genuine form from this origin signs in.
+    assert_eq!(post(&origin, &csrf, &csrf).status, 303);
+}
+
+#[test]
+fn an_expired_session_cookie_gets_401() {
+    let section =
+        console_section().replacen("[console]\n", "[console]\nsession_lifetime = \"2s\"\n", 1);
+    let c = console(&section);
+    wait_ready(c.addr, OWNER_TOKEN, "checkout");
+    let done = sign_in(c.addr, OWNER_TOKEN);
+    assert_eq!(done.status, 303, "{}", done.body);
+    let set = set_cookie(&done, "greenlight_session").unwrap();
+    assert!(set.contains("Max-Age=2"), "{set}");
+    let cookie = session(&cookie_value(&set));
+    // Sent on after its lifetime (as a browser whose clock lags would), it is refused.
+    assert_eq!(
+        get(c.addr, "/api/v1/me", &[("Cookie", &cookie)]).status,
+        200
+    );
+    support::eventually(
+        "the session's expiry",
+        std::time::Duration::from_secs(10),
+        || (get(c.addr, "/api/v1/me", &[("Cookie", &cookie)]).status == 401).then_some(()),
+    );
 }

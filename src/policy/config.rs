@@ -519,7 +519,7 @@ mod tests {
         let e = errors_of("[console]\nlisten = 1\n");
         assert_eq!(
             e,
-            vec!["conf/g.toml:2:1: unknown field `listen`, expected one of `public_url`, `admin_groups`, `proxy`, `token`"]
+            vec!["conf/g.toml:2:1: unknown field `listen`, expected one of `public_url`, `admin_groups`, `proxy`, `token`, `session_lifetime`"]
         );
     }
 

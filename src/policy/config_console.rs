@@ -11,21 +11,32 @@
 //! user = "deploy-bot"
 //! groups = ["payments"]
 //! sha256 = "9f86d081…"                 # SHA-256 of the token, hex; or { file = "…" }
+//! session_lifetime = "12h"             # a browser signed in with a token at /signin stays so
 //! ```
 //! Without `[console.proxy]` and `[[console.token]]` the console is read-only for everyone and
 //! `listen` must be a loopback address.
 
 use std::net::IpAddr;
 use std::path::Path;
+use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
 
 use super::config_raw::RawSecret;
+use super::limits::{duration_in, DurationRange};
 use super::located::{shown, Errors};
 use super::secret::Secret;
 use super::validate::validate_groups;
-use super::values::Table;
+use super::values::{HumanDuration, Table};
+
+/// How long a browser signed in with a token (`/signin`) stays signed in, by default.
+pub const DEFAULT_SESSION_LIFETIME: Duration = Duration::from_secs(12 * 3600);
+/// `console.session_lifetime`.
+const SESSION_LIFETIME: DurationRange = DurationRange {
+    min: Duration::from_secs(1),
+    max: Duration::from_secs(7 * 86_400),
+};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -43,6 +54,9 @@ pub(super) struct RawConsole {
     /// `[[console.token]]`: API tokens.
     #[serde(default, rename = "token")]
     pub(super) tokens: Vec<Spanned<Table<RawToken>>>,
+    /// How long a browser stays signed in after `/signin` with a token. Default `"12h"`.
+    #[serde(default)]
+    pub(super) session_lifetime: Option<Spanned<HumanDuration>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -77,7 +91,7 @@ pub(super) enum RawHash {
 }
 
 /// The validated `[console]` section.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ConsoleConfig {
     /// The URL people reach the console at, without a trailing `/`; alerts link to
     /// `<public_url>/apis/<api>`. Default: none.
@@ -85,6 +99,20 @@ pub struct ConsoleConfig {
     pub admin_groups: Vec<String>,
     pub proxy: Option<ProxyConfig>,
     pub tokens: Vec<TokenConfig>,
+    /// How long a browser stays signed in after `/signin` with a token.
+    pub session_lifetime: Duration,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> ConsoleConfig {
+        ConsoleConfig {
+            public_url: None,
+            admin_groups: Vec::new(),
+            proxy: None,
+            tokens: Vec::new(),
+            session_lifetime: DEFAULT_SESSION_LIFETIME,
+        }
+    }
 }
 
 impl ConsoleConfig {
@@ -303,11 +331,17 @@ impl RawConsole {
                 errors,
             )
         });
+        let session_lifetime = self
+            .session_lifetime
+            .as_ref()
+            .map(|d| duration_in(d, "console.session_lifetime", SESSION_LIFETIME, errors))
+            .unwrap_or(DEFAULT_SESSION_LIFETIME);
         ConsoleConfig {
             public_url,
             admin_groups,
             proxy,
             tokens,
+            session_lifetime,
         }
     }
 }
@@ -334,6 +368,7 @@ mod tests {
         assert_eq!(proxy.groups_header, "x-auth-groups");
         assert_eq!(c.console.tokens[0].sha256.resolve().unwrap()[0], 0x9f);
         assert!(c.console.auth_configured());
+        assert_eq!(c.console.session_lifetime, DEFAULT_SESSION_LIFETIME);
 
         let e = errors_of(
             "[console.proxy]\naddresses = [\"proxy.internal\"]\nuser_header = \"X User\"\n\
@@ -350,6 +385,22 @@ mod tests {
         assert!(
             !e[2].contains("my-secret-token"),
             "the value is never echoed"
+        );
+    }
+
+    #[test]
+    fn the_session_lifetime_is_a_bounded_duration() {
+        let c = Config::from_toml(
+            "[console]\nsession_lifetime = \"30m\"\n",
+            Path::new("conf/g.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.console.session_lifetime, Duration::from_secs(1800));
+        assert_eq!(
+            errors_of("[console]\nsession_lifetime = \"30d\"\n"),
+            vec![
+                "conf/g.toml:2:20: console.session_lifetime must be between 1s and 7days, got 30days"
+            ]
         );
     }
 

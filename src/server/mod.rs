@@ -385,6 +385,16 @@ pub fn router_with(
         .route("/", get(console::overview))
         .route("/apis/{api}", get(console::api_html))
         .route("/assets/{name}", get(console::asset))
+        .route(
+            "/signin",
+            get(console::signin_page)
+                .post(console::signin)
+                .layer(DefaultBodyLimit::max(console::MAX_BODY_BYTES)),
+        )
+        .route(
+            "/signout",
+            post(console::signout).layer(DefaultBodyLimit::max(console::MAX_BODY_BYTES)),
+        )
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

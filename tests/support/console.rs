@@ -147,3 +147,80 @@ pub fn wait_ready(addr: SocketAddr, token: &str, api: &str) {
         (a.status == 200).then_some(())
     });
 }
+
+/// The `Set-Cookie` header of `answer` that sets cookie `name`, whole (value and attributes).
+pub fn set_cookie(answer: &Answer, name: &str) -> Option<String> {
+    answer
+        .headers
+        .get_all(reqwest::header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|c| c.starts_with(&format!("{name}=")))
+        .map(String::from)
+}
+
+/// The value a `Set-Cookie` header gives its cookie.
+pub fn cookie_value(set_cookie: &str) -> String {
+    let first = set_cookie.split(';').next().unwrap_or("");
+    first
+        .split_once('=')
+        .map(|(_, v)| v)
+        .unwrap_or("")
+        .to_string()
+}
+
+/// `%`-encodes a form field.
+pub fn form_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// The `content` of the page's `<meta name="csrf-token">`.
+pub fn page_csrf(html: &str) -> Option<String> {
+    let rest = html.split(r#"<meta name="csrf-token" content=""#).nth(1)?;
+    Some(rest.split('"').next()?.to_string())
+}
+
+/// Signs in at `/signin` with `token` as a browser would: fetches the form (its CSRF cookie
+/// and field), then posts it from this console's origin. The answer to the post.
+pub fn sign_in(addr: SocketAddr, token: &str) -> Answer {
+    let form = get(
+        addr,
+        "/signin?next=%2Fapis%2Fcheckout",
+        &[("Accept", "text/html")],
+    );
+    assert_eq!(form.status, 200, "{}", form.body);
+    let csrf = cookie_value(&set_cookie(&form, "greenlight_signin").expect("the form's cookie"));
+    assert!(
+        form.body
+            .contains(&format!(r#"name="csrf" value="{csrf}""#)),
+        "{}",
+        form.body
+    );
+    let body = format!(
+        "csrf={}&next=%2Fapis%2Fcheckout&token={}",
+        form_encode(&csrf),
+        form_encode(token)
+    );
+    let origin = format!("http://{addr}");
+    let cookie = format!("greenlight_signin={csrf}");
+    request(
+        addr,
+        "POST",
+        "/signin",
+        &[
+            ("Origin", &origin),
+            ("Cookie", &cookie),
+            ("Content-Type", "application/x-www-form-urlencoded"),
+        ],
+        Some(&body),
+        None,
+    )
+}

@@ -206,7 +206,7 @@ pub(crate) async fn act(
 }
 
 /// The connection's peer address, when served with connect info.
-pub(crate) struct ConnectInfoOpt(Option<IpAddr>);
+pub(crate) struct ConnectInfoOpt(pub(crate) Option<IpAddr>);
 
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ConnectInfoOpt {
     type Rejection = std::convert::Infallible;

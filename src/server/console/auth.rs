@@ -1,12 +1,17 @@
 //! Who is asking, and what they may do: identities from a trusted sign-in proxy's headers or
-//! from API tokens, roles from the policy's `owners`, `viewers` and `approvers` and the config's
+//! from API tokens (sent as `Authorization: Bearer`, or once at `/signin` for a browser
+//! session), roles from the policy's `owners`, `viewers` and `approvers` and the config's
 //! admin groups (deny by default), and the CSRF checks of browser writes.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use axum::http::HeaderMap;
 use hmac::{Hmac, Mac};
+use jiff::Timestamp;
 use sha2::{Digest, Sha256};
+
+use super::signin::{Sessions, SESSION_COOKIE};
 
 use crate::policy::{ConsoleConfig, Policy, ProxyConfig};
 
@@ -26,6 +31,8 @@ pub struct Auth {
     tokens: Vec<Token>,
     /// Key of the CSRF tokens (random per process).
     csrf_key: [u8; 32],
+    /// Browsers signed in with a token at `/signin`.
+    sessions: Arc<Sessions>,
 }
 
 /// How an identity was established.
@@ -37,6 +44,9 @@ pub enum Via {
     Proxy,
     /// `Authorization: Bearer` with a configured token.
     Token,
+    /// A browser session opened at `/signin` with a configured token (writes need the CSRF
+    /// token).
+    Session,
 }
 
 impl Via {
@@ -45,6 +55,7 @@ impl Via {
             Via::Anonymous => "anonymous",
             Via::Proxy => "proxy",
             Via::Token => "token",
+            Via::Session => "session",
         }
     }
 }
@@ -113,6 +124,7 @@ impl Auth {
             proxy: config.proxy.clone(),
             tokens,
             csrf_key,
+            sessions: Arc::new(Sessions::new(config.session_lifetime)),
         })
     }
 
@@ -125,12 +137,46 @@ impl Auth {
         self.proxy.is_some() || !self.tokens.is_empty()
     }
 
-    /// The identity of a request from `peer` with `headers`. Proxy headers count only from the
-    /// configured proxy addresses; from anywhere else they are ignored.
+    /// Whether API tokens are configured (and so the `/signin` page offered).
+    pub fn has_tokens(&self) -> bool {
+        !self.tokens.is_empty()
+    }
+
+    pub fn sessions(&self) -> &Sessions {
+        &self.sessions
+    }
+
+    /// The owner of `token`, compared in constant time against every configured hash.
+    pub fn token_identity(&self, token: &str) -> Option<Identity> {
+        let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        // Every hash is compared in full, whichever matches.
+        let found = self.tokens.iter().fold(None, |found, t| {
+            found.or(constant_eq(&t.sha256, &hash).then_some(t))
+        })?;
+        Some(Identity {
+            user: found.user.clone(),
+            groups: found.groups.clone(),
+            via: Via::Token,
+        })
+    }
+
+    /// The identity of a request from `peer` with `headers`, now.
     pub fn identify(
         &self,
         peer: Option<IpAddr>,
         headers: &HeaderMap,
+    ) -> Result<Identity, AuthError> {
+        self.identify_at(peer, headers, Timestamp::now())
+    }
+
+    /// The identity of a request from `peer` with `headers` at `now`: a bearer token, else the
+    /// proxy's headers (only from the configured proxy addresses; from anywhere else they are
+    /// ignored), else a session cookie from `/signin`.
+    pub fn identify_at(
+        &self,
+        peer: Option<IpAddr>,
+        headers: &HeaderMap,
+        now: Timestamp,
     ) -> Result<Identity, AuthError> {
         if let Some(value) = headers.get(axum::http::header::AUTHORIZATION) {
             let token = value
@@ -139,19 +185,7 @@ impl Auth {
                 .and_then(|v| v.strip_prefix("Bearer "))
                 .map(str::trim)
                 .ok_or(AuthError::BadToken)?;
-            let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-            // Every hash is compared in full, whichever matches.
-            let found = self.tokens.iter().fold(None, |found, t| {
-                found.or(constant_eq(&t.sha256, &hash).then_some(t))
-            });
-            return match found {
-                Some(t) => Ok(Identity {
-                    user: t.user.clone(),
-                    groups: t.groups.clone(),
-                    via: Via::Token,
-                }),
-                None => Err(AuthError::BadToken),
-            };
+            return self.token_identity(token).ok_or(AuthError::BadToken);
         }
         if let (Some(proxy), Some(peer)) = (&self.proxy, peer) {
             if proxy.addresses.iter().any(|net| net.contains(peer)) {
@@ -176,6 +210,13 @@ impl Auth {
                         via: Via::Proxy,
                     });
                 }
+            }
+        }
+        if self.has_tokens() {
+            let session =
+                cookie(headers, SESSION_COOKIE).and_then(|id| self.sessions.identity(&id, now));
+            if let Some(who) = session {
+                return Ok(who);
             }
         }
         if self.configured() {
@@ -225,13 +266,14 @@ impl Auth {
         hex(&mac.finalize().into_bytes())
     }
 
-    /// Checks a browser write: same origin (Origin or Sec-Fetch-Site), and the session's CSRF
-    /// token both in the `X-CSRF-Token` header and in the `SameSite=Strict` cookie. Bearer-token
-    /// requests need none of this (a browser cannot send them cross-site).
-    pub fn check_csrf(&self, who: &Identity, headers: &HeaderMap) -> Result<(), String> {
-        if who.via != Via::Proxy {
-            return Ok(());
-        }
+    /// Whether `who` is a browser session (whose writes need the CSRF checks).
+    pub fn is_browser(who: &Identity) -> bool {
+        matches!(who.via, Via::Proxy | Via::Session)
+    }
+
+    /// Refuses a request from another site: its Origin (or Sec-Fetch-Site) must be this
+    /// console.
+    pub fn same_origin(&self, headers: &HeaderMap) -> Result<(), String> {
         let host = headers
             .get("x-forwarded-host")
             .or_else(|| headers.get(axum::http::header::HOST))
@@ -253,11 +295,32 @@ impl Auth {
                 ));
             }
         }
-        let expected = self.csrf_token(&who.user);
+        Ok(())
+    }
+
+    /// Checks a browser write: same origin (Origin or Sec-Fetch-Site), and the session's CSRF
+    /// token both in the `X-CSRF-Token` header and in the `SameSite=Strict` cookie. Bearer-token
+    /// requests need none of this (a browser cannot send them cross-site).
+    pub fn check_csrf(&self, who: &Identity, headers: &HeaderMap) -> Result<(), String> {
         let header = headers
             .get("x-csrf-token")
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
+        self.check_form_csrf(who, headers, header)
+    }
+
+    /// [`Auth::check_csrf`] for a form post, whose CSRF token is the `field` it sent.
+    pub fn check_form_csrf(
+        &self,
+        who: &Identity,
+        headers: &HeaderMap,
+        header: &str,
+    ) -> Result<(), String> {
+        if !Auth::is_browser(who) {
+            return Ok(());
+        }
+        self.same_origin(headers)?;
+        let expected = self.csrf_token(&who.user);
         let cookie = cookie(headers, CSRF_COOKIE).unwrap_or_default();
         if !constant_eq(header.as_bytes(), expected.as_bytes())
             || !constant_eq(cookie.as_bytes(), expected.as_bytes())
@@ -270,6 +333,32 @@ impl Auth {
     }
 }
 
+impl Auth {
+    /// A fresh CSRF token of the sign-in form: a random nonce and its MAC.
+    pub fn signin_token(&self) -> String {
+        let mut nonce = [0u8; 16];
+        rand::Rng::fill(&mut rand::rng(), &mut nonce);
+        let nonce = hex(&nonce);
+        format!("{nonce}.{}", self.signin_mac(&nonce))
+    }
+
+    /// Whether the sign-in form sent back the token of its cookie, and it is one of ours.
+    pub fn signin_token_matches(&self, field: &str, cookie: &str) -> bool {
+        let Some((nonce, mac)) = field.split_once('.') else {
+            return false;
+        };
+        constant_eq(field.as_bytes(), cookie.as_bytes())
+            && constant_eq(mac.as_bytes(), self.signin_mac(nonce).as_bytes())
+    }
+
+    fn signin_mac(&self, nonce: &str) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.csrf_key).expect("any key length");
+        mac.update(b"greenlight-signin\0");
+        mac.update(nonce.as_bytes());
+        hex(&mac.finalize().into_bytes())
+    }
+}
+
 /// Name of the CSRF cookie.
 pub const CSRF_COOKIE: &str = "greenlight_csrf";
 
@@ -278,7 +367,8 @@ pub fn csrf_cookie(token: &str) -> String {
     format!("{CSRF_COOKIE}={token}; Path=/; SameSite=Strict; HttpOnly")
 }
 
-fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+/// The value of cookie `name` in `headers`.
+pub(super) fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(axum::http::header::COOKIE)
         .iter()
@@ -317,6 +407,7 @@ mod tests {
                 groups: vec!["payments".into()],
                 sha256: TokenHash::Inline(Sha256::digest(b"t0ken").into()),
             }],
+            ..ConsoleConfig::default()
         };
         Auth::from_config(&config).unwrap()
     }

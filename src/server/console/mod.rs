@@ -3,13 +3,15 @@
 //!
 //! Every request is identified first ([`auth::Auth::identify`]): with sign-in configured, a
 //! request without credentials gets 401; an API the user's groups may not view does not exist
-//! for them (404). Actions go through [`ConsoleBackend::perform`] (the daemon's compare-and-set
+//! for them (404); a browser without credentials is sent to the token sign-in page
+//! ([`signin`]) when tokens are configured. Actions go through [`ConsoleBackend::perform`] (the daemon's compare-and-set
 //! action path); a stale view gets 409 with the current state.
 
 mod actions;
 pub mod auth;
 mod charts;
 mod pages;
+pub mod signin;
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -34,6 +36,7 @@ use crate::policy::Policy;
 pub(super) use actions::act;
 pub use actions::{view_at, ConflictBody, DoneBody};
 pub use pages::{api_page, overview_page, ApiPage, Overview, OverviewRow};
+pub(super) use signin::{signin, signin_page, signout};
 
 /// Largest accepted action body.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
@@ -154,7 +157,10 @@ pub(super) async fn identify(
     let path = req.uri().path();
     let open = path == "/api/v1/openapi.json"
         || path.starts_with("/assets/")
-        || matches!(path, "/metrics" | "/healthz" | "/readyz");
+        || matches!(
+            path,
+            "/metrics" | "/healthz" | "/readyz" | "/signin" | "/signout"
+        );
     let who = app.console.auth.identify(peer(&req), req.headers());
     match who {
         Ok(who) => {
@@ -165,11 +171,34 @@ pub(super) async fn identify(
         Err(e) => {
             let message = match e {
                 AuthError::Missing => {
-                    "sign-in required: come through the sign-in proxy or send Authorization: Bearer <token>"
+                    "sign-in required: come through the sign-in proxy, sign in at /signin with an API token, or send Authorization: Bearer <token>"
                 }
                 AuthError::BadToken => "the bearer token is not valid",
             };
             let html = !path.starts_with("/api/");
+            let browser = req
+                .headers()
+                .get(header::ACCEPT)
+                .and_then(|a| a.to_str().ok())
+                .is_some_and(|a| a.contains("text/html"));
+            if html && browser && e == AuthError::Missing && app.console.auth.has_tokens() {
+                // A browser is sent to the sign-in form, and back here once signed in.
+                let here = req
+                    .uri()
+                    .path_and_query()
+                    .map(|p| p.as_str())
+                    .unwrap_or("/");
+                let to = format!("/signin?next={}", percent_encode(here));
+                let mut resp = (
+                    StatusCode::SEE_OTHER,
+                    Html(pages::message_page("Sign-in required", message)),
+                )
+                    .into_response();
+                if let Ok(v) = HeaderValue::from_str(&to) {
+                    resp.headers_mut().insert(header::LOCATION, v);
+                }
+                return resp;
+            }
             let mut resp = if html {
                 (
                     StatusCode::UNAUTHORIZED,
@@ -326,7 +355,7 @@ fn html(headers: &HeaderMap, body: String, who: &Identity, auth: &Auth) -> Respo
         ),
     );
     h.insert("x-frame-options", HeaderValue::from_static("DENY"));
-    if who.via == Via::Proxy {
+    if Auth::is_browser(who) {
         if let Ok(v) = HeaderValue::from_str(&auth::csrf_cookie(&auth.csrf_token(&who.user))) {
             h.insert(header::SET_COOKIE, v);
         }
@@ -401,7 +430,7 @@ pub(super) async fn api_html(
 }
 
 fn csrf_for(auth: &Auth, who: &Identity) -> Option<String> {
-    (who.via == Via::Proxy).then(|| auth.csrf_token(&who.user))
+    Auth::is_browser(who).then(|| auth.csrf_token(&who.user))
 }
 
 pub(super) async fn asset(Path(name): Path<String>) -> Response {

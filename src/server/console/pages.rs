@@ -55,17 +55,27 @@ fn phase_badge(phase: Phase) -> String {
 }
 
 /// A whole page around `main`.
-fn page(title: &str, who: Option<&Identity>, csrf: Option<&str>, main: &str) -> String {
+pub(super) fn page(title: &str, who: Option<&Identity>, csrf: Option<&str>, main: &str) -> String {
     let user = match who {
         Some(w) if w.via == Via::Anonymous => {
             r#"<span class="who">read-only (no sign-in configured)</span>"#.to_string()
         }
-        Some(w) => format!(
-            r#"<span class="who">{} <small>{} · via {}</small></span>"#,
-            esc(&w.user),
-            esc(&w.groups.join(", ")),
-            w.via.as_str()
-        ),
+        Some(w) => {
+            // A token session signs out here; a proxy's session belongs to the proxy.
+            let signout = match csrf {
+                Some(t) if w.via == Via::Session => format!(
+                    r#" <form class="signout" method="post" action="/signout"><input type="hidden" name="csrf" value="{}"><button type="submit" id="signout">Sign out</button></form>"#,
+                    esc(t)
+                ),
+                _ => String::new(),
+            };
+            format!(
+                r#"<span class="who">{} <small>{} · via {}</small>{signout}</span>"#,
+                esc(&w.user),
+                esc(&w.groups.join(", ")),
+                w.via.as_str()
+            )
+        }
         None => String::new(),
     };
     let csrf = csrf
