@@ -1,6 +1,6 @@
 //! The console in a real browser (headless Chromium through WebDriver) against a real daemon:
-//! signing in through the proxy's headers, pausing from the page, read-only pages for other
-//! teams, refused cross-site posts. Screenshots go to `target/screenshots/`.
+//! signing in through the proxy's headers or with an API token at the sign-in page, pausing
+//! from the page, signing out, read-only pages for other teams, refused cross-site posts. Screenshots go to `target/screenshots/`.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -164,7 +164,7 @@ fn another_team_gets_a_read_only_page_and_the_write_api_refuses() {
     // No credentials at all: the console asks for sign-in.
     b.goto(&r.url("/apis/checkout"));
     b.wait_source("the sign-in page", Duration::from_secs(10), |s| {
-        s.contains("Sign-in required")
+        s.contains("Sign-in required") && s.contains("id=\"token\"")
     });
 
     b.set_headers(&OTHER_TEAM);
@@ -305,4 +305,107 @@ fn approving_a_gate_from_the_page_advances_the_rollout_and_records_the_approver(
         s.contains("approved by rita") && s.contains("class=\"audit\"")
     });
     assert!(page.contains("change CHG-1234 approved"));
+}
+
+/// The session cookie the browser holds, if any.
+fn session_cookie(b: &Browser) -> Option<serde_json::Value> {
+    b.cookies()
+        .into_iter()
+        .find(|c| c["name"] == "greenlight_session")
+}
+
+/// Sends `action` with `reason` from the API page's form until it is recorded (a decision
+/// between the page's refresh and the click makes the view stale: 409, the page refreshes).
+fn act_from_page(b: &Browser, action: &str, reason: &str) {
+    for _ in 0..5 {
+        b.type_into("#reason", reason);
+        b.click(&format!("button[value='{action}']"));
+        let result = support::eventually("the action's answer", Duration::from_secs(10), || {
+            let t = b.text("#action-result");
+            (t.contains("recorded") || t.contains("Not done")).then_some(t)
+        });
+        if result.contains("recorded") {
+            return;
+        }
+    }
+    panic!("the {action} was never recorded");
+}
+
+#[test]
+fn a_token_signs_in_at_the_sign_in_page_pauses_and_signs_out() {
+    let r = running(true);
+    r.stack
+        .wait_state("progressing", Duration::from_secs(60), |s| {
+            phase(s) == "progressing"
+        });
+    let b = Browser::start();
+    // Without credentials the browser lands on the sign-in form.
+    b.goto(&r.url("/apis/checkout"));
+    b.wait_source("the sign-in form", Duration::from_secs(10), |s| {
+        s.contains("id=\"token\"")
+    });
+    assert!(
+        b.url().contains("/signin?next=%2Fapis%2Fcheckout"),
+        "{}",
+        b.url()
+    );
+
+    // A wrong token: an error on the form, no session.
+    b.type_into("#token", "gl-typo-0000-not-a-real-secret");
+    b.click("#signin");
+    let refused = b.wait_source("the error", Duration::from_secs(10), |s| {
+        s.contains("id=\"signin-error\"")
+    });
+    assert!(refused.contains("That token is not valid."), "{refused}");
+    assert!(!refused.contains("gl-typo-0000"), "the token is not echoed");
+    assert_eq!(session_cookie(&b), None, "a wrong token got a session");
+    b.resize(1280, 520);
+    let shot = b.screenshot("signin");
+    eprintln!("sign-in screenshot: {}", shot.display());
+
+    // The owner's token: back on the API page, signed in, with the action buttons.
+    b.type_into("#token", OWNER_TOKEN);
+    b.click("#signin");
+    let page = b.wait_source("the API page, signed in", Duration::from_secs(10), |s| {
+        s.contains("id=\"action-form\"")
+    });
+    assert!(page.contains("deploy-bot"), "the token's user is shown");
+    assert!(page.contains("via session"));
+    assert!(!page.contains(OWNER_TOKEN), "the token is not on the page");
+    let cookie = session_cookie(&b).expect("a session cookie");
+    assert_eq!(cookie["httpOnly"], true, "{cookie}");
+    assert_eq!(cookie["sameSite"], "Strict", "{cookie}");
+    assert_ne!(cookie["value"], OWNER_TOKEN);
+
+    act_from_page(&b, "pause", "paused after a token sign-in");
+    let paused = r
+        .stack
+        .wait_state("paused in Consul", Duration::from_secs(30), |s| {
+            phase(s) == "paused"
+        });
+    assert_eq!(paused["reason"], "paused after a token sign-in");
+    let page = b.wait_source("the audit entry", Duration::from_secs(15), |s| {
+        s.contains("class=\"audit\"") && s.contains("paused after a token sign-in")
+    });
+    let row = page
+        .split("<tr class=\"audit\">")
+        .nth(1)
+        .expect("an audit row");
+    assert!(row.contains("deploy-bot"), "who: {row}");
+
+    // Signing out ends the session: the sign-in form again, and the API refuses the browser.
+    b.click("#signout");
+    b.wait_source("the sign-in form again", Duration::from_secs(10), |s| {
+        s.contains("id=\"token\"")
+    });
+    assert_eq!(session_cookie(&b), None, "the session cookie is cleared");
+    b.goto(&r.url("/apis/checkout"));
+    b.wait_source("sign-in asked again", Duration::from_secs(10), |s| {
+        s.contains("id=\"token\"")
+    });
+    let me = b.run_async(
+        r#"const done = arguments[0];
+        fetch("/api/v1/me", {credentials: "same-origin"}).then(r => done({status: r.status}));"#,
+    );
+    assert_eq!(me["status"], 401, "{me}");
 }

@@ -198,6 +198,17 @@ impl Browser {
         path
     }
 
+    /// The cookies the browser holds for the current page (HttpOnly ones included), as
+    /// WebDriver reports them (`name`, `value`, `httpOnly`, `sameSite`, `secure`, `expiry`).
+    pub fn cookies(&self) -> Vec<Value> {
+        self.get("/cookie").as_array().cloned().unwrap_or_default()
+    }
+
+    /// The page's URL now.
+    pub fn url(&self) -> String {
+        self.get("/url").as_str().unwrap_or("").to_string()
+    }
+
     /// Makes the window `width` × `height` (before a screenshot).
     pub fn resize(&self, width: u32, height: u32) {
         self.post("/window/rect", json!({"width": width, "height": height}));

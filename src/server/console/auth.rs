@@ -450,6 +450,28 @@ mod tests {
     }
 
     #[test]
+    fn a_session_cookie_identifies_its_browser_and_a_forged_form_token_is_refused() {
+        let a = auth();
+        let now = Timestamp::from_second(1_767_571_200).unwrap();
+        let id = a.sessions().create("bot", &["payments".into()], now);
+        let h = headers(&[("cookie", &format!("theme=dark; {SESSION_COOKIE}={id}"))]);
+        let who = a.identify_at(None, &h, now).unwrap();
+        assert_eq!((who.user.as_str(), who.via), ("bot", Via::Session));
+        let forged = headers(&[("cookie", &format!("{SESSION_COOKIE}=00{}", &id[2..]))]);
+        assert_eq!(a.identify_at(None, &forged, now), Err(AuthError::Missing));
+
+        let t = a.signin_token();
+        assert!(a.signin_token_matches(&t, &t));
+        assert!(
+            !a.signin_token_matches(&t, "other"),
+            "field and cookie differ"
+        );
+        let (nonce, _) = t.split_once('.').unwrap();
+        let made_up = format!("{nonce}.{}", "0".repeat(64));
+        assert!(!a.signin_token_matches(&made_up, &made_up), "not our MAC");
+    }
+
+    #[test]
     fn csrf_needs_same_origin_and_the_token_in_header_and_cookie() {
         let a = auth();
         let who = Identity {
