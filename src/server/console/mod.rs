@@ -4,8 +4,8 @@
 //! Every request is identified first ([`auth::Auth::identify`]): with sign-in configured, a
 //! request without credentials gets 401; an API the user's groups may not view does not exist
 //! for them (404); a browser without credentials is sent to the token sign-in page
-//! ([`signin`]) when tokens are configured. Actions go through [`ConsoleBackend::perform`] (the daemon's compare-and-set
-//! action path); a stale view gets 409 with the current state.
+//! ([`signin`]) when tokens are configured. Actions go through [`ConsoleBackend::perform`]
+//! (the daemon's compare-and-set action path); a stale view gets 409 with the current state.
 
 mod actions;
 pub mod auth;
@@ -170,9 +170,10 @@ pub(super) async fn identify(
         Err(_) if open => next.run(req).await,
         Err(e) => {
             let message = match e {
-                AuthError::Missing => {
+                AuthError::Missing if app.console.auth.has_tokens() => {
                     "sign-in required: come through the sign-in proxy, sign in at /signin with an API token, or send Authorization: Bearer <token>"
                 }
+                AuthError::Missing => "sign-in required: come through the sign-in proxy",
                 AuthError::BadToken => "the bearer token is not valid",
             };
             let html = !path.starts_with("/api/");
