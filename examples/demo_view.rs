@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use greenlight::demo::users::Stickiness;
 use greenlight::engine::{Action, Phase};
 use greenlight::server::RolloutView;
 use greenlight::stats::format_e_short;
@@ -39,6 +40,24 @@ struct Args {
     /// A line shown above the live view (repeatable), e.g. what the demo started.
     #[arg(long)]
     note: Vec<String>,
+    /// A sticky API's per-user statistics file written by `demo_load --stats`, e.g.
+    /// `checkout=/tmp/demo/checkout-users.json`; the summary then also requires that no user
+    /// flipped colour.
+    #[arg(long = "sticky", value_parser = parse_sticky)]
+    sticky: Vec<(String, PathBuf)>,
+}
+
+fn parse_sticky(text: &str) -> Result<(String, PathBuf), String> {
+    let (api, file) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?}: expected API=FILE"))?;
+    Ok((api.to_string(), PathBuf::from(file)))
+}
+
+/// The per-user statistics of `api`'s load, when it is a sticky API and the file is readable.
+fn stickiness(args: &Args, api: &str) -> Option<Stickiness> {
+    let (_, file) = args.sticky.iter().find(|(a, _)| a == api)?;
+    serde_json::from_slice(&std::fs::read(file).ok()?).ok()
 }
 
 fn parse_expect(text: &str) -> Result<(String, Phase), String> {
@@ -293,6 +312,9 @@ impl View {
                     pct(sv.green_errors)
                 );
             }
+            if let Some(st) = stickiness(&self.args, api) {
+                let _ = writeln!(s, "  sticky    {}", st.describe());
+            }
             if let Some(d) = &v.last_decision {
                 let _ = writeln!(s, "  decision  {}: {}", d.action.as_str(), d.reason);
             }
@@ -389,6 +411,20 @@ impl View {
                 want.as_str(),
                 if met { "yes" } else { "NO" }
             );
+            if self.args.sticky.iter().any(|(a, _)| a == api) {
+                // A promoted sticky canary only ever adds users to green.
+                let sticky = stickiness(&self.args, api);
+                let kept = sticky
+                    .as_ref()
+                    .is_some_and(|st| st.flipped == 0 && st.seen > 0);
+                ok &= kept || v.phase == Phase::RolledBack;
+                let _ = writeln!(
+                    s,
+                    "  sticky: {}\n  no user flipped colour: {}",
+                    sticky.map_or("no per-user statistics".into(), |st| st.describe()),
+                    if kept { "yes" } else { "NO" }
+                );
+            }
         }
         (s, ok)
     }

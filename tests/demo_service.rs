@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use greenlight::demo::{generate_load, serve_demo, DemoSettings, LoadSettings, LATENCY_BUCKETS};
+use greenlight::demo::{
+    generate_load, serve_demo, DemoSettings, LoadSettings, UserLoad, LATENCY_BUCKETS,
+};
 
 fn settings(error_rate: f64) -> DemoSettings {
     DemoSettings {
@@ -113,4 +115,83 @@ async fn invalid_settings_are_refused() {
         .unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
     assert!(err.to_string().contains("error rate"), "{err}");
+}
+
+/// A stand-in for HAProxy in sticky mode: answers `X-Served-By: green` to users whose number is
+/// a multiple of three, `blue` to the others — until `flip_after` requests, after which every
+/// user gets blue (what a broken sticky setup would do to green's users).
+async fn colour_server(flip_after: u64) -> std::net::SocketAddr {
+    use axum::http::HeaderMap;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    let served = Arc::new(AtomicU64::new(0));
+    let app = axum::Router::new().route(
+        "/",
+        axum::routing::get(move |headers: HeaderMap| {
+            let served = served.clone();
+            async move {
+                let n = served.fetch_add(1, Ordering::SeqCst);
+                let user: u32 = headers
+                    .get("x-user-id")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("user-"))
+                    .and_then(|v| v.parse().ok())
+                    .expect("every request names its user");
+                let colour = if n < flip_after && user % 3 == 0 {
+                    "green"
+                } else {
+                    "blue"
+                };
+                ([("x-served-by", colour)], "ok")
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+fn users(stats: Option<std::path::PathBuf>) -> UserLoad {
+    UserLoad {
+        users: 60,
+        header: "X-User-Id".into(),
+        seed: 3,
+        stats,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_load_generator_tracks_each_users_colour_and_writes_it_down() {
+    let addr = colour_server(u64::MAX).await;
+    let dir = tempfile::tempdir().unwrap();
+    let stats = dir.path().join("users.json");
+    let load = LoadSettings::new(&format!("http://{addr}/"), 500, Duration::from_secs(2))
+        .unwrap()
+        .with_users(users(Some(stats.clone())))
+        .unwrap();
+    let report = generate_load(&load).await;
+    let st = report
+        .stickiness
+        .expect("a user pool reports its stickiness");
+    // 1,000 draws among 60 users: every user is seen (missing one has odds of about 1e-7).
+    assert_eq!((st.users, st.seen), (60, 60), "{st:?}");
+    assert_eq!(st.on_green, 20, "users 0, 3, …, 57 are green: {st:?}");
+    assert_eq!((st.flipped, st.unattributed), (0, 0), "{st:?}");
+    let written: greenlight::demo::users::Stickiness =
+        serde_json::from_slice(&std::fs::read(&stats).unwrap()).unwrap();
+    assert_eq!(written, st, "the file holds the final figures");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_moved_from_green_back_to_blue_count_as_flipped() {
+    let addr = colour_server(300).await;
+    let load = LoadSettings::new(&format!("http://{addr}/"), 500, Duration::from_secs(2))
+        .unwrap()
+        .with_users(users(None))
+        .unwrap();
+    let st = generate_load(&load).await.stickiness.unwrap();
+    assert_eq!(st.on_green, 0, "{st:?}");
+    // Each green user was almost surely served before and after the flip (5 requests each).
+    assert!(st.flipped >= 15 && st.flipped <= 20, "{st:?}");
 }

@@ -3,11 +3,16 @@
 //!
 //! Used by the real-stack demo (`examples/demo_service.rs`, `examples/demo_load.rs`): two
 //! instances (blue and green) behind HAProxy give greenlight something real to measure.
+//! With a pool of users ([`LoadSettings::with_users`]) the load generator sends each request as
+//! one of them and tracks which colour served whom ([`users`]), to show a sticky canary at work.
+
+pub mod users;
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -250,7 +255,24 @@ pub struct LoadSettings {
     pub target: reqwest::Url,
     pub rps: u32,
     pub duration: Duration,
+    /// Send every request as one user of a pool, drawn at random (seeded).
+    pub users: Option<UserLoad>,
 }
+
+/// A pool of users for the load generator (see [`LoadSettings::with_users`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserLoad {
+    /// Pool size; ids are `user-0` … `user-{n-1}`.
+    pub users: u32,
+    /// The request header carrying the id.
+    pub header: String,
+    pub seed: u64,
+    /// Where the [`users::Stickiness`] so far is written (JSON, replaced atomically) every second.
+    pub stats: Option<PathBuf>,
+}
+
+/// Largest user pool the load generator tracks.
+pub const MAX_USERS: u32 = 1_000_000;
 
 /// What came back.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -263,6 +285,8 @@ pub struct LoadReport {
     pub failed: u64,
     /// Ticks skipped because [`MAX_IN_FLIGHT`] requests were outstanding.
     pub skipped: u64,
+    /// With a user pool: which colour served whom.
+    pub stickiness: Option<users::Stickiness>,
 }
 
 /// Parses `text` as an `http://` URL whose host is a loopback address (`127.0.0.0/8`, `::1` or
@@ -307,7 +331,24 @@ impl LoadSettings {
             target,
             rps,
             duration,
+            users: None,
         })
+    }
+
+    /// Sends every request as one of `users` users (header `header`), tracking the colour that
+    /// served each from HAProxy's `X-Served-By` answer header.
+    pub fn with_users(mut self, users: UserLoad) -> Result<LoadSettings, String> {
+        if users.users == 0 || users.users > MAX_USERS {
+            return Err(format!(
+                "users must be between 1 and {MAX_USERS}, got {}",
+                users.users
+            ));
+        }
+        if axum::http::HeaderName::from_bytes(users.header.as_bytes()).is_err() {
+            return Err(format!("{:?} is not an HTTP header name", users.header));
+        }
+        self.users = Some(users);
+        Ok(self)
     }
 
     /// Total requests: `rps × duration`, at least one.
@@ -336,18 +377,48 @@ pub async fn generate_load(settings: &LoadSettings) -> LoadReport {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
     let mut tasks = tokio::task::JoinSet::new();
     let mut report = LoadReport::default();
+    let pool = settings
+        .users
+        .as_ref()
+        .map(|u| Arc::new(Mutex::new(users::UserPool::new(u.users))));
+    let mut rng = StdRng::seed_from_u64(settings.users.as_ref().map_or(0, |u| u.seed));
+    let mut last_stats = std::time::Instant::now();
     for _ in 0..total {
         ticks.tick().await;
+        if let (Some(u), Some(pool)) = (&settings.users, &pool) {
+            if last_stats.elapsed() >= Duration::from_secs(1) {
+                write_stats(u, pool);
+                last_stats = std::time::Instant::now();
+            }
+        }
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             report.skipped += 1;
             continue;
         };
         report.sent += 1;
-        let request = client.get(settings.target.clone());
+        let mut request = client.get(settings.target.clone());
+        let user = match (&settings.users, &pool) {
+            (Some(u), Some(pool)) => {
+                let index = rng.random_range(0..u.users);
+                request = request.header(u.header.as_str(), users::UserPool::id(index));
+                Some((index, pool.clone()))
+            }
+            _ => None,
+        };
         tasks.spawn(async move {
-            let status = request.send().await.ok().map(|r| r.status().as_u16());
+            let answer = request.send().await.ok();
             drop(permit);
-            status
+            let answer = answer?;
+            if let Some((index, pool)) = user {
+                let server = answer
+                    .headers()
+                    .get("x-served-by")
+                    .and_then(|v| v.to_str().ok());
+                if let Ok(mut pool) = pool.lock() {
+                    pool.record(index, server);
+                }
+            }
+            Some(answer.status().as_u16())
         });
     }
     while let Some(done) = tasks.join_next().await {
@@ -356,7 +427,30 @@ pub async fn generate_load(settings: &LoadSettings) -> LoadReport {
             _ => report.failed += 1,
         }
     }
+    if let (Some(u), Some(pool)) = (&settings.users, &pool) {
+        write_stats(u, pool);
+        report.stickiness = pool.lock().ok().map(|p| p.stickiness());
+    }
     report
+}
+
+/// Writes the stickiness so far to `users.stats` (a temporary file renamed over it, so a reader
+/// never sees half a file). Failures are logged, never fatal.
+fn write_stats(users: &UserLoad, pool: &Mutex<users::UserPool>) {
+    let Some(path) = &users.stats else {
+        return;
+    };
+    let Ok(stickiness) = pool.lock().map(|p| p.stickiness()) else {
+        return;
+    };
+    let tmp = path.with_extension("tmp");
+    let written = serde_json::to_vec(&stickiness)
+        .map_err(io::Error::other)
+        .and_then(|bytes| std::fs::write(&tmp, bytes))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(error) = written {
+        tracing::warn!(path = %path.display(), %error, "Cannot write the user statistics.");
+    }
 }
 
 #[cfg(test)]
@@ -382,6 +476,24 @@ mod tests {
         ] {
             assert!(loopback_target(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn user_pools_are_bounded_and_need_a_header_name() {
+        let s = LoadSettings::new("http://127.0.0.1:1", 50, Duration::from_secs(3)).unwrap();
+        let pool = |users, header: &str| UserLoad {
+            users,
+            header: header.into(),
+            seed: 1,
+            stats: None,
+        };
+        assert!(s.clone().with_users(pool(1000, "X-User-Id")).is_ok());
+        assert!(s.clone().with_users(pool(0, "X-User-Id")).is_err());
+        assert!(s
+            .clone()
+            .with_users(pool(MAX_USERS + 1, "X-User-Id"))
+            .is_err());
+        assert!(s.with_users(pool(10, "bad header")).is_err());
     }
 
     #[test]
