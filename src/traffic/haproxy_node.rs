@@ -101,6 +101,30 @@ pub(super) fn parse_node_reply(
     now: u64,
 ) -> Result<(Process, Weights, Weights), String> {
     let (info, rest) = reply.split_once("\n\n").unwrap_or((reply, ""));
+    let process = parse_process(info, now)?;
+    let lines: Vec<&str> = rest
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    match lines.as_slice() {
+        [b, g] => match (parse_get_weight(b), parse_get_weight(g)) {
+            (Some((b, bi)), Some((g, gi))) => Ok((
+                process,
+                Weights { blue: b, green: g },
+                Weights {
+                    blue: bi,
+                    green: gi,
+                },
+            )),
+            _ => Err(error_text(lines)),
+        },
+        _ => Err(error_text(lines)),
+    }
+}
+
+/// The process in a `show info` block (`Pid`, and `Start_time_sec` or now minus `Uptime_sec`).
+pub(super) fn parse_process(info: &str, now: u64) -> Result<Process, String> {
     let field = |name: &str| {
         info.lines().find_map(|l| {
             let (k, v) = l.split_once(':')?;
@@ -114,25 +138,7 @@ pub(super) fn parse_node_reply(
         let text: String = info.trim().chars().take(200).collect();
         return Err(format!("no Pid and start time in show info: {text}"));
     };
-    let lines: Vec<&str> = rest
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect();
-    match lines.as_slice() {
-        [b, g] => match (parse_get_weight(b), parse_get_weight(g)) {
-            (Some((b, bi)), Some((g, gi))) => Ok((
-                Process { pid, started },
-                Weights { blue: b, green: g },
-                Weights {
-                    blue: bi,
-                    green: gi,
-                },
-            )),
-            _ => Err(error_text(lines)),
-        },
-        _ => Err(error_text(lines)),
-    }
+    Ok(Process { pid, started })
 }
 
 /// HAProxy's error lines, each said once ("No such backend." comes back for both servers).
@@ -191,7 +197,9 @@ pub(crate) fn classify(
     Err(TrafficError::Diverged(per_node()))
 }
 
-/// What a compare-and-set from `expected` to `new` does on one node.
+/// What a compare-and-set from `expected` to `new` does on one node (`stale`: in sticky mode,
+/// the node's salt is not the rollout's, so its users are drawn anew: it needs writing even
+/// at `new`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum NodeWrite {
     /// The node has `new` already.
@@ -202,10 +210,15 @@ pub(crate) enum NodeWrite {
     Changed(Weights),
 }
 
-pub(crate) fn node_write(node: &NodeWeights, expected: Weights, new: Weights) -> NodeWrite {
-    if node.weights == new {
+pub(crate) fn node_write(
+    node: &NodeWeights,
+    stale: bool,
+    expected: Weights,
+    new: Weights,
+) -> NodeWrite {
+    if node.weights == new && !stale {
         NodeWrite::Applied
-    } else if node.weights == expected || node.reloaded {
+    } else if node.weights == new || node.weights == expected || node.reloaded {
         NodeWrite::Write
     } else {
         NodeWrite::Changed(node.weights)

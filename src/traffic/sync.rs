@@ -8,6 +8,12 @@
 //! always move together. Every `repair_interval` the worker compares each node with Consul again
 //! and re-applies where they differ (a restarted HAProxy comes back with its configured weights).
 //! Failures (Consul or a node unreachable) are retried with a bounded exponential backoff.
+//!
+//! A sticky-mode policy ([`sticky`]) reads its salt key in the same transaction and sets green's
+//! share and the salt in each node's map instead of the server weights, and keeps the subset
+//! maps equal to the policy's members.
+
+mod sticky;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -36,6 +42,7 @@ pub const MAX_HAPROXY_WEIGHT: u32 = 256;
 
 // Exported metric names. Counters end in `_total` as exposed; the encoder appends it.
 pub const APPLIED_WEIGHT: &str = "greenlight_sync_applied_weight";
+pub const APPLIED_SHARE: &str = "greenlight_sync_applied_share";
 pub const APPLY_ERRORS_TOTAL: &str = "greenlight_sync_apply_errors_total";
 pub const READ_ERRORS_TOTAL: &str = "greenlight_sync_read_errors_total";
 pub const DRIFT_REPAIRS_TOTAL: &str = "greenlight_sync_drift_repairs_total";
@@ -176,6 +183,7 @@ type FloatGauge = Gauge<f64, AtomicU64>;
 pub struct SyncMetrics {
     registry: Registry,
     applied: Family<WeightLabels, Gauge>,
+    applied_share: Family<NodeLabels, Gauge>,
     apply_errors: Family<NodeLabels, Counter>,
     read_errors: Family<ReadLabels, Counter>,
     drift_repairs: Family<NodeLabels, Counter>,
@@ -191,6 +199,7 @@ impl Default for SyncMetrics {
 impl SyncMetrics {
     pub fn new() -> SyncMetrics {
         let applied = Family::<WeightLabels, Gauge>::default();
+        let applied_share = Family::<NodeLabels, Gauge>::default();
         let apply_errors = Family::<NodeLabels, Counter>::default();
         let read_errors = Family::<ReadLabels, Counter>::default();
         let drift_repairs = Family::<NodeLabels, Counter>::default();
@@ -200,6 +209,11 @@ impl SyncMetrics {
             APPLIED_WEIGHT,
             "Weight verified on an HAProxy node, per API, node and colour",
             applied.clone(),
+        );
+        r.register(
+            APPLIED_SHARE,
+            "Sticky mode: green's share in buckets (0-10000) verified in an HAProxy node's map, per API and node",
+            applied_share.clone(),
         );
         r.register(
             counter_base(APPLY_ERRORS_TOTAL),
@@ -213,7 +227,7 @@ impl SyncMetrics {
         );
         r.register(
             counter_base(DRIFT_REPAIRS_TOTAL),
-            "Nodes found with weights that drifted from Consul and set again, per API and node",
+            "Nodes found with weights (or sticky maps) that drifted from Consul and set again, per API and node",
             drift_repairs.clone(),
         );
         r.register(
@@ -224,6 +238,7 @@ impl SyncMetrics {
         SyncMetrics {
             registry: r,
             applied,
+            applied_share,
             apply_errors,
             read_errors,
             drift_repairs,
@@ -250,6 +265,12 @@ impl SyncMetrics {
                 })
                 .set(i64::from(w));
         }
+    }
+
+    fn verified_share(&self, api: &str, node: &str, share: u32) {
+        self.applied_share
+            .get_or_create(&Self::node_labels(api, node))
+            .set(i64::from(share));
     }
 
     fn node_labels(api: &str, node: &str) -> NodeLabels {
@@ -298,10 +319,13 @@ fn counter_base(name: &'static str) -> &'static str {
     name.strip_suffix("_total").unwrap_or(name)
 }
 
-/// What one worker remembers between passes: the weights last verified on each node.
+/// What one worker remembers between passes: the weights last verified on each node (sticky
+/// mode: the API map's entries, and the nodes whose subset maps were verified).
 #[derive(Debug, Default)]
 struct NodeMemory {
     verified: HashMap<String, Weights>,
+    shares: HashMap<String, Vec<super::sticky_maps::Entry>>,
+    subsets: std::collections::HashSet<String>,
 }
 
 /// Mirrors Consul weight keys into HAProxy nodes.
@@ -396,7 +420,13 @@ impl Syncer {
             let wake = Arc::new(Notify::new());
             let target = &me.targets[index];
             if let TrafficTarget::ConsulKeys { blue, green } = &target.policy.traffic.target {
-                for key in [blue.clone(), green.clone()] {
+                let salt = target
+                    .policy
+                    .traffic
+                    .sticky
+                    .as_ref()
+                    .and_then(|s| s.salt_key.clone());
+                for key in [blue.clone(), green.clone()].into_iter().chain(salt) {
                     tasks.spawn(me.clone().watch_key(key, wake.clone(), stop_rx.clone()));
                 }
             }
@@ -494,8 +524,8 @@ impl Syncer {
         memory: &mut NodeMemory,
     ) -> Result<(), Vec<SyncError>> {
         let api = target.api();
-        let desired = match self.read(target).await {
-            Ok(w) => w,
+        let (desired, salt) = match self.read(target).await {
+            Ok(read) => read,
             Err(error) => {
                 weights_unreadable(&self.metrics, &error);
                 return Err(vec![error]);
@@ -503,7 +533,14 @@ impl Syncer {
         };
         let mut errors = Vec::new();
         for (addr, runtime) in &self.nodes {
-            match self.sync_node(target, addr, runtime, desired, memory).await {
+            let synced = match &target.policy.traffic.sticky {
+                Some(sticky) => {
+                    self.sync_share(target, sticky, addr, runtime, desired, salt.as_deref(), memory)
+                        .await
+                }
+                None => self.sync_node(target, addr, runtime, desired, memory).await,
+            };
+            match synced {
                 Ok(()) => {}
                 Err(source) => {
                     let error = SyncError::Node {
@@ -524,11 +561,12 @@ impl Syncer {
         }
     }
 
-    async fn read(&self, target: &SyncTarget) -> Result<Weights, SyncError> {
+    /// The weights and (sticky mode) the salt, read in one transaction.
+    async fn read(&self, target: &SyncTarget) -> Result<(Weights, Option<String>), SyncError> {
         let api = target.api().to_string();
-        let weights = self
+        let (weights, salt) = self
             .kv
-            .read(&target.policy)
+            .read_with_salt(&target.policy)
             .await
             .map_err(|source| SyncError::Consul {
                 api: api.clone(),
@@ -537,7 +575,8 @@ impl Syncer {
         if weights.blue > MAX_HAPROXY_WEIGHT || weights.green > MAX_HAPROXY_WEIGHT {
             return Err(SyncError::OutOfRange { api, weights });
         }
-        Ok(weights)
+        sticky::check_salt(&target.policy, weights, salt.as_deref())?;
+        Ok((weights, salt))
     }
 
     async fn sync_node(
