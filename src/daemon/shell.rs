@@ -414,11 +414,7 @@ impl<E: Env> Shell<E> {
     ) -> Result<(), EvalError> {
         let to = state.weights;
         let written = match rollout_salt(policy, state) {
-            Some(salt) => {
-                self.env
-                    .write_split(policy, from, to, &salt, fence)
-                    .await
-            }
+            Some(salt) => self.env.write_split(policy, from, to, &salt, fence).await,
             None => self.env.write_weights(policy, from, to, fence).await,
         };
         match written {

@@ -84,16 +84,14 @@ impl ConsulKv {
             // an entry had it filtered out by ACLs (agent/consul/txn_endpoint.go
             // `FilterTxnResults`): the token may not read that key.
             Ok(entries) => {
-                {
-                    let hidden: Vec<&str> = wanted
-                        .into_iter()
-                        .filter(|k| !entries.iter().any(|e| e.key == *k))
-                        .collect();
-                    Err(TrafficError::PermissionDenied(format!(
+                let hidden: Vec<&str> = wanted
+                    .into_iter()
+                    .filter(|k| !entries.iter().any(|e| e.key == *k))
+                    .collect();
+                Err(TrafficError::PermissionDenied(format!(
                         "Permission denied: Consul filtered {} out of a transaction read (the token lacks key:read)",
                         hidden.join(", ")
                     )))
-                }
             }
             Err(ConsulError::TxnRolledBack(errors)) => {
                 let keys = [blue, green];

@@ -172,7 +172,11 @@ pub fn live_share(live: &[Entry]) -> Result<(u32, Option<String>), String> {
         None => 0,
         Some(v) => match v.parse::<u32>() {
             Ok(s) if s <= BUCKETS => s,
-            _ => return Err(format!("share entry {v:?} is not a number of buckets 0-{BUCKETS}")),
+            _ => {
+                return Err(format!(
+                    "share entry {v:?} is not a number of buckets 0-{BUCKETS}"
+                ))
+            }
         },
     };
     Ok((share, value(live, "salt").map(str::to_string)))
@@ -256,8 +260,9 @@ mod tests {
             entry_commands("/m/a.map", &live, &wanted),
             vec!["set map /m/a.map salt new", "set map /m/a.map share 2500"]
         );
-        assert!(entry_commands("/m/a.map", &[e("salt", "new"), e("share", "2500")], &wanted)
-            .is_empty());
+        assert!(
+            entry_commands("/m/a.map", &[e("salt", "new"), e("share", "2500")], &wanted).is_empty()
+        );
         // A map file without the keys gets them added; without a salt only the share is set.
         assert_eq!(
             entry_commands("/m/a.map", &[], &wanted),
@@ -269,7 +274,11 @@ mod tests {
         );
         // A duplicate with another value is set too (`set map` sets every entry of the key).
         assert_eq!(
-            entry_commands("/m/a.map", &[e("share", "0"), e("share", "5")], &api_entries(0, None)),
+            entry_commands(
+                "/m/a.map",
+                &[e("share", "0"), e("share", "5")],
+                &api_entries(0, None)
+            ),
             vec!["set map /m/a.map share 0"]
         );
     }
@@ -283,9 +292,15 @@ mod tests {
             members: vec!["alice".into(), "bob".into()],
         };
         let wanted = subset_entries(&subset);
-        assert!(same_entries(&[e("bob", "green"), e("alice", "green")], &wanted));
+        assert!(same_entries(
+            &[e("bob", "green"), e("alice", "green")],
+            &wanted
+        ));
         assert!(!same_entries(&[e("alice", "green")], &wanted));
-        assert!(!same_entries(&[e("alice", "blue"), e("bob", "green")], &wanted));
+        assert!(!same_entries(
+            &[e("alice", "blue"), e("bob", "green")],
+            &wanted
+        ));
         assert_eq!(
             replace_commands("/m/a.beta.map", 3, &wanted),
             vec!["add map @3 /m/a.beta.map alice green; add map @3 /m/a.beta.map bob green; commit map @3 /m/a.beta.map"]
@@ -294,13 +309,18 @@ mod tests {
             replace_commands("/m/a.beta.map", 4, &[]),
             vec!["commit map @4 /m/a.beta.map"]
         );
-        let many: Vec<Entry> = (0..2_000).map(|i| e(&format!("user-{i}"), "green")).collect();
+        let many: Vec<Entry> = (0..2_000)
+            .map(|i| e(&format!("user-{i}"), "green"))
+            .collect();
         let lines = replace_commands("/m/a.beta.map", 5, &many);
         assert!(lines.len() > 1);
         assert!(lines.iter().all(|l| l.len() <= MAX_LINE));
         let adds: usize = lines.iter().map(|l| l.matches("add map @5 ").count()).sum();
         assert_eq!(adds, 2_000);
-        assert!(lines.last().unwrap().ends_with("commit map @5 /m/a.beta.map"));
+        assert!(lines
+            .last()
+            .unwrap()
+            .ends_with("commit map @5 /m/a.beta.map"));
         assert_eq!(lines.iter().filter(|l| l.contains("commit")).count(), 1);
     }
 }

@@ -535,8 +535,16 @@ impl Syncer {
         for (addr, runtime) in &self.nodes {
             let synced = match &target.policy.traffic.sticky {
                 Some(sticky) => {
-                    self.sync_share(target, sticky, addr, runtime, desired, salt.as_deref(), memory)
-                        .await
+                    self.sync_share(
+                        target,
+                        sticky,
+                        addr,
+                        runtime,
+                        desired,
+                        salt.as_deref(),
+                        memory,
+                    )
+                    .await
                 }
                 None => self.sync_node(target, addr, runtime, desired, memory).await,
             };

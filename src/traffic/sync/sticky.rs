@@ -64,9 +64,7 @@ impl Syncer {
                 share_applied(api, &node, &found.join(" "), share);
             }
         }
-        let replaced = runtime
-            .ensure_subsets(addr, &target.policy, sticky)
-            .await?;
+        let replaced = runtime.ensure_subsets(addr, &target.policy, sticky).await?;
         if memory.subsets.contains(&node) {
             for map in &replaced {
                 self.metrics.drift_repaired(api, &node);
