@@ -226,6 +226,9 @@ fn salt_key(
     };
     let key = raw.map_or_else(|| default_salt_key(green), |k| k.get_ref().clone());
     let span = raw.map(|k| k.span());
+    let inside = context
+        .consul_prefix
+        .filter(|p| super::validate::inside_prefix(&key, p));
     let problem = if let Some(p) = super::validate::consul_key_problem(&key) {
         Some(format!("traffic.sticky.salt_key {p}"))
     } else if key == blue || key == green {
@@ -233,18 +236,15 @@ fn salt_key(
             "traffic.sticky.salt_key {} must differ from both weight keys",
             super::located::shown(&key)
         ))
-    } else if let Some(prefix) = context
-        .consul_prefix
-        .filter(|p| super::validate::inside_prefix(&key, p))
-    {
-        Some(format!(
-            "traffic.sticky.salt_key {} is inside greenlight's own prefix {} (consul.prefix); use \
-             a key outside it, next to the weight keys",
-            super::located::shown(&key),
-            super::located::shown(prefix)
-        ))
     } else {
-        None
+        inside.map(|prefix| {
+            format!(
+                "traffic.sticky.salt_key {} is inside greenlight's own prefix {} (consul.prefix); \
+                 use a key outside it, next to the weight keys",
+                super::located::shown(&key),
+                super::located::shown(prefix)
+            )
+        })
     };
     match (problem, span) {
         (None, _) => Some(Some(key)),

@@ -583,7 +583,12 @@ impl Syncer {
         if weights.blue > MAX_HAPROXY_WEIGHT || weights.green > MAX_HAPROXY_WEIGHT {
             return Err(SyncError::OutOfRange { api, weights });
         }
-        sticky::check_salt(&target.policy, weights, salt.as_deref())?;
+        if let Some(key) = sticky::missing_salt(&target.policy, weights, salt.as_deref()) {
+            return Err(SyncError::Consul {
+                api,
+                source: TrafficError::Missing { keys: vec![key] },
+            });
+        }
         Ok((weights, salt))
     }
 

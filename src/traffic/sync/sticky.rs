@@ -4,36 +4,21 @@
 //! reloaded node comes back with its map files (share 0): the next pass sets it again and counts
 //! a drift repair.
 
-use super::{NodeMemory, SyncError, SyncTarget, Syncer};
+use super::{NodeMemory, SyncTarget, Syncer};
 use crate::policy::{Policy, Sticky, Weights};
 use crate::traffic::sticky::api_map;
 use crate::traffic::sticky_maps::{api_entries, salt_matters, share_of};
 use crate::traffic::{HaproxyRuntime, RuntimeAddr, TrafficError};
 
 /// A share between nobody and everyone needs the rollout's salt: without it each node would
-/// draw with whatever salt its map file holds. Nothing is applied then.
-pub(super) fn check_salt(
+/// draw with whatever salt its map file holds, and nothing is applied. The salt key, if so.
+pub(super) fn missing_salt(
     policy: &Policy,
     weights: Weights,
     salt: Option<&str>,
-) -> Result<(), SyncError> {
-    let Some(key) = policy
-        .traffic
-        .sticky
-        .as_ref()
-        .and_then(|s| s.salt_key.as_ref())
-    else {
-        return Ok(());
-    };
-    if salt.is_none() && salt_matters(share_of(weights)) {
-        return Err(SyncError::Consul {
-            api: policy.api.clone(),
-            source: TrafficError::Missing {
-                keys: vec![key.clone()],
-            },
-        });
-    }
-    Ok(())
+) -> Option<String> {
+    let key = policy.traffic.sticky.as_ref()?.salt_key.as_ref()?;
+    (salt.is_none() && salt_matters(share_of(weights))).then(|| key.clone())
 }
 
 impl Syncer {
