@@ -3,7 +3,7 @@
 //! its repair interval after a reload, and replaces a subset map atomically when the policy's
 //! members change; the direct HAProxy target moves the share step by step through the
 //! `Actuator`, restores a reloaded node, rolls every user back to blue, and refuses to
-//! overwrite a share changed by hand.
+//! overwrite a share changed by hand; `greenlight run` starts a sticky rollout with its salt.
 
 mod support;
 
@@ -18,11 +18,12 @@ use greenlight::traffic::sticky::{haproxy_config, initial_maps};
 use greenlight::traffic::sticky_maps::{parse_show_map, rollout_salt};
 use greenlight::traffic::sync::SyncMetrics;
 use greenlight::traffic::{
-    Actuator, HaproxyRuntime, RuntimeAddr, SyncSettings, SyncTarget, Syncer, TrafficError,
+    Actuator, ConsulKv, HaproxyRuntime, RuntimeAddr, SyncSettings, SyncTarget, Syncer, TrafficError,
 };
 use support::consul_double::ConsulDouble;
 use support::eventually;
 use support::haproxy::TinyServer;
+use support::stack::{listen_addr, Stack, STATE_KEY};
 use support::sticky::{colour, colours, node, served, Client, Node};
 
 const BLUE: &str = "haproxy/checkout/weights/blue";
@@ -461,4 +462,70 @@ async fn the_direct_target_moves_the_share_step_by_step_and_never_overwrites_a_h
     assert_eq!(e, TrafficError::Override { found: at(25) });
     assert_eq!(w.share(1).0, "0");
     assert_eq!(w.share(0).0, "2500");
+}
+
+#[tokio::test]
+async fn the_salt_key_is_written_in_the_weights_transaction_and_set_again_when_lost() {
+    let maps = tempfile::tempdir().unwrap();
+    let p = policy(maps.path(), true, &["beta-1"]);
+    let d = ConsulDouble::start();
+    d.put(BLUE, b"100");
+    d.put(GREEN, b"0");
+    let consul = ConsulClient::new(d.url(), None, Duration::from_secs(5)).unwrap();
+    let kv = Actuator::ConsulKv(ConsulKv::new(consul));
+    let salt = rollout_salt("checkout", Some(jiff::Timestamp::now()));
+    let at = |green: u32| Weights {
+        blue: 100 - green,
+        green,
+    };
+    // At share 0 the salt does not matter: no salt key yet is fine.
+    assert_eq!(kv.read_split(&p, None, Some(&salt)).await.unwrap(), at(0));
+    kv.write_split(&p, at(0), at(1), Some(&salt), None)
+        .await
+        .unwrap();
+    assert_eq!(d.value(GREEN).as_deref(), Some(&b"1"[..]));
+    assert_eq!(d.value(SALT).as_deref(), Some(salt.as_bytes()));
+    assert_eq!(kv.read_split(&p, None, Some(&salt)).await.unwrap(), at(1));
+
+    // Someone replaced the salt key: the split is greenlight's, so it is its own bookkeeping
+    // to set again (the same write, weights unchanged), not a hand edit of the split.
+    d.put(SALT, b"other");
+    let e = kv.read_split(&p, None, Some(&salt)).await.unwrap_err();
+    assert!(
+        matches!(e, TrafficError::StaleSalt { found, .. } if found == at(1)),
+        "{e}"
+    );
+    assert!(e.finishable(at(1), at(1)));
+    kv.write_split(&p, at(1), at(1), Some(&salt), None)
+        .await
+        .unwrap();
+    assert_eq!(d.value(SALT).as_deref(), Some(salt.as_bytes()));
+    // A hand edit of the weights is still one, whatever the salt.
+    d.put(GREEN, b"30");
+    d.put(BLUE, b"70");
+    assert_eq!(
+        kv.write_split(&p, at(1), at(10), Some(&salt), None).await,
+        Err(TrafficError::Override { found: at(30) })
+    );
+}
+
+#[test]
+fn greenlight_run_drives_a_sticky_policy_through_consul_with_the_rollouts_salt() {
+    let text = format!(
+        "auto_start = false\n{}",
+        policy_text(Path::new("/etc/haproxy/greenlight"), true, &["beta-1"])
+    );
+    let stack = Stack::start_with(&text, false);
+    let cfg = stack.config("a", listen_addr(), &Stack::unreachable_url());
+    stack
+        .greenlight(&cfg, &["start", "checkout"], &[])
+        .expect_code(0);
+    stack.run_once(&cfg);
+    let state = greenlight::engine::decode_state(&stack.consul.value(STATE_KEY).unwrap()).unwrap();
+    assert_eq!(state.phase, greenlight::engine::Phase::Progressing);
+    assert_eq!(state.weights, Weights { blue: 99, green: 1 });
+    // The first step's weights and this rollout's salt, written together.
+    assert_eq!(stack.consul.value(GREEN).as_deref(), Some(&b"1"[..]));
+    let salt = rollout_salt("checkout", state.rollout_started_at);
+    assert_eq!(stack.consul.value(SALT).as_deref(), Some(salt.as_bytes()));
 }

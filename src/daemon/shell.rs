@@ -202,10 +202,11 @@ impl<E: Env> Shell<E> {
                 tracing::warn!(api = %policy.api, places = ?places, "The rollout's salt is not live, and the split is not greenlight's; deciding on what is live.");
                 found
             }
-            // HAProxy nodes reloaded at their configured weights, or a write that reached only
-            // some nodes: finish greenlight's own change on every node.
+            // HAProxy nodes reloaded at their configured weights, a write that reached only
+            // some nodes, or (sticky mode) the rollout's salt not live: finish greenlight's own
+            // change everywhere.
             Err(e) if e.finishable(from, state.weights) => {
-                tracing::warn!(api = %policy.api, error = %e, "Re-applying greenlight's weights (HAProxy reload or partial write).");
+                tracing::warn!(api = %policy.api, error = %e, "Re-applying greenlight's weights (HAProxy reload, partial write, or the rollout's salt not live).");
                 self.telemetry.shell_event(&policy.api, "weights_reapplied");
                 self.apply(policy, &mut state, &mut index, from, fence, now)
                     .await?;

@@ -296,4 +296,40 @@ mod tests {
         assert!(!seen.observe(&node, "api_d", p(3, 7000), true, Some(7000)));
         assert!(!seen.observe(&node, "api_e", p(3, 7000), false, Some(6999)));
     }
+
+    #[test]
+    fn a_node_with_a_stale_salt_is_written_even_at_the_new_split() {
+        let w = |green| Weights {
+            blue: 100 - green,
+            green,
+        };
+        let n = |green, reloaded| NodeWeights {
+            node: "tcp://127.0.0.1:9999".into(),
+            weights: w(green),
+            initial: w(0),
+            process: Process { pid: 1, started: 1 },
+            reloaded,
+        };
+        assert_eq!(
+            node_write(&n(10, false), false, w(1), w(10)),
+            NodeWrite::Applied
+        );
+        assert_eq!(
+            node_write(&n(10, false), true, w(1), w(10)),
+            NodeWrite::Write
+        );
+        assert_eq!(
+            node_write(&n(1, false), true, w(1), w(10)),
+            NodeWrite::Write
+        );
+        assert_eq!(
+            node_write(&n(0, true), false, w(1), w(10)),
+            NodeWrite::Write
+        );
+        // A split that is neither greenlight's old nor new one was set by hand, salt or not.
+        assert_eq!(
+            node_write(&n(25, false), true, w(1), w(10)),
+            NodeWrite::Changed(w(25))
+        );
+    }
 }
