@@ -170,20 +170,8 @@ fn syncer(d: &ConsulDouble, w: &World, policy: Policy) -> Syncer {
 }
 
 fn sample(metrics: &SyncMetrics, name: &str, node: &str) -> f64 {
-    let text = metrics.encode();
-    let lines = text.lines().map(|l| Ok(l.to_string()));
-    let scrape = prometheus_parse::Scrape::parse(lines).expect("metrics parse");
-    scrape
-        .samples
-        .iter()
-        .filter(|s| s.metric == name && s.labels.get("node") == Some(node))
-        .map(|s| match s.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => v,
-            _ => 0.0,
-        })
-        .sum()
+    let scrape = support::exposition::parse(&metrics.encode());
+    support::exposition::value(&scrape, name, &[("node", node)]).unwrap_or(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

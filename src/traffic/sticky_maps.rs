@@ -141,26 +141,21 @@ pub fn parse_prepared(reply: &str) -> Result<u64, String> {
 /// at most [`MAX_LINE`] bytes (one longer entry goes on a line of its own): the map changes
 /// from its old entries to the new ones at once, at the commit.
 pub fn replace_commands(map: &str, version: u64, entries: &[Entry]) -> Vec<String> {
+    let adds = entries
+        .iter()
+        .map(|(k, v)| format!("add map @{version} {map} {k} {v}"));
+    let commit = std::iter::once(format!("commit map @{version} {map}"));
     let mut lines = Vec::new();
     let mut line = String::new();
-    for (k, v) in entries {
-        let add = format!("add map @{version} {map} {k} {v}");
-        if !line.is_empty() && line.len() + 2 + add.len() > MAX_LINE {
+    for command in adds.chain(commit) {
+        if !line.is_empty() && line.len() + 2 + command.len() > MAX_LINE {
             lines.push(std::mem::take(&mut line));
         }
         if !line.is_empty() {
             line.push_str("; ");
         }
-        line.push_str(&add);
+        line.push_str(&command);
     }
-    let commit = format!("commit map @{version} {map}");
-    if !line.is_empty() && line.len() + 2 + commit.len() > MAX_LINE {
-        lines.push(std::mem::take(&mut line));
-    }
-    if !line.is_empty() {
-        line.push_str("; ");
-    }
-    line.push_str(&commit);
     lines.push(line);
     lines
 }

@@ -4,11 +4,10 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::Command;
 use std::time::Duration;
 
 use super::haproxy::{runtime_tcp, spawn};
-use super::{binary, eventually, free_port, Proc};
+use super::{free_port, Proc};
 
 /// One HAProxy node running the generated rules in backend `api_checkout`.
 pub struct Node {
@@ -48,29 +47,7 @@ impl Node {
     /// (and so the map files' contents) takes over; returns once it answers and the old one
     /// has exited.
     pub fn reload(&mut self) {
-        let old = self.proc.pid();
-        let mut cmd = Command::new(binary("haproxy"));
-        cmd.arg("-db")
-            .arg("-f")
-            .arg(self.dir.path().join("haproxy.cfg"))
-            .arg("-sf")
-            .arg(old.to_string());
-        let mut new = Proc::spawn(&format!("haproxy-after-{old}"), cmd, self.dir.path());
-        let pid = new.pid().to_string();
-        let admin = self.admin;
-        let proc = &mut self.proc;
-        eventually(
-            "the reloaded HAProxy to answer and the old one to exit",
-            Duration::from_secs(15),
-            || {
-                new.assert_running();
-                let old_gone = matches!(proc.child.try_wait(), Ok(Some(_)));
-                let answers = runtime_tcp(admin, "show info")
-                    .is_ok_and(|i| i.lines().any(|l| l == format!("Pid: {pid}")));
-                (old_gone && answers).then_some(())
-            },
-        );
-        self.proc = new;
+        super::haproxy::reload(&mut self.proc, self.dir.path(), self.admin);
     }
 }
 
