@@ -1,5 +1,5 @@
 //! Weights set directly through the HAProxy Runtime API on every node, checked first and read
-//! back after.
+//! back after (in sticky mode, each node's share map: `haproxy_maps.rs`).
 
 use std::fmt;
 use std::future::Future;

@@ -6,6 +6,10 @@
 //! longer match the live ones fails with [`TrafficError::Override`]: someone changed the split
 //! by hand, and greenlight never overwrites a human. An HAProxy reload is not a hand edit: it
 //! is reported as [`TrafficError::Reloaded`] and the next write sets the weights again.
+//!
+//! In sticky mode the same weights decide green's share of the users ([`sticky_maps`]): Consul
+//! keeps the rollout's salt in a key written with the weights, and the HAProxy target reads and
+//! sets each node's share map instead of the server weights (`haproxy_maps.rs`).
 
 mod consul_kv;
 mod haproxy;
