@@ -9,7 +9,8 @@
 //! - [`stats`]: anytime-valid e-processes and fixed-horizon tests; pure numeric code.
 //! - [`engine`]: the per-API rollout state machine and the pure [`engine::decide`] function.
 //! - [`consul`]: Consul HTTP client (KV, txn, sessions, locks, blocking queries).
-//! - [`traffic`]: weight actuators (Consul KV with CAS, HAProxy Runtime API) with read-back.
+//! - [`traffic`]: weight actuators (Consul KV with CAS, HAProxy Runtime API) with read-back;
+//!   sticky mode's share maps and salt.
 //! - [`alert`]: notifiers (Alertmanager, Slack, webhook) with retries and a durable outbox.
 //! - [`daemon`]: the I/O shell: fetch → decide → apply → persist → alert, per policy.
 //! - [`audit`]: human actions (one compare-and-set path for the CLI and the console) and their

@@ -6,16 +6,13 @@
 
 mod support;
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::collections::BTreeSet;
 use std::process::Command;
-use std::time::Duration;
 
 use greenlight::policy::load_file;
 use greenlight::traffic::sticky::share_commands;
-use support::haproxy::{runtime_tcp, spawn, TinyServer};
-use support::{free_port, Proc};
+use support::haproxy::{runtime_tcp, TinyServer};
+use support::sticky::{colour, colours, config, node, served, Client, Node};
 
 const USERS: usize = 10_000;
 
@@ -56,121 +53,6 @@ errors = 'sum(increase(http_requests_total{{cluster="{{color}}",code="500"}}[{{i
     )
 }
 
-struct Node {
-    _proc: Proc,
-    app: SocketAddr,
-    admin: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-fn node(rules: &str, blue: SocketAddr, green: SocketAddr) -> Node {
-    let dir = tempfile::tempdir().unwrap();
-    let app: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let cfg = config(rules, app, admin, blue, green);
-    let proc = spawn(&cfg, dir.path(), admin);
-    Node {
-        _proc: proc,
-        app,
-        admin,
-        _dir: dir,
-    }
-}
-
-fn config(
-    rules: &str,
-    app: SocketAddr,
-    admin: SocketAddr,
-    blue: SocketAddr,
-    green: SocketAddr,
-) -> String {
-    format!(
-        "global
-    stats socket ipv4@{admin} level admin
-defaults
-    mode http
-    timeout connect 2s
-    timeout client 10s
-    timeout server 10s
-frontend fe_app
-    bind {app}
-    default_backend api_checkout
-backend api_checkout
-    http-response set-header X-Served-By %[srv_name]
-{rules}
-    server blue {blue} weight 100
-    server green {green} weight 0
-    server green_pinned {green} weight 0
-"
-    )
-}
-
-/// One keep-alive connection sending requests one after another.
-struct Client {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
-}
-
-/// The server that answered, and the cookie HAProxy set (if any).
-struct Answer {
-    server: String,
-    cookie: Option<String>,
-}
-
-impl Client {
-    fn connect(addr: SocketAddr) -> Client {
-        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        Client {
-            reader: BufReader::new(s.try_clone().unwrap()),
-            writer: s,
-        }
-    }
-
-    fn get(&mut self, headers: &[(&str, &str)]) -> Answer {
-        let mut req = String::from("GET / HTTP/1.1\r\nHost: checkout\r\n");
-        for (k, v) in headers {
-            req.push_str(&format!("{k}: {v}\r\n"));
-        }
-        req.push_str("\r\n");
-        self.writer.write_all(req.as_bytes()).expect("send");
-        let mut status = String::new();
-        self.reader.read_line(&mut status).expect("status line");
-        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
-        let (mut length, mut server, mut cookie) = (0usize, None, None);
-        loop {
-            let mut line = String::new();
-            self.reader.read_line(&mut line).expect("header");
-            let line = line.trim_end();
-            if line.is_empty() {
-                break;
-            }
-            let (name, value) = line.split_once(':').expect("header line");
-            let value = value.trim();
-            match name.to_ascii_lowercase().as_str() {
-                "content-length" => length = value.parse().unwrap(),
-                "x-served-by" => server = Some(value.to_string()),
-                "set-cookie" => cookie = value.split(';').next().map(str::to_string),
-                _ => {}
-            }
-        }
-        let mut body = vec![0u8; length];
-        self.reader.read_exact(&mut body).expect("body");
-        Answer {
-            server: server.expect("X-Served-By"),
-            cookie,
-        }
-    }
-}
-
-fn colour(server: &str) -> &'static str {
-    match server {
-        "blue" => "blue",
-        "green" | "green_pinned" => "green",
-        other => panic!("unexpected server {other}"),
-    }
-}
-
 /// Sets green's share on every node through the Runtime API lines greenlight uses.
 fn set_share(nodes: &[Node], sticky: &greenlight::policy::Sticky, percent: f64, salt: &str) {
     for n in nodes {
@@ -179,33 +61,6 @@ fn set_share(nodes: &[Node], sticky: &greenlight::policy::Sticky, percent: f64, 
             assert!(reply.trim().is_empty(), "{line}: {reply}");
         }
     }
-}
-
-/// The colour of each of the first `users` users, checked to be the same on both nodes (and,
-/// with `repeat`, on a second request to the first node).
-fn colours(nodes: &[Node], users: usize, repeat: bool) -> BTreeMap<String, &'static str> {
-    let mut a = Client::connect(nodes[0].app);
-    let mut b = Client::connect(nodes[1].app);
-    let mut out = BTreeMap::new();
-    for i in 0..users {
-        let user = format!("user-{i}");
-        let h = [("X-User-Id", user.as_str())];
-        let first = colour(&a.get(&h).server);
-        if repeat {
-            assert_eq!(colour(&a.get(&h).server), first, "{user} flipped on node A");
-        }
-        assert_eq!(
-            first,
-            colour(&b.get(&h).server),
-            "{user}: the nodes disagree"
-        );
-        out.insert(user, first);
-    }
-    out
-}
-
-fn served(node: &Node, headers: &[(&str, &str)]) -> String {
-    Client::connect(node.app).get(headers).server
 }
 
 #[test]

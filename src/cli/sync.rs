@@ -1,4 +1,5 @@
-//! `greenlight sync [--once]`: mirror the Consul weight keys into every HAProxy node.
+//! `greenlight sync [--once]`: mirror the Consul weight keys into every HAProxy node (sticky mode:
+//! green's share and the rollout's salt into each node's map, and the subset maps).
 
 use std::io::Write;
 use std::path::Path;

@@ -74,6 +74,11 @@ impl TxnOp {
         Self::new("get", key)
     }
 
+    /// Reads the key; a missing key comes back as an entry without a value (ModifyIndex 0).
+    pub fn get_or_empty(key: &str) -> Self {
+        Self::new("get-or-empty", key)
+    }
+
     /// Fails the transaction unless the key's ModifyIndex is `index`.
     pub fn check_index(key: &str, index: u64) -> Self {
         Self::new("check-index", key).index(index)

@@ -66,6 +66,31 @@ pub trait WeightIo: Send + Sync {
         new: Weights,
         fence: Option<&Fence>,
     ) -> impl Future<Output = Result<(), TrafficError>> + Send;
+    /// [`WeightIo::read_weights`] for a sticky-mode policy, told the rollout's salt: where it
+    /// is not live while it matters, [`TrafficError::StaleSalt`]. Targets without a salt of
+    /// their own read the weights alone.
+    fn read_split(
+        &self,
+        policy: &Policy,
+        confirmed: Option<Timestamp>,
+        salt: &str,
+    ) -> impl Future<Output = Result<Weights, TrafficError>> + Send {
+        let _ = salt;
+        self.read_weights(policy, confirmed)
+    }
+    /// [`WeightIo::write_weights`] for a sticky-mode policy, writing the rollout's salt with
+    /// the split. Targets without a salt of their own write the weights alone.
+    fn write_split(
+        &self,
+        policy: &Policy,
+        expected: Weights,
+        new: Weights,
+        salt: &str,
+        fence: Option<&Fence>,
+    ) -> impl Future<Output = Result<(), TrafficError>> + Send {
+        let _ = salt;
+        self.write_weights(policy, expected, new, fence)
+    }
 }
 
 /// The metrics backend: one observation of one window.
@@ -197,6 +222,30 @@ impl WeightIo for RealEnv {
     ) -> Result<(), TrafficError> {
         self.actuator(policy)?
             .write_fenced(policy, expected, new, fence)
+            .await
+    }
+
+    async fn read_split(
+        &self,
+        policy: &Policy,
+        confirmed: Option<Timestamp>,
+        salt: &str,
+    ) -> Result<Weights, TrafficError> {
+        self.actuator(policy)?
+            .read_split(policy, confirmed, Some(salt))
+            .await
+    }
+
+    async fn write_split(
+        &self,
+        policy: &Policy,
+        expected: Weights,
+        new: Weights,
+        salt: &str,
+        fence: Option<&Fence>,
+    ) -> Result<(), TrafficError> {
+        self.actuator(policy)?
+            .write_split(policy, expected, new, Some(salt), fence)
             .await
     }
 }

@@ -35,20 +35,7 @@ impl Policies {
         // Stamp before reading: a file changed while loading is seen at the next look.
         self.stamp = dir_stamp(&config.policies_dir);
         // Validated against the config too (channels, weight keys outside greenlight's prefix).
-        let mut report = config.load_policies();
-        // Sticky mode needs the share map driven on every node, which `run` does not do yet:
-        // evaluating such an API would move weights nobody's traffic follows.
-        let (sticky, policies): (Vec<Policy>, Vec<Policy>) = std::mem::take(&mut report.policies)
-            .into_iter()
-            .partition(|p| p.traffic.sticky.is_some());
-        report.policies = policies;
-        for p in sticky {
-            tracing::error!(
-                api = %p.api,
-                "traffic.mode = \"sticky\" is not driven by `greenlight run` yet (the share map \
-                 is not set); this API is not evaluated. `greenlight haproxy-config` prepares HAProxy."
-            );
-        }
+        let report = config.load_policies();
         for e in &report.errors {
             tracing::error!(error = %e, "Policy file rejected; its last good version keeps running.");
         }

@@ -186,21 +186,27 @@ impl<E: Env> Shell<E> {
         // The live split.
         let from = state.applying_from.unwrap_or(state.weights);
         let mut nodes_down = false;
-        let live = match self
-            .env
-            .read_weights(policy, state.weights_confirmed_at)
-            .await
-        {
+        let live = match self.read_live(policy, &state).await {
             Ok(w) => w,
             Err(TrafficError::Missing { keys }) => {
                 tracing::info!(api = %policy.api, keys = ?keys, "Creating the missing weight keys.");
                 self.env.init_weights(policy, state.weights).await?;
                 self.env.read_weights(policy, None).await?
             }
-            // HAProxy nodes reloaded at their configured weights, or a write that reached only
-            // some nodes: finish greenlight's own change on every node.
+            // Sticky mode: the rollout's salt is not live somewhere, and the split is not
+            // greenlight's either: reconcile decides on the split (a hand edit pauses). When
+            // the split is greenlight's, the salt is set again below.
+            Err(TrafficError::StaleSalt { found, places })
+                if found != from && found != state.weights =>
+            {
+                tracing::warn!(api = %policy.api, places = ?places, "The rollout's salt is not live, and the split is not greenlight's; deciding on what is live.");
+                found
+            }
+            // HAProxy nodes reloaded at their configured weights, a write that reached only
+            // some nodes, or (sticky mode) the rollout's salt not live: finish greenlight's own
+            // change everywhere.
             Err(e) if e.finishable(from, state.weights) => {
-                tracing::warn!(api = %policy.api, error = %e, "Re-applying greenlight's weights (HAProxy reload or partial write).");
+                tracing::warn!(api = %policy.api, error = %e, "Re-applying greenlight's weights (HAProxy reload, partial write, or the rollout's salt not live).");
                 self.telemetry.shell_event(&policy.api, "weights_reapplied");
                 self.apply(policy, &mut state, &mut index, from, fence, now)
                     .await?;
@@ -343,6 +349,26 @@ impl<E: Env> Shell<E> {
         )
     }
 
+    /// The live split; in sticky mode checked against the rollout's salt too.
+    async fn read_live(
+        &self,
+        policy: &Policy,
+        state: &RolloutState,
+    ) -> Result<Weights, TrafficError> {
+        match rollout_salt(policy, state) {
+            Some(salt) => {
+                self.env
+                    .read_split(policy, state.weights_confirmed_at, &salt)
+                    .await
+            }
+            None => {
+                self.env
+                    .read_weights(policy, state.weights_confirmed_at)
+                    .await
+            }
+        }
+    }
+
     /// Says (once per occurrence) that the clock went backwards or that windows are skipped.
     async fn window_anomaly(&self, policy: &Policy, window: &WindowPlan) {
         let (what, detail) = match window.kind {
@@ -388,7 +414,11 @@ impl<E: Env> Shell<E> {
         now: Timestamp,
     ) -> Result<(), EvalError> {
         let to = state.weights;
-        match self.env.write_weights(policy, from, to, fence).await {
+        let written = match rollout_salt(policy, state) {
+            Some(salt) => self.env.write_split(policy, from, to, &salt, fence).await,
+            None => self.env.write_weights(policy, from, to, fence).await,
+        };
+        match written {
             Ok(()) => {
                 self.telemetry.weight_write(&policy.api, true);
                 state.applying_from = None;
@@ -504,6 +534,15 @@ impl<E: Env> Shell<E> {
         self.telemetry.rollout(&policy.api, state);
         Ok(())
     }
+}
+
+/// The salt of the current rollout of a sticky-mode policy (`None` in weighted mode).
+fn rollout_salt(policy: &Policy, state: &RolloutState) -> Option<String> {
+    policy
+        .traffic
+        .sticky
+        .as_ref()
+        .map(|_| crate::traffic::sticky_maps::rollout_salt(&policy.api, state.rollout_started_at))
 }
 
 /// Why one evaluation did not complete (the API holds; the next tick tries again).

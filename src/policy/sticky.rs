@@ -78,6 +78,10 @@ pub struct Sticky {
     /// tell the pinned cohort from the random one.
     pub pinned_server: String,
     pub subsets: Vec<Subset>,
+    /// With `consul_keys`: the Consul key holding the rollout's salt, written in the same
+    /// transaction as the weights (`greenlight sync` reads all three together). `None` with the
+    /// direct HAProxy target, which keeps the salt in the nodes' maps only.
+    pub salt_key: Option<String>,
 }
 
 pub const DEFAULT_COOKIE: &str = "greenlight_uid";
@@ -122,6 +126,8 @@ pub(super) struct RawSticky {
     pinned_server: Option<Spanned<String>>,
     #[serde(default, rename = "subset")]
     subsets: Vec<Spanned<Table<RawSubset>>>,
+    #[serde(default)]
+    salt_key: Option<Spanned<String>>,
 }
 
 /// An HTTP header or cookie name HAProxy can use unquoted.
@@ -183,15 +189,87 @@ fn is_source(s: &str) -> bool {
     len.is_none_or(|l| l.parse::<u8>().is_ok_and(|l| l <= max))
 }
 
-/// Validates `[traffic.sticky]`; `green` is green's server name (the default pinned server is
-/// `<green>_pinned`).
+/// The default salt key: `salt` beside green's weight key (`haproxy/checkout/weights/green` →
+/// `haproxy/checkout/weights/salt`), or `<green key>-salt` for a key without a folder.
+pub fn default_salt_key(green_key: &str) -> String {
+    match green_key.rsplit_once('/') {
+        Some((dir, _)) => format!("{dir}/salt"),
+        None => format!("{green_key}-salt"),
+    }
+}
+
+/// What `[traffic.sticky]` is validated against: green's server name (the default pinned
+/// server is `<green>_pinned`), the weight keys of a `consul_keys` target, and greenlight's
+/// own Consul prefix (a salt key must stay outside it, like the weight keys).
+pub(super) struct StickyContext<'a> {
+    pub green: &'a str,
+    pub weight_keys: Option<(&'a str, &'a str)>,
+    pub consul_prefix: Option<&'a str>,
+}
+
+fn salt_key(
+    raw: Option<&Spanned<String>>,
+    table: std::ops::Range<usize>,
+    context: &StickyContext<'_>,
+    errors: &mut Errors<'_>,
+) -> Option<Option<String>> {
+    let Some((blue, green)) = context.weight_keys else {
+        if let Some(k) = raw {
+            errors.at(
+                k.span(),
+                "traffic.sticky.salt_key only applies with traffic.consul_keys (the direct HAProxy \
+                 target keeps the salt in the nodes' maps)",
+            );
+            return None;
+        }
+        return Some(None);
+    };
+    let key = raw.map_or_else(|| default_salt_key(green), |k| k.get_ref().clone());
+    let span = raw.map(|k| k.span());
+    let inside = context
+        .consul_prefix
+        .filter(|p| super::validate::inside_prefix(&key, p));
+    let problem = if let Some(p) = super::validate::consul_key_problem(&key) {
+        Some(format!("traffic.sticky.salt_key {p}"))
+    } else if key == blue || key == green {
+        Some(format!(
+            "traffic.sticky.salt_key {} must differ from both weight keys",
+            super::located::shown(&key)
+        ))
+    } else {
+        inside.map(|prefix| {
+            format!(
+                "traffic.sticky.salt_key {} is inside greenlight's own prefix {} (consul.prefix); \
+                 use a key outside it, next to the weight keys",
+                super::located::shown(&key),
+                super::located::shown(prefix)
+            )
+        })
+    };
+    match (problem, span) {
+        (None, _) => Some(Some(key)),
+        (Some(p), Some(span)) => {
+            errors.at(span, p);
+            None
+        }
+        // The default beside the weight keys clashes with one of them: name another.
+        (Some(p), None) => {
+            errors.at(table, format!("{p}; set traffic.sticky.salt_key"));
+            None
+        }
+    }
+}
+
+/// Validates `[traffic.sticky]`.
 pub(super) fn validate_sticky(
     raw: &Spanned<Table<RawSticky>>,
-    green: &str,
+    context: &StickyContext<'_>,
     errors: &mut Errors<'_>,
 ) -> Option<Sticky> {
     let r = raw.get_ref();
+    let green = context.green;
     let before = errors.len();
+    let salt_key = salt_key(r.salt_key.as_ref(), raw.span(), context, errors);
     let key = key_source("traffic.sticky.key", &r.key, errors);
     let cookie = match &r.cookie {
         Some(c) => token("traffic.sticky.cookie", c, errors),
@@ -306,6 +384,7 @@ pub(super) fn validate_sticky(
         trusted_sources,
         pinned_server: pinned_server?,
         subsets,
+        salt_key: salt_key?,
     })
 }
 
@@ -423,6 +502,57 @@ errors = 'sum(rate(e{cluster="{color}"}[{interval}]))'
                 "consul_keys = { blue = \"w/b\", green = \"w/g\" }"
             ),
             vec!["p.toml:6:1: sticky mode routes users in HAProxy: set traffic.haproxy, or traffic.haproxy_backend with consul_keys"]
+        );
+    }
+
+    #[test]
+    fn the_salt_key_sits_beside_the_weight_keys() {
+        let consul = BASE.replacen(
+            "haproxy = { backend = \"api_checkout\", blue = \"blue\", green = \"green\" }",
+            "consul_keys = { blue = \"haproxy/checkout/weights/blue\", green = \"haproxy/checkout/weights/green\" }\n\
+             haproxy_backend = { backend = \"api_checkout\", blue = \"blue\", green = \"green\" }",
+            1,
+        );
+        let p = load(&consul).unwrap();
+        assert_eq!(
+            p.traffic.sticky.unwrap().salt_key.as_deref(),
+            Some("haproxy/checkout/weights/salt")
+        );
+        assert_eq!(default_salt_key("green"), "green-salt");
+        // The direct target keeps the salt on the nodes: no key, and none accepted.
+        assert_eq!(load(BASE).unwrap().traffic.sticky.unwrap().salt_key, None);
+        assert_eq!(
+            errors(
+                "key = { header = \"X-User-Id\" }",
+                "key = { header = \"X-User-Id\" }\nsalt_key = \"s\""
+            ),
+            vec!["p.toml:8:12: traffic.sticky.salt_key only applies with traffic.consul_keys (the direct HAProxy target keeps the salt in the nodes' maps)"]
+        );
+        let with = |key: &str| {
+            load(&consul.replacen(
+                "key = { header = \"X-User-Id\" }",
+                &format!("key = {{ header = \"X-User-Id\" }}\nsalt_key = {key:?}"),
+                1,
+            ))
+        };
+        assert_eq!(
+            with("haproxy/checkout/weights/blue").unwrap_err(),
+            vec!["p.toml:9:12: traffic.sticky.salt_key \"haproxy/checkout/weights/blue\" must differ from both weight keys"]
+        );
+        assert!(
+            with("/salt").unwrap_err()[0].starts_with("p.toml:9:12: traffic.sticky.salt_key "),
+            "{:?}",
+            with("/salt")
+        );
+        assert_eq!(
+            with("haproxy/checkout/salt")
+                .unwrap()
+                .traffic
+                .sticky
+                .unwrap()
+                .salt_key
+                .as_deref(),
+            Some("haproxy/checkout/salt")
         );
     }
 }

@@ -11,7 +11,7 @@ use super::located::{explicit, number, parse_toml, shown, Errors};
 use super::raw::{
     RawGreenMissingAction, RawHaproxyTarget, RawMaxStepAction, RawPolicy, RawSchedule, RawTraffic,
 };
-use super::sticky::{validate_sticky, Sticky, TrafficMode};
+use super::sticky::{validate_sticky, Sticky, StickyContext, TrafficMode};
 use super::values::Table;
 use super::{
     HaproxyServers, MaxStepAction, Policy, PolicyContext, PolicyError, Schedule, TimeWindow,
@@ -284,7 +284,7 @@ pub(super) fn consul_key_problem(key: &str) -> Option<String> {
 }
 
 /// Whether Consul key `key` is `prefix` or lies under it.
-fn inside_prefix(key: &str, prefix: &str) -> bool {
+pub(super) fn inside_prefix(key: &str, prefix: &str) -> bool {
     key.strip_prefix(prefix)
         .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
@@ -386,7 +386,7 @@ fn validate_traffic(
         haproxy_backend: haproxy_backend?,
         sticky: None,
     };
-    traffic.sticky = validate_mode(raw, &traffic, errors)?;
+    traffic.sticky = validate_mode(raw, &traffic, consul_prefix, errors)?;
     Some(traffic)
 }
 
@@ -394,6 +394,7 @@ fn validate_traffic(
 fn validate_mode(
     raw: &Spanned<Table<RawTraffic>>,
     traffic: &Traffic,
+    consul_prefix: Option<&str>,
     errors: &mut Errors<'_>,
 ) -> Option<Option<Sticky>> {
     let t = raw.get_ref();
@@ -426,7 +427,16 @@ fn validate_mode(
                 );
                 return None;
             };
-            validate_sticky(s, &servers.green, errors).map(Some)
+            let weight_keys = match &traffic.target {
+                TrafficTarget::ConsulKeys { blue, green } => Some((blue.as_str(), green.as_str())),
+                TrafficTarget::Haproxy { .. } => None,
+            };
+            let context = StickyContext {
+                green: &servers.green,
+                weight_keys,
+                consul_prefix,
+            };
+            validate_sticky(s, &context, errors).map(Some)
         }
     }
 }

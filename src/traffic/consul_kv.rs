@@ -1,5 +1,6 @@
 //! Weights in two Consul KV keys, read in one transaction and changed by one two-key CAS txn.
 
+use super::sticky_maps::{salt_matters, share_of};
 use super::{Retry, TrafficError};
 use crate::consul::lock::Fence;
 use crate::consul::{is_stale_index, ConsulClient, ConsulError, KvEntry, TxnOp};
@@ -61,30 +62,37 @@ impl ConsulKv {
         }
     }
 
-    /// Both entries, read atomically.
+    /// Both weight entries and, with `salt_key`, the salt's (without a value when the key is
+    /// missing), read atomically.
     async fn read_entries(
         &self,
         blue: &str,
         green: &str,
-    ) -> Result<(KvEntry, KvEntry), TrafficError> {
-        let ops = [TxnOp::get(blue), TxnOp::get(green)];
+        salt_key: Option<&str>,
+    ) -> Result<(KvEntry, KvEntry, Option<KvEntry>), TrafficError> {
+        let mut ops = vec![TxnOp::get(blue), TxnOp::get(green)];
+        ops.extend(salt_key.map(TxnOp::get_or_empty));
+        let wanted: Vec<&str> = [blue, green].into_iter().chain(salt_key).collect();
         match self.txn(&ops).await {
-            Ok(entries) => match <[KvEntry; 2]>::try_from(entries) {
-                Ok([b, g]) => Ok((b, g)),
-                // A `get` of a missing key fails the transaction, so a committed read that lacks
-                // an entry had it filtered out by ACLs (agent/consul/txn_endpoint.go
-                // `FilterTxnResults`): the token may not read that key.
-                Err(entries) => {
-                    let hidden: Vec<&str> = [blue, green]
-                        .into_iter()
-                        .filter(|k| !entries.iter().any(|e| e.key == *k))
-                        .collect();
-                    Err(TrafficError::PermissionDenied(format!(
+            Ok(mut entries) if entries.len() == wanted.len() => {
+                let salt = (entries.len() == 3).then(|| entries.remove(2));
+                let g = entries.remove(1);
+                let b = entries.remove(0);
+                Ok((b, g, salt))
+            }
+            // A `get` of a missing key fails the transaction, so a committed read that lacks
+            // an entry had it filtered out by ACLs (agent/consul/txn_endpoint.go
+            // `FilterTxnResults`): the token may not read that key.
+            Ok(entries) => {
+                let hidden: Vec<&str> = wanted
+                    .into_iter()
+                    .filter(|k| !entries.iter().any(|e| e.key == *k))
+                    .collect();
+                Err(TrafficError::PermissionDenied(format!(
                         "Permission denied: Consul filtered {} out of a transaction read (the token lacks key:read)",
                         hidden.join(", ")
                     )))
-                }
-            },
+            }
             Err(ConsulError::TxnRolledBack(errors)) => {
                 let keys = [blue, green];
                 let mut missing: Vec<String> = errors
@@ -102,9 +110,52 @@ impl ConsulKv {
 
     /// The weights stored in the policy's two keys.
     pub async fn read(&self, policy: &Policy) -> Result<Weights, TrafficError> {
+        self.read_split(policy, None).await
+    }
+
+    fn salt_key(policy: &Policy) -> Option<&str> {
+        policy.traffic.sticky.as_ref()?.salt_key.as_deref()
+    }
+
+    /// [`ConsulKv::read`]; in sticky mode, given the rollout's `salt`, the salt key is read in
+    /// the same transaction and must hold it wherever it matters (green's share strictly
+    /// between 0 and everyone), else [`TrafficError::StaleSalt`].
+    pub async fn read_split(
+        &self,
+        policy: &Policy,
+        salt: Option<&str>,
+    ) -> Result<Weights, TrafficError> {
         let (blue, green) = Self::keys(policy)?;
-        let (b, g) = self.read_entries(blue, green).await?;
-        weights_of(&b, &g)
+        let salt_key = Self::salt_key(policy).filter(|_| salt.is_some());
+        let (b, g, s) = self.read_entries(blue, green, salt_key).await?;
+        let found = weights_of(&b, &g)?;
+        if let (Some(want), Some(key), Some(s)) = (salt, salt_key, s) {
+            let live = salt_of(&s).ok().flatten();
+            if salt_matters(share_of(found)) && live.as_deref() != Some(want) {
+                return Err(TrafficError::StaleSalt {
+                    found,
+                    places: vec![format!("Consul key {key}")],
+                });
+            }
+        }
+        Ok(found)
+    }
+
+    /// The weights and, in sticky mode, the salt (`None` when its key is missing or empty),
+    /// read in one transaction: what `greenlight sync` applies.
+    pub async fn read_with_salt(
+        &self,
+        policy: &Policy,
+    ) -> Result<(Weights, Option<String>), TrafficError> {
+        let (blue, green) = Self::keys(policy)?;
+        let (b, g, s) = self
+            .read_entries(blue, green, Self::salt_key(policy))
+            .await?;
+        let salt = match s {
+            Some(s) => salt_of(&s)?,
+            None => None,
+        };
+        Ok((weights_of(&b, &g)?, salt))
     }
 
     /// Compare-and-set of both keys in one transaction of two `cas` operations.
@@ -126,22 +177,41 @@ impl ConsulKv {
         new: Weights,
         fence: Option<&Fence>,
     ) -> Result<(), TrafficError> {
+        self.write_split(policy, expected, new, None, fence).await
+    }
+
+    /// [`ConsulKv::write_fenced`]; in sticky mode, given the rollout's `salt`, the salt key is
+    /// set in the same transaction (and set alone when the weights are `new` already but the
+    /// salt is not).
+    pub async fn write_split(
+        &self,
+        policy: &Policy,
+        expected: Weights,
+        new: Weights,
+        salt: Option<&str>,
+        fence: Option<&Fence>,
+    ) -> Result<(), TrafficError> {
         let (blue, green) = Self::keys(policy)?;
+        let salt_key = Self::salt_key(policy).filter(|_| salt.is_some());
         let mut last = None;
         for round in 0..CAS_ROUNDS {
-            let (b, g) = self.read_entries(blue, green).await?;
+            let (b, g, s) = self.read_entries(blue, green, salt_key).await?;
             let found = weights_of(&b, &g)?;
-            if round > 0 && found == new {
+            let salt_live = match &s {
+                Some(s) => salt_of(s).ok().flatten().as_deref() == salt,
+                None => true,
+            };
+            if round > 0 && found == new && salt_live {
                 // An earlier attempt landed (its answer was lost) or the keys already say so.
                 return Ok(());
             }
-            if found != expected {
+            if found != expected && !(round > 0 && found == new) {
                 return Err(TrafficError::Override { found });
             }
-            if found == new {
+            if found == new && salt_live {
                 return Ok(());
             }
-            let mut ops = Vec::with_capacity(3);
+            let mut ops = Vec::with_capacity(4);
             if let Some(f) = fence {
                 ops.push(f.check());
             }
@@ -156,6 +226,9 @@ impl ConsulKv {
                 new.green.to_string().as_bytes(),
                 g.modify_index,
             ));
+            if let (Some(key), Some(salt)) = (salt_key, salt) {
+                ops.push(TxnOp::set(key, salt.as_bytes()));
+            }
             match self.txn(&ops).await {
                 Ok(_) => return Ok(()),
                 Err(ConsulError::TxnRolledBack(errors))
@@ -211,6 +284,28 @@ fn weights_of(blue: &KvEntry, green: &KvEntry) -> Result<Weights, TrafficError> 
         blue: weight_of(blue)?,
         green: weight_of(green)?,
     })
+}
+
+/// The salt in its key: `None` when empty, an error when it could not travel in a Runtime API
+/// line (1–64 visible characters without `;`, `#`, quotes or backslashes).
+fn salt_of(entry: &KvEntry) -> Result<Option<String>, TrafficError> {
+    let text = String::from_utf8_lossy(&entry.value);
+    let salt = text.trim();
+    if salt.is_empty() {
+        return Ok(None);
+    }
+    let ok = salt.len() <= 64
+        && salt
+            .chars()
+            .all(|c| c.is_ascii_graphic() && !matches!(c, ';' | '#' | '"' | '\'' | '\\'));
+    if ok {
+        Ok(Some(salt.to_string()))
+    } else {
+        Err(TrafficError::BadValue {
+            key: entry.key.clone(),
+            value: text.into_owned(),
+        })
+    }
 }
 
 fn weight_of(entry: &KvEntry) -> Result<u32, TrafficError> {

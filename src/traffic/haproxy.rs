@@ -1,5 +1,5 @@
 //! Weights set directly through the HAProxy Runtime API on every node, checked first and read
-//! back after.
+//! back after (in sticky mode, each node's share map: `haproxy_maps.rs`).
 
 use std::fmt;
 use std::future::Future;
@@ -108,7 +108,7 @@ pub struct HaproxyRuntime<R: RuntimeIo = Sockets> {
     nodes: Vec<RuntimeAddr>,
     io: R,
     retry: Retry,
-    seen: Seen,
+    pub(super) seen: Seen,
 }
 
 impl HaproxyRuntime {
@@ -166,7 +166,7 @@ impl<R: RuntimeIo> HaproxyRuntime<R> {
     }
 
     /// [`Self::command`] with retries while the node is unreachable.
-    async fn command_retried(
+    pub(super) async fn command_retried(
         &self,
         node: &RuntimeAddr,
         line: &str,
@@ -323,7 +323,7 @@ impl<R: RuntimeIo> HaproxyRuntime<R> {
         collect(errors)
     }
 
-    fn target(policy: &Policy) -> Result<(&str, &str, &str), TrafficError> {
+    pub(super) fn target(policy: &Policy) -> Result<(&str, &str, &str), TrafficError> {
         match &policy.traffic.target {
             TrafficTarget::Haproxy {
                 backend,
@@ -347,6 +347,20 @@ impl<R: RuntimeIo> HaproxyRuntime<R> {
         policy: &Policy,
         written: Option<jiff::Timestamp>,
     ) -> Result<Weights, TrafficError> {
+        self.read_split(policy, written, None).await
+    }
+
+    /// [`Self::read`]; in sticky mode the split is each node's share map (see
+    /// [`Self::read_sticky`]), checked against the rollout's `salt` when given.
+    pub(crate) async fn read_split(
+        &self,
+        policy: &Policy,
+        written: Option<jiff::Timestamp>,
+        salt: Option<&str>,
+    ) -> Result<Weights, TrafficError> {
+        if let Some(sticky) = &policy.traffic.sticky {
+            return self.read_sticky(policy, sticky, written, salt).await;
+        }
         let (backend, blue, green) = Self::target(policy)?;
         let written = written.and_then(|t| u64::try_from(t.as_second()).ok());
         let mut found = Vec::with_capacity(self.nodes.len());
@@ -383,6 +397,20 @@ impl<R: RuntimeIo> HaproxyRuntime<R> {
         new: Weights,
         fence: Option<&Fence>,
     ) -> Result<(), TrafficError> {
+        self.write_split(policy, expected, new, None, fence).await
+    }
+
+    /// [`Self::write`]; in sticky mode each node's share map is compared and set instead of
+    /// the server weights (the share of `new`, and the rollout's `salt` when given), and its
+    /// subset maps are brought to the policy's members.
+    pub(crate) async fn write_split(
+        &self,
+        policy: &Policy,
+        expected: Weights,
+        new: Weights,
+        salt: Option<&str>,
+        fence: Option<&Fence>,
+    ) -> Result<(), TrafficError> {
         let lock_held = || fence.is_none_or(|f| f.is_held());
         if !lock_held() {
             return Err(TrafficError::LockLost);
@@ -393,8 +421,18 @@ impl<R: RuntimeIo> HaproxyRuntime<R> {
         let mut writable = Vec::new();
         let mut failed: Vec<(String, TrafficError)> = Vec::new();
         for node in &self.nodes {
-            match self.read_node(node, backend, blue, green).await {
-                Ok(n) => match node_write(&n, expected, new) {
+            let read = match &policy.traffic.sticky {
+                Some(sticky) => self
+                    .read_node_share(node, policy, sticky, salt, None)
+                    .await
+                    .map(|n| (n.node, n.stale_salt)),
+                None => self
+                    .read_node(node, backend, blue, green)
+                    .await
+                    .map(|n| (n, false)),
+            };
+            match read {
+                Ok((n, stale)) => match node_write(&n, stale, expected, new) {
                     NodeWrite::Applied => {
                         self.seen.applied(node, backend);
                         applied.push(n.node);
@@ -423,7 +461,11 @@ impl<R: RuntimeIo> HaproxyRuntime<R> {
                 tracing::warn!(api = %policy.api, applied = ?applied, "Lock lost while writing HAProxy weights; stopped.");
                 return Err(TrafficError::LockLost);
             }
-            match self.set_node(node, backend, blue, green, new).await {
+            let set = match &policy.traffic.sticky {
+                Some(sticky) => self.set_node_share(node, policy, sticky, new, salt).await,
+                None => self.set_node(node, backend, blue, green, new).await,
+            };
+            match set {
                 Ok(()) => applied.push(node.to_string()),
                 Err(e) => {
                     tracing::warn!(%node, error = %e, "Could not set HAProxy weights.");

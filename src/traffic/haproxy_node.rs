@@ -101,6 +101,30 @@ pub(super) fn parse_node_reply(
     now: u64,
 ) -> Result<(Process, Weights, Weights), String> {
     let (info, rest) = reply.split_once("\n\n").unwrap_or((reply, ""));
+    let process = parse_process(info, now)?;
+    let lines: Vec<&str> = rest
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    match lines.as_slice() {
+        [b, g] => match (parse_get_weight(b), parse_get_weight(g)) {
+            (Some((b, bi)), Some((g, gi))) => Ok((
+                process,
+                Weights { blue: b, green: g },
+                Weights {
+                    blue: bi,
+                    green: gi,
+                },
+            )),
+            _ => Err(error_text(lines)),
+        },
+        _ => Err(error_text(lines)),
+    }
+}
+
+/// The process in a `show info` block (`Pid`, and `Start_time_sec` or now minus `Uptime_sec`).
+pub(super) fn parse_process(info: &str, now: u64) -> Result<Process, String> {
     let field = |name: &str| {
         info.lines().find_map(|l| {
             let (k, v) = l.split_once(':')?;
@@ -114,25 +138,7 @@ pub(super) fn parse_node_reply(
         let text: String = info.trim().chars().take(200).collect();
         return Err(format!("no Pid and start time in show info: {text}"));
     };
-    let lines: Vec<&str> = rest
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect();
-    match lines.as_slice() {
-        [b, g] => match (parse_get_weight(b), parse_get_weight(g)) {
-            (Some((b, bi)), Some((g, gi))) => Ok((
-                Process { pid, started },
-                Weights { blue: b, green: g },
-                Weights {
-                    blue: bi,
-                    green: gi,
-                },
-            )),
-            _ => Err(error_text(lines)),
-        },
-        _ => Err(error_text(lines)),
-    }
+    Ok(Process { pid, started })
 }
 
 /// HAProxy's error lines, each said once ("No such backend." comes back for both servers).
@@ -191,7 +197,9 @@ pub(crate) fn classify(
     Err(TrafficError::Diverged(per_node()))
 }
 
-/// What a compare-and-set from `expected` to `new` does on one node.
+/// What a compare-and-set from `expected` to `new` does on one node (`stale`: in sticky mode,
+/// the node's salt is not the rollout's, so its users are drawn anew: it needs writing even
+/// at `new`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum NodeWrite {
     /// The node has `new` already.
@@ -202,10 +210,15 @@ pub(crate) enum NodeWrite {
     Changed(Weights),
 }
 
-pub(crate) fn node_write(node: &NodeWeights, expected: Weights, new: Weights) -> NodeWrite {
-    if node.weights == new {
+pub(crate) fn node_write(
+    node: &NodeWeights,
+    stale: bool,
+    expected: Weights,
+    new: Weights,
+) -> NodeWrite {
+    if node.weights == new && !stale {
         NodeWrite::Applied
-    } else if node.weights == expected || node.reloaded {
+    } else if node.weights == new || node.weights == expected || node.reloaded {
         NodeWrite::Write
     } else {
         NodeWrite::Changed(node.weights)
@@ -282,5 +295,41 @@ mod tests {
         assert!(seen.observe(&node, "api_c", p(3, 7000), true, Some(6999)));
         assert!(!seen.observe(&node, "api_d", p(3, 7000), true, Some(7000)));
         assert!(!seen.observe(&node, "api_e", p(3, 7000), false, Some(6999)));
+    }
+
+    #[test]
+    fn a_node_with_a_stale_salt_is_written_even_at_the_new_split() {
+        let w = |green| Weights {
+            blue: 100 - green,
+            green,
+        };
+        let n = |green, reloaded| NodeWeights {
+            node: "tcp://127.0.0.1:9999".into(),
+            weights: w(green),
+            initial: w(0),
+            process: Process { pid: 1, started: 1 },
+            reloaded,
+        };
+        assert_eq!(
+            node_write(&n(10, false), false, w(1), w(10)),
+            NodeWrite::Applied
+        );
+        assert_eq!(
+            node_write(&n(10, false), true, w(1), w(10)),
+            NodeWrite::Write
+        );
+        assert_eq!(
+            node_write(&n(1, false), true, w(1), w(10)),
+            NodeWrite::Write
+        );
+        assert_eq!(
+            node_write(&n(0, true), false, w(1), w(10)),
+            NodeWrite::Write
+        );
+        // A split that is neither greenlight's old nor new one was set by hand, salt or not.
+        assert_eq!(
+            node_write(&n(25, false), true, w(1), w(10)),
+            NodeWrite::Changed(w(25))
+        );
     }
 }

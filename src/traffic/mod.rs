@@ -6,12 +6,18 @@
 //! longer match the live ones fails with [`TrafficError::Override`]: someone changed the split
 //! by hand, and greenlight never overwrites a human. An HAProxy reload is not a hand edit: it
 //! is reported as [`TrafficError::Reloaded`] and the next write sets the weights again.
+//!
+//! In sticky mode the same weights decide green's share of the users ([`sticky_maps`]): Consul
+//! keeps the rollout's salt in a key written with the weights, and the HAProxy target reads and
+//! sets each node's share map instead of the server weights (`haproxy_maps.rs`).
 
 mod consul_kv;
 mod haproxy;
+mod haproxy_maps;
 mod haproxy_node;
 mod memory;
 pub mod sticky;
+pub mod sticky_maps;
 pub mod sync;
 
 use std::future::Future;
@@ -61,6 +67,20 @@ pub enum TrafficError {
         wrote: Weights,
         found: Weights,
     },
+    /// A map entry read back after a write is not the one written (sticky mode).
+    #[error("HAProxy {node} map {map} reads back {found} after writing {wrote}")]
+    MapReadBack {
+        node: String,
+        map: String,
+        wrote: String,
+        found: String,
+    },
+    /// Sticky mode: the split agrees with `found`, but the rollout's salt is not live at
+    /// `places` (HAProxy nodes, or the salt key in Consul), so users there are drawn anew.
+    /// Greenlight's own bookkeeping, not a human's split: a write sets it again (see
+    /// [`TrafficError::finishable`]).
+    #[error("the rollout's salt is not live on {} (the split is blue={} green={}); it must be set again", .places.join(", "), .found.blue, .found.green)]
+    StaleSalt { found: Weights, places: Vec<String> },
     /// HAProxy nodes disagree about the current weights; every node's weights.
     #[error("HAProxy nodes disagree about the weights: {}", describe_nodes(.0))]
     Diverged(Vec<(String, Weights)>),
@@ -124,6 +144,7 @@ impl TrafficError {
                 .iter()
                 .filter(|(n, _)| !nodes.contains(n))
                 .all(|(_, w)| between(w)),
+            TrafficError::StaleSalt { found, .. } => between(found),
             _ => false,
         }
     }
@@ -222,9 +243,21 @@ impl Actuator {
         policy: &Policy,
         written: Option<jiff::Timestamp>,
     ) -> Result<Weights, TrafficError> {
+        self.read_split(policy, written, None).await
+    }
+
+    /// [`Actuator::read_since`]; in sticky mode also checks that the rollout's `salt` is live
+    /// (in Consul's salt key, or on every HAProxy node) wherever it matters: where it is not,
+    /// [`TrafficError::StaleSalt`]. Without a salt nothing about it is checked.
+    pub async fn read_split(
+        &self,
+        policy: &Policy,
+        written: Option<jiff::Timestamp>,
+        salt: Option<&str>,
+    ) -> Result<Weights, TrafficError> {
         match self {
-            Actuator::ConsulKv(a) => a.read(policy).await,
-            Actuator::Haproxy(a) => a.read(policy, written).await,
+            Actuator::ConsulKv(a) => a.read_split(policy, salt).await,
+            Actuator::Haproxy(a) => a.read_split(policy, written, salt).await,
             Actuator::Memory(a) => a.read(policy),
         }
     }
@@ -250,9 +283,24 @@ impl Actuator {
         new: Weights,
         fence: Option<&crate::consul::lock::Fence>,
     ) -> Result<(), TrafficError> {
+        self.write_split(policy, expected, new, None, fence).await
+    }
+
+    /// [`Actuator::write_fenced`]; in sticky mode the rollout's `salt` (when given) is written
+    /// with the split: in the same Consul transaction as the weights, or into every HAProxy
+    /// node's map with green's share. Without a salt the live one is kept (a rollback needs
+    /// none: at share 0 everyone is on blue).
+    pub async fn write_split(
+        &self,
+        policy: &Policy,
+        expected: Weights,
+        new: Weights,
+        salt: Option<&str>,
+        fence: Option<&crate::consul::lock::Fence>,
+    ) -> Result<(), TrafficError> {
         let result = match self {
-            Actuator::ConsulKv(a) => a.write_fenced(policy, expected, new, fence).await,
-            Actuator::Haproxy(a) => a.write(policy, expected, new, fence).await,
+            Actuator::ConsulKv(a) => a.write_split(policy, expected, new, salt, fence).await,
+            Actuator::Haproxy(a) => a.write_split(policy, expected, new, salt, fence).await,
             Actuator::Memory(_) if fence.is_some_and(|f| !f.is_held()) => {
                 Err(TrafficError::LockLost)
             }

@@ -8,11 +8,19 @@
 //! always move together. Every `repair_interval` the worker compares each node with Consul again
 //! and re-applies where they differ (a restarted HAProxy comes back with its configured weights).
 //! Failures (Consul or a node unreachable) are retried with a bounded exponential backoff.
+//!
+//! A sticky-mode policy ([`sticky`]) reads its salt key in the same transaction and sets green's
+//! share and the salt in each node's map instead of the server weights, and keeps the subset
+//! maps equal to the policy's members.
+
+mod metrics;
+mod sticky;
+
+pub use metrics::SyncMetrics;
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,11 +28,7 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
-use prometheus_client::encoding::{prometheus_text, EncodeLabelSet};
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
+use prometheus_client::encoding::prometheus_text;
 use tokio::sync::{watch, Notify};
 
 use super::{ConsulKv, HaproxyRuntime, Retry, RuntimeAddr, TrafficError};
@@ -36,6 +40,7 @@ pub const MAX_HAPROXY_WEIGHT: u32 = 256;
 
 // Exported metric names. Counters end in `_total` as exposed; the encoder appends it.
 pub const APPLIED_WEIGHT: &str = "greenlight_sync_applied_weight";
+pub const APPLIED_SHARE: &str = "greenlight_sync_applied_share";
 pub const APPLY_ERRORS_TOTAL: &str = "greenlight_sync_apply_errors_total";
 pub const READ_ERRORS_TOTAL: &str = "greenlight_sync_read_errors_total";
 pub const DRIFT_REPAIRS_TOTAL: &str = "greenlight_sync_drift_repairs_total";
@@ -144,164 +149,13 @@ impl SyncError {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct WeightLabels {
-    api: String,
-    node: String,
-    color: &'static str,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct NodeLabels {
-    api: String,
-    node: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct ReadLabels {
-    api: String,
-    kind: &'static str,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct ApiLabels {
-    api: String,
-}
-
-type FloatGauge = Gauge<f64, AtomicU64>;
-
-/// Sync's own metrics registry. Labels are bounded by the configuration: API names from the
-/// policies, node addresses from `haproxy.nodes`, colours and error kinds from the code.
-#[derive(Debug)]
-pub struct SyncMetrics {
-    registry: Registry,
-    applied: Family<WeightLabels, Gauge>,
-    apply_errors: Family<NodeLabels, Counter>,
-    read_errors: Family<ReadLabels, Counter>,
-    drift_repairs: Family<NodeLabels, Counter>,
-    last_success: Family<ApiLabels, FloatGauge>,
-}
-
-impl Default for SyncMetrics {
-    fn default() -> Self {
-        SyncMetrics::new()
-    }
-}
-
-impl SyncMetrics {
-    pub fn new() -> SyncMetrics {
-        let applied = Family::<WeightLabels, Gauge>::default();
-        let apply_errors = Family::<NodeLabels, Counter>::default();
-        let read_errors = Family::<ReadLabels, Counter>::default();
-        let drift_repairs = Family::<NodeLabels, Counter>::default();
-        let last_success = Family::<ApiLabels, FloatGauge>::default();
-        let mut r = Registry::default();
-        r.register(
-            APPLIED_WEIGHT,
-            "Weight verified on an HAProxy node, per API, node and colour",
-            applied.clone(),
-        );
-        r.register(
-            counter_base(APPLY_ERRORS_TOTAL),
-            "Failed attempts to set or verify weights on an HAProxy node, per API and node",
-            apply_errors.clone(),
-        );
-        r.register(
-            counter_base(READ_ERRORS_TOTAL),
-            "Failed or refused reads of the weight keys, per API and kind",
-            read_errors.clone(),
-        );
-        r.register(
-            counter_base(DRIFT_REPAIRS_TOTAL),
-            "Nodes found with weights that drifted from Consul and set again, per API and node",
-            drift_repairs.clone(),
-        );
-        r.register(
-            LAST_SUCCESS_TIMESTAMP_SECONDS,
-            "Unix time of the last pass where every node matched Consul, per API",
-            last_success.clone(),
-        );
-        SyncMetrics {
-            registry: r,
-            applied,
-            apply_errors,
-            read_errors,
-            drift_repairs,
-            last_success,
-        }
-    }
-
-    /// Every metric in the Prometheus text exposition format.
-    pub fn encode(&self) -> String {
-        let mut out = String::new();
-        if let Err(error) = prometheus_text::encode(&mut out, &self.registry) {
-            tracing::warn!(%error, "Could not encode the sync metrics registry.");
-        }
-        out
-    }
-
-    fn verified(&self, api: &str, node: &str, weights: Weights) {
-        for (color, w) in [("blue", weights.blue), ("green", weights.green)] {
-            self.applied
-                .get_or_create(&WeightLabels {
-                    api: api.to_string(),
-                    node: node.to_string(),
-                    color,
-                })
-                .set(i64::from(w));
-        }
-    }
-
-    fn node_labels(api: &str, node: &str) -> NodeLabels {
-        NodeLabels {
-            api: api.to_string(),
-            node: node.to_string(),
-        }
-    }
-
-    fn error(&self, error: &SyncError) {
-        match error {
-            SyncError::Node { api, node, .. } => {
-                self.apply_errors
-                    .get_or_create(&Self::node_labels(api, node))
-                    .inc();
-            }
-            SyncError::Consul { api, .. } | SyncError::OutOfRange { api, .. } => {
-                let kind = error.read_kind().unwrap_or("error");
-                self.read_errors
-                    .get_or_create(&ReadLabels {
-                        api: api.clone(),
-                        kind,
-                    })
-                    .inc();
-            }
-        }
-    }
-
-    fn drift_repaired(&self, api: &str, node: &str) {
-        self.drift_repairs
-            .get_or_create(&Self::node_labels(api, node))
-            .inc();
-    }
-
-    fn success(&self, api: &str) {
-        let now = jiff::Timestamp::now().as_millisecond() as f64 / 1000.0;
-        self.last_success
-            .get_or_create(&ApiLabels {
-                api: api.to_string(),
-            })
-            .set(now);
-    }
-}
-
-fn counter_base(name: &'static str) -> &'static str {
-    name.strip_suffix("_total").unwrap_or(name)
-}
-
-/// What one worker remembers between passes: the weights last verified on each node.
+/// What one worker remembers between passes: the weights last verified on each node (sticky
+/// mode: the API map's entries, and the nodes whose subset maps were verified).
 #[derive(Debug, Default)]
 struct NodeMemory {
     verified: HashMap<String, Weights>,
+    shares: HashMap<String, Vec<super::sticky_maps::Entry>>,
+    subsets: std::collections::HashSet<String>,
 }
 
 /// Mirrors Consul weight keys into HAProxy nodes.
@@ -396,7 +250,13 @@ impl Syncer {
             let wake = Arc::new(Notify::new());
             let target = &me.targets[index];
             if let TrafficTarget::ConsulKeys { blue, green } = &target.policy.traffic.target {
-                for key in [blue.clone(), green.clone()] {
+                let salt = target
+                    .policy
+                    .traffic
+                    .sticky
+                    .as_ref()
+                    .and_then(|s| s.salt_key.clone());
+                for key in [blue.clone(), green.clone()].into_iter().chain(salt) {
                     tasks.spawn(me.clone().watch_key(key, wake.clone(), stop_rx.clone()));
                 }
             }
@@ -494,8 +354,8 @@ impl Syncer {
         memory: &mut NodeMemory,
     ) -> Result<(), Vec<SyncError>> {
         let api = target.api();
-        let desired = match self.read(target).await {
-            Ok(w) => w,
+        let (desired, salt) = match self.read(target).await {
+            Ok(read) => read,
             Err(error) => {
                 weights_unreadable(&self.metrics, &error);
                 return Err(vec![error]);
@@ -503,7 +363,22 @@ impl Syncer {
         };
         let mut errors = Vec::new();
         for (addr, runtime) in &self.nodes {
-            match self.sync_node(target, addr, runtime, desired, memory).await {
+            let synced = match &target.policy.traffic.sticky {
+                Some(sticky) => {
+                    self.sync_share(
+                        target,
+                        sticky,
+                        addr,
+                        runtime,
+                        desired,
+                        salt.as_deref(),
+                        memory,
+                    )
+                    .await
+                }
+                None => self.sync_node(target, addr, runtime, desired, memory).await,
+            };
+            match synced {
                 Ok(()) => {}
                 Err(source) => {
                     let error = SyncError::Node {
@@ -524,11 +399,12 @@ impl Syncer {
         }
     }
 
-    async fn read(&self, target: &SyncTarget) -> Result<Weights, SyncError> {
+    /// The weights and (sticky mode) the salt, read in one transaction.
+    async fn read(&self, target: &SyncTarget) -> Result<(Weights, Option<String>), SyncError> {
         let api = target.api().to_string();
-        let weights = self
+        let (weights, salt) = self
             .kv
-            .read(&target.policy)
+            .read_with_salt(&target.policy)
             .await
             .map_err(|source| SyncError::Consul {
                 api: api.clone(),
@@ -537,7 +413,13 @@ impl Syncer {
         if weights.blue > MAX_HAPROXY_WEIGHT || weights.green > MAX_HAPROXY_WEIGHT {
             return Err(SyncError::OutOfRange { api, weights });
         }
-        Ok(weights)
+        if let Some(key) = sticky::missing_salt(&target.policy, weights, salt.as_deref()) {
+            return Err(SyncError::Consul {
+                api,
+                source: TrafficError::Missing { keys: vec![key] },
+            });
+        }
+        Ok((weights, salt))
     }
 
     async fn sync_node(

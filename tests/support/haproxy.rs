@@ -182,25 +182,7 @@ frontend fe_stats
     /// process on the same configuration takes over the sockets and the old one finishes.
     /// Returns once the new process answers the Runtime API and the old one has exited.
     pub fn reload(&mut self) {
-        let old = self.proc.pid();
-        let mut cmd = Command::new(binary("haproxy"));
-        cmd.arg("-db")
-            .arg("-f")
-            .arg(self.dir.path().join("haproxy.cfg"))
-            .arg("-sf")
-            .arg(old.to_string());
-        let mut new = Proc::spawn(&format!("haproxy-after-{old}"), cmd, self.dir.path());
-        let pid = new.pid();
-        eventually(
-            "the reloaded HAProxy to answer and the old one to exit",
-            Duration::from_secs(15),
-            || {
-                new.assert_running();
-                let old_gone = matches!(self.proc.child.try_wait(), Ok(Some(_)));
-                (old_gone && self.answering_pid() == Some(pid)).then_some(())
-            },
-        );
-        self.proc = new;
+        reload(&mut self.proc, self.dir.path(), self.admin);
     }
 
     /// `unix://<temp dir>/admin.sock`.
@@ -269,6 +251,34 @@ pub fn spawn(cfg: &str, dir: &Path, admin: SocketAddr) -> Proc {
         }
         std::thread::sleep(Duration::from_millis(25));
     }
+}
+
+/// Reloads the HAProxy `proc` (configuration `dir/haproxy.cfg`, Runtime API on `admin`) as
+/// an operator's `haproxy -sf <pid>` (or a service reload) does: a new process on the same
+/// configuration takes over the sockets and the old one finishes. Returns once the new process
+/// answers the Runtime API and the old one has exited.
+pub fn reload(proc: &mut Proc, dir: &Path, admin: SocketAddr) {
+    let old = proc.pid();
+    let mut cmd = Command::new(binary("haproxy"));
+    cmd.arg("-db")
+        .arg("-f")
+        .arg(dir.join("haproxy.cfg"))
+        .arg("-sf")
+        .arg(old.to_string());
+    let mut new = Proc::spawn(&format!("haproxy-after-{old}"), cmd, dir);
+    let pid = format!("Pid: {}", new.pid());
+    eventually(
+        "the reloaded HAProxy to answer and the old one to exit",
+        Duration::from_secs(15),
+        || {
+            new.assert_running();
+            let old_gone = matches!(proc.child.try_wait(), Ok(Some(_)));
+            let answers =
+                runtime_tcp(admin, "show info").is_ok_and(|i| i.lines().any(|l| l == pid));
+            (old_gone && answers).then_some(())
+        },
+    );
+    *proc = new;
 }
 
 /// Sends one Runtime API line over TCP and reads the reply to EOF.

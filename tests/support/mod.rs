@@ -13,6 +13,7 @@ pub mod haproxy_apis;
 pub mod prometheus;
 pub mod scraping;
 pub mod stack;
+pub mod sticky;
 pub mod victoria;
 pub mod webdriver;
 
