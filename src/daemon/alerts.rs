@@ -27,9 +27,10 @@ pub fn queries(policy: &Policy, window: std::time::Duration) -> Vec<String> {
             CheckKind::LatencyHistogram { buckets, .. } => vec![buckets],
             CheckKind::Threshold { query, .. } => vec![query],
         };
+        let sides = policy.sides(check);
         for t in templates {
-            for colour in ["blue", "green"] {
-                out.push(render(t, colour, window, &policy.api));
+            for side in [&sides.blue, &sides.green] {
+                out.push(render(t, side, window, &policy.api));
             }
         }
     }
