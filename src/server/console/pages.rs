@@ -308,6 +308,16 @@ fn summary(out: &mut String, p: &ApiPage<'_>) {
                 .unwrap_or_else(|| "—".into()),
         ),
     ];
+    if let Some(s) = &v.sticky {
+        cards.push((
+            "Users on green",
+            format!(
+                r#"{} <small class="subsets">subsets: {}</small>"#,
+                esc(&s.on_green),
+                esc(&s.subsets_text())
+            ),
+        ));
+    }
     if let Some(reason) = &v.reason {
         cards.push(("Reason", esc(reason)));
     }
