@@ -333,7 +333,12 @@ fn a_sticky_rollout_shows_the_users_on_green_and_its_subsets() {
     let _daemon = stack.daemon("a", &cfg, &[]);
     wait_ready(addr, OWNER_TOKEN, "checkout");
     let auth = format!("Bearer {OWNER_TOKEN}");
-    let view = get(addr, "/api/v1/rollouts/checkout", &[("Authorization", &auth)]).json();
+    let view = get(
+        addr,
+        "/api/v1/rollouts/checkout",
+        &[("Authorization", &auth)],
+    )
+    .json();
     assert_eq!(view["sticky"]["share_percent"], 0.0, "{view:#}");
     assert_eq!(view["sticky"]["on_green"], "no users", "{view:#}");
     assert_eq!(
@@ -343,8 +348,7 @@ fn a_sticky_rollout_shows_the_users_on_green_and_its_subsets() {
     );
     let page = get(addr, "/apis/checkout", &[("Authorization", &auth)]);
     assert!(
-        page.body
-            .contains("Users on green</")
+        page.body.contains("Users on green</")
             && page.body.contains("subsets: beta (green, 2 members)"),
         "{}",
         page.body
