@@ -18,7 +18,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Check, CheckKind, Policy};
+use super::raw::RawTraffic;
+use super::sticky::{SubsetColour, TrafficMode};
+use super::{Check, CheckKind, Policy, Traffic};
 
 /// Which of green's users a check reads in sticky mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -112,6 +114,21 @@ pub(super) struct CohortRules {
     /// Some user can be pinned to green (a green subset or the override header). `None`: the
     /// `[traffic.sticky]` table has errors of its own, so it is not known.
     pub pinnable: Option<bool>,
+}
+
+impl CohortRules {
+    /// From the raw mode (the validated traffic may have errors of its own) and the validated
+    /// sticky table when there is one.
+    pub(super) fn of(raw: &RawTraffic, traffic: Option<&Traffic>) -> CohortRules {
+        let sticky = raw
+            .mode
+            .as_ref()
+            .is_some_and(|m| *m.get_ref() == TrafficMode::Sticky);
+        let pinnable = traffic.and_then(|t| t.sticky.as_ref()).map(|s| {
+            s.override_header.is_some() || s.subsets.iter().any(|x| x.colour == SubsetColour::Green)
+        });
+        CohortRules { sticky, pinnable }
+    }
 }
 
 #[cfg(test)]

@@ -170,7 +170,12 @@ impl RawPolicy {
             .schedule
             .as_ref()
             .and_then(|s| validate_schedule(s, errors));
-        let checks = validate_checks(&self.checks, &self.api, self.cohort_rules(&traffic), errors);
+        let checks = validate_checks(
+            &self.checks,
+            &self.api,
+            CohortRules::of(self.traffic.get_ref(), traffic.as_ref()),
+            errors,
+        );
         let alerts = validate_alerts(&self.alerts, channels, errors);
         let mut alert_routes = std::collections::BTreeMap::new();
         if let Some(routes) = &self.alert_routes {
@@ -213,24 +218,6 @@ impl RawPolicy {
             },
             approval,
         })
-    }
-
-    /// What the checks may say about cohorts, from the raw mode (the validated traffic may have
-    /// errors of its own) and the validated sticky table when there is one.
-    fn cohort_rules(&self, traffic: &Option<crate::policy::Traffic>) -> CohortRules {
-        let sticky = self
-            .traffic
-            .get_ref()
-            .mode
-            .as_ref()
-            .is_some_and(|m| *m.get_ref() == TrafficMode::Sticky);
-        let pinnable = traffic.as_ref().and_then(|t| t.sticky.as_ref()).map(|s| {
-            s.override_header.is_some()
-                || s.subsets
-                    .iter()
-                    .any(|x| x.colour == crate::policy::sticky::SubsetColour::Green)
-        });
-        CohortRules { sticky, pinnable }
     }
 
     /// `max_requests_per_second`, `on_green_data_missing`, `green_data_missing_for`,
