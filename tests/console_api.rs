@@ -545,3 +545,43 @@ fn an_expired_session_cookie_gets_401() {
         || (get(c.addr, "/api/v1/me", &[("Cookie", &cookie)]).status == 401).then_some(()),
     );
 }
+
+#[test]
+fn a_sticky_rollout_shows_the_users_on_green_and_its_subsets() {
+    let traffic = "haproxy = { backend = \"api_checkout\", blue = \"blue\", green = \"green\" }\n";
+    let sticky = policy_with(&format!("{ACCESS}\nauto_start = false")).replacen(
+        traffic,
+        &format!(
+            "{traffic}mode = \"sticky\"\n[traffic.sticky]\nkey = {{ header = \"X-User-Id\" }}\n\
+             [[traffic.sticky.subset]]\nname = \"beta\"\ncolour = \"green\"\nmembers = [\"alice\", \"bob\"]\n"
+        ),
+        1,
+    );
+    assert!(sticky.contains("[traffic.sticky]"), "{sticky}");
+    let stack = Stack::start_with(&sticky, false);
+    let addr = listen_addr();
+    let cfg = stack.config_with("a", addr, &Stack::unreachable_url(), &console_section());
+    let _daemon = stack.daemon("a", &cfg, &[]);
+    wait_ready(addr, OWNER_TOKEN, "checkout");
+    let auth = format!("Bearer {OWNER_TOKEN}");
+    let view = get(
+        addr,
+        "/api/v1/rollouts/checkout",
+        &[("Authorization", &auth)],
+    )
+    .json();
+    assert_eq!(view["sticky"]["share_percent"], 0.0, "{view:#}");
+    assert_eq!(view["sticky"]["on_green"], "no users", "{view:#}");
+    assert_eq!(
+        view["sticky"]["subsets"],
+        serde_json::json!([{ "name": "beta", "colour": "green", "members": 2 }]),
+        "{view:#}"
+    );
+    let page = get(addr, "/apis/checkout", &[("Authorization", &auth)]);
+    assert!(
+        page.body.contains("Users on green</")
+            && page.body.contains("subsets: beta (green, 2 members)"),
+        "{}",
+        page.body
+    );
+}

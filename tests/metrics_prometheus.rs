@@ -40,6 +40,7 @@ fn threshold(name: &str, query: &str) -> Check {
             min: None,
             failures: 1,
             min_green_requests: 0,
+            cohort: Default::default(),
         },
     }
 }

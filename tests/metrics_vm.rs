@@ -77,6 +77,7 @@ fn threshold_check(name: &str, query: &str) -> Check {
             min: None,
             failures: 1,
             min_green_requests: 0,
+            cohort: Default::default(),
         },
     }
 }

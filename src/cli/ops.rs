@@ -295,6 +295,10 @@ fn print_view(out: &mut impl Write, v: &RolloutView) -> io::Result<()> {
     if let Some(since) = v.since {
         writeln!(out, "  {}: {since}", since_label(v.phase))?;
     }
+    if let Some(s) = &v.sticky {
+        writeln!(out, "  users:    {} on green", s.on_green)?;
+        writeln!(out, "  subsets:  {}", s.subsets_text())?;
+    }
     if let Some(reason) = &v.reason {
         writeln!(out, "  reason:   {reason}")?;
     }
@@ -496,6 +500,32 @@ impl ResumePlan {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_shows_who_rides_green_in_sticky_mode() {
+        let policy = crate::engine::tests::policy();
+        let mut view = RolloutView::from_state(&policy, &RolloutState::new(&policy));
+        assert_eq!(view.sticky, None);
+        view.sticky = Some(crate::server::StickyView {
+            share_percent: 5.0,
+            subsets: vec![crate::server::SubsetView {
+                name: "beta".into(),
+                colour: crate::policy::sticky::SubsetColour::Green,
+                members: 250,
+                key: None,
+            }],
+            on_green: "5 % of users (random cohort) + subset beta (250 users)".into(),
+        });
+        let mut out = Vec::new();
+        print_view(&mut out, &view).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains(
+                "\n  users:    5 % of users (random cohort) + subset beta (250 users) on green\n  subsets:  beta (green, 250 members)\n"
+            ),
+            "{text}"
+        );
+    }
 
     #[test]
     fn status_prints_overwhelming_evidence_briefly() {

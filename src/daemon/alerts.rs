@@ -6,6 +6,8 @@ use crate::alert::{vmui_link, AlertEvent, EventKind};
 use crate::engine::{percent, Action, Counts, Decision, Notice, RolloutState};
 use crate::metrics::template::render;
 use crate::policy::{CheckKind, GreenMissingAction, Policy, Weights};
+use crate::server::sticky_view::who_is_on_green;
+use crate::server::telemetry::green_share;
 use crate::stats::{format_e, format_e_short};
 
 /// The identity of one rollout, used in alert keys so that re-decisions deduplicate.
@@ -27,9 +29,10 @@ pub fn queries(policy: &Policy, window: std::time::Duration) -> Vec<String> {
             CheckKind::LatencyHistogram { buckets, .. } => vec![buckets],
             CheckKind::Threshold { query, .. } => vec![query],
         };
+        let sides = policy.sides(check);
         for t in templates {
-            for colour in ["blue", "green"] {
-                out.push(render(t, colour, window, &policy.api));
+            for side in [&sides.blue, &sides.green] {
+                out.push(render(t, side, window, &policy.api));
             }
         }
     }
@@ -89,6 +92,11 @@ pub fn for_decision(
                 x.step + 1,
                 x.green_percent
             );
+            if let Some(sticky) = &policy.traffic.sticky {
+                let who = who_is_on_green(sticky, green_share(x.weights_before));
+                description.push_str(&format!("{who} moved back to blue.\n"));
+                e = e.with_field("users_moved_back", who);
+            }
             for s in &x.streams {
                 let key = s.id.replace(['@', '.'], "_");
                 if let Some(w) = s.window {
@@ -570,6 +578,58 @@ errors = 'e{color}[{interval}]'
         assert_eq!(resolved.len(), 1, "{resolved:?}");
         assert!(resolved[0].resolved);
         assert_eq!(resolved[0].key, e.key);
+    }
+
+    #[test]
+    fn a_sticky_rollback_alert_names_the_users_moved_back_to_blue() {
+        let members: Vec<String> = (0..250).map(|i| format!("\"u{i}\"")).collect();
+        let text = format!(
+            r#"api = "checkout"
+steps = [12, 100]
+[traffic]
+haproxy = {{ backend = "api_checkout", blue = "blue", green = "green" }}
+mode = "sticky"
+[traffic.sticky]
+key = {{ header = "X-User-Id" }}
+[[traffic.sticky.subset]]
+name = "beta"
+colour = "green"
+members = [{}]
+[[check]]
+name = "errors"
+kind = "error_rate"
+requests = 'r{{server="{{color}}"}}[{{interval}}]'
+errors = 'e{{server="{{color}}"}}[{{interval}}]'
+"#,
+            members.join(", ")
+        );
+        let p = Policy::from_toml(&text, std::path::Path::new("p.toml"), None).unwrap();
+        let t0: Timestamp = "2026-01-05T00:00:00Z".parse().unwrap();
+        let mut s = RolloutState::started(&p, t0);
+        s.intent = Some(Intent::Rollback {
+            reason: "bad".into(),
+        });
+        let rolled = decide(&p, &s, &empty(t0), t0);
+        let e = &for_decision(&p, &s, &rolled, None, None)[0];
+        assert_eq!(e.kind, EventKind::Rollback);
+        let who = "12 % of users (random cohort) + subset beta (250 users)";
+        assert_eq!(e.fields["users_moved_back"], who);
+        assert!(
+            e.description
+                .contains(&format!("{who} moved back to blue.")),
+            "{}",
+            e.description
+        );
+        // Weighted policies say nothing of users.
+        let w = policy();
+        let mut s = RolloutState::started(&w, t0);
+        s.intent = Some(Intent::Rollback {
+            reason: "bad".into(),
+        });
+        let rolled = decide(&w, &s, &empty(t0), t0);
+        let e = &for_decision(&w, &s, &rolled, None, None)[0];
+        assert!(!e.fields.contains_key("users_moved_back"));
+        assert!(!e.description.contains("moved back"), "{}", e.description);
     }
 
     #[test]

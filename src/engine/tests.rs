@@ -78,6 +78,7 @@ pub(crate) fn policy() -> Policy {
                     min: None,
                     failures: 2,
                     min_green_requests: 100,
+                    cohort: Default::default(),
                 },
             },
         ],

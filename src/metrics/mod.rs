@@ -2,7 +2,8 @@
 //!
 //! - [`client`]: [`PromClient`], instant and range queries against VictoriaMetrics or
 //!   Prometheus, decoded into [`QueryResult`] or a typed [`QueryError`].
-//! - [`template`]: substitutes `{color}`, `{interval}` and `{api}` into a policy's queries.
+//! - [`template`]: substitutes `{color}`, `{cohort}`, `{interval}` and `{api}` into a policy's
+//!   queries.
 //! - [`window`]: aligned, disjoint and contiguous evaluation windows.
 //! - [`observe`]: runs a policy's checks for one window and classifies the data into an
 //!   [`crate::engine::Observation`] (clean counts, or the [`crate::engine::DataProblem`] that

@@ -69,7 +69,7 @@ use super::template::{promql_duration, render};
 use crate::engine::{
     CheckData, CheckObservation, Counts, DataProblem, EdgeCounts, Observation, Pair,
 };
-use crate::policy::{CheckKind, Policy};
+use crate::policy::{CheckKind, Policy, Side, Sides};
 
 /// Tuning of the data-quality rules.
 #[derive(Debug, Clone, PartialEq)]
@@ -126,14 +126,16 @@ pub async fn observe_with(
     let checks = join_all(policy.checks.iter().map(|check| {
         let ctx = &ctx;
         async move {
+            let sides = policy.sides(check);
+            let sides = &sides;
             let data = match &check.kind {
                 CheckKind::ErrorRate {
                     requests, errors, ..
-                } => error_rate(ctx, requests, errors).await,
+                } => error_rate(ctx, sides, requests, errors).await,
                 CheckKind::LatencyHistogram { buckets, edges, .. } => {
-                    latency(ctx, buckets, edges).await
+                    latency(ctx, sides, buckets, edges).await
                 }
-                CheckKind::Threshold { query, .. } => threshold(ctx, query).await,
+                CheckKind::Threshold { query, .. } => threshold(ctx, sides, query).await,
             };
             if let Err(problem) = &data {
                 check_unusable(&policy.api, &check.name, problem);
@@ -186,6 +188,14 @@ impl Color {
             Color::Green => "green",
         }
     }
+
+    /// This colour's values of `{color}` and `{cohort}` in one check.
+    fn side(self, sides: &Sides) -> &Side {
+        match self {
+            Color::Blue => &sides.blue,
+            Color::Green => &sides.green,
+        }
+    }
 }
 
 /// The newest sample among a query's inputs.
@@ -209,8 +219,14 @@ struct Measured {
 }
 
 impl<'a> Ctx<'a> {
-    async fn measure(&self, template: &str, color: Color, what: &str, fresh: bool) -> Measured {
-        let query = render(template, color.as_str(), self.window, self.api);
+    async fn measure(
+        &self,
+        template: &str,
+        (color, sides): (Color, &Sides),
+        what: &str,
+        fresh: bool,
+    ) -> Measured {
+        let query = render(template, color.side(sides), self.window, self.api);
         let what = format!("{} {what}", color.as_str());
         let (result, freshness) = tokio::join!(self.client.instant(&query, self.end), async {
             if fresh {
@@ -430,10 +446,15 @@ fn green_missing(problem: DataProblem) -> DataProblem {
     }
 }
 
-async fn error_rate(ctx: &Ctx<'_>, requests: &str, errors: &str) -> Result<CheckData, DataProblem> {
+async fn error_rate(
+    ctx: &Ctx<'_>,
+    sides: &Sides,
+    requests: &str,
+    errors: &str,
+) -> Result<CheckData, DataProblem> {
     let (blue, green) = tokio::join!(
-        error_counts(ctx, requests, errors, Color::Blue),
-        error_counts(ctx, requests, errors, Color::Green)
+        error_counts(ctx, requests, errors, (Color::Blue, sides)),
+        error_counts(ctx, requests, errors, (Color::Green, sides))
     );
     let (blue, green) = both(blue, green)?;
     Ok(CheckData::Errors {
@@ -445,11 +466,11 @@ async fn error_counts(
     ctx: &Ctx<'_>,
     requests: &str,
     errors: &str,
-    color: Color,
+    (color, sides): (Color, &Sides),
 ) -> Result<Counts, DataProblem> {
     let (req, err) = tokio::join!(
-        ctx.measure(requests, color, "requests", true),
-        ctx.measure(errors, color, "errors", false)
+        ctx.measure(requests, (color, sides), "requests", true),
+        ctx.measure(errors, (color, sides), "errors", false)
     );
     let total = match ctx.value(&req)? {
         Some(v) => count(&req.what, v)?,
@@ -471,10 +492,15 @@ async fn error_counts(
     Ok(Counts::new(total, bad))
 }
 
-async fn latency(ctx: &Ctx<'_>, template: &str, edges: &[f64]) -> Result<CheckData, DataProblem> {
+async fn latency(
+    ctx: &Ctx<'_>,
+    sides: &Sides,
+    template: &str,
+    edges: &[f64],
+) -> Result<CheckData, DataProblem> {
     let (blue, green) = tokio::join!(
-        ctx.measure(template, Color::Blue, "buckets", true),
-        ctx.measure(template, Color::Green, "buckets", true)
+        ctx.measure(template, (Color::Blue, sides), "buckets", true),
+        ctx.measure(template, (Color::Green, sides), "buckets", true)
     );
     let (blue, green) = both(buckets(ctx, &blue), buckets(ctx, &green))?;
     let mut out = Vec::with_capacity(edges.len());
@@ -593,10 +619,10 @@ fn order_key(v: f64) -> u64 {
     }
 }
 
-async fn threshold(ctx: &Ctx<'_>, template: &str) -> Result<CheckData, DataProblem> {
+async fn threshold(ctx: &Ctx<'_>, sides: &Sides, template: &str) -> Result<CheckData, DataProblem> {
     let (blue, green) = tokio::join!(
-        ctx.measure(template, Color::Blue, "value", true),
-        ctx.measure(template, Color::Green, "value", true)
+        ctx.measure(template, (Color::Blue, sides), "value", true),
+        ctx.measure(template, (Color::Green, sides), "value", true)
     );
     let finite = |m: &Measured| -> Result<f64, DataProblem> {
         match ctx.value(m)? {

@@ -5,6 +5,7 @@ use std::ops::Range;
 
 use toml::Spanned;
 
+use super::cohort::{Cohort, CohortRules};
 use super::limits::{self, count_in};
 use super::located::{number, shown, Errors};
 use super::query::{validate_query, QueryKind};
@@ -72,6 +73,7 @@ fn validate_edges(raw: &Spanned<Vec<Spanned<RawEdge>>>, errors: &mut Errors<'_>)
 pub(super) fn validate_checks(
     raw: &[Spanned<Table<RawCheck>>],
     api: &Spanned<String>,
+    rules: CohortRules,
     errors: &mut Errors<'_>,
 ) -> Vec<Check> {
     let mut seen: HashMap<&str, Range<usize>> = HashMap::new();
@@ -110,7 +112,7 @@ pub(super) fn validate_checks(
                  file, before the first [[check]]",
             );
         }
-        if let Some(kind) = validate_check(c, api.get_ref(), errors) {
+        if let Some(kind) = validate_check(c, api.get_ref(), rules, errors) {
             checks.push(Check {
                 name: name.clone(),
                 kind,
@@ -157,8 +159,51 @@ fn float_field(
     }
 }
 
-fn validate_check(c: &RawCheck, api: &str, errors: &mut Errors<'_>) -> Option<CheckKind> {
+/// The `cohort` of a check (see [`super::cohort`]): threshold checks only, sticky mode only,
+/// `pinned` only where someone is pinned to green.
+fn validate_cohort(c: &RawCheck, rules: CohortRules, errors: &mut Errors<'_>) -> Option<Cohort> {
+    let Some(cohort) = &c.cohort else {
+        return Some(Cohort::Random);
+    };
+    if *c.kind.get_ref() != RawCheckKind::Threshold {
+        errors.at(
+            cohort.span(),
+            format!(
+                "`cohort` does not apply to kind = \"{}\": comparison checks read only green's \
+                 random cohort, a random sample like blue; guard the pinned cohort with \
+                 kind = \"threshold\" and cohort = \"pinned\"",
+                c.kind.get_ref().name()
+            ),
+        );
+        return None;
+    }
+    if !rules.sticky {
+        errors.at(
+            cohort.span(),
+            "`cohort` only applies with traffic.mode = \"sticky\" (a weighted split has no cohorts)",
+        );
+        return None;
+    }
+    if *cohort.get_ref() == Cohort::Pinned && rules.pinnable == Some(false) {
+        errors.at(
+            cohort.span(),
+            "cohort = \"pinned\" needs a [[traffic.sticky.subset]] with colour = \"green\" or an \
+             override_header: no user is pinned to green",
+        );
+        return None;
+    }
+    Some(*cohort.get_ref())
+}
+
+fn validate_check(
+    c: &RawCheck,
+    api: &str,
+    rules: CohortRules,
+    errors: &mut Errors<'_>,
+) -> Option<CheckKind> {
     let kind = *c.kind.get_ref();
+    let cohort = validate_cohort(c, rules, errors);
+    let sticky = rules.sticky;
 
     // Which optional fields this kind accepts.
     fn span<T>(v: &Option<Spanned<T>>) -> Option<Range<usize>> {
@@ -255,11 +300,11 @@ fn validate_check(c: &RawCheck, api: &str, errors: &mut Errors<'_>) -> Option<Ch
                 let requests = c
                     .requests
                     .as_ref()
-                    .map(|q| validate_query("requests", q, QueryKind::Count, api, errors));
+                    .map(|q| validate_query("requests", q, QueryKind::Count, api, sticky, errors));
                 let errs = c
                     .errors
                     .as_ref()
-                    .map(|q| validate_query("errors", q, QueryKind::Count, api, errors));
+                    .map(|q| validate_query("errors", q, QueryKind::Count, api, sticky, errors));
                 let blue_max_error_rate = c.blue_max_error_rate.as_ref().map(|v| {
                     let x = *v.get_ref();
                     if !(x > 0.0 && x <= 1.0) {
@@ -287,7 +332,7 @@ fn validate_check(c: &RawCheck, api: &str, errors: &mut Errors<'_>) -> Option<Ch
                 let buckets = c
                     .buckets
                     .as_ref()
-                    .map(|q| validate_query("buckets", q, QueryKind::Buckets, api, errors));
+                    .map(|q| validate_query("buckets", q, QueryKind::Buckets, api, sticky, errors));
                 let edges = c.edges.as_ref().map(|e| validate_edges(e, errors));
                 Some(CheckKind::LatencyHistogram {
                     buckets: buckets?,
@@ -306,7 +351,7 @@ fn validate_check(c: &RawCheck, api: &str, errors: &mut Errors<'_>) -> Option<Ch
             let query = c
                 .query
                 .as_ref()
-                .map(|q| validate_query("query", q, QueryKind::Value, api, errors));
+                .map(|q| validate_query("query", q, QueryKind::Value, api, sticky, errors));
             let max = c.max.as_ref().map(|v| (*v.get_ref(), v.span()));
             let min = c.min.as_ref().map(|v| (*v.get_ref(), v.span()));
             for (name, bound) in [("max", max.clone()), ("min", min.clone())] {
@@ -348,6 +393,7 @@ fn validate_check(c: &RawCheck, api: &str, errors: &mut Errors<'_>) -> Option<Ch
                 min: min.map(|(x, _)| x),
                 failures: failures?,
                 min_green_requests: min_green_requests?,
+                cohort: cohort?,
             })
             .filter(|_| ok)
         }

@@ -6,6 +6,7 @@
 
 mod approval;
 mod checks;
+pub mod cohort;
 mod config;
 mod config_console;
 mod config_fields;
@@ -29,6 +30,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+pub use cohort::{Cohort, Side, Sides};
 pub use config::{
     AlertChannel, AlertChannelKind, Config, ConsulConfig, HaproxyConfig, HaproxyNode, MetricsAuth,
     MetricsBackend, MetricsConfig, SyncConfig,
@@ -364,8 +366,11 @@ pub enum CheckKind {
         failures: u32,
         /// A window counts for this guard only when green served at least this many requests in
         /// it (as measured by the policy's first error_rate check; without one, every window
-        /// counts): a p99 or an error ratio of a handful of requests is noise.
+        /// counts): a p99 or an error ratio of a handful of requests is noise. A pinned guard is
+        /// not held to it: those requests are the random cohort's, not its own.
         min_green_requests: u64,
+        /// Sticky mode: the cohort of green it guards (see [`cohort`]). Default random.
+        cohort: Cohort,
     },
 }
 

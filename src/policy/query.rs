@@ -37,7 +37,7 @@ fn placeholders(query: &str) -> Vec<(&str, usize)> {
     found
 }
 
-const PLACEHOLDERS: [&str; 3] = ["color", "interval", "api"];
+const PLACEHOLDERS: [&str; 4] = ["color", "interval", "api", "cohort"];
 
 /// What a query must measure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +52,8 @@ pub(super) enum QueryKind {
 
 /// What `{color}` becomes for parsing: an identifier, valid wherever a colour is.
 const COLOR_MARKER: &str = "greenlightcolorplaceholder";
+/// What `{cohort}` becomes for parsing.
+const COHORT_MARKER: &str = "greenlightcohortplaceholder";
 /// What `{interval}` becomes for parsing: a window no policy uses, recognisable in the tree.
 const INTERVAL_MARKER: Duration = Duration::from_millis(5_555_555);
 
@@ -64,6 +66,7 @@ fn substitute(query: &str, found: &[(&str, usize)], api: &str) -> String {
     for (name, index) in found {
         let value = match *name {
             "color" => COLOR_MARKER,
+            "cohort" => COHORT_MARKER,
             "interval" => interval.as_str(),
             "api" => api,
             _ => continue,
@@ -77,37 +80,52 @@ fn substitute(query: &str, found: &[(&str, usize)], api: &str) -> String {
 }
 
 /// Checks a query: known placeholders, `{color}` present, valid PromQL once substituted,
-/// `{color}` in every series selector (comments do not count), and what `kind` needs.
+/// `{color}` in every series selector (comments do not count), and what `kind` needs. In sticky
+/// mode `{cohort}` is known too, and tells the sides apart as well as `{color}` does (blue's
+/// requests are labelled `blue`, green's `random` or `pinned`).
 pub(super) fn validate_query(
     field: &str,
     query: &Spanned<String>,
     kind: QueryKind,
     api: &str,
+    sticky: bool,
     errors: &mut Errors<'_>,
 ) -> String {
     let q = query.get_ref();
     let found = placeholders(q);
     let mut unknown = false;
     for (name, index) in &found {
-        if !PLACEHOLDERS.contains(name) {
+        if *name == "cohort" && !sticky {
             unknown = true;
             errors.in_string(
                 query.span(),
                 q,
                 *index,
-                format!(
-                    "unknown placeholder {{{name}}} in {field}; known: {{color}}, {{interval}}, {{api}}"
-                ),
+                "{cohort} only applies with traffic.mode = \"sticky\" (a weighted split has no cohorts)",
+            );
+        } else if !PLACEHOLDERS.contains(name) {
+            unknown = true;
+            let known = if sticky {
+                "{color}, {cohort}, {interval}, {api}"
+            } else {
+                "{color}, {interval}, {api}"
+            };
+            errors.in_string(
+                query.span(),
+                q,
+                *index,
+                format!("unknown placeholder {{{name}}} in {field}; known: {known}"),
             );
         }
     }
-    if !found.iter().any(|(n, _)| *n == "color") {
-        errors.at(
-            query.span(),
-            format!(
-                "{field} must contain {{color}} (replaced by the blue or green selector value)"
-            ),
-        );
+    let sides_apart = |n: &str| n == "color" || (sticky && n == "cohort");
+    if !found.iter().any(|(n, _)| sides_apart(n)) {
+        let what = if sticky {
+            "{color} or {cohort} (replaced by each side's server or cohort)"
+        } else {
+            "{color} (replaced by the blue or green selector value)"
+        };
+        errors.at(query.span(), format!("{field} must contain {what}"));
         return q.clone();
     }
     if unknown {
@@ -116,7 +134,9 @@ pub(super) fn validate_query(
     let expr = match promql_parser::parser::parse(&substitute(q, &found, api)) {
         Ok(expr) => expr,
         Err(e) => {
-            let message = e.replace(COLOR_MARKER, "{color}");
+            let message = e
+                .replace(COLOR_MARKER, "{color}")
+                .replace(COHORT_MARKER, "{cohort}");
             errors.at(
                 query.span(),
                 format!("{field} is not valid PromQL: {}", message.trim()),
@@ -132,12 +152,21 @@ pub(super) fn validate_query(
             format!("{field} selects no series; it must select them by {{color}}"),
         );
     }
-    for selector in tree.selectors.iter().filter(|s| !s.uses_color) {
+    let placeholder = if sticky {
+        "{color} or {cohort}"
+    } else {
+        "{color}"
+    };
+    for selector in tree
+        .selectors
+        .iter()
+        .filter(|s| !(s.uses_color || sticky && s.uses_cohort))
+    {
         errors.at(
             query.span(),
             format!(
-                "{field}: selector {} does not use {{color}}, so blue and green would read the \
-                 same series; put {{color}} in every selector (comments do not count)",
+                "{field}: selector {} does not use {placeholder}, so blue and green would read \
+                 the same series; put {placeholder} in every selector (comments do not count)",
                 shown(&selector.text)
             ),
         );
@@ -167,6 +196,7 @@ struct Selector {
     /// As written, placeholders shown as such.
     text: String,
     uses_color: bool,
+    uses_cohort: bool,
 }
 
 /// What a walk over a parsed query found.
@@ -184,13 +214,19 @@ impl Tree {
             .matchers
             .iter()
             .chain(vs.matchers.or_matchers.iter().flatten());
-        let uses_color = vs.name.as_deref().is_some_and(|n| n.contains(COLOR_MARKER))
-            || matchers
-                .into_iter()
-                .any(|m| m.name.contains(COLOR_MARKER) || m.value.contains(COLOR_MARKER));
+        let uses = |marker: &str| {
+            vs.name.as_deref().is_some_and(|n| n.contains(marker))
+                || matchers
+                    .clone()
+                    .any(|m| m.name.contains(marker) || m.value.contains(marker))
+        };
         self.selectors.push(Selector {
-            text: vs.to_string().replace(COLOR_MARKER, "{color}"),
-            uses_color,
+            text: vs
+                .to_string()
+                .replace(COLOR_MARKER, "{color}")
+                .replace(COHORT_MARKER, "{cohort}"),
+            uses_color: uses(COLOR_MARKER),
+            uses_cohort: uses(COHORT_MARKER),
         });
     }
 

@@ -349,6 +349,9 @@ pub(super) struct RawCheck {
     /// threshold: green requests a window needs to count for the guard. Default 100.
     #[serde(default)]
     pub(super) min_green_requests: Option<Spanned<i64>>,
+    /// threshold, sticky mode: `"random"` (default) or `"pinned"`, the cohort of green guarded.
+    #[serde(default)]
+    pub(super) cohort: Option<Spanned<super::cohort::Cohort>>,
     /// Not a check field: caught to explain that a top-level `alerts` written after a
     /// `[[check]]` header belongs to that check table.
     #[serde(default)]

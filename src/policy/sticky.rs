@@ -77,6 +77,10 @@ pub struct Sticky {
     /// Server that pinned green users are sent to (same address as green), so that its metrics
     /// tell the pinned cohort from the random one.
     pub pinned_server: String,
+    /// Request header HAProxy sets to each request's cohort (`blue`, `random` or `pinned`, see
+    /// [`super::cohort`]), replacing any value a client sent, so applications can label their
+    /// histograms with it.
+    pub cohort_header: String,
     pub subsets: Vec<Subset>,
     /// With `consul_keys`: the Consul key holding the rollout's salt, written in the same
     /// transaction as the weights (`greenlight sync` reads all three together). `None` with the
@@ -86,6 +90,7 @@ pub struct Sticky {
 
 pub const DEFAULT_COOKIE: &str = "greenlight_uid";
 pub const DEFAULT_MAP_DIR: &str = "/etc/haproxy/greenlight";
+pub const DEFAULT_COHORT_HEADER: &str = "X-Greenlight-Cohort";
 /// At most this many members per subset in a policy (larger groups belong in a tenant key).
 pub const MAX_MEMBERS: usize = 10_000;
 
@@ -124,6 +129,8 @@ pub(super) struct RawSticky {
     trusted_sources: Option<Spanned<Vec<Spanned<String>>>>,
     #[serde(default)]
     pinned_server: Option<Spanned<String>>,
+    #[serde(default)]
+    cohort_header: Option<Spanned<String>>,
     #[serde(default, rename = "subset")]
     subsets: Vec<Spanned<Table<RawSubset>>>,
     #[serde(default)]
@@ -316,6 +323,10 @@ pub(super) fn validate_sticky(
         Some(s) => token("traffic.sticky.pinned_server", s, errors),
         None => Some(format!("{green}_pinned")),
     };
+    let cohort_header = match &r.cohort_header {
+        Some(h) => token("traffic.sticky.cohort_header", h, errors),
+        None => Some(DEFAULT_COHORT_HEADER.to_string()),
+    };
     let mut subsets: Vec<Subset> = Vec::new();
     for s in &r.subsets {
         let s = s.get_ref();
@@ -383,6 +394,7 @@ pub(super) fn validate_sticky(
         override_header: override_header?,
         trusted_sources,
         pinned_server: pinned_server?,
+        cohort_header: cohort_header?,
         subsets,
         salt_key: salt_key?,
     })
@@ -435,6 +447,7 @@ errors = 'sum(rate(e{cluster="{color}"}[{interval}]))'
         assert_eq!(s.cookie, DEFAULT_COOKIE);
         assert_eq!(s.map_dir, DEFAULT_MAP_DIR);
         assert_eq!(s.pinned_server, "green_pinned");
+        assert_eq!(s.cohort_header, DEFAULT_COHORT_HEADER);
         assert_eq!(s.subsets.len(), 1);
         assert_eq!(s.subsets[0].members, vec!["alice", "bob"]);
         let weighted = BASE
@@ -489,6 +502,13 @@ errors = 'sum(rate(e{cluster="{color}"}[{interval}]))'
             vec![
                 "p.toml:8:20: traffic.sticky.trusted_sources entries must be IP addresses or CIDRs"
             ]
+        );
+        assert_eq!(
+            errors(
+                "key = { header = \"X-User-Id\" }",
+                "key = { header = \"X-User-Id\" }\ncohort_header = \"X Cohort\""
+            ),
+            vec!["p.toml:8:17: traffic.sticky.cohort_header must be 1–64 letters, digits, '-' or '_'"]
         );
         assert_eq!(
             errors("members = [\"alice\", \"bob\"]", "members = [\"alice\", \"b ob\"]"),

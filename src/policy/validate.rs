@@ -6,6 +6,7 @@ use std::path::Path;
 use toml::Spanned;
 
 use super::checks::validate_checks;
+use super::cohort::CohortRules;
 use super::limits::{self, count_in, duration_in};
 use super::located::{explicit, number, parse_toml, shown, Errors};
 use super::raw::{
@@ -169,7 +170,12 @@ impl RawPolicy {
             .schedule
             .as_ref()
             .and_then(|s| validate_schedule(s, errors));
-        let checks = validate_checks(&self.checks, &self.api, errors);
+        let checks = validate_checks(
+            &self.checks,
+            &self.api,
+            CohortRules::of(self.traffic.get_ref(), traffic.as_ref()),
+            errors,
+        );
         let alerts = validate_alerts(&self.alerts, channels, errors);
         let mut alert_routes = std::collections::BTreeMap::new();
         if let Some(routes) = &self.alert_routes {

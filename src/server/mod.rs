@@ -8,6 +8,7 @@
 
 pub mod console;
 pub mod logging;
+pub mod sticky_view;
 pub mod telemetry;
 
 use std::future::Future;
@@ -27,6 +28,7 @@ use crate::policy::{Policy, Weights};
 
 pub use console::Console;
 pub use logging::{init_logging, log_decision, LogInitError};
+pub use sticky_view::{sticky_view, StickyView, SubsetView};
 pub use telemetry::{QueryErrorKind, Telemetry};
 
 /// Where the server reads rollouts and readiness from (implemented by the daemon).
@@ -103,6 +105,9 @@ pub struct RolloutView {
     /// Who started the rollout (absent: started automatically, or not recorded).
     #[serde(default)]
     pub started_by: Option<String>,
+    /// Sticky mode: green's share of users and the named subsets (absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky: Option<StickyView>,
 }
 
 /// A gate the rollout waits at.
@@ -180,6 +185,7 @@ impl RolloutView {
             state_index: self.state_index,
             awaiting_approval: self.awaiting_approval.clone(),
             started_by: self.started_by.clone(),
+            sticky: self.sticky.clone(),
         }
     }
 
@@ -248,6 +254,7 @@ impl RolloutView {
                     .map(|a| a.by.clone()),
             }),
             started_by: state.started_by.clone(),
+            sticky: sticky_view(policy, state.weights),
         }
     }
 }

@@ -183,6 +183,7 @@ pub fn haproxy_config(policy: &Policy) -> Option<String> {
     let _ = writeln!(w, "    acl gl_pin_green var(txn.gl_pin) -m str green");
     let _ = writeln!(w, "    acl gl_pin_blue var(txn.gl_pin) -m str blue");
     let _ = writeln!(w, "    acl gl_bucket_green var(txn.gl_diff) -m int lt 0");
+    cohort_header(w, &sticky.cohort_header);
     let _ = writeln!(
         w,
         "    # Pinned users ride green while it has any share (share 0, a rollback, sends them back)."
@@ -200,6 +201,33 @@ pub fn haproxy_config(policy: &Policy) -> Option<String> {
     let _ = writeln!(w, "    use-server {} if gl_bucket_green", servers.green);
     let _ = writeln!(w, "    use-server {} if TRUE", servers.blue);
     Some(c)
+}
+
+/// The lines naming each request's cohort in `header`, in the precedence of the `use-server`
+/// rules after them (the last match wins): `pinned`, else `blue` for blue-pinned users before
+/// promotion, else `random` below the share, else `blue`. A client's own value is replaced.
+fn cohort_header(w: &mut String, header: &str) {
+    let _ = writeln!(
+        w,
+        "    # The request's cohort for applications' histograms: blue, random (green by bucket) or pinned."
+    );
+    let _ = writeln!(w, "    http-request set-var(txn.gl_cohort) str(blue)");
+    let _ = writeln!(
+        w,
+        "    http-request set-var(txn.gl_cohort) str(random) if gl_bucket_green"
+    );
+    let _ = writeln!(
+        w,
+        "    http-request set-var(txn.gl_cohort) str(blue) if gl_pin_blue !gl_promoted"
+    );
+    let _ = writeln!(
+        w,
+        "    http-request set-var(txn.gl_cohort) str(pinned) if gl_active gl_pin_green"
+    );
+    let _ = writeln!(
+        w,
+        "    http-request set-header {header} %[var(txn.gl_cohort)]"
+    );
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 use super::{limit_text, Draft, GuardReport};
 use crate::engine::observation::{CheckData, Observation};
 use crate::engine::state::RolloutState;
-use crate::policy::{CheckKind, Policy};
+use crate::policy::{CheckKind, Cohort, Policy};
 
 /// What the threshold guards say about this window.
 pub(super) struct Guards {
@@ -41,6 +41,7 @@ pub(super) fn evaluate(
             min,
             failures,
             min_green_requests,
+            cohort,
             ..
         } = &check.kind
         else {
@@ -51,7 +52,10 @@ pub(super) fn evaluate(
         };
         let breaches = |v: f64| max.is_some_and(|m| v > m) || min.is_some_and(|m| v < m);
         let count = s.threshold_failures.entry(check.name.clone()).or_insert(0);
-        let enough_traffic = window_green_requests.is_none_or(|n| n >= *min_green_requests as f64);
+        // Those requests are the random cohort's: they say nothing about a pinned cohort's.
+        let pinned = *cohort == Cohort::Pinned;
+        let enough_traffic =
+            pinned || window_green_requests.is_none_or(|n| n >= *min_green_requests as f64);
         if !enough_traffic {
             // Too few green requests for the value to mean anything: the window neither counts
             // as a failure nor clears earlier ones.
@@ -59,8 +63,13 @@ pub(super) fn evaluate(
             *count += 1;
             out.failing = true;
             if *count >= *failures && out.breach.is_none() {
+                let (whose, side) = if pinned {
+                    (" on the pinned cohort", "pinned green")
+                } else {
+                    ("", "green")
+                };
                 out.breach = Some(format!(
-                    "{} guard failed {} windows in a row (green {:.4}, limit {})",
+                    "{} guard{whose} failed {} windows in a row ({side} {:.4}, limit {})",
                     check.name,
                     count,
                     green,

@@ -318,6 +318,16 @@ fn summary(out: &mut String, p: &ApiPage<'_>) {
                 .unwrap_or_else(|| "—".into()),
         ),
     ];
+    if let Some(s) = &v.sticky {
+        cards.push((
+            "Users on green",
+            format!(
+                r#"{} <small class="subsets">subsets: {}</small>"#,
+                esc(&s.on_green),
+                esc(&s.subsets_text())
+            ),
+        ));
+    }
     if let Some(reason) = &v.reason {
         cards.push(("Reason", esc(reason)));
     }
@@ -538,10 +548,11 @@ fn queries(out: &mut String, p: &ApiPage<'_>) {
             #[allow(unreachable_patterns)]
             _ => vec![],
         };
+        let sides = policy.sides(check);
         for (what, t) in templates {
             let mut links = String::new();
-            for color in ["blue", "green"] {
-                let q = crate::metrics::template::render(t, color, policy.interval, &policy.api);
+            for (color, side) in [("blue", &sides.blue), ("green", &sides.green)] {
+                let q = crate::metrics::template::render(t, side, policy.interval, &policy.api);
                 if let Some(ui) = p.metrics_ui {
                     let _ = write!(
                         links,
