@@ -96,11 +96,11 @@ impl UserPool {
 }
 
 impl Stickiness {
-    /// One line for the live view and the summary, e.g. `1,000 users: 312 on green, 0 flipped
-    /// colour (green → blue)`.
+    /// One line for the live view and the summary, e.g. `1,000 users: 312 last served by green,
+    /// 0 flipped colour (green → blue)`: a user counts for the colour of its last answer.
     pub fn describe(&self) -> String {
         let mut s = format!(
-            "{} users: {} on green, {} flipped colour (green → blue)",
+            "{} users: {} last served by green, {} flipped colour (green → blue)",
             thousands(self.users),
             thousands(self.on_green),
             thousands(self.flipped)
@@ -165,7 +165,7 @@ mod tests {
         }
         assert_eq!(
             pool.stickiness().describe(),
-            "1,000 users: 312 on green, 0 flipped colour (green → blue), 1 not seen yet"
+            "1,000 users: 312 last served by green, 0 flipped colour (green → blue), 1 not seen yet"
         );
         assert_eq!(thousands(1_234_567), "1,234,567");
         assert_eq!(thousands(12), "12");
