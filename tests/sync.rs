@@ -476,3 +476,95 @@ async fn the_daemon_serves_metrics_and_stops_on_sigterm() {
     let status = tokio::task::block_in_place(|| proc.terminate(Duration::from_secs(10)));
     assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", proc.output());
 }
+
+/// A relay in front of one HAProxy's Runtime API that, once armed, forwards the next `set
+/// weight` command and then holds the answer past sync's node timeout: the write lands, the
+/// writer sees a failure.
+struct LossyRelay {
+    addr: SocketAddr,
+    armed: Arc<std::sync::atomic::AtomicBool>,
+    dropped: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl LossyRelay {
+    fn start(upstream: SocketAddr, hold: Duration) -> LossyRelay {
+        use std::io::{BufRead, BufReader, Read, Write};
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (a, d) = (armed.clone(), dropped.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let (a, d) = (a.clone(), d.clone());
+                std::thread::spawn(move || {
+                    let mut line = String::new();
+                    let mut reader = BufReader::new(client.try_clone().unwrap());
+                    if reader.read_line(&mut line).is_err() {
+                        return;
+                    }
+                    let Ok(mut up) = std::net::TcpStream::connect(upstream) else {
+                        return;
+                    };
+                    let _ = up.write_all(line.as_bytes());
+                    let mut answer = Vec::new();
+                    let _ = up.read_to_end(&mut answer);
+                    if line.contains("set weight") && a.swap(false, Ordering::SeqCst) {
+                        std::thread::sleep(hold);
+                        d.store(true, Ordering::SeqCst);
+                        return;
+                    }
+                    let mut client = client;
+                    let _ = client.write_all(&answer);
+                });
+            }
+        });
+        LossyRelay {
+            addr,
+            armed,
+            dropped,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drift_repair_whose_answer_is_lost_is_still_counted() {
+    use std::sync::atomic::Ordering;
+    let d = ConsulDouble::start();
+    let h = Haproxy::start();
+    d.put(BLUE, b"80");
+    d.put(GREEN, b"20");
+    // Held longer than the node timeout (2 s): the repair's write fails for sync.
+    let relay = LossyRelay::start(h.admin, Duration::from_secs(3));
+    let node: RuntimeAddr = format!("tcp://{}", relay.addr).parse().unwrap();
+    let syncer = Syncer::new(client(&d), vec![node.clone()], targets(), settings());
+    let metrics = syncer.metrics();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(syncer.run(async move {
+        let _ = stopped.await;
+    }));
+    wait_weights(&[&h], (80, 20));
+
+    // The node drifts (as after a reload) and the repair's answer is lost.
+    relay.armed.store(true, Ordering::SeqCst);
+    h.runtime(&format!("set weight {BACKEND}/blue 100"));
+    h.runtime(&format!("set weight {BACKEND}/green 0"));
+    wait_until("the repair's answer is held", || {
+        relay.dropped.load(Ordering::SeqCst)
+    });
+    wait_weights(&[&h], (80, 20));
+    let label = node.to_string();
+    wait_until("the repair is counted once a pass confirms it", || {
+        sample(
+            &metrics.encode(),
+            "greenlight_sync_drift_repairs_total",
+            &[("api", "checkout"), ("node", label.as_str())],
+        ) >= 1.0
+    });
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("sync stops after shutdown")
+        .unwrap();
+}

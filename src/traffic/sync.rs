@@ -156,6 +156,8 @@ struct NodeMemory {
     verified: HashMap<String, Weights>,
     shares: HashMap<String, Vec<super::sticky_maps::Entry>>,
     subsets: std::collections::HashSet<String>,
+    /// Nodes found drifted from their verified weights whose repair is not confirmed yet.
+    drifted: std::collections::HashSet<String>,
 }
 
 /// Mirrors Consul weight keys into HAProxy nodes.
@@ -437,15 +439,20 @@ impl Syncer {
             .node_weights(addr, &s.backend, &s.blue, &s.green)
             .await?;
         if live != desired {
+            if memory.verified.get(&node) == Some(&desired) {
+                // Remembered until a pass confirms the repair: a write that lands but whose
+                // answer is lost leaves the next pass nothing to repair, and it still counts.
+                memory.drifted.insert(node.clone());
+            }
             runtime
                 .apply(&s.backend, &s.blue, &s.green, desired)
                 .await?;
-            if memory.verified.get(&node) == Some(&desired) {
-                self.metrics.drift_repaired(api, &node);
-                drift_repaired(api, &node, live, desired);
-            } else {
-                weights_applied(api, &node, live, desired);
-            }
+        }
+        if memory.drifted.remove(&node) {
+            self.metrics.drift_repaired(api, &node);
+            drift_repaired(api, &node, live, desired);
+        } else if live != desired {
+            weights_applied(api, &node, live, desired);
         }
         self.metrics.verified(api, &node, desired);
         memory.verified.insert(node, desired);
