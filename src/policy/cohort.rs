@@ -133,9 +133,8 @@ impl CohortRules {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
     use super::*;
+    use crate::policy::fixture::{load, refused};
 
     const STICKY: &str = r#"api = "checkout"
 steps = [10, 50, 100]
@@ -171,14 +170,8 @@ query = 'sum(rate(haproxy_server_http_responses_total{server="{color}",code="5xx
 max = 0.05
 "#;
 
-    fn load(text: &str) -> Result<Policy, Vec<String>> {
-        Policy::from_toml(text, Path::new("p.toml"), None)
-            .map_err(|e| e.iter().map(|e| e.to_string()).collect())
-    }
-
     fn errors(from: &str, to: &str) -> Vec<String> {
-        assert!(STICKY.contains(from), "{from}");
-        load(&STICKY.replacen(from, to, 1)).expect_err("must be refused")
+        refused(STICKY, from, to)
     }
 
     fn side(color: &str, cohort: &'static str) -> Side {
@@ -213,8 +206,7 @@ max = 0.05
 
     #[test]
     fn weighted_policies_keep_the_colour_names() {
-        let text = super::super::fixture::GOOD;
-        let p = Policy::from_toml(text, Path::new("p.toml"), None).unwrap();
+        let p = load(crate::policy::fixture::GOOD).unwrap();
         for c in &p.checks {
             assert_eq!(
                 p.sides(c),

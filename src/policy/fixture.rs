@@ -41,6 +41,18 @@ pub(super) fn errors_of(text: &str) -> Vec<String> {
     }
 }
 
+/// `text` loaded as `p.toml` (no alert channels declared), or its errors one string each.
+pub(super) fn load(text: &str) -> Result<Policy, Vec<String>> {
+    Policy::from_toml(text, Path::new("p.toml"), None)
+        .map_err(|e| e.iter().map(|e| e.to_string()).collect())
+}
+
+/// The errors of `base` with `from` replaced by `to` (which must occur); it must be refused.
+pub(super) fn refused(base: &str, from: &str, to: &str) -> Vec<String> {
+    assert!(base.contains(from), "{from}");
+    load(&base.replacen(from, to, 1)).expect_err("must be refused")
+}
+
 /// `GOOD` with `from` replaced by `to` (which must occur).
 pub(super) fn variant(from: &str, to: &str) -> String {
     assert!(GOOD.contains(from), "{from:?} not in the sample");

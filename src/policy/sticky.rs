@@ -402,10 +402,8 @@ pub(super) fn validate_sticky(
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
     use super::*;
-    use crate::policy::Policy;
+    use crate::policy::fixture::{load, refused};
 
     const BASE: &str = r#"api = "checkout"
 steps = [10, 50, 100]
@@ -428,14 +426,8 @@ errors = 'sum(rate(e{cluster="{color}"}[{interval}]))'
     const STICKY_TABLES: &str = "[traffic.sticky]\nkey = { header = \"X-User-Id\" }\n\
         [[traffic.sticky.subset]]\nname = \"beta\"\ncolour = \"green\"\nmembers = [\"alice\", \"bob\"]\n";
 
-    fn load(text: &str) -> Result<Policy, Vec<String>> {
-        Policy::from_toml(text, Path::new("p.toml"), None)
-            .map_err(|e| e.iter().map(|e| e.to_string()).collect())
-    }
-
     fn errors(from: &str, to: &str) -> Vec<String> {
-        assert!(BASE.contains(from), "{from}");
-        load(&BASE.replacen(from, to, 1)).expect_err("must be refused")
+        refused(BASE, from, to)
     }
 
     #[test]
