@@ -4,14 +4,10 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
-
 use greenlight::policy::Policy;
 use greenlight::traffic::sticky::{haproxy_config, initial_maps, share_commands};
-use support::free_port;
-use support::haproxy::{runtime_tcp, spawn, TinyServer};
+use support::haproxy::TinyServer;
+use support::sticky::{node, Client, Node};
 
 fn policy(map_dir: &std::path::Path) -> Policy {
     let text = format!(
@@ -43,25 +39,14 @@ errors = 'sum(increase(haproxy_server_http_responses_total{{server="{{color}}",c
 }
 
 /// The server that answered and the cohort header it received (echoed by HAProxy).
-fn ask(app: SocketAddr, headers: &[(&str, &str)]) -> (String, String) {
-    let mut s = TcpStream::connect_timeout(&app, Duration::from_secs(2)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut req = String::from("GET / HTTP/1.1\r\nHost: checkout\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    s.write_all(format!("{req}\r\n").as_bytes()).unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).expect("response");
-    let header = |name: &str| {
-        raw.lines()
-            .find_map(|l| {
-                let (n, v) = l.split_once(':')?;
-                n.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
-            })
-            .unwrap_or_else(|| panic!("no {name} in {raw}"))
-    };
-    (header("X-Served-By"), header("X-Seen-Cohort"))
+fn ask(node: &Node, headers: &[(&str, &str)]) -> (String, String) {
+    let answer = Client::connect(node.app).get(headers);
+    let seen = answer
+        .headers
+        .get("x-seen-cohort")
+        .cloned()
+        .unwrap_or_else(|| panic!("no X-Seen-Cohort from {}", answer.server));
+    (answer.server, seen)
 }
 
 fn expected_cohort(server: &str) -> &'static str {
@@ -89,22 +74,12 @@ fn every_request_carries_the_cohort_of_the_server_it_reaches() {
         &rules[at..]
     );
     let (blue, green) = (TinyServer::start("blue"), TinyServer::start("green"));
-    let dir = tempfile::tempdir().unwrap();
-    let app: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let cfg = format!(
-        "global\n    stats socket ipv4@{admin} level admin\ndefaults\n    mode http\n    timeout connect 2s\n    timeout client 10s\n    timeout server 10s\n\
-         frontend fe_app\n    bind {app}\n    default_backend api_checkout\nbackend api_checkout\n    http-response set-header X-Served-By %[srv_name]\n{rules}\
-         \n    server blue {b} weight 100\n    server green {g} weight 0\n    server green_pinned {g} weight 0\n",
-        b = blue.addr,
-        g = green.addr
-    );
-    let _haproxy = spawn(&cfg, dir.path(), admin);
+    let node = node(&rules, blue.addr, green.addr);
     let sticky = policy.traffic.sticky.as_ref().unwrap();
 
     for share in [50.0, 0.0] {
         for line in share_commands(sticky, "checkout", share, "s1") {
-            let reply = runtime_tcp(admin, &line).unwrap();
+            let reply = node.runtime(&line);
             assert!(reply.trim().is_empty(), "{line}: {reply}");
         }
         let mut seen = std::collections::BTreeSet::new();
@@ -113,17 +88,17 @@ fn every_request_carries_the_cohort_of_the_server_it_reaches() {
             for spoofed in [None, Some("pinned"), Some("random")] {
                 let mut headers = vec![("X-User-Id", user.as_str())];
                 headers.extend(spoofed.map(|v| ("X-Greenlight-Cohort", v)));
-                let (server, cohort) = ask(app, &headers);
+                let (server, cohort) = ask(&node, &headers);
                 assert_eq!(cohort, expected_cohort(&server), "{user} {spoofed:?}");
                 seen.insert(cohort);
             }
         }
-        let pinned = ask(app, &[("X-User-Id", "beta-1")]);
+        let pinned = ask(&node, &[("X-User-Id", "beta-1")]);
         let never = ask(
-            app,
+            &node,
             &[("X-User-Id", "never-1"), ("X-Greenlight-Cohort", "random")],
         );
-        let anonymous = ask(app, &[("X-Greenlight-Cohort", "pinned")]);
+        let anonymous = ask(&node, &[("X-Greenlight-Cohort", "pinned")]);
         for (server, cohort) in [&pinned, &never, &anonymous] {
             assert_eq!(cohort, expected_cohort(server), "{server}");
         }

@@ -86,10 +86,12 @@ pub struct Client {
     writer: TcpStream,
 }
 
-/// The server that answered, and the cookie HAProxy set (if any).
+/// The server that answered, the cookie HAProxy set (if any), and every answer header
+/// (names in lower case).
 pub struct Answer {
     pub server: String,
     pub cookie: Option<String>,
+    pub headers: BTreeMap<String, String>,
 }
 
 impl Client {
@@ -113,6 +115,7 @@ impl Client {
         self.reader.read_line(&mut status).expect("status line");
         assert!(status.starts_with("HTTP/1.1 200"), "{status}");
         let (mut length, mut server, mut cookie) = (0usize, None, None);
+        let mut headers = BTreeMap::new();
         loop {
             let mut line = String::new();
             self.reader.read_line(&mut line).expect("header");
@@ -121,8 +124,9 @@ impl Client {
                 break;
             }
             let (name, value) = line.split_once(':').expect("header line");
-            let value = value.trim();
-            match name.to_ascii_lowercase().as_str() {
+            let (name, value) = (name.to_ascii_lowercase(), value.trim());
+            headers.insert(name.clone(), value.to_string());
+            match name.as_str() {
                 "content-length" => length = value.parse().unwrap(),
                 "x-served-by" => server = Some(value.to_string()),
                 "set-cookie" => cookie = value.split(';').next().map(str::to_string),
@@ -134,6 +138,7 @@ impl Client {
         Answer {
             server: server.expect("X-Served-By"),
             cookie,
+            headers,
         }
     }
 }
