@@ -169,9 +169,23 @@ pub fn status(config: Option<&Path>, args: StatusArgs) -> i32 {
     let mut shown = Vec::new();
     for policy in selected {
         match runtime.block_on(store.load(policy)) {
-            Ok((state, _)) => shown.push(Shown::View(Box::new(RolloutView::from_state(
-                policy, &state,
-            )))),
+            Ok((state, _)) => {
+                let mut view = RolloutView::from_state(policy, &state);
+                // One API asked for: its decision history too (its own keys, one more read).
+                if args.api.is_some() {
+                    match runtime.block_on(store.history(&policy.api)) {
+                        Ok(history) => view.history = history,
+                        Err(e) => {
+                            eprintln!(
+                                "error: {}: cannot read the decision history: {e}",
+                                policy.api
+                            );
+                            return super::EXIT_FAILURE;
+                        }
+                    }
+                }
+                shown.push(Shown::View(Box::new(view)));
+            }
             // That API only: the others are shown as usual.
             Err(StoreError::Corrupt {
                 api,
