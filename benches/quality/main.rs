@@ -80,6 +80,20 @@ fn suite() -> Vec<Case> {
             None,
         ),
         case("latency ×1.2 (p90 edge ×1.65)", "latency=1.2x", true, None),
+        // Healthy at 1 %, 5 % and 10 %; the regression appears only from step 3 (25 %) on, where
+        // the advance evidence gathered so far no longer speaks for green.
+        case(
+            "errors ×3 from step 3 (25 %)",
+            "errors=3x,from-step=3",
+            true,
+            None,
+        ),
+        case(
+            "latency ×1.2 from step 3 (25 %)",
+            "latency=1.2x,from-step=3",
+            true,
+            None,
+        ),
         Case {
             name: "latency tail σ 0.6→0.75 (p99 edge ×2.6)",
             items: "healthy",

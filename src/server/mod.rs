@@ -193,7 +193,7 @@ impl RolloutView {
     /// settings and credentials are not part of a view.
     pub fn from_state(policy: &Policy, state: &RolloutState) -> RolloutView {
         let rollback_threshold = 1.0 / policy.alpha_per_stream();
-        let advance_threshold = 1.0 / policy.advance_alpha_per_stream();
+        let advance_threshold = 1.0 / policy.advance_alpha_per_step();
         let evidence = state
             .streams
             .iter()
