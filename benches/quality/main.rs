@@ -88,6 +88,14 @@ fn suite() -> Vec<Case> {
             true,
             None,
         ),
+        // Past the tolerance (1.1) but not the advance tolerance (1.5), from step 3 on: slow for
+        // the rollback test, and the advance evidence of 25 % and 50 % must come from there.
+        case(
+            "errors ×1.25 from step 3 (25 %)",
+            "errors=1.25x,from-step=3",
+            true,
+            None,
+        ),
         case(
             "latency ×1.2 from step 3 (25 %)",
             "latency=1.2x,from-step=3",
