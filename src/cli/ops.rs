@@ -355,7 +355,7 @@ fn print_view(out: &mut impl Write, v: &RolloutView) -> io::Result<()> {
     for e in &v.evidence {
         writeln!(
             out,
-            "  evidence: {:<20} against green {} (rollback at {:.0}); for green {} (advance at {:.0})",
+            "  evidence: {:<13} against green {} (rollback at {:.0}); for green at this step {} (advance at {:.0})",
             e.stream,
             format_e(e.rollback_log_e),
             e.rollback_threshold,
@@ -557,7 +557,7 @@ mod tests {
             "{errors}"
         );
         assert!(
-            errors.contains("for green E ≥ 1e300 (ln E = 812) (advance at 60)"),
+            errors.contains("for green at this step E ≥ 1e300 (ln E = 812) (advance at 60)"),
             "{errors}"
         );
         let latency = text.lines().find(|l| l.contains("latency@0.25")).unwrap();

@@ -370,7 +370,7 @@ fn finish(
     let action = d.action.unwrap_or(Action::Hold);
     let set_weights = (s.weights != before.weights).then_some(s.weights);
     let alpha = policy.alpha_per_stream();
-    let adv = policy.advance_alpha_per_stream();
+    let adv = policy.advance_alpha_per_step();
     let streams: Vec<StreamReport> = s
         .streams
         .iter()

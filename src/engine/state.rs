@@ -70,10 +70,17 @@ pub struct Stream {
     /// Rollback e-process (H0: green no worse than 1 + tolerance times blue), restarted as a
     /// mixture component at each step entry.
     pub rollback: StagedEProcess,
-    /// Advance e-process (H0: green at least 1 + advance_tolerance times worse than blue).
+    /// Advance e-process (H0: green at least 1 + advance_tolerance times worse than blue),
+    /// restarted at each step entry: it holds the evidence gathered at the current step only.
     pub advance: RatioEProcess,
-    /// Optional absolute advance evidence (H0: green's rate ≥ the check's `advance_max_rate`).
+    /// Optional absolute advance evidence (H0: green's rate ≥ the check's `advance_max_rate`),
+    /// restarted with [`Stream::advance`].
     pub slo: Option<SloEProcess>,
+    /// The step whose entry started the advance evidence. Absent in states written before the
+    /// advance evidence was kept per step (it then ran since the rollout began, and is restarted
+    /// at the current step when such a state is read back while the rollout goes on).
+    #[serde(default)]
+    pub advance_step: Option<usize>,
     /// Counts at the current step (warm-up excluded).
     pub step: Pair,
     /// Counts over the whole rollout (warm-up excluded).
@@ -251,6 +258,7 @@ impl RolloutState {
         for s in &mut self.streams {
             s.step = Pair::default();
             s.rollback.start_stage(index);
+            s.restart_advance(index);
         }
     }
 
@@ -325,9 +333,20 @@ impl RolloutState {
                     rollback: StagedEProcess::new(RatioEProcess::rollback(tol, phi), stages),
                     advance: RatioEProcess::non_inferiority(adv, phi),
                     slo: slo.map(|q| SloEProcess::new(q, phi)),
+                    advance_step: Some(self.step),
                     step: Pair::default(),
                     total: Pair::default(),
                 }),
+            }
+        }
+        // Advance evidence from another step (or, in a state written before it was kept per
+        // step, from the whole rollout) is no evidence at this one: it starts again here.
+        if matches!(self.phase, Phase::Progressing | Phase::Paused) {
+            let step = self.step;
+            for s in &mut self.streams {
+                if s.advance_step != Some(step) {
+                    s.restart_advance(step);
+                }
             }
         }
         self.threshold_failures
@@ -422,6 +441,15 @@ impl RolloutState {
 }
 
 impl Stream {
+    /// Starts the advance evidence afresh for step `step` (the rollback evidence carries on).
+    pub(crate) fn restart_advance(&mut self, step: usize) {
+        self.advance.restart();
+        if let Some(slo) = &mut self.slo {
+            slo.restart();
+        }
+        self.advance_step = Some(step);
+    }
+
     /// The advance e-value: non-inferiority alone, or its mean with the SLO e-value. For
     /// comparisons only: it overflows to infinity where [`Stream::advance_log_e`] does not.
     pub fn advance_e(&self) -> f64 {

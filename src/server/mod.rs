@@ -143,7 +143,8 @@ pub struct StreamEvidence {
     pub rollback_log_e: f64,
     /// 1/α, an e-value (not its logarithm).
     pub rollback_threshold: f64,
-    /// ln of the evidence that green is no worse; advancing needs ln(`advance_threshold`).
+    /// ln of the evidence gathered at the current step that green is no worse (it restarts at
+    /// every step); advancing needs ln(`advance_threshold`).
     pub advance_log_e: f64,
     /// An e-value (not its logarithm).
     pub advance_threshold: f64,
@@ -193,7 +194,7 @@ impl RolloutView {
     /// settings and credentials are not part of a view.
     pub fn from_state(policy: &Policy, state: &RolloutState) -> RolloutView {
         let rollback_threshold = 1.0 / policy.alpha_per_stream();
-        let advance_threshold = 1.0 / policy.advance_alpha_per_stream();
+        let advance_threshold = 1.0 / policy.advance_alpha_per_step();
         let evidence = state
             .streams
             .iter()
