@@ -710,7 +710,9 @@ fn main() {
     } else {
         format!("cycle-{apis}.md")
     };
-    let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bench/results").join(name);
+    let out = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("bench/results")
+        .join(name);
     std::fs::create_dir_all(out.parent().expect("parent")).expect("results dir");
     std::fs::write(&out, report).expect("write results");
     eprintln!("Wrote {}.", out.display());
