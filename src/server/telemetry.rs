@@ -192,6 +192,7 @@ pub struct Telemetry {
     shell_events: Family<EventLabels, Counter>,
     awaiting_approval: Family<ApiLabels, Gauge>,
     audit_entries: Family<ResultLabels, Counter>,
+    campaigns: super::campaign_metrics::CampaignMetrics,
     /// Evidence stream ids exported per API, to drop the series of vanished streams.
     streams: Mutex<BTreeMap<String, BTreeSet<String>>>,
 }
@@ -229,6 +230,7 @@ impl Telemetry {
             shell_events: Family::default(),
             awaiting_approval: Family::default(),
             audit_entries: Family::default(),
+            campaigns: Default::default(),
             streams: Mutex::new(BTreeMap::new()),
         };
         let mut r = Registry::default();
@@ -344,6 +346,7 @@ impl Telemetry {
              evaluation_panicked)",
             t.shell_events.clone(),
         );
+        t.campaigns.register(&mut r);
         Telemetry { registry: r, ..t }
     }
 
@@ -497,6 +500,16 @@ impl Telemetry {
                     .set(i64::from(up));
             }
         }
+    }
+
+    /// Sets a campaign's status, wave and API counts.
+    pub fn campaign(&self, view: &super::CampaignView) {
+        self.campaigns.set(view);
+    }
+
+    /// Counts a rollout a campaign started.
+    pub fn campaign_started_api(&self, campaign: &str) {
+        self.campaigns.started(campaign);
     }
 
     /// Sets the outcome of the last policy load: valid policies and errors found.

@@ -1,0 +1,268 @@
+//! The leader's look at each campaign, once per tick: read the campaign state and its APIs'
+//! rollouts, [`plan`], write the planned state (compare-and-set, fenced, with its alerts in the
+//! shared outbox), then start the APIs the plan names through the operator's start intent
+//! (audited, actor `campaign:<name>`). Killed between the two writes, the next look plans the
+//! same starts again; an API whose start landed is never started twice.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use jiff::Timestamp;
+
+use super::campaign_store::CampaignStore;
+use super::env::{AlertIo, Clock, RealEnv};
+use super::shell::Shell;
+use super::store::StoreError;
+use crate::alert::{AlertEvent, EventKind, OutboxEntry, Severity};
+use crate::audit::{perform, ActionKind, ActionRequest, Actor};
+use crate::campaign::{plan, ApiView, CampaignAction, CampaignState, CampaignStatus};
+use crate::consul::Fence;
+use crate::engine::Intent;
+use crate::policy::{Campaign, Policy};
+use crate::server::CampaignView;
+
+/// A loaded campaign with its waves resolved against the loaded policies.
+#[derive(Debug, Clone)]
+pub(super) struct LoadedCampaign {
+    pub(super) campaign: Arc<Campaign>,
+    pub(super) waves: Vec<Vec<String>>,
+}
+
+/// Looks at every campaign once; a failure is logged and retried at the next look.
+pub(super) async fn look_all(
+    shell: &Shell<RealEnv>,
+    fence: &Fence,
+    campaigns: &[LoadedCampaign],
+    policies: &BTreeMap<String, Arc<Policy>>,
+) {
+    let store = CampaignStore::new(shell.env.store.client().clone(), shell.env.store.prefix());
+    for c in campaigns {
+        if let Err(error) = look(shell, &store, fence, c, policies).await {
+            match error {
+                StoreError::Conflict { .. } => {
+                    tracing::info!(campaign = %c.campaign.name, "Campaign state changed meanwhile; planning again next tick.");
+                }
+                _ => {
+                    tracing::warn!(campaign = %c.campaign.name, %error, "Could not plan the campaign; retrying next tick.");
+                }
+            }
+        }
+    }
+}
+
+async fn look(
+    shell: &Shell<RealEnv>,
+    store: &CampaignStore,
+    fence: &Fence,
+    c: &LoadedCampaign,
+    policies: &BTreeMap<String, Arc<Policy>>,
+) -> Result<(), StoreError> {
+    let name = &c.campaign.name;
+    let (state, index) = store.load(name).await?;
+    // A campaign never started (or over) with nothing asked costs one read.
+    let idle = matches!(
+        state.status,
+        CampaignStatus::Idle | CampaignStatus::Finished
+    ) && state.intent.is_none();
+    if idle {
+        publish(shell, c, &state, index);
+        return Ok(());
+    }
+    let mut views = BTreeMap::new();
+    for api in c.waves.iter().flatten() {
+        let Some(policy) = policies.get(api) else {
+            continue;
+        };
+        let (rollout, _) = shell.env.store.load(policy).await?;
+        views.insert(
+            api.clone(),
+            ApiView {
+                phase: rollout.phase,
+                start_pending: rollout.intent == Some(Intent::Start),
+                rollout_started_at: rollout.rollout_started_at,
+            },
+        );
+    }
+    let now = shell.env.now();
+    let planned = plan(&c.campaign, &c.waves, &state, &views, now);
+    let mut index = index;
+    if planned.changed(&state) {
+        let events: Vec<AlertEvent> = planned
+            .actions
+            .iter()
+            .filter_map(|a| event(&c.campaign, &planned.state, a, now))
+            .collect();
+        let entries: Vec<OutboxEntry> = events
+            .iter()
+            .flat_map(|e| {
+                c.campaign
+                    .alerts
+                    .iter()
+                    .map(move |ch| OutboxEntry::new(ch, e, now))
+            })
+            .collect();
+        let (written, spilled) = store
+            .save(&planned.state, index, Some(fence), entries)
+            .await?;
+        index = written;
+        for entry in spilled {
+            if let Err(e) = shell
+                .env
+                .notify(&entry.event, std::slice::from_ref(&entry.channel))
+                .await
+            {
+                tracing::error!(campaign = %name, error = %e, "Could not record a campaign alert.");
+            }
+        }
+        for a in &planned.actions {
+            log_action(name, a);
+        }
+    }
+    let audit = shell.audit_log();
+    for a in &planned.actions {
+        let CampaignAction::StartApi { api, wave } = a else {
+            continue;
+        };
+        let Some(policy) = policies.get(api) else {
+            continue;
+        };
+        let actor = Actor {
+            user: format!("campaign:{name}"),
+            groups: Vec::new(),
+            source: "campaign".into(),
+            request_id: format!("campaign-{name}-{}", now.as_millisecond()),
+        };
+        let wave_name = c
+            .campaign
+            .waves
+            .get(*wave)
+            .map(|w| w.name.as_str())
+            .unwrap_or("");
+        let request = ActionRequest {
+            kind: ActionKind::Start,
+            reason: format!("campaign {name}, wave {} ({wave_name})", wave + 1),
+            expected_revision: None,
+        };
+        match perform(&shell.env.store, &audit, policy, &actor, request).await {
+            Ok(_) => {
+                shell.telemetry.campaign_started_api(name);
+                tracing::info!(campaign = %name, api = %api, wave = wave + 1, "Campaign started a rollout.");
+            }
+            Err(error) => {
+                tracing::warn!(campaign = %name, api = %api, %error, "Could not start a campaign's rollout; trying again next tick.");
+            }
+        }
+    }
+    publish(shell, c, &planned.state, index);
+    Ok(())
+}
+
+fn publish(shell: &Shell<RealEnv>, c: &LoadedCampaign, state: &CampaignState, index: u64) {
+    let view = CampaignView::new(&c.campaign, &c.waves, state, index);
+    shell.telemetry.campaign(&view);
+    shell.status.set_campaign(view);
+}
+
+fn log_action(name: &str, a: &CampaignAction) {
+    match a {
+        CampaignAction::StartApi { .. } => {}
+        CampaignAction::Started => tracing::info!(campaign = %name, "Campaign started."),
+        CampaignAction::Paused { by } => tracing::info!(campaign = %name, %by, "Campaign paused."),
+        CampaignAction::Resumed { by } => {
+            tracing::info!(campaign = %name, %by, "Campaign resumed.")
+        }
+        CampaignAction::WaveDone { wave } => {
+            tracing::info!(campaign = %name, wave = wave + 1, "Campaign wave done.")
+        }
+        CampaignAction::Stopped { reason } => {
+            tracing::warn!(campaign = %name, %reason, "Campaign stopped.")
+        }
+        CampaignAction::Finished => tracing::info!(campaign = %name, "Campaign finished."),
+    }
+}
+
+/// The alert of a campaign action (started, wave done, stopped, finished); `None` for the
+/// others.
+fn event(
+    campaign: &Campaign,
+    state: &CampaignState,
+    action: &CampaignAction,
+    now: Timestamp,
+) -> Option<AlertEvent> {
+    let name = &campaign.name;
+    let run = state.started_at.map(|t| t.as_millisecond()).unwrap_or(0);
+    let (what, instance, summary, severity) = match action {
+        CampaignAction::Started => (
+            "started",
+            format!("{run}-started"),
+            format!(
+                "Campaign {name} started by {}",
+                state.started_by.as_deref().unwrap_or("an operator")
+            ),
+            Severity::Info,
+        ),
+        CampaignAction::WaveDone { wave } => {
+            let wave_name = campaign
+                .waves
+                .get(*wave)
+                .map(|w| w.name.as_str())
+                .unwrap_or("");
+            (
+                "wave_done",
+                format!("{run}-wave-{}", wave + 1),
+                format!("Campaign {name}: wave {} ({wave_name}) done", wave + 1),
+                Severity::Info,
+            )
+        }
+        CampaignAction::Stopped { reason } => (
+            "stopped",
+            format!("{run}-stopped-{}", state.revision),
+            format!("Campaign {name} stopped: {reason}"),
+            Severity::Warning,
+        ),
+        CampaignAction::Finished => (
+            "finished",
+            format!("{run}-finished"),
+            format!("Campaign {name} finished"),
+            Severity::Info,
+        ),
+        _ => return None,
+    };
+    let promoted = state
+        .apis
+        .iter()
+        .filter(|(_, a)| {
+            a.outcome
+                .is_some_and(|o| o != crate::campaign::ApiOutcome::Skipped)
+        })
+        .map(|(api, _)| api.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
+    let skipped = state
+        .apis
+        .iter()
+        .filter(|(_, a)| a.outcome == Some(crate::campaign::ApiOutcome::Skipped))
+        .map(|(api, _)| api.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut e = AlertEvent::new(
+        format!("campaign:{name}"),
+        EventKind::Campaign,
+        &instance,
+        summary.clone(),
+        now,
+    )
+    .with_description(format!(
+        "{summary}.\nDone: {promoted}\nSkipped: {skipped}\n"
+    ))
+    .with_field("campaign", name)
+    .with_field("event", what)
+    .with_field(
+        "wave",
+        (state.wave + 1).min(campaign.waves.len()).to_string(),
+    )
+    .with_field("done", promoted)
+    .with_field("skipped", skipped);
+    e.severity = severity;
+    Some(e)
+}
