@@ -396,6 +396,7 @@ pub fn router_with(
             "/api/v1/rollouts/{api}/actions",
             post(console::act).layer(DefaultBodyLimit::max(console::MAX_BODY_BYTES)),
         )
+        .route("/api/v1/campaigns", get(console::campaigns))
         .route("/", get(console::overview))
         .route("/apis/{api}", get(console::api_html))
         .route("/assets/{name}", get(console::asset))

@@ -286,6 +286,24 @@ pub(super) async fn rollout(
     Json(v.view).into_response()
 }
 
+/// The campaigns as the leader last planned them, each with only the caller's visible APIs.
+pub(super) async fn campaigns(
+    State(app): State<AppState>,
+    axum::Extension(who): axum::Extension<Identity>,
+) -> Json<Vec<super::CampaignView>> {
+    let visible: std::collections::BTreeSet<String> = visible_summaries(&app, &who)
+        .into_iter()
+        .map(|v| v.view.api)
+        .collect();
+    Json(
+        app.status
+            .campaigns()
+            .iter()
+            .filter_map(|c| c.restricted(&visible))
+            .collect(),
+    )
+}
+
 /// The audit trail of one API.
 pub(super) async fn audit(
     State(app): State<AppState>,
