@@ -123,3 +123,74 @@ impl CampaignView {
         line
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use jiff::Timestamp;
+
+    use super::*;
+    use crate::campaign::{ApiOutcome, StartedApi};
+
+    fn campaign() -> (Campaign, Vec<Vec<String>>) {
+        let text = "name = \"cni\"\nmax_concurrent = 2\n\
+                    [[wave]]\nname = \"one\"\napis = [\"a1\", \"a2\", \"a3\"]\n\
+                    [[wave]]\nname = \"two\"\napis = [\"b1\"]\n";
+        let c = Campaign::from_toml(text, Path::new("c.toml"), None).unwrap();
+        let waves = vec![
+            vec!["a1".to_string(), "a2".into(), "a3".into()],
+            vec!["b1".to_string()],
+        ];
+        (c, waves)
+    }
+
+    fn started(outcome: Option<ApiOutcome>) -> StartedApi {
+        StartedApi {
+            wave: 0,
+            at: Timestamp::UNIX_EPOCH,
+            previous_rollout: None,
+            outcome,
+        }
+    }
+
+    #[test]
+    fn each_api_shows_where_it_stands_and_status_prints_one_line() {
+        let (c, waves) = campaign();
+        let mut s = CampaignState::new("cni");
+        assert_eq!(
+            CampaignView::new(&c, &waves, &s, 0).line(),
+            "campaign cni: idle wave 0/2 promoted=0 running=0 skipped=0 waiting=4 of 4"
+        );
+        s.status = CampaignStatus::Stopped;
+        s.reason = Some("a2 rolled back.".into());
+        s.apis
+            .insert("a1".into(), started(Some(ApiOutcome::AlreadyPromoted)));
+        s.apis.insert("a2".into(), started(None));
+        s.apis
+            .insert("a3".into(), started(Some(ApiOutcome::Skipped)));
+        let v = CampaignView::new(&c, &waves, &s, 7);
+        let states: Vec<&str> = v.waves[0].apis.iter().map(|a| a.state.as_str()).collect();
+        assert_eq!(states, ["already_promoted", "running", "skipped"]);
+        assert_eq!(v.waves[1].apis[0].state, "waiting");
+        assert_eq!(v.wave, 1);
+        assert_eq!(v.revision, 7);
+        assert_eq!(
+            v.line(),
+            "campaign cni: stopped wave 1/2 promoted=1 running=1 skipped=1 waiting=1 of 4 \
+             (a2 rolled back.)"
+        );
+    }
+
+    #[test]
+    fn a_caller_sees_only_the_apis_it_may_view() {
+        let (c, waves) = campaign();
+        let v = CampaignView::new(&c, &waves, &CampaignState::new("cni"), 0);
+        let only_b1 = v.restricted(&BTreeSet::from(["b1".to_string()])).unwrap();
+        assert!(only_b1.waves[0].apis.is_empty());
+        assert_eq!(only_b1.waves[1].apis[0].api, "b1");
+        assert!(v
+            .restricted(&BTreeSet::from(["other".to_string()]))
+            .is_none());
+    }
+}

@@ -574,7 +574,7 @@ fn query_histogram() -> Histogram {
     Histogram::new(QUERY_BUCKETS)
 }
 
-fn counter_base(name: &'static str) -> &'static str {
+pub(super) fn counter_base(name: &'static str) -> &'static str {
     name.strip_suffix("_total").unwrap_or(name)
 }
 

@@ -164,3 +164,19 @@ fn globs_match_runs_and_single_characters() {
     assert!(!glob_matches("a?c", "ac"));
     assert!(!glob_matches("search", "search2"));
 }
+
+#[test]
+fn the_readme_example_campaign_is_valid() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = &readme[readme.find("## Campaigns").expect("a Campaigns section")..];
+    let block = section
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("an example campaign file");
+    let c = parse(block).unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(c.name, "tls-migration");
+    assert_eq!(c.waves.len(), 2);
+    assert_eq!(c.waves[1].labels.get("tier").map(String::as_str), Some("2"));
+}
