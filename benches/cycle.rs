@@ -445,7 +445,7 @@ fn states(consul: &ConsulDouble, apis: usize) -> (BTreeMap<String, usize>, usize
             continue;
         };
         let state: Value = serde_json::from_slice(&raw).expect("state is JSON");
-        let last = &state["history"].as_array().and_then(|h| h.last()).cloned();
+        let last = &Some(state["last_decision"].clone()).filter(|r| !r.is_null());
         let action = last
             .as_ref()
             .and_then(|r| r["action"].as_str())

@@ -282,6 +282,58 @@ async fn delete_cas_on_a_missing_key_succeeds() {
     }
 }
 
+/// agent/consul/state/txn.go `txnDispatch` runs in one memdb write transaction that is aborted
+/// when any operation fails: a transaction whose last operation fails leaves no trace of the
+/// writes, deletes and tree deletes before it (values, indexes, and the KV index a blocking
+/// query waits on).
+#[tokio::test]
+async fn a_transaction_with_a_failing_operation_changes_nothing() {
+    for t in targets(false) {
+        let c = t.client();
+        c.put("atom/keep", b"old").await.unwrap();
+        c.put("atom/tree/a", b"1").await.unwrap();
+        c.put("atom/tree/b", b"2").await.unwrap();
+        let before = c.list("atom/").await.unwrap();
+        let (status, body) = t
+            .txn(
+                None,
+                json!([
+                    {"KV": {"Verb": "set", "Key": "atom/keep", "Value": b64(b"new")}},
+                    {"KV": {"Verb": "set", "Key": "atom/fresh", "Value": b64(b"x")}},
+                    {"KV": {"Verb": "delete-tree", "Key": "atom/tree/"}},
+                    {"KV": {"Verb": "set", "Key": "atom/tree/a", "Value": b64(b"again")}},
+                    {"KV": {"Verb": "cas", "Key": "atom/keep", "Value": b64(b"v"), "Index": 1}},
+                ]),
+            )
+            .await;
+        assert_eq!(status, 409, "{}: {body}", t.name);
+        assert_eq!(errors(&body)[0].0, 4, "{}: {body}", t.name);
+        let after = c.list("atom/").await.unwrap();
+        assert_eq!(after.1, before.1, "{}: the KV index moved", t.name);
+        let keys = |l: &(Vec<greenlight::consul::KvEntry>, u64)| -> Vec<(String, Vec<u8>, u64)> {
+            l.0.iter()
+                .map(|e| (e.key.clone(), e.value.clone(), e.modify_index))
+                .collect()
+        };
+        assert_eq!(keys(&after), keys(&before), "{}", t.name);
+        // The same operations without the failing one all apply.
+        let (status, body) = t
+            .txn(
+                None,
+                json!([
+                    {"KV": {"Verb": "set", "Key": "atom/keep", "Value": b64(b"new")}},
+                    {"KV": {"Verb": "delete-tree", "Key": "atom/tree/"}},
+                ]),
+            )
+            .await;
+        assert_eq!(status, 200, "{}: {body}", t.name);
+        let now = c.list("atom/").await.unwrap();
+        let names: Vec<&str> = now.0.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(names, ["atom/keep"], "{}", t.name);
+        assert!(now.1 > before.1, "{}", t.name);
+    }
+}
+
 /// agent/txn_endpoint.go `convertOps` (Consul 1.17+): at most 128 operations, a body of at most
 /// `txn_max_req_len` (512 KiB by default); more is a 413 before anything runs.
 #[tokio::test]

@@ -80,6 +80,16 @@ fn healthy_green_advances_through_every_step_and_is_promoted() {
         body.contains("greenlight_green_weight{api=\"checkout\"} 100"),
         "{body}"
     );
+    // The API's detail shows the whole decision history, oldest first, as stored under its own
+    // keys (the state document holds only the last decision).
+    let (code, body) = http(r.listen, "GET", "/api/v1/rollouts/checkout", b"").unwrap();
+    assert_eq!(code, 200, "{body}");
+    let detail: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(actions(&detail), history);
+    assert_eq!(detail["history"], state["history"]);
+    assert!(state["last_decision"]["action"] == "promote", "{state}");
+    let raw = r.stack.consul.value(support::stack::STATE_KEY).unwrap();
+    assert!(!String::from_utf8_lossy(&raw).contains("\"history\""));
     // SIGTERM: a clean exit.
     let status = r
         .daemon

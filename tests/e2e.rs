@@ -272,8 +272,7 @@ fn greenlight(dir: &Path, config: &Path, name: &str, args: &[&str]) -> Proc {
 }
 
 fn state(consul: &ConsulDouble, api: &str) -> Option<Value> {
-    let raw = consul.value(&format!("greenlight/state/{api}"))?;
-    serde_json::from_slice(&raw).ok()
+    consul.rollout_json(api)
 }
 
 fn phase(s: &Value) -> &str {

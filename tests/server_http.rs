@@ -262,7 +262,8 @@ async fn endpoints_show_a_real_rollout() {
     assert_eq!(v.evidence[0].rollback_threshold, 300.0);
     assert_eq!(v.evidence[0].advance_threshold, 60.0);
     assert_eq!(v.since, state.step_started_at);
-    assert_eq!(v.history.len(), decisions.len());
+    // The list leaves the history out (it is read per rollout, from the store).
+    assert!(v.history.is_empty());
     let last = v.last_decision.as_ref().unwrap();
     assert_eq!(last.action, decisions.last().unwrap().action);
     assert_eq!(last.at, at(40));

@@ -80,6 +80,28 @@ fn suite() -> Vec<Case> {
             None,
         ),
         case("latency ×1.2 (p90 edge ×1.65)", "latency=1.2x", true, None),
+        // Healthy at 1 %, 5 % and 10 %; the regression appears only from step 3 (25 %) on, where
+        // the advance evidence gathered so far no longer speaks for green.
+        case(
+            "errors ×3 from step 3 (25 %)",
+            "errors=3x,from-step=3",
+            true,
+            None,
+        ),
+        // Past the tolerance (1.1) but not the advance tolerance (1.5), from step 3 on: slow for
+        // the rollback test, and the advance evidence of 25 % and 50 % must come from there.
+        case(
+            "errors ×1.25 from step 3 (25 %)",
+            "errors=1.25x,from-step=3",
+            true,
+            None,
+        ),
+        case(
+            "latency ×1.2 from step 3 (25 %)",
+            "latency=1.2x,from-step=3",
+            true,
+            None,
+        ),
         Case {
             name: "latency tail σ 0.6→0.75 (p99 edge ×2.6)",
             items: "healthy",

@@ -169,9 +169,23 @@ pub fn status(config: Option<&Path>, args: StatusArgs) -> i32 {
     let mut shown = Vec::new();
     for policy in selected {
         match runtime.block_on(store.load(policy)) {
-            Ok((state, _)) => shown.push(Shown::View(Box::new(RolloutView::from_state(
-                policy, &state,
-            )))),
+            Ok((state, _)) => {
+                let mut view = RolloutView::from_state(policy, &state);
+                // One API asked for: its decision history too (its own keys, one more read).
+                if args.api.is_some() {
+                    match runtime.block_on(store.history(&policy.api)) {
+                        Ok(history) => view.history = history,
+                        Err(e) => {
+                            eprintln!(
+                                "error: {}: cannot read the decision history: {e}",
+                                policy.api
+                            );
+                            return super::EXIT_FAILURE;
+                        }
+                    }
+                }
+                shown.push(Shown::View(Box::new(view)));
+            }
             // That API only: the others are shown as usual.
             Err(StoreError::Corrupt {
                 api,
@@ -350,7 +364,7 @@ fn print_view(out: &mut impl Write, v: &RolloutView) -> io::Result<()> {
     for e in &v.evidence {
         writeln!(
             out,
-            "  evidence: {:<20} against green {} (rollback at {:.0}); for green {} (advance at {:.0})",
+            "  evidence: {:<13} against green {} (rollback at {:.0}); for green at this step {} (advance at {:.0})",
             e.stream,
             format_e(e.rollback_log_e),
             e.rollback_threshold,
@@ -552,7 +566,7 @@ mod tests {
             "{errors}"
         );
         assert!(
-            errors.contains("for green E ≥ 1e300 (ln E = 812) (advance at 60)"),
+            errors.contains("for green at this step E ≥ 1e300 (ln E = 812) (advance at 60)"),
             "{errors}"
         );
         let latency = text.lines().find(|l| l.contains("latency@0.25")).unwrap();

@@ -8,7 +8,7 @@ use super::StateStore;
 use crate::audit::{
     perform, ActionError, ActionOutcome, ActionRequest, Actor, AuditEntry, AuditLog,
 };
-use crate::engine::RolloutState;
+use crate::engine::{DecisionRecord, RolloutState};
 use crate::policy::{Config, Policy};
 use crate::server::console::{auth::Auth, BoxFuture, Console, ConsoleBackend, MetricsUi};
 
@@ -51,6 +51,18 @@ impl ConsoleBackend for DaemonConsole {
             // The overview shows the pending intent at once, not after the next evaluation.
             self.status.update(&policy, &done.after);
             Ok(done)
+        })
+    }
+
+    fn history<'a>(&'a self, api: &'a str) -> BoxFuture<'a, Vec<DecisionRecord>> {
+        Box::pin(async move {
+            match self.store.history(api).await {
+                Ok(records) => records,
+                Err(e) => {
+                    tracing::warn!(api = %api, error = %e, "Cannot read the decision history.");
+                    Vec::new()
+                }
+            }
         })
     }
 

@@ -25,8 +25,8 @@ use crate::traffic::Retry;
 /// Most entries waiting per API; beyond it the oldest are dropped (counted and logged).
 pub const CAP_PER_API: usize = 50;
 /// Outbox operations (writes and drops) in one state transaction: Consul's smallest limit of
-/// 64 operations, less the fence check and the state itself.
-pub const MAX_OPS: usize = 64 - 2;
+/// 64 operations, less the fence check, the state itself and its history records.
+pub const MAX_OPS: usize = 64 - 2 - super::store::HISTORY_OPS;
 /// Largest stored entry (JSON).
 pub const MAX_ENTRY_BYTES: usize = 64 * 1024;
 /// Largest total of new entries in one transaction (JSON, before base64): with base64 (4/3)

@@ -331,6 +331,9 @@ impl<E: Env> Shell<E> {
         index = self
             .save_alerting(policy, &next, index, fence, &events)
             .await?;
+        // Stored with it: later writes of this state do not write them again.
+        next.new_records.clear();
+        next.legacy_history.clear();
         log_decision(&policy.api, &d);
         self.telemetry.decision(&policy.api, &d);
         if d.set_weights.is_some() {

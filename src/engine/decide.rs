@@ -4,7 +4,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::observation::{CheckData, Observation, Pair};
-use crate::engine::state::{EvidenceRecord, Phase, RolloutState, HISTORY_LEN};
+use crate::engine::state::{EvidenceRecord, Phase, RolloutState};
 use crate::policy::{Policy, Weights};
 
 mod advance;
@@ -154,9 +154,13 @@ pub struct Decision {
     pub notices: Vec<Notice>,
 }
 
-/// A compact record of a past decision, kept in the state's history.
+/// A compact record of a past decision, kept in the API's history.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DecisionRecord {
+    /// The state's revision this decision produced (absent in records written before it was
+    /// kept: numbered when read).
+    #[serde(default)]
+    pub revision: u64,
     pub at: Timestamp,
     pub window_end: Timestamp,
     pub action: Action,
@@ -366,7 +370,7 @@ fn finish(
     let action = d.action.unwrap_or(Action::Hold);
     let set_weights = (s.weights != before.weights).then_some(s.weights);
     let alpha = policy.alpha_per_stream();
-    let adv = policy.advance_alpha_per_stream();
+    let adv = policy.advance_alpha_per_step();
     let streams: Vec<StreamReport> = s
         .streams
         .iter()
@@ -394,7 +398,8 @@ fn finish(
     ) {
         s.phase_since = Some(now);
     }
-    s.history.push(DecisionRecord {
+    s.record(DecisionRecord {
+        revision: 0,
         at: now,
         window_end: obs.end,
         action,
@@ -419,10 +424,6 @@ fn finish(
             })
             .collect(),
     });
-    if s.history.len() > HISTORY_LEN {
-        let extra = s.history.len() - HISTORY_LEN;
-        s.history.drain(..extra);
-    }
     Decision {
         action,
         reason: d.reason,

@@ -17,8 +17,8 @@ pub use observation::{
     CheckData, CheckObservation, Counts, DataProblem, EdgeCounts, Observation, Pair,
 };
 pub use state::{
-    decode_state, encode_state, stream_id, Approval, ApprovalGate, CodecError, EvidenceRecord,
-    Intent, Phase, RolloutState, Stream, HISTORY_LEN,
+    decode_state, encode_record, encode_state, stream_id, Approval, ApprovalGate, CodecError,
+    EvidenceRecord, Intent, Phase, RolloutState, Stream, HISTORY_LEN,
 };
 
 #[cfg(test)]

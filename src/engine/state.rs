@@ -70,10 +70,17 @@ pub struct Stream {
     /// Rollback e-process (H0: green no worse than 1 + tolerance times blue), restarted as a
     /// mixture component at each step entry.
     pub rollback: StagedEProcess,
-    /// Advance e-process (H0: green at least 1 + advance_tolerance times worse than blue).
+    /// Advance e-process (H0: green at least 1 + advance_tolerance times worse than blue),
+    /// restarted at each step entry: it holds the evidence gathered at the current step only.
     pub advance: RatioEProcess,
-    /// Optional absolute advance evidence (H0: green's rate ≥ the check's `advance_max_rate`).
+    /// Optional absolute advance evidence (H0: green's rate ≥ the check's `advance_max_rate`),
+    /// restarted with [`Stream::advance`].
     pub slo: Option<SloEProcess>,
+    /// The step whose entry started the advance evidence. Absent in states written before the
+    /// advance evidence was kept per step (it then ran since the rollout began, and is restarted
+    /// at the current step when such a state is read back while the rollout goes on).
+    #[serde(default)]
+    pub advance_step: Option<usize>,
     /// Counts at the current step (warm-up excluded).
     pub step: Pair,
     /// Counts over the whole rollout (warm-up excluded).
@@ -127,8 +134,19 @@ pub struct RolloutState {
     pub intent: Option<Intent>,
     /// Number of decisions taken; increases by one per decision.
     pub revision: u64,
-    /// The most recent decisions, newest last.
-    pub history: Vec<super::DecisionRecord>,
+    /// The newest decision (what `status` and the overview show). The whole history is not
+    /// part of the state: each decision is stored once, under its own key, by the store (see
+    /// `daemon::store`), so that writing a state costs the same however long the rollout runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_decision: Option<super::DecisionRecord>,
+    /// Decisions taken since this state was loaded and not yet stored: the store writes them
+    /// with the state, then the caller clears them. Never part of the stored document.
+    #[serde(skip)]
+    pub new_records: Vec<super::DecisionRecord>,
+    /// The history as states written before it moved to its own keys held it; read only, and
+    /// moved by the store to the history keys at the next write.
+    #[serde(default, rename = "history", skip_serializing)]
+    pub legacy_history: Vec<super::DecisionRecord>,
     /// What the data-quality rules remember between windows (recent counts, streaks).
     #[serde(default)]
     pub quality: super::QualityState,
@@ -194,7 +212,9 @@ impl RolloutState {
             threshold_failures: BTreeMap::new(),
             intent: None,
             revision: 0,
-            history: Vec::new(),
+            last_decision: None,
+            new_records: Vec::new(),
+            legacy_history: Vec::new(),
             quality: Default::default(),
             intent_by: None,
             started_by: None,
@@ -238,6 +258,7 @@ impl RolloutState {
         for s in &mut self.streams {
             s.step = Pair::default();
             s.rollback.start_stage(index);
+            s.restart_advance(index);
         }
     }
 
@@ -312,9 +333,20 @@ impl RolloutState {
                     rollback: StagedEProcess::new(RatioEProcess::rollback(tol, phi), stages),
                     advance: RatioEProcess::non_inferiority(adv, phi),
                     slo: slo.map(|q| SloEProcess::new(q, phi)),
+                    advance_step: Some(self.step),
                     step: Pair::default(),
                     total: Pair::default(),
                 }),
+            }
+        }
+        // Advance evidence from another step (or, in a state written before it was kept per
+        // step, from the whole rollout) is no evidence at this one: it starts again here.
+        if matches!(self.phase, Phase::Progressing | Phase::Paused) {
+            let step = self.step;
+            for s in &mut self.streams {
+                if s.advance_step != Some(step) {
+                    s.restart_advance(step);
+                }
             }
         }
         self.threshold_failures
@@ -346,7 +378,8 @@ impl RolloutState {
         self.reason = Some(reason.to_string());
         self.phase_since = Some(now);
         self.revision += 1;
-        self.history.push(super::DecisionRecord {
+        self.record(super::DecisionRecord {
+            revision: 0,
             at: now,
             window_end: self.last_window_end.unwrap_or(now),
             action: super::Action::Rollback,
@@ -365,9 +398,31 @@ impl RolloutState {
             counted: Vec::new(),
             approved_by: None,
         });
-        if self.history.len() > HISTORY_LEN {
-            let extra = self.history.len() - HISTORY_LEN;
-            self.history.drain(..extra);
+    }
+
+    /// Records the decision just taken (at [`RolloutState::revision`]): it becomes the last
+    /// decision and waits in [`RolloutState::new_records`] for the store.
+    pub fn record(&mut self, mut record: super::DecisionRecord) {
+        record.revision = self.revision;
+        self.last_decision = Some(record.clone());
+        self.new_records.push(record);
+        if self.new_records.len() > HISTORY_LEN {
+            let extra = self.new_records.len() - HISTORY_LEN;
+            self.new_records.drain(..extra);
+        }
+    }
+
+    /// The history a state written by an older version carried, numbered by revision (the
+    /// newest at the state's revision), with the last decision taken from it. Called on decode.
+    fn adopt_legacy_history(&mut self) {
+        let n = self.legacy_history.len() as u64;
+        for (i, r) in self.legacy_history.iter_mut().enumerate() {
+            if r.revision == 0 {
+                r.revision = self.revision.saturating_sub(n - 1 - i as u64);
+            }
+        }
+        if self.last_decision.is_none() {
+            self.last_decision = self.legacy_history.last().cloned();
         }
     }
 
@@ -386,6 +441,15 @@ impl RolloutState {
 }
 
 impl Stream {
+    /// Starts the advance evidence afresh for step `step` (the rollback evidence carries on).
+    pub(crate) fn restart_advance(&mut self, step: usize) {
+        self.advance.restart();
+        if let Some(slo) = &mut self.slo {
+            slo.restart();
+        }
+        self.advance_step = Some(step);
+    }
+
     /// The advance e-value: non-inferiority alone, or its mean with the SLO e-value. For
     /// comparisons only: it overflows to infinity where [`Stream::advance_log_e`] does not.
     pub fn advance_e(&self) -> f64 {
@@ -498,41 +562,64 @@ pub enum CodecError {
 
 /// The stored form of a state: JSON. Refuses any number that is not finite (serde would write
 /// it as `null`, which no later read accepts), and checks that the bytes read back as the same
-/// state, so whatever is written can always be read back.
+/// state, so whatever is written can always be read back. The decisions waiting for their own
+/// keys ([`RolloutState::new_records`]) are not part of it: see [`encode_record`].
 pub fn encode_state(state: &RolloutState) -> Result<Vec<u8>, CodecError> {
-    let bytes = serde_json::to_vec(state).map_err(|e| CodecError::RoundTrip(e.to_string()))?;
-    match serde_json::from_slice::<RolloutState>(&bytes) {
-        Ok(back) if back == *state => Ok(bytes),
-        Ok(_) => Err(CodecError::RoundTrip(
-            "a field reads back differently".into(),
-        )),
+    encode_checked(state, |back: &mut RolloutState| {
+        back.new_records.clone_from(&state.new_records);
+        back.legacy_history.clone_from(&state.legacy_history);
+    })
+}
+
+/// The stored form of one decision record, under the same rules as [`encode_state`].
+pub fn encode_record(record: &super::DecisionRecord) -> Result<Vec<u8>, CodecError> {
+    encode_checked(record, |_| {})
+}
+
+/// JSON that reads back as `value` (after `restore` puts back what the document leaves out).
+fn encode_checked<T>(value: &T, restore: impl FnOnce(&mut T)) -> Result<Vec<u8>, CodecError>
+where
+    T: Serialize + serde::de::DeserializeOwned + PartialEq,
+{
+    let bytes = serde_json::to_vec(value).map_err(|e| CodecError::RoundTrip(e.to_string()))?;
+    match serde_json::from_slice::<T>(&bytes) {
+        Ok(mut back) => {
+            restore(&mut back);
+            if back == *value {
+                Ok(bytes)
+            } else {
+                Err(CodecError::RoundTrip(
+                    "a field reads back differently".into(),
+                ))
+            }
+        }
         Err(_) => {
             let mut de = serde_json::Deserializer::from_slice(&bytes);
-            Err(
-                match serde_path_to_error::deserialize::<_, RolloutState>(&mut de) {
-                    Err(e) if e.inner().to_string().starts_with("invalid type: null") => {
-                        CodecError::NotFinite {
-                            path: e.path().to_string(),
-                        }
+            Err(match serde_path_to_error::deserialize::<_, T>(&mut de) {
+                Err(e) if e.inner().to_string().starts_with("invalid type: null") => {
+                    CodecError::NotFinite {
+                        path: e.path().to_string(),
                     }
-                    Err(e) => CodecError::RoundTrip(format!("at {}: {}", e.path(), e.inner())),
-                    Ok(_) => CodecError::RoundTrip("it does not read back".into()),
-                },
-            )
+                }
+                Err(e) => CodecError::RoundTrip(format!("at {}: {}", e.path(), e.inner())),
+                Ok(_) => CodecError::RoundTrip("it does not read back".into()),
+            })
         }
     }
 }
 
 /// Reads a stored state, also one written by the previous version. Errors name the field.
 pub fn decode_state(bytes: &[u8]) -> Result<RolloutState, CodecError> {
-    serde_json::from_slice(bytes).map_err(|plain| {
+    let mut state: RolloutState = serde_json::from_slice(bytes).map_err(|plain| {
         // Read again, tracking the path, only to say where it failed.
         let mut de = serde_json::Deserializer::from_slice(bytes);
         match serde_path_to_error::deserialize::<_, RolloutState>(&mut de) {
             Err(e) => CodecError::Decode(format!("at {}: {}", e.path(), e.inner())),
             Ok(_) => CodecError::Decode(plain.to_string()),
         }
-    })
+    })?;
+    state.adopt_legacy_history();
+    Ok(state)
 }
 
 /// Identifier of an evidence stream.
@@ -611,11 +698,27 @@ mod tests {
     fn round_trips(state: &RolloutState) -> Result<(), String> {
         let bytes = encode_state(state).map_err(|e| e.to_string())?;
         let back = decode_state(&bytes).map_err(|e| e.to_string())?;
-        if back != *state {
+        // The document leaves out the decisions (stored under their own keys, below) and an
+        // old version's history (moved to its own key at the first write).
+        let mut stored = state.clone();
+        stored.new_records.clear();
+        stored.legacy_history.clear();
+        if back != stored {
             return Err(format!(
                 "decoded state differs:\n{}",
                 String::from_utf8_lossy(&bytes)
             ));
+        }
+        for record in state.new_records.iter().chain(&state.legacy_history) {
+            let bytes = encode_record(record).map_err(|e| e.to_string())?;
+            let back: crate::engine::DecisionRecord =
+                serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+            if back != *record {
+                return Err(format!(
+                    "decoded record differs: {}",
+                    String::from_utf8_lossy(&bytes)
+                ));
+            }
         }
         Ok(())
     }
@@ -625,7 +728,7 @@ mod tests {
             .streams
             .iter()
             .all(|s| s.rollback_log_e.is_finite() && s.advance_log_e.is_finite())
-            && d.state.history.iter().all(|h| {
+            && d.state.new_records.iter().all(|h| {
                 h.evidence
                     .iter()
                     .all(|e| e.rollback_log_e.is_finite() && e.advance_log_e.is_finite())
@@ -669,7 +772,9 @@ mod tests {
         assert_eq!(state.phase, Phase::RolledBack);
         assert_eq!(state.intent, Some(Intent::Resume));
         assert_eq!(state.phase_since, None);
-        let last = state.history.last().unwrap();
+        let last = state.legacy_history.last().unwrap();
+        assert_eq!(state.last_decision.as_ref(), Some(last));
+        assert_eq!(last.revision, state.revision);
         assert_eq!(last.action, Action::Rollback);
         // The overflowed E (written as null) reads as at least the largest float.
         assert_eq!(last.evidence[0].stream, "errors");

@@ -500,21 +500,28 @@ fn holds_count_nothing_and_advance_the_window() {
 }
 
 #[test]
-fn walks_every_step_to_promotion_without_resetting_evidence() {
+fn walks_every_step_to_promotion_carrying_rollback_evidence_and_restarting_advance_evidence() {
     let p = policy();
     let mut s = started(&p);
     let mut greens = vec![s.weights.green];
     let mut m = 1;
     while s.phase == Phase::Progressing && m < 500 {
-        let before = s.streams[0].advance.log_lr.clone();
         let w = at_share(healthy(), p.steps[s.step]);
         let d = decide(&p, &s, &obs(m, w), at(m));
         if d.action == Action::Advance || d.action == Action::Promote {
             greens.push(d.state.weights.green);
-            // Evidence carries over into the next step.
-            assert_ne!(d.state.streams[0].advance.log_lr, vec![0.0; 4]);
-            assert!(d.state.streams[0].advance.log_lr.len() == before.len());
-            assert_eq!(d.state.streams[0].step, Pair::default());
+            let step = format!("at this step ({} %", p.steps[s.step]);
+            assert!(d.reason.contains(&step), "{}", d.reason);
+            let errors = &d.state.streams[0];
+            // The rollback evidence carries over into the next step (its first stage ran from
+            // the start); the advance evidence starts there afresh, as do the step's counts.
+            let first = errors.rollback.started[0].as_ref().unwrap();
+            let warm_ups = greens.len() as i64 - 1;
+            assert_eq!(first.intervals as i64, m - warm_ups, "minute {m}");
+            assert_eq!(errors.advance.log_lr, vec![0.0; 4]);
+            assert_eq!(errors.advance.intervals, 0);
+            assert_eq!(errors.advance_step, Some(d.state.step));
+            assert_eq!(errors.step, Pair::default());
         }
         s = d.state;
         m += 1;
@@ -797,13 +804,18 @@ fn explanation_carries_counts_and_thresholds() {
     assert!((errors.rollback_threshold - 300.0).abs() < 1e-9);
     assert_eq!(d.explanation.weights_before.green, 5);
     assert_eq!(d.explanation.weights_after.green, 0);
-    assert_eq!(d.state.history.last().unwrap().action, Action::Rollback);
+    assert_eq!(
+        d.state.last_decision.as_ref().unwrap().action,
+        Action::Rollback
+    );
 }
 
 #[test]
 fn state_round_trips_through_json() {
     let p = policy();
-    let s = run(&p, started(&p), 1, 15, healthy());
+    let mut s = run(&p, started(&p), 1, 15, healthy());
+    // What the stored document holds (the decisions are stored under their own keys).
+    s.new_records.clear();
     let json = serde_json::to_string(&s).unwrap();
     let back: RolloutState = serde_json::from_str(&json).unwrap();
     assert_eq!(back, s);
@@ -832,4 +844,5 @@ fn reloaded_policy_keeps_matching_evidence() {
 }
 
 mod approval;
+mod evidence;
 mod quality;

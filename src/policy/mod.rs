@@ -397,10 +397,26 @@ impl Policy {
         self.false_rollback_rate / streams.max(1) as f64
     }
 
-    /// α for each advance stream (even split of `false_advance_rate`).
-    pub fn advance_alpha_per_stream(&self) -> f64 {
-        let streams: usize = self.checks.iter().map(|c| c.kind.rollback_streams()).sum();
-        self.false_advance_rate / streams.max(1) as f64
+    /// α of every stream's advance evidence at one step: `false_advance_rate` split evenly over
+    /// the [`Policy::evidence_steps`] (docs/statistics.md §5).
+    ///
+    /// Each step's advance e-process starts afresh when the step is entered, so the event "an
+    /// evidence step is advanced while green is worse there than `advance_tolerance`" is the
+    /// union over the evidence steps of "that step's e-process crossed under its null": by
+    /// Ville's inequality and the union bound its chance is ≤ Σ_j α/J = α over the rollout.
+    /// No split over the streams is needed: an advance needs *every* stream to cross, so when
+    /// green is worse on some stream the advance needs that stream to cross, which has chance
+    /// ≤ α/J at the step (an intersection–union test, Berger 1982).
+    pub fn advance_alpha_per_step(&self) -> f64 {
+        self.false_advance_rate / self.evidence_steps().max(1) as f64
+    }
+
+    /// The steps an advance leaves on evidence: every step but the last (100 %) that is not a
+    /// probe step (probe steps advance on dwell; they are not counted in the advance level).
+    pub fn evidence_steps(&self) -> usize {
+        (0..self.steps.len().saturating_sub(1))
+            .filter(|i| !self.is_probe_step(*i))
+            .count()
     }
 
     /// The channels that receive events of kind `event` (`rollback`, `manual_override`,

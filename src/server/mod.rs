@@ -150,7 +150,8 @@ pub struct StreamEvidence {
     pub rollback_log_e: f64,
     /// 1/α, an e-value (not its logarithm).
     pub rollback_threshold: f64,
-    /// ln of the evidence that green is no worse; advancing needs ln(`advance_threshold`).
+    /// ln of the evidence gathered at the current step that green is no worse (it restarts at
+    /// every step); advancing needs ln(`advance_threshold`).
     pub advance_log_e: f64,
     /// An e-value (not its logarithm).
     pub advance_threshold: f64,
@@ -200,7 +201,7 @@ impl RolloutView {
     /// settings and credentials are not part of a view.
     pub fn from_state(policy: &Policy, state: &RolloutState) -> RolloutView {
         let rollback_threshold = 1.0 / policy.alpha_per_stream();
-        let advance_threshold = 1.0 / policy.advance_alpha_per_stream();
+        let advance_threshold = 1.0 / policy.advance_alpha_per_step();
         let evidence = state
             .streams
             .iter()
@@ -218,12 +219,13 @@ impl RolloutView {
             .collect();
         let paused = (state.phase == Phase::Paused).then(|| PauseInfo {
             reason: state.reason.clone(),
-            since: state
-                .history
-                .iter()
-                .rev()
-                .find(|r| r.action == Action::Pause)
-                .map(|r| r.at),
+            since: state.phase_since.or_else(|| {
+                state
+                    .last_decision
+                    .as_ref()
+                    .filter(|r| r.action == Action::Pause)
+                    .map(|r| r.at)
+            }),
         });
         RolloutView {
             api: state.api.clone(),
@@ -234,7 +236,7 @@ impl RolloutView {
             weights: state.weights,
             applying_from: state.applying_from,
             reason: state.reason.clone(),
-            last_decision: state.history.last().map(|r| LastDecision {
+            last_decision: state.last_decision.as_ref().map(|r| LastDecision {
                 action: r.action,
                 reason: r.reason.clone(),
                 at: r.at,
@@ -246,7 +248,8 @@ impl RolloutView {
             last_good_data_at: state.last_good_data_at,
             paused,
             revision: state.revision,
-            history: state.history.clone(),
+            // Read from the store on demand (see `ConsoleBackend::history`).
+            history: Vec::new(),
             open_alerts: open_alerts(state),
             state_index: None,
             awaiting_approval: state.awaiting_approval.as_ref().map(|g| ApprovalView {
@@ -292,10 +295,9 @@ fn since(state: &RolloutState) -> Option<Timestamp> {
     };
     state.phase_since.or_else(|| {
         state
-            .history
-            .iter()
-            .rev()
-            .find(|r| r.action == action)
+            .last_decision
+            .as_ref()
+            .filter(|r| r.action == action)
             .map(|r| r.at)
     })
 }
@@ -562,7 +564,10 @@ mod tests {
         for m in 6..200 {
             state = decide(&policy, &state, &empty(m), t(m)).state;
         }
-        assert!(state.history.iter().all(|r| r.action != Action::Rollback));
+        assert!(state
+            .last_decision
+            .as_ref()
+            .is_some_and(|r| r.action != Action::Rollback));
         let view = RolloutView::from_state(&policy, &state);
         assert_eq!(view.since, Some(t(5)));
         assert_eq!(view.rollout_started_at, Some(t(1)));

@@ -364,8 +364,8 @@ impl Telemetry {
         if decision.explanation.problems.is_empty() {
             let at = decision
                 .state
-                .history
-                .last()
+                .last_decision
+                .as_ref()
                 .map_or(decision.explanation.window_end, |r| r.at);
             self.last_evaluation
                 .get_or_create(&api_labels(api))

@@ -67,6 +67,8 @@ impl<'a> Replay<'a> {
     pub fn push(&mut self, obs: &Observation) -> &ReplayWindow {
         let d = decide(self.policy, &self.state, obs, obs.end);
         self.state = d.state;
+        // The timeline keeps what a replay shows; nothing stores the records.
+        self.state.new_records.clear();
         if self.decided_at.is_none() && self.done() {
             self.decided_at = Some(obs.end);
         }
@@ -84,8 +86,8 @@ impl<'a> Replay<'a> {
             reason: d.reason,
             evidence: self
                 .state
-                .history
-                .last()
+                .last_decision
+                .as_ref()
                 .map(|h| h.evidence.clone())
                 .unwrap_or_default(),
         });

@@ -143,6 +143,14 @@ impl RatioEProcess {
     pub fn crossed(&self, alpha: f64) -> bool {
         self.log_e() >= (1.0 / alpha).ln()
     }
+
+    /// Starts afresh (E = 1) with the same boundary, grid, tempering and weights: from here on
+    /// it is an e-process of the data that follow (started at a stopping time).
+    pub fn restart(&mut self) {
+        self.log_lr.iter_mut().for_each(|l| *l = 0.0);
+        self.max_log_e = 0.0;
+        self.intervals = 0;
+    }
 }
 
 /// Mixture e-process for H0: green's rate of bad events q ≥ q_max.
@@ -190,6 +198,12 @@ impl SloEProcess {
 
     pub fn log_e(&self) -> f64 {
         mixture(&self.log_lr)
+    }
+
+    /// Starts afresh (E = 1), like [`RatioEProcess::restart`].
+    pub fn restart(&mut self) {
+        self.log_lr.iter_mut().for_each(|l| *l = 0.0);
+        self.max_log_e = 0.0;
     }
 
     pub fn e_value(&self) -> f64 {

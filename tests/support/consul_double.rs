@@ -15,6 +15,7 @@ use axum::body::Body;
 use axum::extract::State as AxState;
 use axum::http::{HeaderMap, Method, Request, StatusCode};
 use axum::response::Response;
+use axum::serve::ListenerExt;
 use base64::Engine as _;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
@@ -499,6 +500,38 @@ impl ConsulDouble {
             .map(|e| e.value.clone())
     }
 
+    /// Every key under `prefix` with its raw value, in key order (bypassing HTTP and ACLs).
+    pub fn values_under(&self, prefix: &str) -> Vec<(String, Vec<u8>)> {
+        self.shared
+            .lock()
+            .kv
+            .entries
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, e)| (k.clone(), e.value.clone()))
+            .collect()
+    }
+
+    /// `api`'s stored state as JSON, with its decision history (kept under its own keys,
+    /// `greenlight/history/<api>/`) put back as `history`, oldest first, as a reader of the
+    /// store sees the whole rollout.
+    pub fn rollout_json(&self, api: &str) -> Option<serde_json::Value> {
+        let raw = self.value(&format!("greenlight/state/{api}"))?;
+        let mut state: serde_json::Value = serde_json::from_slice(&raw).ok()?;
+        let mut records: Vec<serde_json::Value> = Vec::new();
+        for (key, value) in self.values_under(&format!("greenlight/history/{api}/")) {
+            let v: serde_json::Value = serde_json::from_slice(&value).ok()?;
+            match v {
+                serde_json::Value::Array(old) if key.ends_with("/legacy") => records.extend(old),
+                one => records.push(one),
+            }
+        }
+        records.sort_by_key(|r| r["revision"].as_u64().unwrap_or(0));
+        records.dedup_by_key(|r| r["revision"].as_u64().unwrap_or(0));
+        state["history"] = serde_json::Value::Array(records);
+        Some(state)
+    }
+
     /// Writes `key` directly (bypassing HTTP and ACLs), as an operator's edit would.
     pub fn put(&self, key: &str, value: &[u8]) {
         {
@@ -535,6 +568,11 @@ async fn serve(
     let app = axum::Router::new()
         .fallback(handle)
         .with_state(shared.clone());
+    // Consul's HTTP server is Go's net/http, whose TCP connections have Nagle off; with it on,
+    // a request written in two segments waits for the delayed ACK (tens of ms).
+    let inner = inner.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     tokio::spawn(async move {
         let _ = axum::serve(inner, app).await;
     });
@@ -556,6 +594,7 @@ async fn serve(
             _ = &mut stop => return,
             accepted = public.accept() => {
                 let Ok((mut client, _)) = accepted else { continue };
+                let _ = client.set_nodelay(true);
                 if !shared.reachable.load(Ordering::SeqCst) {
                     shared.refused.fetch_add(1, Ordering::SeqCst);
                     drop(client);
@@ -566,6 +605,7 @@ async fn serve(
                     let Ok(mut upstream) = tokio::net::TcpStream::connect(inner_addr).await else {
                         return;
                     };
+                    let _ = upstream.set_nodelay(true);
                     tokio::select! {
                         _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
                         _ = cut.changed() => {}
@@ -1075,6 +1115,56 @@ fn is_write(verb: &str) -> bool {
     )
 }
 
+/// What a transaction changed, to undo it when one of its operations fails: each touched key's
+/// entry and tombstone before its first change, and the table index.
+struct Undo {
+    keys: Vec<(String, Option<Entry>, Option<u64>)>,
+    table_index: u64,
+}
+
+impl Undo {
+    fn new(kv: &Kv) -> Self {
+        Undo {
+            keys: Vec::new(),
+            table_index: kv.table_index,
+        }
+    }
+
+    fn remember(&mut self, kv: &Kv, key: &str) {
+        if !self.keys.iter().any(|(k, _, _)| k == key) {
+            let entry = kv.entries.get(key).cloned();
+            let tombstone = kv.tombstones.get(key).copied();
+            self.keys.push((key.to_string(), entry, tombstone));
+        }
+    }
+
+    fn remember_tree(&mut self, kv: &Kv, prefix: &str) {
+        let keys: Vec<String> = kv
+            .entries
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in keys {
+            self.remember(kv, &k);
+        }
+    }
+
+    fn roll_back(self, kv: &mut Kv) {
+        for (key, entry, tombstone) in self.keys.into_iter().rev() {
+            match entry {
+                Some(e) => kv.entries.insert(key.clone(), e),
+                None => kv.entries.remove(&key),
+            };
+            match tombstone {
+                Some(t) => kv.tombstones.insert(key, t),
+                None => kv.tombstones.remove(&key),
+            };
+        }
+        kv.table_index = self.table_index;
+    }
+}
+
 /// `PUT /v1/txn`, as Consul (1.17 and later) answers it:
 /// - agent/txn_endpoint.go `convertOps`: a body over `txn_max_req_len` (512 KiB) is 413, an
 ///   undecodable one 400, more than [`MAX_TXN_OPS`] operations 413, a value over
@@ -1205,12 +1295,22 @@ fn txn(shared: &Arc<Shared>, token: Option<&str>, body: &[u8]) -> Response {
         );
     }
 
-    // agent/consul/state/txn.go `txnDispatch` and `txnKVS`, on a copy that is kept only if
-    // every operation succeeded.
+    // agent/consul/state/txn.go `txnDispatch` and `txnKVS`, applied in place with an undo log
+    // of every key the transaction touches, rolled back unless every operation succeeded (as
+    // memdb aborts the write transaction). Copying the store instead would make each
+    // transaction cost as much as the whole KV.
     let idx = st.index + 1;
-    let mut kv = st.kv.clone();
+    let state = &mut *st;
+    let kv = &mut state.kv;
+    let mut undo = Undo::new(kv);
     let mut results = Vec::new();
     for (i, op) in ops.iter().enumerate() {
+        match op.verb.as_str() {
+            "delete-tree" => undo.remember_tree(kv, &op.key),
+            "get" | "get-or-empty" | "get-tree" | "check-index" | "check-session"
+            | "check-not-exists" => {}
+            _ => undo.remember(kv, &op.key),
+        }
         let (key, value, flags, index, session) =
             (&op.key, &op.value, op.flags, op.index, &op.session);
         let mut fail = |what: String| errors.push(json!({"OpIndex": i, "What": what}));
@@ -1223,13 +1323,13 @@ fn txn(shared: &Arc<Shared>, token: Option<&str>, body: &[u8]) -> Response {
         match op.verb.as_str() {
             "set" => {
                 kv.set(key, value, flags, idx);
-                result(&kv, key, false);
+                result(kv, key, false);
             }
             // kvsSetCASTxn: Index 0 means "only if it does not exist"; a missing key with a
             // non-zero Index fails.
             "cas" => {
                 if kv.cas(key, value, flags, index, idx) {
-                    result(&kv, key, false);
+                    result(kv, key, false);
                 } else {
                     fail(format!("failed to set key {key:?}, index is stale"));
                 }
@@ -1238,10 +1338,10 @@ fn txn(shared: &Arc<Shared>, token: Option<&str>, body: &[u8]) -> Response {
             "lock" => {
                 if session.is_empty() {
                     fail("missing session".into());
-                } else if !st.sessions.contains_key(session) {
+                } else if !state.sessions.contains_key(session) {
                     fail(format!("invalid session {session:?}"));
                 } else if kv.acquire(key, value, flags, session, idx) {
-                    result(&kv, key, false);
+                    result(kv, key, false);
                 } else {
                     fail(format!("failed to lock key {key:?}, lock is already held"));
                 }
@@ -1251,7 +1351,7 @@ fn txn(shared: &Arc<Shared>, token: Option<&str>, body: &[u8]) -> Response {
                 if session.is_empty() {
                     fail("missing session".into());
                 } else if kv.release(key, value, flags, session, idx) {
-                    result(&kv, key, false);
+                    result(kv, key, false);
                 } else {
                     fail(format!(
                         "failed to unlock key {key:?}, lock isn't held, or is held by another session"
@@ -1260,14 +1360,14 @@ fn txn(shared: &Arc<Shared>, token: Option<&str>, body: &[u8]) -> Response {
             }
             "get" => {
                 if kv.entries.contains_key(key) {
-                    result(&kv, key, true);
+                    result(kv, key, true);
                 } else {
                     fail(format!("key {key:?} doesn't exist"));
                 }
             }
             "get-or-empty" => {
                 if kv.entries.contains_key(key) {
-                    result(&kv, key, true);
+                    result(kv, key, true);
                 } else {
                     results.push(json!({"KV": {"LockIndex": 0, "Key": key, "Flags": flags,
                         "Value": null, "CreateIndex": 0, "ModifyIndex": index}}));
@@ -1289,7 +1389,7 @@ fn txn(shared: &Arc<Shared>, token: Option<&str>, body: &[u8]) -> Response {
                     "failed index check for key {key:?}, current modify index {} != {index}",
                     e.modify_index
                 )),
-                Some(_) => result(&kv, key, false),
+                Some(_) => result(kv, key, false),
             },
             // kvsCheckSessionTxn.
             "check-session" => match kv.entries.get(key) {
@@ -1300,7 +1400,7 @@ fn txn(shared: &Arc<Shared>, token: Option<&str>, body: &[u8]) -> Response {
                     "failed session check for key {key:?}, current session {:?} != {session:?}",
                     e.session.as_deref().unwrap_or("")
                 )),
-                Some(_) => result(&kv, key, false),
+                Some(_) => result(kv, key, false),
             },
             "check-not-exists" => {
                 if kv.entries.contains_key(key) {
@@ -1319,13 +1419,14 @@ fn txn(shared: &Arc<Shared>, token: Option<&str>, body: &[u8]) -> Response {
         }
     }
     if errors.is_empty() && writes {
-        if let Some(what) = st.commit_failure.take() {
+        if let Some(what) = state.commit_failure.take() {
             // TxnRW: a failed commit is reported at operation 0.
             errors.push(json!({"OpIndex": 0, "What": what}));
         }
     }
     if !errors.is_empty() {
-        let index = st.index;
+        undo.roll_back(kv);
+        let index = state.index;
         return json_response(
             StatusCode::CONFLICT,
             index,
@@ -1337,10 +1438,9 @@ fn txn(shared: &Arc<Shared>, token: Option<&str>, body: &[u8]) -> Response {
         results.clear();
     }
     if writes {
-        st.kv = kv;
-        st.index = idx;
+        state.index = idx;
     }
-    let index = st.index;
+    let index = state.index;
     drop(st);
     if writes {
         shared.notify();

@@ -388,8 +388,7 @@ nodes = ["{haproxy}"]
     }
 
     pub fn state_of(&self, api: &str) -> Option<Value> {
-        let raw = self.consul.value(&format!("greenlight/state/{api}"))?;
-        serde_json::from_slice(&raw).ok()
+        self.consul.rollout_json(api)
     }
 
     pub fn wait_state(&self, what: &str, deadline: Duration, f: impl Fn(&Value) -> bool) -> Value {

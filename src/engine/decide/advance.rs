@@ -1,5 +1,5 @@
-//! Advance: schedule, dwell, requests, no evidence against green, and evidence for it (or the
-//! policy's probe steps and maximum dwell).
+//! Advance: schedule, dwell, requests, no evidence against green, and evidence for it gathered at
+//! this step (or the policy's probe steps and maximum dwell).
 
 use jiff::Timestamp;
 
@@ -77,7 +77,11 @@ pub(super) fn advance_or_hold(
         check_stuck(policy, s, now, d);
         return;
     }
-    let adv_threshold = 1.0 / policy.advance_alpha_per_stream();
+    // Every stream's advance evidence was gathered at this step (it restarts at each step
+    // entry), against a threshold that keeps the false-advance level over the whole rollout
+    // (`Policy::advance_alpha_per_step`).
+    let adv_threshold = 1.0 / policy.advance_alpha_per_step();
+    let share = policy.steps[s.step];
     let lacking: Vec<String> = s
         .streams
         .iter()
@@ -112,7 +116,8 @@ pub(super) fn advance_or_hold(
                 s,
                 now,
                 format!(
-                    "Maximum step duration reached with no evidence against green (still lacking: {}).",
+                    "Maximum step duration reached with no evidence against green (still lacking at {} %: {}).",
+                    share,
                     lacking.join(", ")
                 ),
                 d,
@@ -121,7 +126,8 @@ pub(super) fn advance_or_hold(
             d.set(
                 Action::Hold,
                 format!(
-                    "Collecting evidence that green is no worse (need E ≥ {:.0}): {}.",
+                    "Collecting evidence at this step ({} %) that green is no worse (need E ≥ {:.0}): {}.",
+                    share,
                     adv_threshold,
                     lacking.join(", ")
                 ),
@@ -135,7 +141,7 @@ pub(super) fn advance_or_hold(
         s,
         now,
         format!(
-            "Green is no worse than blue on every check (advance evidence ≥ {adv_threshold:.0})."
+            "Green is no worse than blue on every check at this step ({share} %; advance evidence ≥ {adv_threshold:.0})."
         ),
         d,
     );

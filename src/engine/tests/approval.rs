@@ -96,7 +96,7 @@ fn a_gated_step_waits_for_an_approval_then_is_entered_at_the_next_evaluation() {
         "{}",
         d.reason
     );
-    let last = d.state.history.last().unwrap();
+    let last = d.state.last_decision.as_ref().unwrap();
     assert_eq!(last.approved_by.as_deref(), Some("alice"));
     assert_eq!(d.state.awaiting_approval, None);
     assert_eq!(d.state.approval, None, "an approval is used once");
@@ -261,5 +261,5 @@ fn states_written_before_gates_existed_still_decode() {
     assert_eq!(state.approval, None);
     assert_eq!(state.started_by, None);
     assert_eq!(state.intent_by, None);
-    assert!(state.history.iter().all(|r| r.approved_by.is_none()));
+    assert!(state.legacy_history.iter().all(|r| r.approved_by.is_none()));
 }

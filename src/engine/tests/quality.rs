@@ -67,7 +67,7 @@ fn absurd_green_error_counts_hold_instead_of_rolling_back_on_infinite_evidence()
     assert_eq!(s.phase, Phase::Progressing);
     assert!(all_finite(&s));
     assert!(s
-        .history
+        .new_records
         .iter()
         .flat_map(|r| r.evidence.iter())
         .all(|e| e.rollback_log_e.is_finite() && e.advance_log_e.is_finite()));

@@ -261,7 +261,7 @@ pub(super) fn rollout_charts(out: &mut String, v: &RolloutView) {
                     points: ev(true),
                 },
                 Series {
-                    name: "for green (advance)".into(),
+                    name: "for green at each step (advance)".into(),
                     class: "good",
                     points: ev(false),
                 },

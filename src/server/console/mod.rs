@@ -29,7 +29,7 @@ use serde::Deserialize;
 use self::auth::{Auth, AuthError, Identity, Role, Via};
 use super::{AppState, RolloutView};
 use crate::audit::{ActionError, ActionKind, ActionOutcome, ActionRequest, Actor, AuditEntry};
-use crate::engine::RolloutState;
+use crate::engine::{DecisionRecord, RolloutState};
 use crate::metrics::Backend;
 use crate::policy::Policy;
 
@@ -82,6 +82,10 @@ pub trait ConsoleBackend: Send + Sync + 'static {
 
     /// The newest audit entries of `api`, oldest first.
     fn audit<'a>(&'a self, api: &'a str) -> BoxFuture<'a, Vec<AuditEntry>>;
+
+    /// `api`'s newest decisions, oldest first (kept out of the state and out of memory: read
+    /// when a page or the API asks for one rollout).
+    fn history<'a>(&'a self, api: &'a str) -> BoxFuture<'a, Vec<DecisionRecord>>;
 }
 
 /// Where query links point.
@@ -280,7 +284,9 @@ pub(super) async fn rollout(
     };
     if let (Some(b), Some(policy)) = (&app.console.backend, &v.policy) {
         if let Ok((state, index)) = b.state(policy).await {
-            return Json(view_at(policy, &state, index)).into_response();
+            let mut view = view_at(policy, &state, index);
+            view.history = b.history(&api).await;
+            return Json(view).into_response();
         }
     }
     Json(v.view).into_response()
@@ -431,6 +437,7 @@ pub(super) async fn api_html(
             if let Ok((state, index)) = b.state(policy).await {
                 v.view = view_at(policy, &state, index);
             }
+            v.view.history = b.history(&api).await;
             b.audit(&api).await
         }
         _ => Vec::new(),

@@ -101,6 +101,6 @@ impl<'a> ShellRollout<'a> {
             }
         }
         r?;
-        Ok(self.state.history.last().filter(|d| d.at == now).cloned())
+        Ok(self.state.last_decision.clone().filter(|d| d.at == now))
     }
 }

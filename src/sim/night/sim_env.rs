@@ -13,7 +13,7 @@ use super::world::{MetricsMode, WorldState};
 use crate::alert::{AlertEvent, DeliveryReport, EventKind, OutboxEntry};
 use crate::consul::{ConsulError, Fence};
 use crate::daemon::outbox;
-use crate::daemon::store::{decode, encode, Saved, StoreError};
+use crate::daemon::store::{decode, encode, history_ops, Saved, StoreError};
 use crate::daemon::{AlertIo, Clock, MetricsIo, StateIo, WeightIo};
 use crate::engine::{CheckData, DataProblem, Observation, RolloutState};
 use crate::policy::{Policy, TrafficTarget, Weights};
@@ -151,6 +151,8 @@ impl StateIo for SimEnv {
     ) -> Result<Saved, StoreError> {
         let key = self.key(&state.api);
         let body = encode(state)?;
+        // Its decisions go in the same transaction, encoded under the production rules.
+        history_ops(&self.prefix, state)?;
         let mut w = self.w();
         let i = self.instance;
         if w.crashed[i] {
@@ -184,7 +186,11 @@ impl StateIo for SimEnv {
         w.index += 1;
         let new = w.index;
         w.states.insert(key.clone(), (body, new));
-        w.saved.insert(key, (new, state.clone()));
+        // What a later load reads back: the stored document, without the decisions it wrote.
+        let mut stored = state.clone();
+        stored.new_records.clear();
+        stored.legacy_history.clear();
+        w.saved.insert(key, (new, stored));
         // The alerts, in the same transaction, as the production store plans them.
         let folder = outbox::api_prefix(&self.prefix, &state.api);
         let existing: Vec<String> = w
