@@ -266,3 +266,57 @@ fn event(
     e.severity = severity;
     Some(e)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::campaign::{ApiOutcome, StartedApi};
+
+    fn field<'a>(e: &'a AlertEvent, name: &str) -> Option<&'a str> {
+        e.fields.get(name).map(String::as_str)
+    }
+
+    #[test]
+    fn a_stop_alert_is_a_warning_naming_the_reason_and_what_is_done_and_skipped() {
+        let text = "name = \"cni\"\n[[wave]]\napis = [\"a1\", \"a2\", \"a3\"]\n";
+        let c = Campaign::from_toml(text, Path::new("c.toml"), None).unwrap();
+        let now: Timestamp = "2026-01-15T11:00:00Z".parse().unwrap();
+        let mut s = CampaignState::new("cni");
+        s.started_at = Some(now);
+        s.status = CampaignStatus::Stopped;
+        for (api, outcome) in [
+            ("a1", Some(ApiOutcome::Promoted)),
+            ("a2", Some(ApiOutcome::Skipped)),
+            ("a3", None),
+        ] {
+            let started = StartedApi {
+                wave: 0,
+                at: now,
+                previous_rollout: None,
+                outcome,
+            };
+            s.apis.insert(api.into(), started);
+        }
+        let stop = CampaignAction::Stopped {
+            reason: "a3 rolled back.".into(),
+        };
+        let e = event(&c, &s, &stop, now).unwrap();
+        assert_eq!(e.severity, Severity::Warning);
+        assert_eq!(e.summary, "Campaign cni stopped: a3 rolled back.");
+        assert_eq!(field(&e, "event"), Some("stopped"));
+        assert_eq!(field(&e, "done"), Some("a1"));
+        assert_eq!(field(&e, "skipped"), Some("a2"));
+        // One alert per event of a run: the same event planned again has the same key.
+        assert_eq!(e.key, event(&c, &s, &stop, now).unwrap().key);
+        let done = CampaignAction::WaveDone { wave: 0 };
+        assert_eq!(event(&c, &s, &done, now).unwrap().severity, Severity::Info);
+        assert!(event(&c, &s, &CampaignAction::Started, now).unwrap().key != e.key);
+        let start = CampaignAction::StartApi {
+            api: "a1".into(),
+            wave: 0,
+        };
+        assert!(event(&c, &s, &start, now).is_none());
+    }
+}
