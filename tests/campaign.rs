@@ -373,7 +373,8 @@ fn eight_apis_in_two_waves_two_at_a_time_skip_the_failing_one_across_a_daemon_ki
     let first_two: BTreeSet<&str> = seen.order.iter().take(2).map(String::as_str).collect();
     assert_eq!(first_two, BTreeSet::from(["a1", "a2"]), "{:?}", seen.order);
 
-    // The second daemon shows it: HTTP API, /metrics, `campaign status`, and the alerts.
+    // The second daemon shows it: HTTP API, console panel, /metrics, `campaign status`, and the
+    // alerts.
     let (code, body) = http(listen, "GET", "/api/v1/campaigns", b"").unwrap();
     assert_eq!(code, 200, "{body}");
     let views: Value = serde_json::from_str(&body).unwrap();
@@ -383,6 +384,10 @@ fn eight_apis_in_two_waves_two_at_a_time_skip_the_failing_one_across_a_daemon_ki
         views[0]["waves"][0]["apis"][2]["state"], "skipped",
         "{body}"
     );
+    let (code, panel) = http(listen, "GET", "/campaigns", b"").unwrap();
+    assert_eq!(code, 200, "{panel}");
+    assert!(panel.contains(r#"data-campaign="cni""#), "{panel}");
+    assert!(panel.contains(r#"data-api="a3">skipped</span>"#), "{panel}");
     let (_, metrics) = http(listen, "GET", "/metrics", b"").unwrap();
     for line in [
         "greenlight_campaign_status{campaign=\"cni\",status=\"finished\"} 1",

@@ -399,6 +399,7 @@ pub fn router_with(
             post(console::act).layer(DefaultBodyLimit::max(console::MAX_BODY_BYTES)),
         )
         .route("/api/v1/campaigns", get(console::campaigns))
+        .route("/campaigns", get(console::campaigns_html))
         .route("/", get(console::overview))
         .route("/apis/{api}", get(console::api_html))
         .route("/assets/{name}", get(console::asset))
