@@ -14,7 +14,7 @@ use super::env::{AlertIo, Clock, RealEnv};
 use super::shell::Shell;
 use super::store::StoreError;
 use crate::alert::{AlertEvent, EventKind, OutboxEntry, Severity};
-use crate::audit::{perform, ActionKind, ActionRequest, Actor};
+use crate::audit::{perform, ActionError, ActionKind, ActionRequest, Actor};
 use crate::campaign::{plan, ApiView, CampaignAction, CampaignState, CampaignStatus};
 use crate::consul::Fence;
 use crate::engine::Intent;
@@ -69,11 +69,15 @@ async fn look(
         return Ok(());
     }
     let mut views = BTreeMap::new();
+    // The ModifyIndex of each rollout state planned from: a start is written only onto that
+    // state, so a rollout that began (or changed) since is never started on a stale plan.
+    let mut revisions: BTreeMap<&str, u64> = BTreeMap::new();
     for api in c.waves.iter().flatten() {
         let Some(policy) = policies.get(api) else {
             continue;
         };
-        let (rollout, _) = shell.env.store.load(policy).await?;
+        let (rollout, revision) = shell.env.store.load(policy).await?;
+        revisions.insert(api.as_str(), revision);
         views.insert(
             api.clone(),
             ApiView {
@@ -141,12 +145,15 @@ async fn look(
         let request = ActionRequest {
             kind: ActionKind::Start,
             reason: format!("campaign {name}, wave {} ({wave_name})", wave + 1),
-            expected_revision: None,
+            expected_revision: revisions.get(api.as_str()).copied(),
         };
         match perform(&shell.env.store, &audit, policy, &actor, request).await {
             Ok(_) => {
                 shell.telemetry.campaign_started_api(name);
                 tracing::info!(campaign = %name, api = %api, wave = wave + 1, "Campaign started a rollout.");
+            }
+            Err(ActionError::Stale { .. }) => {
+                tracing::info!(campaign = %name, api = %api, "Rollout changed since the campaign planned its start; planning again next tick.");
             }
             Err(error) => {
                 tracing::warn!(campaign = %name, api = %api, %error, "Could not start a campaign's rollout; trying again next tick.");
