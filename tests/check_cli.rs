@@ -430,3 +430,31 @@ fn campaign_files_are_checked_against_the_policies_and_located() {
         );
     }
 }
+
+#[test]
+fn checking_some_policies_validates_campaign_files_without_resolving_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    std::fs::create_dir_all(dir.path().join("policies")).unwrap();
+    std::fs::create_dir_all(dir.path().join("campaigns")).unwrap();
+    let shop = dir.path().join("policies/shop.toml");
+    std::fs::write(&shop, edit("alerts =", "auto_start = false\nalerts =")).unwrap();
+    // No `cart` among the policies checked: with paths given, that is not an error.
+    let campaign = dir.path().join("campaigns/move.toml");
+    std::fs::write(&campaign, "name = \"move\"\napis = [\"shop\", \"cart\"]\n").unwrap();
+    let out = greenlight(Some(&config), &[&shop]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // A mistake in the file itself is still reported.
+    std::fs::write(
+        &campaign,
+        "name = \"move\"\nmax_concurrent = 0\napis = [\"shop\"]\n",
+    )
+    .unwrap();
+    let out = greenlight(Some(&config), &[&shop]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!("{}:2:18: max_concurrent", campaign.display())),
+        "{stderr}"
+    );
+}

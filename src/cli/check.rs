@@ -22,6 +22,8 @@ pub fn run(config: Option<&Path>, args: CheckArgs) -> i32 {
     let mut errors: Vec<PolicyError> = Vec::new();
     let mut campaigns_dir = None;
     let mut channels = None;
+    // Paths given name only some policies: campaign files are then validated but not resolved.
+    let explicit = !args.paths.is_empty();
     let (report, paths) = match config.map(Config::load) {
         // A config that does not load names no policies directory: check only the paths given,
         // never a default `./policies` the config may not mean.
@@ -45,7 +47,9 @@ pub fn run(config: Option<&Path>, args: CheckArgs) -> i32 {
             (config.load_policy_paths(&paths), paths)
         }
         None => {
-            campaigns_dir = Some(Config::default().campaigns_dir);
+            // Like the default policies directory, the default campaigns directory is checked
+            // only when no path is given.
+            campaigns_dir = (!explicit).then(|| Config::default().campaigns_dir);
             let paths = if args.paths.is_empty() {
                 vec![Config::default().policies_dir]
             } else {
@@ -58,8 +62,9 @@ pub fn run(config: Option<&Path>, args: CheckArgs) -> i32 {
     // Campaign files, resolved against the policies just loaded (an unknown API, an empty
     // wave, an API that starts on its own are errors).
     let policies: Vec<&crate::policy::Policy> = report.policies.iter().collect();
+    let resolve = (!explicit).then_some(policies.as_slice());
     let campaigns = campaigns_dir
-        .map(|dir| load_campaigns(&dir, channels.as_deref(), Some(&policies)))
+        .map(|dir| load_campaigns(&dir, channels.as_deref(), resolve))
         .unwrap_or_default();
     errors.extend(campaigns.errors);
     if report.policies.is_empty() && errors.is_empty() {
