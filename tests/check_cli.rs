@@ -458,3 +458,31 @@ fn checking_some_policies_validates_campaign_files_without_resolving_them() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_duplicate_campaign_name_is_reported_where_the_second_file_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    std::fs::create_dir_all(dir.path().join("policies")).unwrap();
+    std::fs::create_dir_all(dir.path().join("campaigns")).unwrap();
+    std::fs::write(
+        dir.path().join("policies/shop.toml"),
+        edit("alerts =", "auto_start = false\nalerts ="),
+    )
+    .unwrap();
+    let first = dir.path().join("campaigns/a.toml");
+    let second = dir.path().join("campaigns/b.toml");
+    std::fs::write(&first, "name = \"move\"\napis = [\"shop\"]\n").unwrap();
+    std::fs::write(&second, "# again\nname = \"move\"\napis = [\"shop\"]\n").unwrap();
+    let out = greenlight(Some(&config), &[]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(
+        stderr,
+        format!(
+            "{}:2:8: campaign \"move\" is already defined in {}; campaign names must be unique\n",
+            second.display(),
+            first.display()
+        )
+    );
+}

@@ -58,6 +58,8 @@ pub struct Wave {
 pub struct Campaign {
     /// Unique across campaign files; part of Consul keys, alerts and metric labels.
     pub name: String,
+    /// Where `name` is written.
+    pub name_at: Loc,
     pub source: Option<PathBuf>,
     /// Most rollouts running at once across the campaign. Default 1.
     pub max_concurrent: usize,
@@ -332,6 +334,7 @@ impl RawCampaign {
         }
         Campaign {
             name,
+            name_at: loc(errors, self.name.span()),
             source: Some(file.to_path_buf()),
             max_concurrent,
             on_rollback,
@@ -481,8 +484,8 @@ pub fn load_campaigns(
         if let Some(first) = seen.get(&campaign.name) {
             report.errors.push(PolicyError {
                 file: file.clone(),
-                line: 0,
-                col: 0,
+                line: campaign.name_at.line,
+                col: campaign.name_at.col,
                 message: format!(
                     "campaign {} is already defined in {}; campaign names must be unique",
                     shown(&campaign.name),
@@ -491,13 +494,13 @@ pub fn load_campaigns(
             });
             continue;
         }
+        seen.insert(campaign.name.clone(), file);
         if let Some(policies) = policies {
             if let Err(errors) = campaign.resolve(policies.iter().copied()) {
                 report.errors.extend(errors);
                 continue;
             }
         }
-        seen.insert(campaign.name.clone(), file);
         report.campaigns.push(campaign);
     }
     report
