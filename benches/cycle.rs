@@ -1,6 +1,8 @@
 //! Benchmark of one daemon evaluation cycle: `greenlight run --once` over 1,000 policies against a
 //! real VictoriaMetrics and the Consul double; wall time, CPU time and peak RSS of the daemon
-//! process, and the PromQL queries and Consul requests it made.
+//! process, and the PromQL queries and Consul requests it made. Then the lower bound, in the
+//! same run: one more cycle through a recording proxy, whose queries a tight client sends again
+//! at the same concurrency (`cycle/lower_bound.rs`).
 //!
 //! Knobs (environment): `GREENLIGHT_BENCH_APIS` (default 1000), `GREENLIGHT_BENCH_STEADY` (steady
 //! cycles at the default concurrency, default 3), `GREENLIGHT_BENCH_CONCURRENCY` (extra
@@ -10,6 +12,9 @@
 
 #[path = "../tests/support/mod.rs"]
 mod support;
+
+#[path = "cycle/lower_bound.rs"]
+mod lower_bound;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -482,7 +487,7 @@ fn wait_for_window_after(last: Option<i64>) {
     }
 }
 
-fn write_config(dir: &Path, name: &str, vm: &Victoria, consul: &ConsulDouble, c: Option<usize>) {
+fn write_config(dir: &Path, name: &str, metrics: &str, consul: &ConsulDouble, c: Option<usize>) {
     let concurrency = c.map_or(String::new(), |c| format!("max_concurrency = {c}\n"));
     let text = format!(
         r#"policies_dir = "policies"
@@ -500,7 +505,7 @@ url = "{consul}"
 nodes = []
 "#,
         port = support::free_port(),
-        vm = vm.url(),
+        vm = metrics,
         consul = consul.url(),
     );
     std::fs::write(dir.join(name), text).expect("write config");
@@ -577,7 +582,7 @@ fn main() {
         consul.put(&format!("haproxy/{api}/weights/blue"), b"100");
         consul.put(&format!("haproxy/{api}/weights/green"), b"0");
     }
-    write_config(dir.path(), "default.toml", &vm, &consul, None);
+    write_config(dir.path(), "default.toml", &vm.url(), &consul, None);
 
     let mut plan: Vec<(String, String, usize)> = vec![(
         "1 (creates states)".into(),
@@ -593,7 +598,7 @@ fn main() {
     }
     for c in &extra {
         let name = format!("c{c}.toml");
-        write_config(dir.path(), &name, &vm, &consul, Some(*c));
+        write_config(dir.path(), &name, &vm.url(), &consul, Some(*c));
         for k in 0..2 {
             plan.push((format!("c{c}-{} (steady)", k + 1), name.clone(), *c));
         }
@@ -624,8 +629,53 @@ fn main() {
         cycles.push(cycle);
     }
 
+    // The lower bound: one more cycle through a recording proxy (not timed), then its queries
+    // again from a tight client at the default concurrency.
+    let recorder = lower_bound::Recorder::start(&vm.url());
+    write_config(dir.path(), "recorded.toml", &recorder.url, &consul, None);
+    wait_for_window_after(last_end);
+    let recorded_cycle = run_once(
+        dir.path(),
+        &dir.path().join("recorded.toml"),
+        "recorded",
+        DEFAULT_CONCURRENCY,
+        &vm,
+        &consul,
+    );
+    let recorded = recorder.take();
+    let vm_before = proc_cpu(vm.proc.pid());
+    let bound = lower_bound::replay(&vm.url(), &recorded, DEFAULT_CONCURRENCY);
+    vm_queries(&vm);
+    let bound_vm_cpu = proc_cpu(vm.proc.pid()).saturating_sub(vm_before);
+    let mut steady_eval: Vec<f64> = cycles
+        .iter()
+        .filter(|c| c.label.ends_with("(steady)") && c.concurrency == DEFAULT_CONCURRENCY)
+        .filter_map(|c| c.evaluation.map(|e| e.as_secs_f64()))
+        .collect();
+    steady_eval.sort_by(f64::total_cmp);
+    let median_eval = steady_eval.get(steady_eval.len() / 2).copied();
+    let bound_line = format!(
+        "Lower bound, measured in the same run: the {queries} PromQL requests of one steady cycle \
+         ({apis_seen} APIs, recorded by a pass-through proxy in a cycle of its own, {exit}) sent \
+         again by a tight client, {DEFAULT_CONCURRENCY} APIs at once and every request of an API \
+         at once: {wall} s wall, {vm_cpu} s of VictoriaMetrics CPU, {failed} failed. Median steady \
+         evaluation at the default concurrency: {median} s, {ratio} the bound.",
+        queries = bound.queries,
+        apis_seen = bound.apis,
+        exit = recorded_cycle.exit,
+        wall = secs(bound.wall),
+        vm_cpu = secs(bound_vm_cpu),
+        failed = bound.failed,
+        median = median_eval.map_or("?".into(), |m| format!("{m:.2}")),
+        ratio = median_eval.map_or("?".into(), |m| format!(
+            "{:.2}×",
+            m / bound.wall.as_secs_f64().max(1e-9)
+        )),
+    );
+    eprintln!("{bound_line}");
+
     let table = table(&cycles);
-    println!("\n{table}");
+    println!("\n{table}\n{bound_line}");
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
@@ -649,7 +699,7 @@ fn main() {
          their CPU columns together bound the wall time; `load before` is the 1-minute load \
          average as the cycle started (other work on the machine).\n\n\
          Targets: wall < 5 s at the default concurrency ({DEFAULT_CONCURRENCY}), RSS < 64 MiB.\n\n\
-         {table}",
+         {table}\n{bound_line}\n",
         date = Timestamp::now().strftime("%Y-%m-%d %H:%M UTC"),
         cores = std::thread::available_parallelism().map_or(0, |n| n.get()),
         series = apis * 2 * (2 + BUCKETS.len()),

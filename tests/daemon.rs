@@ -90,6 +90,12 @@ fn healthy_green_advances_through_every_step_and_is_promoted() {
     assert!(state["last_decision"]["action"] == "promote", "{state}");
     let raw = r.stack.consul.value(support::stack::STATE_KEY).unwrap();
     assert!(!String::from_utf8_lossy(&raw).contains("\"history\""));
+    // So does `status API --json`.
+    let shown = r
+        .stack
+        .greenlight(&r.cfg, &["status", "checkout", "--json"], &[]);
+    let views: serde_json::Value = serde_json::from_str(&shown.stdout).unwrap();
+    assert_eq!(views[0]["history"], state["history"], "{}", shown.stderr);
     // SIGTERM: a clean exit.
     let status = r
         .daemon

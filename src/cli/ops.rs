@@ -570,7 +570,10 @@ mod tests {
             "{errors}"
         );
         let latency = text.lines().find(|l| l.contains("latency@0.25")).unwrap();
-        assert!(latency.contains("for green E = 7.23e86"), "{latency}");
+        assert!(
+            latency.contains("for green at this step E = 7.23e86"),
+            "{latency}"
+        );
         for line in text.lines() {
             assert!(line.chars().count() < 130, "{line}");
             assert!(!line.contains("inf"), "{line}");

@@ -256,12 +256,19 @@ impl Checker {
                         ),
                     ));
                 }
+                // The rollback evidence runs over the whole rollout; the advance evidence over
+                // the current step (it restarts when a step is entered, by design).
                 for (a, b) in prev.streams.iter().zip(&state.streams) {
-                    if a.id == b.id && b.advance.intervals < a.advance.intervals {
+                    if a.id != b.id {
+                        continue;
+                    }
+                    let (before, after) = (rollout_windows(a), rollout_windows(b));
+                    let same_step = a.advance_step.is_some() && a.advance_step == b.advance_step;
+                    if after < before || (same_step && b.advance.intervals < a.advance.intervals) {
                         return Err((
                             "evidence is never reset by a crash or failover",
                             format!(
-                                "{}: {} counted windows, then {}",
+                                "{}: {before} counted windows ({} at the step), then {after} ({})",
                                 a.id, a.advance.intervals, b.advance.intervals
                             ),
                         ));
@@ -277,12 +284,14 @@ impl Checker {
         if let Some((_, first_step)) = self.rollout {
             let windows = (w.step - first_step) as i64;
             for s in &state.streams {
-                if s.advance.intervals as i64 > windows + 1 {
+                if rollout_windows(s) as i64 > windows + 1 {
                     return Err((
                         "no window is counted twice",
                         format!(
                             "{}: {} windows counted in {} intervals",
-                            s.id, s.advance.intervals, windows
+                            s.id,
+                            rollout_windows(s),
+                            windows
                         ),
                     ));
                 }
@@ -292,4 +301,14 @@ impl Checker {
         self.last = Some(state);
         Ok(())
     }
+}
+
+/// Windows a stream counted since the rollout began: those of its rollback evidence's first
+/// component, which runs over the whole rollout (the advance evidence restarts at each step).
+fn rollout_windows(s: &crate::engine::Stream) -> u64 {
+    s.rollback
+        .started
+        .first()
+        .and_then(Option::as_ref)
+        .map_or(0, |c| c.intervals)
 }
