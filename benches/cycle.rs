@@ -704,7 +704,13 @@ fn main() {
         cores = std::thread::available_parallelism().map_or(0, |n| n.get()),
         series = apis * 2 * (2 + BUCKETS.len()),
     );
-    let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bench/results/cycle.md");
+    // The default size keeps its file; other sizes get their own.
+    let name = if apis == 1000 {
+        "cycle.md".to_string()
+    } else {
+        format!("cycle-{apis}.md")
+    };
+    let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bench/results").join(name);
     std::fs::create_dir_all(out.parent().expect("parent")).expect("results dir");
     std::fs::write(&out, report).expect("write results");
     eprintln!("Wrote {}.", out.display());
