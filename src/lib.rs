@@ -8,6 +8,7 @@
 //!   classification; produces an [`engine::Observation`] per interval.
 //! - [`stats`]: anytime-valid e-processes and fixed-horizon tests; pure numeric code.
 //! - [`engine`]: the per-API rollout state machine and the pure [`engine::decide`] function.
+//! - [`campaign`]: migration campaigns (APIs in waves with concurrency caps) and their pure plan.
 //! - [`consul`]: Consul HTTP client (KV, txn, sessions, locks, blocking queries).
 //! - [`traffic`]: weight actuators (Consul KV with CAS, HAProxy Runtime API) with read-back;
 //!   sticky mode's share maps and salt.
@@ -55,6 +56,7 @@
 
 pub mod alert;
 pub mod audit;
+pub mod campaign;
 pub mod cli;
 pub mod consul;
 pub mod daemon;

@@ -374,3 +374,115 @@ fn missing_named_secret_and_weight_keys_in_the_state_prefix_fail_check() {
     );
     assert!(lines[2].contains("Consul key for green"), "{stderr}");
 }
+
+#[test]
+fn campaign_files_are_checked_against_the_policies_and_located() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    std::fs::create_dir_all(dir.path().join("policies")).unwrap();
+    std::fs::create_dir_all(dir.path().join("campaigns")).unwrap();
+    std::fs::write(
+        dir.path().join("policies/shop.toml"),
+        edit("alerts =", "auto_start = false\nalerts ="),
+    )
+    .unwrap();
+    let campaign = |name: &str, text: &str| {
+        let path = dir.path().join(format!("campaigns/{name}.toml"));
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let good = campaign(
+        "good",
+        "name = \"move\"\nalerts = [\"oncall\"]\napis = [\"shop\"]\n",
+    );
+    let out = greenlight(Some(&config), &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "ok: 1 policy (shop)\nok: 1 campaign (move)\n"
+    );
+
+    std::fs::remove_file(good).unwrap();
+    let bad = campaign(
+        "bad",
+        "name = \"move\"\nmax_concurrent = 0\nalerts = [\"pager\"]\napis = [\"shop\"]\n",
+    );
+    let unknown = campaign(
+        "unknown",
+        "name = \"other\"\n\n\napis = [\"shop\", \"cart\"]\n",
+    );
+    let out = greenlight(Some(&config), &[]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 3, "{stderr}");
+    for (line, want) in lines.iter().zip([
+        format!("{}:2:18: max_concurrent must be between 1", bad.display()),
+        format!("{}:3:11: unknown alert channel \"pager\"", bad.display()),
+        format!(
+            "{}:4:17: unknown API \"cart\": no policy has this api",
+            unknown.display()
+        ),
+    ]) {
+        assert!(
+            line.starts_with(&want),
+            "{line:?} does not start with {want:?}"
+        );
+    }
+}
+
+#[test]
+fn checking_some_policies_validates_campaign_files_without_resolving_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    std::fs::create_dir_all(dir.path().join("policies")).unwrap();
+    std::fs::create_dir_all(dir.path().join("campaigns")).unwrap();
+    let shop = dir.path().join("policies/shop.toml");
+    std::fs::write(&shop, edit("alerts =", "auto_start = false\nalerts =")).unwrap();
+    // No `cart` among the policies checked: with paths given, that is not an error.
+    let campaign = dir.path().join("campaigns/move.toml");
+    std::fs::write(&campaign, "name = \"move\"\napis = [\"shop\", \"cart\"]\n").unwrap();
+    let out = greenlight(Some(&config), &[&shop]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // A mistake in the file itself is still reported.
+    std::fs::write(
+        &campaign,
+        "name = \"move\"\nmax_concurrent = 0\napis = [\"shop\"]\n",
+    )
+    .unwrap();
+    let out = greenlight(Some(&config), &[&shop]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!("{}:2:18: max_concurrent", campaign.display())),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_duplicate_campaign_name_is_reported_where_the_second_file_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    std::fs::create_dir_all(dir.path().join("policies")).unwrap();
+    std::fs::create_dir_all(dir.path().join("campaigns")).unwrap();
+    std::fs::write(
+        dir.path().join("policies/shop.toml"),
+        edit("alerts =", "auto_start = false\nalerts ="),
+    )
+    .unwrap();
+    let first = dir.path().join("campaigns/a.toml");
+    let second = dir.path().join("campaigns/b.toml");
+    std::fs::write(&first, "name = \"move\"\napis = [\"shop\"]\n").unwrap();
+    std::fs::write(&second, "# again\nname = \"move\"\napis = [\"shop\"]\n").unwrap();
+    let out = greenlight(Some(&config), &[]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(
+        stderr,
+        format!(
+            "{}:2:8: campaign \"move\" is already defined in {}; campaign names must be unique\n",
+            second.display(),
+            first.display()
+        )
+    );
+}

@@ -32,11 +32,14 @@ pub enum EventKind {
     ApprovalNeeded,
     /// A human acted on the rollout (start, pause, approve…); sent only where routed.
     Audit,
+    /// A migration campaign started, finished a wave, stopped or finished (its `event` field
+    /// says which); sent to the campaign's own channels.
+    Campaign,
 }
 
 impl EventKind {
     /// Every kind, in declaration order.
-    pub const ALL: [EventKind; 11] = [
+    pub const ALL: [EventKind; 12] = [
         EventKind::Rollback,
         EventKind::ManualOverride,
         EventKind::Paused,
@@ -48,6 +51,7 @@ impl EventKind {
         EventKind::TrafficSplitMismatch,
         EventKind::ApprovalNeeded,
         EventKind::Audit,
+        EventKind::Campaign,
     ];
 
     /// The severity an event of this kind carries.
@@ -61,7 +65,7 @@ impl EventKind {
             | EventKind::Stuck
             | EventKind::InternalError
             | EventKind::ApprovalNeeded => Severity::Warning,
-            EventKind::Promoted | EventKind::Audit => Severity::Info,
+            EventKind::Promoted | EventKind::Audit | EventKind::Campaign => Severity::Info,
         }
     }
 
@@ -79,6 +83,7 @@ impl EventKind {
             EventKind::TrafficSplitMismatch => "traffic_split_mismatch",
             EventKind::ApprovalNeeded => "approval_needed",
             EventKind::Audit => "audit",
+            EventKind::Campaign => "campaign",
         }
     }
 
@@ -96,6 +101,7 @@ impl EventKind {
             EventKind::TrafficSplitMismatch => "GreenlightTrafficSplitMismatch",
             EventKind::ApprovalNeeded => "GreenlightApprovalNeeded",
             EventKind::Audit => "GreenlightAudit",
+            EventKind::Campaign => "GreenlightCampaign",
         }
     }
 }

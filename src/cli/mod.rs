@@ -3,6 +3,7 @@
 mod act;
 mod breakglass;
 mod calibrate;
+mod campaign;
 mod check;
 mod haproxy_config;
 mod ops;
@@ -71,6 +72,8 @@ pub enum Command {
     Calibrate(calibrate::CalibrateArgs),
     /// Print the HAProxy rules (and with --maps write the map files) of sticky-mode policies.
     HaproxyConfig(haproxy_config::HaproxyConfigArgs),
+    /// Migration campaigns: `status|start|pause|resume|stop NAME`.
+    Campaign(campaign::CampaignArgs),
 }
 
 /// Runs the parsed command; returns the process exit code.
@@ -113,6 +116,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Replay(args) => replay::run(cli.config.as_deref(), args),
         Command::Calibrate(args) => calibrate::run(cli.config.as_deref(), args),
         Command::HaproxyConfig(args) => haproxy_config::run(args),
+        Command::Campaign(args) => campaign::run(cli.config.as_deref(), actor, args),
     }
 }
 

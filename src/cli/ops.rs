@@ -209,16 +209,25 @@ pub fn status(config: Option<&Path>, args: StatusArgs) -> i32 {
     let written = if args.json {
         print_json(&mut out, &shown)
     } else {
-        shown.iter().try_for_each(|s| match s {
-            Shown::View(v) => print_view(&mut out, v),
-            Shown::Undecodable {
-                api,
-                key,
-                index,
-                reason,
-                kept_at,
-            } => print_undecodable(&mut out, api, key, *index, reason, kept_at),
-        })
+        let campaigns = crate::daemon::CampaignStore::new(store.client().clone(), store.prefix());
+        let lines = if args.api.is_none() {
+            super::campaign::status_lines(&config, &policies, &runtime, &campaigns)
+        } else {
+            Vec::new()
+        };
+        shown
+            .iter()
+            .try_for_each(|s| match s {
+                Shown::View(v) => print_view(&mut out, v),
+                Shown::Undecodable {
+                    api,
+                    key,
+                    index,
+                    reason,
+                    kept_at,
+                } => print_undecodable(&mut out, api, key, *index, reason, kept_at),
+            })
+            .and_then(|()| lines.iter().try_for_each(|l| writeln!(out, "{l}")))
     };
     finish_output(written.and_then(|()| out.flush()))
 }

@@ -9,6 +9,8 @@
 //! state (and re-decides the same window) or the marked one (and finishes the change).
 
 mod alerts;
+pub mod campaign_store;
+mod campaigns;
 pub mod console;
 pub mod env;
 pub mod health;
@@ -21,6 +23,7 @@ pub mod store;
 
 use std::time::Duration;
 
+pub use campaign_store::CampaignStore;
 pub use status::LiveStatus;
 pub use store::{Saved, StateStore, StoreError};
 

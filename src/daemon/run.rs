@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use jiff::Timestamp;
 use tokio::sync::{watch, Semaphore};
 
+use super::campaigns::{look_all, LoadedCampaign};
 use super::env::{AlertIo, Clock};
 use super::health::Probe;
 use super::shell::{EvalError, Shell};
@@ -28,6 +29,10 @@ struct Policies {
     errors: usize,
     /// (number of policy files, newest modification time) when last loaded.
     stamp: Option<(usize, Option<std::time::SystemTime>)>,
+    /// The campaigns that resolve against the loaded policies.
+    campaigns: Vec<LoadedCampaign>,
+    /// The campaigns directory's stamp when last loaded.
+    campaign_stamp: Option<(usize, Option<std::time::SystemTime>)>,
 }
 
 impl Policies {
@@ -68,8 +73,40 @@ impl Policies {
         telemetry.policies(self.by_api.len(), self.errors);
         status.set_policies(self.by_api.len(), self.errors);
         status.set_loaded(self.by_api.values().cloned().collect());
+        self.reload_campaigns(config, status);
+    }
+
+    /// Loads the campaign files against the loaded policies; a campaign file that is broken or
+    /// does not resolve is not run (its state waits in Consul) until it is fixed.
+    fn reload_campaigns(&mut self, config: &Config, status: &LiveStatus) {
+        self.campaign_stamp = dir_stamp(&config.campaigns_dir);
+        let policies: Vec<&Policy> = self.by_api.values().map(|p| p.as_ref()).collect();
+        let report = config.load_campaigns(&policies);
+        for e in &report.errors {
+            tracing::error!(error = %e, "Campaign file rejected; the campaign is not run until it is fixed.");
+        }
+        self.campaigns = report
+            .campaigns
+            .into_iter()
+            .filter_map(|c| {
+                let waves = c.resolve(policies.iter().copied()).ok()?;
+                Some(LoadedCampaign {
+                    campaign: Arc::new(c),
+                    waves,
+                })
+            })
+            .collect();
+        let names: Vec<String> = self
+            .campaigns
+            .iter()
+            .map(|c| c.campaign.name.clone())
+            .collect();
+        status.retain_campaigns(&names);
     }
 }
+
+/// How long one look at every campaign may take before the loop goes on without it.
+const CAMPAIGN_LOOK_BOUND: Duration = Duration::from_secs(10);
 
 /// Runs the daemon until `shutdown` completes (or once, with `opts.once`).
 pub async fn run(
@@ -184,6 +221,7 @@ pub async fn run(
         let mut tick = tokio::time::interval(opts.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.reset();
+        look_all(&shell, &fence, &policies.campaigns, &policies.by_api).await;
         let outcome = loop {
             if !lock.is_held() {
                 break Ok(());
@@ -220,11 +258,22 @@ pub async fn run(
                     policies.reload(&config, &shell.telemetry, &shell.status);
                 }
                 _ = tick.tick() => {
-                    flush_alerts(&shell, &fence).await;
-                    shell.telemetry.outbox_depth(shell.env.outbox_depth());
                     if dir_stamp(&config.policies_dir) != policies.stamp {
                         policies.reload(&config, &shell.telemetry, &shell.status);
+                    } else if dir_stamp(&config.campaigns_dir) != policies.campaign_stamp {
+                        policies.reload_campaigns(&config, &shell.status);
                     }
+                    if tokio::time::timeout(
+                        CAMPAIGN_LOOK_BOUND,
+                        look_all(&shell, &fence, &policies.campaigns, &policies.by_api),
+                    )
+                    .await
+                    .is_err()
+                    {
+                        tracing::warn!("Looking at the campaigns did not finish in time; trying again next tick.");
+                    }
+                    flush_alerts(&shell, &fence).await;
+                    shell.telemetry.outbox_depth(shell.env.outbox_depth());
                 }
             }
         };

@@ -8,11 +8,12 @@ use std::time::{Duration, Instant};
 use super::health::{self, Assessment, Probe, Role};
 use crate::engine::RolloutState;
 use crate::policy::Policy;
-use crate::server::{RolloutView, StatusSource};
+use crate::server::{CampaignView, RolloutView, StatusSource};
 
 #[derive(Debug)]
 struct Inner {
     views: BTreeMap<String, RolloutView>,
+    campaigns: BTreeMap<String, CampaignView>,
     loaded: Vec<Arc<Policy>>,
     policies: usize,
     policy_errors: usize,
@@ -44,6 +45,7 @@ impl LiveStatus {
         LiveStatus {
             inner: Mutex::new(Inner {
                 views: BTreeMap::new(),
+                campaigns: BTreeMap::new(),
                 loaded: Vec::new(),
                 policies: 0,
                 policy_errors: 0,
@@ -77,6 +79,16 @@ impl LiveStatus {
             }
             i.loaded = policies;
         });
+    }
+
+    /// The campaign `view` as last planned.
+    pub fn set_campaign(&self, view: CampaignView) {
+        self.with(|i| i.campaigns.insert(view.name.clone(), view));
+    }
+
+    /// Keeps only the campaigns named in `names` (the others' files are gone).
+    pub fn retain_campaigns(&self, names: &[String]) {
+        self.with(|i| i.campaigns.retain(|n, _| names.contains(n)));
     }
 
     /// Drops the API of a removed policy.
@@ -156,6 +168,10 @@ impl StatusSource for LiveStatus {
 
     fn policies(&self) -> Vec<Arc<Policy>> {
         self.with(|i| i.loaded.clone())
+    }
+
+    fn campaigns(&self) -> Vec<CampaignView> {
+        self.with(|i| i.campaigns.values().cloned().collect())
     }
 
     fn ready(&self) -> Result<(), String> {

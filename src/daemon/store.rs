@@ -243,43 +243,19 @@ impl StateStore {
         fence: Option<&Fence>,
         extra: Vec<TxnOp>,
     ) -> Result<u64, StoreError> {
-        let key = self.key(&state.api);
         let body = encode(state)?;
-        let history = history_ops(&self.prefix, state)?;
-        let mut ops = Vec::with_capacity(2 + history.len() + extra.len());
-        if let Some(f) = fence {
-            ops.push(f.check());
-        }
-        let state_op = ops.len();
-        ops.push(TxnOp::cas(&key, &body, index));
-        ops.extend(history);
+        let mut ops = history_ops(&self.prefix, state)?;
         ops.extend(extra);
-        match self.client.txn(&ops).await {
-            Ok(results) => Ok(results
-                .entries
-                .iter()
-                .find(|e| e.key == key)
-                .map(|e| e.modify_index)
-                .unwrap_or(index)),
-            Err(ConsulError::TxnRolledBack(errors)) => {
-                if fence.is_some_and(|f| f.lost_in(&errors, 0)) {
-                    Err(StoreError::LockLost {
-                        api: state.api.clone(),
-                    })
-                } else if errors
-                    .iter()
-                    .all(|(i, what)| *i == state_op && is_stale_index(what))
-                {
-                    Err(StoreError::Conflict {
-                        api: state.api.clone(),
-                    })
-                } else {
-                    // Neither a lost lock nor a race: keep Consul's own reasons.
-                    Err(StoreError::Consul(ConsulError::TxnRolledBack(errors)))
-                }
-            }
-            Err(e) => Err(e.into()),
-        }
+        cas_txn(
+            &self.client,
+            &self.key(&state.api),
+            &body,
+            index,
+            fence,
+            ops,
+            &state.api,
+        )
+        .await
     }
 
     /// Where the undecodable bytes of `api`'s state at ModifyIndex `index` are kept by
@@ -340,6 +316,54 @@ impl StateStore {
             .get(&self.key(api))
             .await?
             .map(|e| (e.value, e.modify_index)))
+    }
+}
+
+/// Writes `body` at `key` if its ModifyIndex is still `index` (0: absent), fenced by the lock
+/// when given, with `extra` operations in the same transaction. Returns the new ModifyIndex.
+/// `name` (an API or a campaign) names what was written in errors: [`StoreError::LockLost`]
+/// when the fence failed, [`StoreError::Conflict`] when only the compare-and-set did.
+pub(crate) async fn cas_txn(
+    client: &ConsulClient,
+    key: &str,
+    body: &[u8],
+    index: u64,
+    fence: Option<&Fence>,
+    extra: Vec<TxnOp>,
+    name: &str,
+) -> Result<u64, StoreError> {
+    let mut ops = Vec::with_capacity(2 + extra.len());
+    if let Some(f) = fence {
+        ops.push(f.check());
+    }
+    let state_op = ops.len();
+    ops.push(TxnOp::cas(key, body, index));
+    ops.extend(extra);
+    match client.txn(&ops).await {
+        Ok(results) => Ok(results
+            .entries
+            .iter()
+            .find(|e| e.key == key)
+            .map(|e| e.modify_index)
+            .unwrap_or(index)),
+        Err(ConsulError::TxnRolledBack(errors)) => {
+            if fence.is_some_and(|f| f.lost_in(&errors, 0)) {
+                Err(StoreError::LockLost {
+                    api: name.to_string(),
+                })
+            } else if errors
+                .iter()
+                .all(|(i, what)| *i == state_op && is_stale_index(what))
+            {
+                Err(StoreError::Conflict {
+                    api: name.to_string(),
+                })
+            } else {
+                // Neither a lost lock nor a race: keep Consul's own reasons.
+                Err(StoreError::Consul(ConsulError::TxnRolledBack(errors)))
+            }
+        }
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -87,6 +87,7 @@ pub(crate) fn policy() -> Policy {
         data_quality: Default::default(),
         access: Default::default(),
         approval: Default::default(),
+        labels: Default::default(),
     }
 }
 

@@ -31,6 +31,8 @@ use super::{load_paths_in, LoadReport, PolicyContext, PolicyError};
 pub struct Config {
     /// Directory of per-API policy files (`*.toml`). Default `policies`.
     pub policies_dir: PathBuf,
+    /// Directory of campaign files (`*.toml`). Default `campaigns`; absent: no campaigns.
+    pub campaigns_dir: PathBuf,
     /// Address of the progressor's own HTTP server. Default `127.0.0.1:8457`.
     pub listen: SocketAddr,
     /// Local state, e.g. the durable alert outbox. Default `/var/lib/greenlight`.
@@ -218,6 +220,13 @@ impl Config {
         )
     }
 
+    /// Loads the campaigns directory, checking alert channels against this config and resolving
+    /// each campaign against `policies`.
+    pub fn load_campaigns(&self, policies: &[&super::Policy]) -> super::CampaignReport {
+        let channels = self.channel_names();
+        super::load_campaigns(&self.campaigns_dir, Some(&channels), Some(policies))
+    }
+
     /// Names of the declared alert channels, in file order.
     pub fn channel_names(&self) -> Vec<String> {
         self.alerts.iter().map(|a| a.name.clone()).collect()
@@ -250,6 +259,7 @@ impl RawConfig {
         );
         for (field, dir) in [
             ("policies_dir", &self.policies_dir),
+            ("campaigns_dir", &self.campaigns_dir),
             ("state_dir", &self.state_dir),
         ] {
             if dir.get_ref().is_empty() {
@@ -363,6 +373,7 @@ impl RawConfig {
 
         Some(Config {
             policies_dir: resolve_path(base, self.policies_dir.get_ref()),
+            campaigns_dir: resolve_path(base, self.campaigns_dir.get_ref()),
             listen: listen?,
             state_dir: resolve_path(base, self.state_dir.get_ref()),
             metrics: metrics?,

@@ -16,6 +16,10 @@ pub(super) struct RawConfig {
     /// Directory of policy files, relative to this file. Default `"policies"`.
     #[serde(default = "default_policies_dir")]
     pub(super) policies_dir: Spanned<String>,
+    /// Directory of campaign files, relative to this file. Default `"campaigns"`; a directory
+    /// that does not exist holds no campaigns.
+    #[serde(default = "default_campaigns_dir")]
+    pub(super) campaigns_dir: Spanned<String>,
     /// HTTP listen address. Default `"127.0.0.1:8457"`.
     #[serde(default = "default_listen")]
     pub(super) listen: Spanned<String>,
@@ -48,6 +52,9 @@ pub(super) struct RawConfig {
 
 pub(super) fn default_policies_dir() -> Spanned<String> {
     unspanned("policies".into())
+}
+pub(super) fn default_campaigns_dir() -> Spanned<String> {
+    unspanned("campaigns".into())
 }
 pub(super) fn default_listen() -> Spanned<String> {
     unspanned("127.0.0.1:8457".into())

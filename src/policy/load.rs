@@ -119,7 +119,7 @@ pub fn load_paths_in(paths: &[PathBuf], context: PolicyContext<'_>) -> LoadRepor
 }
 
 /// The `*.toml` files directly inside `dir`, sorted; hidden files (editor droppings) skipped.
-fn toml_files(dir: &Path) -> Result<Vec<PathBuf>, PolicyError> {
+pub(super) fn toml_files(dir: &Path) -> Result<Vec<PathBuf>, PolicyError> {
     let entries = std::fs::read_dir(dir)
         .map_err(|e| unlocated(dir, format!("cannot read directory: {e}")))?;
     let mut files = Vec::new();

@@ -5,6 +5,7 @@
 //! reported at once, each as `file:line:col: message` (see [`PolicyError`]).
 
 mod approval;
+pub mod campaign;
 mod checks;
 pub mod cohort;
 mod config;
@@ -13,6 +14,7 @@ mod config_fields;
 mod config_raw;
 #[cfg(test)]
 mod fixture;
+mod labels;
 pub mod limits;
 mod load;
 mod located;
@@ -30,6 +32,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+pub use campaign::{load_campaigns, Campaign, CampaignReport, OnRollback};
 pub use cohort::{Cohort, Side, Sides};
 pub use config::{
     AlertChannel, AlertChannelKind, Config, ConsulConfig, HaproxyConfig, HaproxyNode, MetricsAuth,
@@ -108,6 +111,8 @@ pub struct Policy {
     pub access: Access,
     /// Steps that wait for a human's approval (`approval_before`, …).
     pub approval: ApprovalPolicy,
+    /// `[labels]`: key → value pairs (e.g. `team = "payments"`), for campaigns to select by.
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// The console's permissions on one API, by group (deny by default: a group named nowhere sees

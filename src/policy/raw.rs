@@ -108,6 +108,10 @@ pub(super) struct RawPolicy {
     /// Refuse an approval from whoever started the rollout. Default false.
     #[serde(default)]
     pub(super) approver_must_differ: Option<bool>,
+    /// `[labels]`: free key → value pairs (team, tier…) that campaigns select APIs by.
+    /// Default: none.
+    #[serde(default)]
+    pub(super) labels: Option<super::labels::RawLabels>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]

@@ -217,6 +217,7 @@ impl RawPolicy {
                 approvers: validate_groups(&self.approvers, "approvers", errors),
             },
             approval,
+            labels: super::labels::validate_labels(self.labels.as_ref(), errors),
         })
     }
 
@@ -256,7 +257,7 @@ impl RawPolicy {
     }
 }
 
-fn is_api_name(s: &str) -> bool {
+pub(super) fn is_api_name(s: &str) -> bool {
     !s.is_empty()
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
@@ -576,7 +577,7 @@ fn parse_window(s: &str) -> Result<TimeWindow, String> {
     })
 }
 
-fn validate_schedule(
+pub(super) fn validate_schedule(
     raw: &Spanned<Table<RawSchedule>>,
     errors: &mut Errors<'_>,
 ) -> Option<Schedule> {
@@ -640,7 +641,7 @@ pub(super) fn validate_groups(
     names
 }
 
-fn validate_alerts(
+pub(super) fn validate_alerts(
     raw: &[Spanned<String>],
     channels: Option<&[String]>,
     errors: &mut Errors<'_>,

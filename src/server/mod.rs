@@ -6,6 +6,8 @@
 //! Status views are built from a policy and a rollout state only ([`RolloutView::from_state`]),
 //! never from the daemon configuration, so no credential can reach a response.
 
+mod campaign_metrics;
+pub mod campaign_view;
 pub mod console;
 pub mod logging;
 pub mod sticky_view;
@@ -26,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use crate::engine::{Action, DecisionRecord, Intent, Pair, Phase, RolloutState};
 use crate::policy::{Policy, Weights};
 
+pub use campaign_view::CampaignView;
 pub use console::Console;
 pub use logging::{init_logging, log_decision, LogInitError};
 pub use sticky_view::{sticky_view, StickyView, SubsetView};
@@ -54,6 +57,10 @@ pub trait StatusSource: Send + Sync + 'static {
     }
     /// The loaded policies (their `owners`, `viewers` and `approvers` decide who sees what).
     fn policies(&self) -> Vec<Arc<Policy>> {
+        Vec::new()
+    }
+    /// The campaigns, as the leader last planned them.
+    fn campaigns(&self) -> Vec<CampaignView> {
         Vec::new()
     }
 }
@@ -391,6 +398,8 @@ pub fn router_with(
             "/api/v1/rollouts/{api}/actions",
             post(console::act).layer(DefaultBodyLimit::max(console::MAX_BODY_BYTES)),
         )
+        .route("/api/v1/campaigns", get(console::campaigns))
+        .route("/campaigns", get(console::campaigns_html))
         .route("/", get(console::overview))
         .route("/apis/{api}", get(console::api_html))
         .route("/assets/{name}", get(console::asset))

@@ -192,6 +192,7 @@ pub struct Telemetry {
     shell_events: Family<EventLabels, Counter>,
     awaiting_approval: Family<ApiLabels, Gauge>,
     audit_entries: Family<ResultLabels, Counter>,
+    campaigns: super::campaign_metrics::CampaignMetrics,
     /// Evidence stream ids exported per API, to drop the series of vanished streams.
     streams: Mutex<BTreeMap<String, BTreeSet<String>>>,
 }
@@ -229,6 +230,7 @@ impl Telemetry {
             shell_events: Family::default(),
             awaiting_approval: Family::default(),
             audit_entries: Family::default(),
+            campaigns: Default::default(),
             streams: Mutex::new(BTreeMap::new()),
         };
         let mut r = Registry::default();
@@ -344,6 +346,7 @@ impl Telemetry {
              evaluation_panicked)",
             t.shell_events.clone(),
         );
+        t.campaigns.register(&mut r);
         Telemetry { registry: r, ..t }
     }
 
@@ -499,6 +502,16 @@ impl Telemetry {
         }
     }
 
+    /// Sets a campaign's status, wave and API counts.
+    pub fn campaign(&self, view: &super::CampaignView) {
+        self.campaigns.set(view);
+    }
+
+    /// Counts a rollout a campaign started.
+    pub fn campaign_started_api(&self, campaign: &str) {
+        self.campaigns.started(campaign);
+    }
+
     /// Sets the outcome of the last policy load: valid policies and errors found.
     pub fn policies(&self, loaded: usize, errors: usize) {
         self.policies_loaded
@@ -561,7 +574,7 @@ fn query_histogram() -> Histogram {
     Histogram::new(QUERY_BUCKETS)
 }
 
-fn counter_base(name: &'static str) -> &'static str {
+pub(super) fn counter_base(name: &'static str) -> &'static str {
     name.strip_suffix("_total").unwrap_or(name)
 }
 

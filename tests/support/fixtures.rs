@@ -35,6 +35,7 @@ pub fn policy(api: &str, target: TrafficTarget, steps: &[f64], checks: Vec<Check
         data_quality: Default::default(),
         access: Default::default(),
         approval: Default::default(),
+        labels: Default::default(),
     }
 }
 

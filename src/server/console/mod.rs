@@ -9,6 +9,7 @@
 
 mod actions;
 pub mod auth;
+mod campaigns;
 mod charts;
 mod pages;
 pub mod signin;
@@ -290,6 +291,38 @@ pub(super) async fn rollout(
         }
     }
     Json(v.view).into_response()
+}
+
+/// The campaigns as the leader last planned them, each with only the caller's visible APIs.
+fn visible_campaigns(app: &AppState, who: &Identity) -> Vec<super::CampaignView> {
+    let visible: std::collections::BTreeSet<String> = visible_summaries(app, who)
+        .into_iter()
+        .map(|v| v.view.api)
+        .collect();
+    app.status
+        .campaigns()
+        .iter()
+        .filter_map(|c| c.restricted(&visible))
+        .collect()
+}
+
+pub(super) async fn campaigns(
+    State(app): State<AppState>,
+    axum::Extension(who): axum::Extension<Identity>,
+) -> Json<Vec<super::CampaignView>> {
+    Json(visible_campaigns(&app, &who))
+}
+
+/// The read-only campaign panel.
+pub(super) async fn campaigns_html(
+    State(app): State<AppState>,
+    axum::Extension(who): axum::Extension<Identity>,
+    headers: HeaderMap,
+) -> Response {
+    let views = visible_campaigns(&app, &who);
+    let csrf = csrf_for(&app.console.auth, &who);
+    let body = campaigns::campaigns_page(&who, csrf.as_deref(), &views);
+    html(&headers, body, &who, &app.console.auth)
 }
 
 /// The audit trail of one API.

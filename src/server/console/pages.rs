@@ -211,7 +211,7 @@ pub fn overview_page(p: &Overview<'_>, rows: &[Visible], fragment: bool) -> Stri
         "Rollouts",
         Some(p.who),
         p.csrf.as_deref(),
-        &format!("<h1>Rollouts</h1>{filters}{live}"),
+        &format!(r#"<h1>Rollouts</h1><p><a href="/campaigns">Campaigns</a></p>{filters}{live}"#),
     )
 }
 
