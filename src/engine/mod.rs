@@ -3,6 +3,7 @@
 //! `decide(policy, state, observation, now)` is synchronous and free of I/O; the daemon,
 //! `simulate`, `replay` and the benchmarks all call this one function.
 
+pub mod breaker;
 mod decide;
 mod observation;
 mod state;

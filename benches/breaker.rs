@@ -1,0 +1,202 @@
+//! Cluster-breaker benchmark: N APIs roll onto one green cluster at once, each through the real
+//! daemon shell (`sim::night::ShellRollout`) in its own world (its own seed), with the same
+//! regression on every API. After every window the breaker's pooled evidence
+//! (`engine::breaker`) is computed from the stored states; the table compares when it trips with
+//! when the first single API rolls back, and how often it trips on healthy or acceptable
+//! clusters (its false-trip level is the policy's α).
+//!
+//! `cargo bench --bench breaker [-- --seeds N] [-- --apis N]` writes `bench/results/breaker.md`.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use greenlight::engine::breaker::{check, pooled, BreakerSettings, Trip};
+use greenlight::engine::Phase;
+use greenlight::policy::Policy;
+use greenlight::sim::night::ShellRollout;
+use greenlight::sim::{default_start, Scenario, World};
+use jiff::{SignedDuration, Timestamp};
+
+/// (name, scenario items, whether green is worse than its tolerance).
+const CASES: [(&str, &str, bool); 6] = [
+    ("healthy", "healthy", false),
+    ("acceptable: errors ×1.05", "errors=1.05x", false),
+    ("errors ×1.15", "errors=1.15x", true),
+    ("errors ×1.25", "errors=1.25x", true),
+    ("latency ×1.2", "latency=1.2x", true),
+    ("errors ×1.25, 5 req/s", "errors=1.25x,rps=5", true),
+];
+
+/// What one cluster (one seed) did.
+struct Night {
+    /// Minutes until the pooled evidence tripped the breaker.
+    evidence_trip: Option<u64>,
+    /// Minutes until 3 rollbacks within an hour tripped it.
+    rollbacks_trip: Option<u64>,
+    /// Minutes until the first API rolled back on its own.
+    first_rollback: Option<u64>,
+    /// APIs rolled back on their own by the end of the night.
+    rolled_back: usize,
+}
+
+fn run_night(policy: &Policy, scenario: &Scenario, apis: usize, seed: u64) -> Night {
+    let start = default_start(policy);
+    let settings = BreakerSettings {
+        alpha: policy.false_rollback_rate,
+        max_rollbacks: 3,
+        rollback_window: Duration::from_secs(3600),
+    };
+    let mut worlds: Vec<World> = (0..apis)
+        .map(|i| World::new(policy, scenario, seed * 1000 + i as u64))
+        .collect();
+    let mut rollouts: Vec<ShellRollout> = (0..apis)
+        .map(|_| ShellRollout::started(policy, start))
+        .collect();
+    let mut rollback_at: Vec<Timestamp> = Vec::new();
+    let mut night = Night {
+        evidence_trip: None,
+        rollbacks_trip: None,
+        first_rollback: None,
+        rolled_back: 0,
+    };
+    let horizon = 12 * 60;
+    for minute in 0..horizon {
+        let t = start + SignedDuration::from_mins(minute);
+        let end = t + SignedDuration::from_mins(1);
+        let mut active = 0;
+        for (world, rollout) in worlds.iter_mut().zip(rollouts.iter_mut()) {
+            if matches!(rollout.state().phase, Phase::Promoted | Phase::RolledBack) {
+                continue;
+            }
+            active += 1;
+            let share = rollout.green_share();
+            let step = rollout.state().step;
+            let d = world.draw(t, end, Duration::from_secs(minute as u64 * 60), share, step);
+            let _ = rollout.evaluate(d.observation, end);
+            if rollout.state().phase == Phase::RolledBack {
+                rollback_at.push(end);
+                night.rolled_back += 1;
+                night.first_rollback.get_or_insert(minute as u64 + 1);
+            }
+        }
+        // The two rules, each on its own (`check` reports the evidence first when both trip).
+        let evidence_only = BreakerSettings {
+            max_rollbacks: 0,
+            ..settings.clone()
+        };
+        let evidence = pooled(rollouts.iter().map(|r| r.state()));
+        if let Some(Trip::Evidence { .. }) = check(&evidence_only, evidence, &[], end) {
+            night.evidence_trip.get_or_insert(minute as u64 + 1);
+        }
+        if let Some(Trip::Rollbacks { .. }) = check(&settings, (0.0, 0), &rollback_at, end) {
+            night.rollbacks_trip.get_or_insert(minute as u64 + 1);
+        }
+        if active == 0 {
+            break;
+        }
+    }
+    night
+}
+
+fn median(mut v: Vec<u64>) -> Option<u64> {
+    v.sort_unstable();
+    (!v.is_empty()).then(|| v[v.len() / 2])
+}
+
+fn fmt_min(v: Option<u64>) -> String {
+    v.map_or("—".into(), |m| m.to_string())
+}
+
+fn main() {
+    let mut seeds = 20u64;
+    let mut apis = 20usize;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--seeds" => seeds = args.next().and_then(|s| s.parse().ok()).expect("--seeds N"),
+            "--apis" => apis = args.next().and_then(|s| s.parse().ok()).expect("--apis N"),
+            _ => {}
+        }
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let path = root.join("bench/policy.toml");
+    let text = std::fs::read_to_string(&path).expect("bench/policy.toml");
+    let policy = Policy::from_toml(&text, &path, None).expect("a valid bench policy");
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
+    let began = Instant::now();
+    let mut table = String::new();
+    writeln!(
+        table,
+        "{apis} APIs onto one green cluster, {seeds} clusters (seeds) per row, 12 h, the same \
+         regression on every API; bench/policy.toml (tolerance 10 %, α = {}). Minutes are \
+         medians over the clusters where the event happened.\n",
+        policy.false_rollback_rate
+    )
+    .unwrap();
+    table.push_str(
+        "| scenario | breaker tripped (evidence) | median min | tripped before the first \
+         API rollback | first API rollback, median min | APIs rolled back alone (mean) | \
+         3 rollbacks in 1 h: tripped, median min |\n|---|---|---|---|---|---|---|\n",
+    );
+    for (name, items, _regression) in CASES {
+        let scenario: Scenario = items.parse().expect("valid scenario");
+        let t = Instant::now();
+        let nights: Vec<Night> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..threads)
+                .map(|k| {
+                    let (policy, scenario) = (&policy, &scenario);
+                    s.spawn(move || {
+                        (0..seeds)
+                            .filter(|seed| seed % threads == k)
+                            .map(|seed| (seed, run_night(policy, scenario, apis, seed)))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            let mut all: Vec<(u64, Night)> = handles
+                .into_iter()
+                .flat_map(|h| h.join().expect("a night runs"))
+                .collect();
+            all.sort_by_key(|(seed, _)| *seed);
+            all.into_iter().map(|(_, n)| n).collect()
+        });
+        let n = nights.len().max(1) as f64;
+        let tripped: Vec<u64> = nights.iter().filter_map(|x| x.evidence_trip).collect();
+        let before = nights
+            .iter()
+            .filter(|x| match (x.evidence_trip, x.first_rollback) {
+                (Some(b), Some(r)) => b <= r,
+                (Some(_), None) => true,
+                _ => false,
+            })
+            .count();
+        let firsts: Vec<u64> = nights.iter().filter_map(|x| x.first_rollback).collect();
+        let by_count: Vec<u64> = nights.iter().filter_map(|x| x.rollbacks_trip).collect();
+        let alone = nights.iter().map(|x| x.rolled_back).sum::<usize>() as f64 / n;
+        writeln!(
+            table,
+            "| {name} | {:.0} % | {} | {:.0} % | {} | {alone:.1} | {:.0} %, {} |",
+            100.0 * tripped.len() as f64 / n,
+            fmt_min(median(tripped.clone())),
+            100.0 * before as f64 / n,
+            fmt_min(median(firsts)),
+            100.0 * by_count.len() as f64 / n,
+            fmt_min(median(by_count)),
+        )
+        .unwrap();
+        eprintln!(
+            "{name:<28} {seeds} seeds  {:>6.1}s",
+            t.elapsed().as_secs_f64()
+        );
+    }
+    writeln!(
+        table,
+        "\nRun: `cargo bench --bench breaker -- --seeds {seeds} --apis {apis}`, {:.0} s.",
+        began.elapsed().as_secs_f64()
+    )
+    .unwrap();
+    let out = root.join("bench/results/breaker.md");
+    std::fs::write(&out, &table).expect("write bench/results/breaker.md");
+    print!("{table}");
+}
