@@ -1,5 +1,5 @@
 //! Cluster-breaker benchmark: N APIs roll onto one green cluster at once, each through the real
-//! daemon shell (`sim::night::ShellRollout`) in its own world (its own seed), with the same
+//! daemon shell (`sim::cluster::run_cluster`) in its own world (its own seed), with the same
 //! regression on every API. After every window the breaker's pooled evidence
 //! (`engine::breaker`) is computed from the stored states; the table compares when it trips with
 //! when the first single API rolls back, and how often it trips on healthy or acceptable
@@ -11,12 +11,10 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use greenlight::engine::breaker::{check, pooled, BreakerSettings, Trip};
-use greenlight::engine::Phase;
+use greenlight::engine::breaker::BreakerSettings;
 use greenlight::policy::Policy;
-use greenlight::sim::night::ShellRollout;
-use greenlight::sim::{default_start, Scenario, World};
-use jiff::{SignedDuration, Timestamp};
+use greenlight::sim::cluster::{run_cluster, ClusterNight};
+use greenlight::sim::Scenario;
 
 /// (name, scenario items, whether green is worse than its tolerance).
 const CASES: [(&str, &str, bool); 6] = [
@@ -27,77 +25,6 @@ const CASES: [(&str, &str, bool); 6] = [
     ("latency ×1.2", "latency=1.2x", true),
     ("errors ×1.25, 5 req/s", "errors=1.25x,rps=5", true),
 ];
-
-/// What one cluster (one seed) did.
-struct Night {
-    /// Minutes until the pooled evidence tripped the breaker.
-    evidence_trip: Option<u64>,
-    /// Minutes until 3 rollbacks within an hour tripped it.
-    rollbacks_trip: Option<u64>,
-    /// Minutes until the first API rolled back on its own.
-    first_rollback: Option<u64>,
-    /// APIs rolled back on their own by the end of the night.
-    rolled_back: usize,
-}
-
-fn run_night(policy: &Policy, scenario: &Scenario, apis: usize, seed: u64) -> Night {
-    let start = default_start(policy);
-    let settings = BreakerSettings {
-        alpha: policy.false_rollback_rate,
-        max_rollbacks: 3,
-        rollback_window: Duration::from_secs(3600),
-    };
-    let mut worlds: Vec<World> = (0..apis)
-        .map(|i| World::new(policy, scenario, seed * 1000 + i as u64))
-        .collect();
-    let mut rollouts: Vec<ShellRollout> = (0..apis)
-        .map(|_| ShellRollout::started(policy, start))
-        .collect();
-    let mut rollback_at: Vec<Timestamp> = Vec::new();
-    let mut night = Night {
-        evidence_trip: None,
-        rollbacks_trip: None,
-        first_rollback: None,
-        rolled_back: 0,
-    };
-    let horizon = 12 * 60;
-    for minute in 0..horizon {
-        let t = start + SignedDuration::from_mins(minute);
-        let end = t + SignedDuration::from_mins(1);
-        let mut active = 0;
-        for (world, rollout) in worlds.iter_mut().zip(rollouts.iter_mut()) {
-            if matches!(rollout.state().phase, Phase::Promoted | Phase::RolledBack) {
-                continue;
-            }
-            active += 1;
-            let share = rollout.green_share();
-            let step = rollout.state().step;
-            let d = world.draw(t, end, Duration::from_secs(minute as u64 * 60), share, step);
-            let _ = rollout.evaluate(d.observation, end);
-            if rollout.state().phase == Phase::RolledBack {
-                rollback_at.push(end);
-                night.rolled_back += 1;
-                night.first_rollback.get_or_insert(minute as u64 + 1);
-            }
-        }
-        // The two rules, each on its own (`check` reports the evidence first when both trip).
-        let evidence_only = BreakerSettings {
-            max_rollbacks: 0,
-            ..settings.clone()
-        };
-        let evidence = pooled(rollouts.iter().map(|r| r.state()));
-        if let Some(Trip::Evidence { .. }) = check(&evidence_only, evidence, &[], end) {
-            night.evidence_trip.get_or_insert(minute as u64 + 1);
-        }
-        if let Some(Trip::Rollbacks { .. }) = check(&settings, (0.0, 0), &rollback_at, end) {
-            night.rollbacks_trip.get_or_insert(minute as u64 + 1);
-        }
-        if active == 0 {
-            break;
-        }
-    }
-    night
-}
 
 fn median(mut v: Vec<u64>) -> Option<u64> {
     v.sort_unstable();
@@ -123,6 +50,12 @@ fn main() {
     let path = root.join("bench/policy.toml");
     let text = std::fs::read_to_string(&path).expect("bench/policy.toml");
     let policy = Policy::from_toml(&text, &path, None).expect("a valid bench policy");
+    let settings = BreakerSettings {
+        alpha: policy.false_rollback_rate,
+        max_rollbacks: 3,
+        rollback_window: Duration::from_secs(3600),
+    };
+    let horizon = Duration::from_secs(12 * 3600);
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
     let began = Instant::now();
     let mut table = String::new();
@@ -142,19 +75,24 @@ fn main() {
     for (name, items, _regression) in CASES {
         let scenario: Scenario = items.parse().expect("valid scenario");
         let t = Instant::now();
-        let nights: Vec<Night> = std::thread::scope(|s| {
+        let nights: Vec<ClusterNight> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..threads)
                 .map(|k| {
-                    let (policy, scenario) = (&policy, &scenario);
+                    let (policy, scenario, settings) = (&policy, &scenario, &settings);
                     s.spawn(move || {
                         (0..seeds)
                             .filter(|seed| seed % threads == k)
-                            .map(|seed| (seed, run_night(policy, scenario, apis, seed)))
+                            .map(|seed| {
+                                (
+                                    seed,
+                                    run_cluster(policy, scenario, apis, seed, settings, horizon),
+                                )
+                            })
                             .collect::<Vec<_>>()
                     })
                 })
                 .collect();
-            let mut all: Vec<(u64, Night)> = handles
+            let mut all: Vec<(u64, ClusterNight)> = handles
                 .into_iter()
                 .flat_map(|h| h.join().expect("a night runs"))
                 .collect();

@@ -7,6 +7,7 @@
 //! query as a latency quantile when it is `histogram_quantile(q, …)`, otherwise as the colour's
 //! error ratio.
 
+pub mod cluster;
 pub mod judges;
 pub mod night;
 pub mod replay;
