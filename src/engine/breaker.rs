@@ -23,21 +23,6 @@ use jiff::Timestamp;
 use crate::engine::state::RolloutState;
 use crate::stats::log_sum_exp;
 
-/// ln of the mean of the API's rollback e-values (its streams), or `None` before it has any:
-/// the API's own share of the evidence.
-pub fn api_log_e(state: &RolloutState) -> Option<f64> {
-    let logs: Vec<f64> = state
-        .streams
-        .iter()
-        .map(|s| s.rollback_log_e())
-        .filter(|l| !l.is_nan())
-        .collect();
-    if logs.is_empty() {
-        return None;
-    }
-    Some(log_sum_exp(&logs) - (logs.len() as f64).ln())
-}
-
 /// How the breaker is set: its level and the rollback-count rule.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BreakerSettings {
@@ -46,6 +31,17 @@ pub struct BreakerSettings {
     /// Trips on this many rollbacks onto the cluster within `rollback_window` (0: never).
     pub max_rollbacks: usize,
     pub rollback_window: Duration,
+}
+
+impl BreakerSettings {
+    /// The pooled evidence at level `alpha`, and 3 rollbacks within an hour.
+    pub fn at_level(alpha: f64) -> Self {
+        BreakerSettings {
+            alpha,
+            max_rollbacks: 3,
+            rollback_window: Duration::from_secs(3600),
+        }
+    }
 }
 
 /// Why the breaker tripped.
@@ -156,11 +152,7 @@ mod tests {
     use crate::engine::tests::policy;
 
     fn settings() -> BreakerSettings {
-        BreakerSettings {
-            alpha: 0.05,
-            max_rollbacks: 3,
-            rollback_window: Duration::from_secs(3600),
-        }
+        BreakerSettings::at_level(0.05)
     }
 
     /// A started state whose every rollback stream has been fed windows where green's error
@@ -174,7 +166,7 @@ mod tests {
             for st in &mut s.streams {
                 st.rollback.update(1000.0, 1000.0, 10.0 * ratio, 10.0);
             }
-            if windows.is_none() && api_log_e(&s).unwrap() >= 2f64.ln() {
+            if windows.is_none() && pooled([&s]).0 >= 2f64.ln() {
                 break;
             }
         }
@@ -186,14 +178,14 @@ mod tests {
         let p = policy();
         let mut s = RolloutState::new(&p);
         s.streams.clear();
-        assert_eq!(api_log_e(&s), None);
         assert_eq!(pooled([&s]), (0.0, 0));
     }
 
     #[test]
     fn apis_each_too_weak_alone_trip_the_breaker_together() {
         let s = state_with(1.5, None);
-        let one = api_log_e(&s).unwrap();
+        let (one, apis) = pooled([&s]);
+        assert_eq!(apis, 1);
         let t = Timestamp::from_second(1_700_003_600).unwrap();
         // One API alone is below 1/α = 20 ...
         assert!(one < 20f64.ln(), "one API's ln E = {one}");

@@ -106,27 +106,20 @@ mod tests {
         Policy::from_toml(&text, &path, None).expect("a valid bench policy")
     }
 
-    fn settings(policy: &Policy) -> BreakerSettings {
-        BreakerSettings {
-            alpha: policy.false_rollback_rate,
-            max_rollbacks: 3,
-            rollback_window: Duration::from_secs(3600),
-        }
+    /// Three clusters of 20 APIs in worlds of `scenario`, for `hours`.
+    fn nights(scenario: &str, hours: u64) -> Vec<ClusterNight> {
+        let policy = bench_policy();
+        let scenario: Scenario = scenario.parse().unwrap();
+        let settings = BreakerSettings::at_level(policy.false_rollback_rate);
+        let horizon = Duration::from_secs(hours * 3600);
+        (0..3)
+            .map(|seed| run_cluster(&policy, &scenario, 20, seed, &settings, horizon))
+            .collect()
     }
 
     #[test]
     fn a_latency_regression_on_every_api_trips_the_breaker_before_any_api_rolls_back() {
-        let policy = bench_policy();
-        let scenario: Scenario = "latency=1.2x".parse().unwrap();
-        for seed in 0..3 {
-            let n = run_cluster(
-                &policy,
-                &scenario,
-                20,
-                seed,
-                &settings(&policy),
-                Duration::from_secs(2 * 3600),
-            );
+        for (seed, n) in nights("latency=1.2x", 2).iter().enumerate() {
             let (trip, first) = (n.evidence_trip.unwrap(), n.first_rollback.unwrap());
             assert!(trip <= first, "seed {seed}: {n:?}");
             assert!(n.rollbacks_trip.is_some(), "seed {seed}: {n:?}");
@@ -135,17 +128,7 @@ mod tests {
 
     #[test]
     fn a_healthy_cluster_never_trips_the_breaker() {
-        let policy = bench_policy();
-        let scenario: Scenario = "healthy".parse().unwrap();
-        for seed in 0..3 {
-            let n = run_cluster(
-                &policy,
-                &scenario,
-                20,
-                seed,
-                &settings(&policy),
-                Duration::from_secs(3 * 3600),
-            );
+        for (seed, n) in nights("healthy", 3).iter().enumerate() {
             assert_eq!(n.evidence_trip, None, "seed {seed}: {n:?}");
             assert_eq!(n.rollbacks_trip, None, "seed {seed}: {n:?}");
         }
