@@ -328,6 +328,7 @@ fn an_action_on_a_stale_view_is_refused_with_the_current_state_and_writes_nothin
         kind,
         reason: "from the console".into(),
         expected_revision: expected,
+        start: Default::default(),
     };
     // alice's page showed the state at revision 0 (none stored yet): her start goes through.
     let started = rt
@@ -356,14 +357,21 @@ fn an_action_on_a_stale_view_is_refused_with_the_current_state_and_writes_nothin
     )) {
         Err(ActionError::Stale { current, revision }) => {
             assert_eq!(revision, started.revision);
-            assert_eq!(current.intent, Some(greenlight::engine::Intent::Start));
+            assert_eq!(
+                current.intent,
+                Some(greenlight::engine::Intent::Start {
+                    request: Default::default(),
+                })
+            );
             assert_eq!(current.intent_by.as_deref(), Some("alice"));
         }
         other => panic!("expected a stale view, got {other:?}"),
     }
     assert_eq!(
         stored(&stack).intent,
-        Some(greenlight::engine::Intent::Start)
+        Some(greenlight::engine::Intent::Start {
+            request: Default::default(),
+        })
     );
     // With the current revision it goes through; without one it always does.
     let paused = rt
@@ -378,7 +386,9 @@ fn an_action_on_a_stale_view_is_refused_with_the_current_state_and_writes_nothin
     assert!(paused.revision > started.revision);
     assert_eq!(
         paused.before.intent,
-        Some(greenlight::engine::Intent::Start)
+        Some(greenlight::engine::Intent::Start {
+            request: Default::default(),
+        })
     );
     rt.block_on(perform(
         &store,

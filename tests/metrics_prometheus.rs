@@ -162,8 +162,8 @@ async fn observe_classifies_prometheus_values() {
     assert_eq!(
         obs.check("constant"),
         Some(&Ok(CheckData::Value {
-            green: 0.5,
-            blue: Some(0.5)
+            candidate: 0.5,
+            stable: Some(0.5)
         }))
     );
     assert!(matches!(

@@ -311,8 +311,8 @@ async fn observe_returns_the_exact_counts_of_a_window() {
     assert_eq!(
         obs.check("green-errors"),
         Some(&Ok(CheckData::Value {
-            green: want_green.bad,
-            blue: None
+            candidate: want_green.bad,
+            stable: None
         }))
     );
 }

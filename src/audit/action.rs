@@ -3,7 +3,7 @@
 use jiff::Timestamp;
 
 use crate::daemon::{StateStore, StoreError};
-use crate::engine::{approve, Intent, RolloutState};
+use crate::engine::{approve, check_start, Intent, RolloutState, StartRequest};
 use crate::policy::Policy;
 
 use super::{ActionKind, Actor, AuditEntry, AuditLog};
@@ -20,6 +20,8 @@ pub struct ActionRequest {
     /// The ModifyIndex of the state the requester saw (a [`RolloutState`]'s revision in Consul).
     /// When given and the state has changed since, nothing is written: [`ActionError::Stale`].
     pub expected_revision: Option<u64>,
+    /// For a start: the colour to move onto and the release id (both optional).
+    pub start: StartRequest,
 }
 
 /// What an action did.
@@ -125,7 +127,14 @@ fn apply(
     let reason = request.reason.clone();
     let intent =
         match request.kind {
-            ActionKind::Start => Intent::Start,
+            ActionKind::Start => {
+                let automatic = actor.user.starts_with("campaign:");
+                check_start(policy, &state.releases, &request.start, automatic)
+                    .map_err(ActionError::Refused)?;
+                Intent::Start {
+                    request: request.start.clone(),
+                }
+            }
             ActionKind::Pause => Intent::Pause { reason },
             ActionKind::Resume => Intent::Resume,
             ActionKind::ResumeAdoptLive => Intent::ResumeAdoptLive,

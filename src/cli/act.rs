@@ -5,13 +5,32 @@
 
 use std::path::Path;
 
-use super::ops::{policy_of, store, IntentArgs};
+use super::ops::{policy_of, store, IntentArgs, StartArgs};
 use crate::alert::Notifier;
 use crate::audit::{perform, ActionError, ActionKind, ActionRequest, Actor, AuditLog};
 use crate::daemon::StateStore;
+use crate::engine::StartRequest;
 use crate::policy::{Config, Policy};
 
 pub fn intent(config: Option<&Path>, actor: &Actor, kind: ActionKind, args: IntentArgs) -> i32 {
+    act(config, actor, (kind, StartRequest::default()), args)
+}
+
+/// `greenlight start API [--release ID] [--to blue|green]`.
+pub fn start(config: Option<&Path>, actor: &Actor, args: StartArgs) -> i32 {
+    let request = StartRequest {
+        to: args.to.as_deref().and_then(|c| c.parse().ok()),
+        release: args.release,
+    };
+    act(config, actor, (ActionKind::Start, request), args.intent)
+}
+
+fn act(
+    config: Option<&Path>,
+    actor: &Actor,
+    action: (ActionKind, StartRequest),
+    args: IntentArgs,
+) -> i32 {
     let config = match super::load_config(config) {
         Ok(c) => c,
         Err(code) => return code,
@@ -20,7 +39,7 @@ pub fn intent(config: Option<&Path>, actor: &Actor, kind: ActionKind, args: Inte
         Ok(p) => p,
         Err(code) => return code,
     };
-    record(&config, &policy, actor, kind, &args.reason, "")
+    record(&config, &policy, actor, action, &args.reason, "")
 }
 
 /// The audit trail of `config`'s Consul prefix, alerting through the durable outbox when it can
@@ -48,7 +67,7 @@ pub(super) fn record(
     config: &Config,
     policy: &Policy,
     actor: &Actor,
-    kind: ActionKind,
+    (kind, start): (ActionKind, StartRequest),
     reason: &str,
     what: &str,
 ) -> i32 {
@@ -65,6 +84,7 @@ pub(super) fn record(
         kind,
         reason: reason.to_string(),
         expected_revision: None,
+        start,
     };
     match runtime.block_on(perform(&store, &audit, policy, actor, request)) {
         Ok(outcome) => {

@@ -51,8 +51,9 @@ pub enum Command {
     Run(run::RunArgs),
     /// Show each API's rollout: phase, step, weights, evidence, last decision.
     Status(ops::StatusArgs),
-    /// Start (or restart after a rollback) an API's rollout at the first step.
-    Start(ops::IntentArgs),
+    /// Start a rollout (or restart one after a rollback) at the first step, onto the colour not
+    /// stable (`--to`), optionally naming the release (`--release`).
+    Start(ops::StartArgs),
     /// Freeze an API's rollout; weights stay as they are.
     Pause(ops::IntentArgs),
     /// Continue a paused rollout: at its step (`--from-step`) or keeping hand-set weights
@@ -88,7 +89,7 @@ pub fn run(cli: Cli) -> i32 {
             Err(code) => code,
         },
         Command::Status(args) => ops::status(cli.config.as_deref(), args),
-        Command::Start(args) => act::intent(cli.config.as_deref(), actor, ActionKind::Start, args),
+        Command::Start(args) => act::start(cli.config.as_deref(), actor, args),
         Command::Pause(args) => act::intent(cli.config.as_deref(), actor, ActionKind::Pause, args),
         Command::Resume(args) => ops::resume(cli.config.as_deref(), actor, args),
         Command::Rollback(args) if args.now => {

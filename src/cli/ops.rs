@@ -36,6 +36,18 @@ pub struct IntentArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct StartArgs {
+    #[command(flatten)]
+    pub intent: IntentArgs,
+    /// The candidate's release id (shown in `status`, alerts, /metrics and the history).
+    #[arg(long)]
+    pub release: Option<String>,
+    /// The colour to move traffic onto (default: the one not stable).
+    #[arg(long, value_parser = ["blue", "green"])]
+    pub to: Option<String>,
+}
+
+#[derive(Debug, Args)]
 pub struct ResumeArgs {
     /// The API (its policy's `api`).
     pub api: String,
@@ -434,7 +446,14 @@ pub fn resume(config: Option<&Path>, actor: &Actor, args: ResumeArgs) -> i32 {
             state.phase.as_str()
         )
     };
-    super::act::record(&config, &policy, actor, kind, &args.reason, &what)
+    super::act::record(
+        &config,
+        &policy,
+        actor,
+        (kind, Default::default()),
+        &args.reason,
+        &what,
+    )
 }
 
 /// What each way of resuming does to a paused rollout.
@@ -453,8 +472,8 @@ struct ResumePlan {
 impl ResumePlan {
     fn new(policy: &Policy, state: &RolloutState, live: Weights) -> ResumePlan {
         let step = state.step.min(policy.steps.len() - 1);
-        let step_weights = policy.weights_at(step);
-        let adopted = adopted_step(policy, live);
+        let step_weights = policy.weights_at_toward(state.candidate(), step);
+        let adopted = adopted_step(policy, live, state.candidate());
         ResumePlan {
             step,
             step_percent: policy.steps[step],

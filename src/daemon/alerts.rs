@@ -667,7 +667,9 @@ errors = 'e{{server="{{color}}"}}[{{interval}}]'
         assert_eq!(rollback[0].kind, EventKind::Rollback);
 
         let mut s = rolled.state.clone();
-        s.intent = Some(Intent::Start);
+        s.intent = Some(Intent::Start {
+            request: Default::default(),
+        });
         let t1 = t0 + jiff::SignedDuration::from_hours(1);
         let restarted = decide(&p, &s, &empty(t1), t1);
         let resolved = for_decision(&p, &s, &restarted, None, None);

@@ -82,7 +82,7 @@ async fn look(
             api.clone(),
             ApiView {
                 phase: rollout.phase,
-                start_pending: rollout.intent == Some(Intent::Start),
+                start_pending: matches!(rollout.intent, Some(Intent::Start { .. })),
                 rollout_started_at: rollout.rollout_started_at,
             },
         );
@@ -146,6 +146,7 @@ async fn look(
             kind: ActionKind::Start,
             reason: format!("campaign {name}, wave {} ({wave_name})", wave + 1),
             expected_revision: revisions.get(api.as_str()).copied(),
+            start: Default::default(),
         };
         match perform(&shell.env.store, &audit, policy, &actor, request).await {
             Ok(_) => {

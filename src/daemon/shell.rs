@@ -298,7 +298,10 @@ impl<E: Env> Shell<E> {
         }
         let obs = if needs_data {
             let t = Instant::now();
-            let obs = self.env.observe(policy, window.start, window.end).await;
+            let obs = self
+                .env
+                .observe(policy, (window.start, window.end), state.releases.stable)
+                .await;
             let outcome = if env::backend_failed(&obs) {
                 Err(crate::server::telemetry::QueryErrorKind::Unreachable)
             } else {

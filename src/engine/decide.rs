@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::observation::{CheckData, Observation, Pair};
 use crate::engine::state::{EvidenceRecord, Phase, RolloutState};
-use crate::policy::{Policy, Weights};
+use crate::policy::{Colour, Policy, Weights};
 
 mod advance;
 mod approval;
@@ -234,10 +234,14 @@ struct Snapshot {
 
 impl Snapshot {
     fn of(s: &RolloutState, policy: &Policy) -> Self {
-        let green_percent = match s.phase {
+        // The candidate's share while a rollout runs; at rest the stable colour has it all.
+        let candidate_percent = match s.phase {
             Phase::Progressing | Phase::Paused => policy.steps[s.step],
-            Phase::Promoted => 100.0,
-            Phase::Pending | Phase::RolledBack => 0.0,
+            Phase::Promoted | Phase::Pending | Phase::RolledBack => 0.0,
+        };
+        let green_percent = match s.candidate() {
+            Colour::Green => candidate_percent,
+            Colour::Blue => 100.0 - candidate_percent,
         };
         Snapshot {
             step: s.step,
@@ -280,9 +284,18 @@ fn evaluate(
         );
         return;
     }
-    // Blue's own health: an environment problem is not green's fault.
-    if let Some(why) = guards::blue_unhealthy(policy, obs) {
-        d.set(Action::Hold, format!("Blue is unhealthy ({why}); holding."));
+    // The stable copy's own health: an environment problem is not the candidate's fault.
+    if let Some(why) = guards::blue_unhealthy(policy, obs, s.releases.stable) {
+        d.set(
+            Action::Hold,
+            format!(
+                "{} (stable) is unhealthy ({why}); holding.",
+                match s.releases.stable {
+                    Colour::Blue => "Blue",
+                    Colour::Green => "Green",
+                }
+            ),
+        );
         check_stuck(policy, s, now, d);
         return;
     }
@@ -325,25 +338,18 @@ fn claim_window(s: &mut RolloutState, obs: &Observation, d: &mut Draft) -> bool 
 }
 
 /// Adds the window's counts to every evidence stream.
+/// The statistics compare the candidate against the stable copy, whatever their colours.
 fn count_window(s: &mut RolloutState, obs: &Observation, d: &mut Draft) {
+    let (stable, candidate) = (s.releases.stable, s.candidate());
     for stream in &mut s.streams {
         let Some(pair) = stream_counts(obs, &stream.check, stream.edge) else {
             continue;
         };
-        stream.rollback.update(
-            pair.green.requests,
-            pair.blue.requests,
-            pair.green.bad,
-            pair.blue.bad,
-        );
-        stream.advance.update(
-            pair.green.requests,
-            pair.blue.requests,
-            pair.green.bad,
-            pair.blue.bad,
-        );
+        let (c, b) = (pair.of(candidate), pair.of(stable));
+        stream.rollback.update(c.requests, b.requests, c.bad, b.bad);
+        stream.advance.update(c.requests, b.requests, c.bad, b.bad);
         if let Some(slo) = &mut stream.slo {
-            slo.update(pair.green.requests, pair.green.bad);
+            slo.update(c.requests, c.bad);
         }
         add(&mut stream.step, &pair);
         add(&mut stream.total, &pair);

@@ -6,6 +6,7 @@
 pub mod breaker;
 mod decide;
 mod observation;
+mod release;
 mod state;
 
 pub use decide::{
@@ -16,6 +17,9 @@ pub use decide::{
 };
 pub use observation::{
     CheckData, CheckObservation, Counts, DataProblem, EdgeCounts, Observation, Pair,
+};
+pub use release::{
+    check_start, validate_release, Releases, StartRequest, MAX_RELEASE_LEN, ROLLED_BACK_KEPT,
 };
 pub use state::{
     decode_state, encode_record, encode_state, stream_id, Approval, ApprovalGate, CodecError,

@@ -3,6 +3,8 @@
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
+use crate::policy::Colour;
+
 /// Requests and "bad" requests (errors, or requests slower than an edge) for one colour in one window.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 pub struct Counts {
@@ -25,11 +27,22 @@ impl Counts {
     }
 }
 
-/// Blue and green counts side by side.
+/// Blue and green counts side by side, by colour as measured. Which of them is the stable copy
+/// and which the candidate is the rollout's direction ([`Pair::of`]).
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 pub struct Pair {
     pub blue: Counts,
     pub green: Counts,
+}
+
+impl Pair {
+    /// The counts of `colour`.
+    pub fn of(&self, colour: Colour) -> Counts {
+        match colour {
+            Colour::Blue => self.blue,
+            Colour::Green => self.green,
+        }
+    }
 }
 
 /// Exceedance counts at one latency bucket edge.
@@ -49,8 +62,14 @@ pub enum CheckData {
     Errors { counts: Pair },
     /// Latency check: one entry per policy edge, in the policy's order.
     Latency { edges: Vec<EdgeCounts> },
-    /// Threshold check: the query's value for green and, when available, for blue.
-    Value { green: f64, blue: Option<f64> },
+    /// Threshold check: the query's value for the candidate and, when available, for the stable
+    /// copy.
+    Value {
+        #[serde(alias = "green")]
+        candidate: f64,
+        #[serde(alias = "blue")]
+        stable: Option<f64>,
+    },
 }
 
 /// Why a check's data cannot be used this window. Every variant means hold.
@@ -70,7 +89,8 @@ pub enum DataProblem {
     /// Finite counts that cannot be true: more errors than requests, latency buckets that are
     /// not cumulative, or a request count beyond the plausible magnitude.
     OutOfRange(String),
-    /// Green's data are missing or stale while blue's are present: green stopped reporting.
+    /// The candidate's data are missing or stale while the stable copy's are present: the
+    /// candidate stopped reporting.
     GreenMissing(String),
 }
 
@@ -84,7 +104,10 @@ impl std::fmt::Display for DataProblem {
             DataProblem::Backend(d) => write!(f, "metrics backend error: {d}"),
             DataProblem::OutOfRange(d) => write!(f, "implausible counts: {d}"),
             DataProblem::GreenMissing(d) => {
-                write!(f, "green's data missing while blue's are present: {d}")
+                write!(
+                    f,
+                    "candidate's data missing while stable's are present: {d}"
+                )
             }
         }
     }

@@ -6,7 +6,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::observation::Pair;
-use crate::policy::{CheckKind, Policy, Weights};
+use crate::policy::{CheckKind, Colour, Policy, Weights};
 use crate::stats::{log_sum_exp, RatioEProcess, SloEProcess, StagedEProcess};
 
 /// How many past decisions the state keeps.
@@ -45,7 +45,11 @@ impl Phase {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "intent", rename_all = "snake_case")]
 pub enum Intent {
-    Start,
+    /// Start a rollout (onto the colour not stable, with an optional release id).
+    Start {
+        #[serde(default)]
+        request: super::StartRequest,
+    },
     Pause {
         reason: String,
     },
@@ -163,6 +167,10 @@ pub struct RolloutState {
     /// An approval recorded for the gated step the rollout waits before; consumed by the advance.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval: Option<Approval>,
+    /// Which colour is stable and which releases run where (absent in states written before
+    /// rollouts had a direction: blue stable, repaired on decode for promoted ones).
+    #[serde(default)]
+    pub releases: super::Releases,
 }
 
 /// A gate the rollout waits at: the evidence would advance it to `step`, which needs approval.
@@ -220,9 +228,25 @@ impl RolloutState {
             started_by: None,
             awaiting_approval: None,
             approval: None,
+            releases: Default::default(),
         };
         s.reconcile(policy);
         s
+    }
+
+    /// The colour this rollout moves traffic onto.
+    pub fn candidate(&self) -> Colour {
+        self.releases.candidate()
+    }
+
+    /// The weights sending all traffic to the stable colour.
+    pub fn stable_weights(&self, policy: &Policy) -> Weights {
+        policy.traffic.weights_toward(self.candidate(), 0.0)
+    }
+
+    /// The candidate's share of the weights, in percent.
+    pub fn candidate_percent(&self) -> f64 {
+        self.weights.percent_of(self.candidate())
     }
 
     /// A state already progressing at step 0 since `now` (used by `simulate` and tests).
@@ -247,7 +271,7 @@ impl RolloutState {
     /// Moves to step `index` (weights change; evidence is kept, step counters reset).
     pub(crate) fn enter_step(&mut self, policy: &Policy, index: usize, now: Timestamp) {
         self.step = index;
-        self.set_weights(policy.weights_at(index));
+        self.set_weights(policy.weights_at_toward(self.candidate(), index));
         self.step_started_at = Some(now);
         self.last_progress_at = Some(now);
         self.intervals_at_step = 0;
@@ -260,6 +284,13 @@ impl RolloutState {
             s.rollback.start_stage(index);
             s.restart_advance(index);
         }
+    }
+
+    /// The candidate reached 100 %: it becomes the stable colour.
+    pub(crate) fn promote(&mut self, reason: String) {
+        self.phase = Phase::Promoted;
+        self.reason = Some(reason);
+        self.releases.swap();
     }
 
     pub(crate) fn set_weights(&mut self, new: Weights) {
@@ -369,7 +400,8 @@ impl RolloutState {
     /// the weights blue = total, nothing pending, `reason` kept and one history record added.
     pub fn record_break_glass(&mut self, policy: &Policy, reason: &str, now: Timestamp) {
         self.phase = Phase::RolledBack;
-        self.weights = policy.traffic.weights_for(0.0);
+        self.weights = self.stable_weights(policy);
+        self.releases.roll_back();
         self.applying_from = None;
         self.intent = None;
         self.intent_by = None;
@@ -426,16 +458,18 @@ impl RolloutState {
         }
     }
 
-    /// Green requests counted at the current step (largest over the streams, warm-up excluded).
+    /// Candidate requests counted at the current step (largest over the streams, warm-up
+    /// excluded).
     pub fn step_green_requests(&self) -> f64 {
+        let candidate = self.candidate();
         self.streams
             .iter()
             .filter(|s| s.edge.is_none())
-            .map(|s| s.step.green.requests)
+            .map(|s| s.step.of(candidate).requests)
             .fold(None, |acc: Option<f64>, x| {
                 Some(acc.map_or(x, |a| a.max(x)))
             })
-            .or_else(|| self.streams.first().map(|s| s.step.green.requests))
+            .or_else(|| self.streams.first().map(|s| s.step.of(candidate).requests))
             .unwrap_or(0.0)
     }
 }
@@ -619,6 +653,7 @@ pub fn decode_state(bytes: &[u8]) -> Result<RolloutState, CodecError> {
         }
     })?;
     state.adopt_legacy_history();
+    state.releases.repair(state.phase, state.weights);
     Ok(state)
 }
 
@@ -687,8 +722,8 @@ mod tests {
                 CheckObservation {
                     check: "p99".into(),
                     data: Ok(CheckData::Value {
-                        green: p99,
-                        blue: Some(0.3),
+                        candidate: p99,
+                        stable: Some(0.3),
                     }),
                 },
             ],
@@ -846,7 +881,9 @@ mod tests {
                 for m in 1..=2000i64 {
                     if rng.random_bool(0.02) {
                         state.intent = Some(match rng.random_range(0..6) {
-                            0 => Intent::Start,
+                            0 => Intent::Start {
+                                request: Default::default(),
+                            },
                             1 => Intent::Pause {
                                 reason: "checking".into(),
                             },

@@ -168,8 +168,8 @@ fn obs(minute: i64, w: W) -> Observation {
             CheckObservation {
                 check: "p99".into(),
                 data: Ok(CheckData::Value {
-                    green: w.p99_g,
-                    blue: Some(w.p99_b),
+                    candidate: w.p99_g,
+                    stable: Some(w.p99_b),
                 }),
             },
         ],
@@ -371,7 +371,7 @@ fn decision_table() {
             ),
             now: at(21),
             action: Action::Hold,
-            reason: "Blue is unhealthy",
+            reason: "Blue (stable) is unhealthy",
             green_weight: 5,
         },
         Case {
@@ -457,7 +457,7 @@ fn decision_table() {
             ),
             now: at(6),
             action: Action::Hold,
-            reason: "Blue is unhealthy",
+            reason: "Blue (stable) is unhealthy",
             green_weight: 5,
         },
     ];
@@ -713,13 +713,16 @@ fn operator_intents() {
     );
     assert_eq!(d.state.phase, Phase::Promoted);
 
-    // Start after a rollback is a new rollout with fresh evidence.
+    // The promotion made green stable: the next start is a new rollout onto blue, with fresh
+    // evidence.
+    assert_eq!(d.state.releases.stable, crate::policy::Colour::Green);
     let mut again = d.state.clone();
-    again.phase = Phase::RolledBack;
-    again.intent = Some(Intent::Start);
+    again.intent = Some(Intent::Start {
+        request: Default::default(),
+    });
     let d = decide(&p, &again, &obs(5, healthy()), at(5));
     assert_eq!(d.action, Action::Start);
-    assert_eq!(d.state.weights.green, 5);
+    assert_eq!(d.state.weights, Weights { blue: 5, green: 95 });
     assert!(d.state.streams.iter().all(|s| s.total == Pair::default()));
 
     let mut waiting = RolloutState::new(&p);
@@ -727,7 +730,9 @@ fn operator_intents() {
     manual.auto_start = false;
     let d = decide(&manual, &waiting, &obs(1, healthy()), at(1));
     assert_eq!(d.action, Action::Hold);
-    waiting.intent = Some(Intent::Start);
+    waiting.intent = Some(Intent::Start {
+        request: Default::default(),
+    });
     let d = decide(&manual, &waiting, &obs(1, healthy()), at(1));
     assert_eq!(d.action, Action::Start);
 }
@@ -845,4 +850,5 @@ fn reloaded_policy_keeps_matching_evidence() {
 
 mod approval;
 mod evidence;
+mod lifecycle;
 mod quality;

@@ -69,7 +69,7 @@ use super::template::{promql_duration, render};
 use crate::engine::{
     CheckData, CheckObservation, Counts, DataProblem, EdgeCounts, Observation, Pair,
 };
-use crate::policy::{CheckKind, Policy, Side, Sides};
+use crate::policy::{CheckKind, Colour, Policy, Side, Sides};
 
 /// Tuning of the data-quality rules.
 #[derive(Debug, Clone, PartialEq)]
@@ -91,23 +91,32 @@ impl Default for ObserveOptions {
     }
 }
 
-/// Observes `policy` over `[start, end)` with the default [`ObserveOptions`].
+/// Observes `policy` over `[start, end)` with the default [`ObserveOptions`], blue stable.
 pub async fn observe(
     client: &PromClient,
     policy: &Policy,
     start: Timestamp,
     end: Timestamp,
 ) -> Observation {
-    observe_with(client, policy, start, end, &ObserveOptions::default()).await
+    observe_with(
+        client,
+        policy,
+        (start, end),
+        Colour::Blue,
+        &ObserveOptions::default(),
+    )
+    .await
 }
 
 /// Observes `policy` over `[start, end)`: every query is evaluated at `end` with `{interval}` set
-/// to `end − start`; every query of every check runs concurrently.
+/// to `end − start`; every query of every check runs concurrently. `stable` is the rollout's
+/// stable colour: the candidate's data missing while the stable copy's are present is
+/// [`DataProblem::GreenMissing`], and a threshold check's value is the candidate's.
 pub async fn observe_with(
     client: &PromClient,
     policy: &Policy,
-    start: Timestamp,
-    end: Timestamp,
+    (start, end): (Timestamp, Timestamp),
+    stable: Colour,
     options: &ObserveOptions,
 ) -> Observation {
     let window = start.duration_until(end).unsigned_abs();
@@ -121,6 +130,7 @@ pub async fn observe_with(
             .unwrap_or_else(|| (window / 2).max(Duration::from_secs(30))),
         lookback: options.freshness_lookback,
         newest: Mutex::new(HashMap::new()),
+        stable,
     };
     // Every check's queries at once: one slow query costs one timeout, not one per check.
     let checks = join_all(policy.checks.iter().map(|check| {
@@ -173,6 +183,8 @@ struct Ctx<'a> {
     /// One freshness answer per query, shared by the checks that run at once (the first to ask
     /// sends it, the others wait for its answer).
     newest: Mutex<HashMap<String, SharedAnswer>>,
+    /// The rollout's stable colour.
+    stable: Colour,
 }
 
 #[derive(Clone, Copy)]
@@ -423,24 +435,28 @@ fn worst(a: DataProblem, b: DataProblem) -> DataProblem {
     }
 }
 
-/// Both colours' data, or the problem. Green's data missing or stale while blue's are usable is
-/// [`DataProblem::GreenMissing`]: green stopped reporting, the metrics pipeline did not.
+/// Both colours' data (blue's, green's), or the problem. The candidate's data missing or stale
+/// while the stable copy's are usable is [`DataProblem::GreenMissing`]: the candidate stopped
+/// reporting, the metrics pipeline did not.
 fn both<T>(
+    stable: Colour,
     blue: Result<T, DataProblem>,
     green: Result<T, DataProblem>,
 ) -> Result<(T, T), DataProblem> {
+    let candidate = stable.other();
     match (blue, green) {
         (Ok(b), Ok(g)) => Ok((b, g)),
-        (Ok(_), Err(e)) => Err(green_missing(e)),
-        (Err(e), Ok(_)) => Err(e),
+        (Ok(_), Err(e)) if candidate == Colour::Green => Err(candidate_missing(candidate, e)),
+        (Err(e), Ok(_)) if candidate == Colour::Blue => Err(candidate_missing(candidate, e)),
+        (Ok(_), Err(e)) | (Err(e), Ok(_)) => Err(e),
         (Err(b), Err(g)) => Err(worst(b, g)),
     }
 }
 
-/// Green's problem when blue's data are usable.
-fn green_missing(problem: DataProblem) -> DataProblem {
+/// The candidate's problem when the stable copy's data are usable.
+fn candidate_missing(candidate: Colour, problem: DataProblem) -> DataProblem {
     match problem {
-        DataProblem::NoData => DataProblem::GreenMissing("green: no data".into()),
+        DataProblem::NoData => DataProblem::GreenMissing(format!("{candidate}: no data")),
         DataProblem::Stale(d) => DataProblem::GreenMissing(d),
         other => other,
     }
@@ -456,7 +472,7 @@ async fn error_rate(
         error_counts(ctx, requests, errors, (Color::Blue, sides)),
         error_counts(ctx, requests, errors, (Color::Green, sides))
     );
-    let (blue, green) = both(blue, green)?;
+    let (blue, green) = both(ctx.stable, blue, green)?;
     Ok(CheckData::Errors {
         counts: Pair { blue, green },
     })
@@ -502,7 +518,7 @@ async fn latency(
         ctx.measure(template, (Color::Blue, sides), "buckets", true),
         ctx.measure(template, (Color::Green, sides), "buckets", true)
     );
-    let (blue, green) = both(buckets(ctx, &blue), buckets(ctx, &green))?;
+    let (blue, green) = both(ctx.stable, buckets(ctx, &blue), buckets(ctx, &green))?;
     let mut out = Vec::with_capacity(edges.len());
     for &edge in edges {
         out.push(EdgeCounts {
@@ -631,18 +647,22 @@ async fn threshold(ctx: &Ctx<'_>, sides: &Sides, template: &str) -> Result<Check
             None => Err(DataProblem::NoData),
         }
     };
-    // A guard's query may legitimately be empty for green alone (an error ratio without any
-    // error series yet), so its absence is not taken as green having stopped reporting: the
-    // statistical checks' request counts tell that.
-    let green = finite(&green)?;
-    let blue = match finite(&blue) {
+    // A guard's query may legitimately be empty for the candidate alone (an error ratio without
+    // any error series yet), so its absence is not taken as the candidate having stopped
+    // reporting: the statistical checks' request counts tell that.
+    let (candidate, stable) = match ctx.stable {
+        Colour::Blue => (green, blue),
+        Colour::Green => (blue, green),
+    };
+    let candidate = finite(&candidate)?;
+    let stable = match finite(&stable) {
         Ok(v) => Some(v),
         Err(problem) => {
-            debug!(api = %ctx.api, %problem, "Blue's threshold value is unavailable.");
+            debug!(api = %ctx.api, %problem, "The stable copy's threshold value is unavailable.");
             None
         }
     };
-    Ok(CheckData::Value { green, blue })
+    Ok(CheckData::Value { candidate, stable })
 }
 
 #[cfg(test)]

@@ -261,6 +261,51 @@ pub enum TrafficTarget {
     },
 }
 
+/// One of the two copies of an API. Which one is stable (serves all traffic at rest) and which
+/// one is the candidate is the rollout's business (`RolloutState::stable`), not the colour's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Colour {
+    #[default]
+    Blue,
+    Green,
+}
+
+impl Colour {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Colour::Blue => "blue",
+            Colour::Green => "green",
+        }
+    }
+
+    /// The other colour.
+    pub fn other(self) -> Colour {
+        match self {
+            Colour::Blue => Colour::Green,
+            Colour::Green => Colour::Blue,
+        }
+    }
+}
+
+impl std::fmt::Display for Colour {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Colour {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "blue" => Ok(Colour::Blue),
+            "green" => Ok(Colour::Green),
+            other => Err(format!("unknown colour `{other}` (expected blue or green)")),
+        }
+    }
+}
+
 /// Blue and green weights as written to the traffic target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Weights {
@@ -268,14 +313,46 @@ pub struct Weights {
     pub green: u32,
 }
 
+impl Weights {
+    /// The weight of `colour`.
+    pub fn of(&self, colour: Colour) -> u32 {
+        match colour {
+            Colour::Blue => self.blue,
+            Colour::Green => self.green,
+        }
+    }
+
+    /// `colour`'s share of the total weight in percent (0 when both are 0).
+    pub fn percent_of(&self, colour: Colour) -> f64 {
+        let total = f64::from(self.blue) + f64::from(self.green);
+        if total > 0.0 {
+            100.0 * f64::from(self.of(colour)) / total
+        } else {
+            0.0
+        }
+    }
+}
+
 impl Traffic {
     /// Weights for green at `percent` of the traffic (0 = all blue).
     pub fn weights_for(&self, percent: f64) -> Weights {
-        let green = ((self.total_weight as f64) * percent / 100.0).round() as u32;
-        let green = green.min(self.total_weight);
-        Weights {
-            blue: self.total_weight - green,
-            green,
+        self.weights_toward(Colour::Green, percent)
+    }
+
+    /// Weights giving `candidate` `percent` of the traffic and the other colour the rest.
+    pub fn weights_toward(&self, candidate: Colour, percent: f64) -> Weights {
+        let share = ((self.total_weight as f64) * percent / 100.0).round() as u32;
+        let share = share.min(self.total_weight);
+        let rest = self.total_weight - share;
+        match candidate {
+            Colour::Green => Weights {
+                blue: rest,
+                green: share,
+            },
+            Colour::Blue => Weights {
+                blue: share,
+                green: rest,
+            },
         }
     }
 }
@@ -439,9 +516,14 @@ impl Policy {
         }
     }
 
-    /// Weights at step `index` (0-based).
+    /// Weights at step `index` (0-based) of a rollout onto green.
     pub fn weights_at(&self, index: usize) -> Weights {
         self.traffic.weights_for(self.steps[index])
+    }
+
+    /// Weights at step `index` (0-based) of a rollout onto `candidate`.
+    pub fn weights_at_toward(&self, candidate: Colour, index: usize) -> Weights {
+        self.traffic.weights_toward(candidate, self.steps[index])
     }
 }
 

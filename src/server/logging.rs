@@ -233,8 +233,8 @@ mod tests {
         checks.push(CheckObservation {
             check: "p99".into(),
             data: Ok(CheckData::Value {
-                green: 0.3,
-                blue: Some(0.3),
+                candidate: 0.3,
+                stable: Some(0.3),
             }),
         });
         Observation {

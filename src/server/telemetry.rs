@@ -654,8 +654,8 @@ mod tests {
                 CheckObservation {
                     check: "p99".into(),
                     data: Ok(CheckData::Value {
-                        green: 0.3,
-                        blue: Some(0.3),
+                        candidate: 0.3,
+                        stable: Some(0.3),
                     }),
                 },
             ],

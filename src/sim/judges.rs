@@ -136,11 +136,13 @@ fn points(policy: &Policy, obs: &Observation) -> Points {
                     (counts.blue.requests, counts.blue.bad),
                 ))
             }
-            (CheckKind::Threshold { query, .. }, Some(Ok(CheckData::Value { green, blue })))
-                if query.contains("histogram_quantile") =>
-            {
-                p.latency = Some((*green, *blue))
-            }
+            (
+                CheckKind::Threshold { query, .. },
+                Some(Ok(CheckData::Value {
+                    candidate: green,
+                    stable: blue,
+                })),
+            ) if query.contains("histogram_quantile") => p.latency = Some((*green, *blue)),
             _ => {}
         }
     }
@@ -701,8 +703,8 @@ mod tests {
                             .collect(),
                     },
                     CheckKind::Threshold { .. } => CheckData::Value {
-                        green: p99,
-                        blue: Some(0.3),
+                        candidate: p99,
+                        stable: Some(0.3),
                     },
                 }),
             })

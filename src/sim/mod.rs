@@ -379,8 +379,8 @@ impl<'a> World<'a> {
                 let b = value(blue);
                 // An idle green has no quantile: report 0 so the guard does not fire on nothing.
                 CheckData::Value {
-                    green: if g.is_finite() { g } else { 0.0 },
-                    blue: b.is_finite().then_some(b),
+                    candidate: if g.is_finite() { g } else { 0.0 },
+                    stable: b.is_finite().then_some(b),
                 }
             }
         }

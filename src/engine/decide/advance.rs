@@ -8,8 +8,8 @@ use super::{
     check_stuck, describe_stream, elapsed, fmt_dur, in_schedule, Action, Draft,
     ADVANCE_MAX_ROLLBACK_E,
 };
-use crate::engine::state::{Phase, RolloutState};
-use crate::policy::{MaxStepAction, Policy};
+use crate::engine::state::RolloutState;
+use crate::policy::{Colour, MaxStepAction, Policy};
 use crate::stats::format_e;
 
 /// Advances when every condition is met; otherwise holds with the first one lacking.
@@ -43,12 +43,14 @@ pub(super) fn advance_or_hold(
         check_stuck(policy, s, now, d);
         return;
     }
+    // Messages name the colours: the candidate is green onto green, blue onto blue.
+    let (c, b) = (s.candidate(), s.releases.stable);
     let green_requests = s.step_green_requests();
     if green_requests < policy.min_green_requests_per_step as f64 {
         d.set(
             Action::Hold,
             format!(
-                "Minimum green requests: {:.0} of {} at this step.",
+                "Minimum {c} requests: {:.0} of {} at this step.",
                 green_requests, policy.min_green_requests_per_step
             ),
         );
@@ -63,7 +65,7 @@ pub(super) fn advance_or_hold(
         d.set(
             Action::Hold,
             format!(
-                "{} shows some evidence against green ({} ≥ {}); not advancing.",
+                "{} shows some evidence against {c} ({} ≥ {}); not advancing.",
                 describe_stream(&stream.check, stream.edge),
                 format_e(stream.rollback.log_e()),
                 ADVANCE_MAX_ROLLBACK_E
@@ -105,7 +107,7 @@ pub(super) fn advance_or_hold(
                 s,
                 now,
                 format!(
-                    "Probe step ({} % < advance_on_dwell_below): dwell and requests met with no evidence against green.",
+                    "Probe step ({} % < advance_on_dwell_below): dwell and requests met with no evidence against {c}.",
                     policy.steps[s.step]
                 ),
                 d,
@@ -116,7 +118,7 @@ pub(super) fn advance_or_hold(
                 s,
                 now,
                 format!(
-                    "Maximum step duration reached with no evidence against green (still lacking at {} %: {}).",
+                    "Maximum step duration reached with no evidence against {c} (still lacking at {} %: {}).",
                     share,
                     lacking.join(", ")
                 ),
@@ -126,7 +128,7 @@ pub(super) fn advance_or_hold(
             d.set(
                 Action::Hold,
                 format!(
-                    "Collecting evidence at this step ({} %) that green is no worse (need E ≥ {:.0}): {}.",
+                    "Collecting evidence at this step ({} %) that {c} is no worse (need E ≥ {:.0}): {}.",
                     share,
                     adv_threshold,
                     lacking.join(", ")
@@ -141,13 +143,21 @@ pub(super) fn advance_or_hold(
         s,
         now,
         format!(
-            "Green is no worse than blue on every check at this step ({share} %; advance evidence ≥ {adv_threshold:.0})."
+            "{} is no worse than {b} on every check at this step ({share} %; advance evidence ≥ {adv_threshold:.0}).",
+            capitalised(c)
         ),
         d,
     );
 }
 
-/// Moves green up one step (promoting at the last), unless that step waits for an approval.
+fn capitalised(c: Colour) -> &'static str {
+    match c {
+        Colour::Blue => "Blue",
+        Colour::Green => "Green",
+    }
+}
+
+/// Moves the candidate up one step (promoting at the last), unless that step waits for an approval.
 fn advance(policy: &Policy, s: &mut RolloutState, now: Timestamp, reason: String, d: &mut Draft) {
     let next = s.step + 1;
     let reason = match approval::gate(policy, s, next, now, &reason, d) {
@@ -161,8 +171,7 @@ fn advance(policy: &Policy, s: &mut RolloutState, now: Timestamp, reason: String
     };
     s.enter_step(policy, next, now);
     if next + 1 == policy.steps.len() {
-        s.phase = Phase::Promoted;
-        s.reason = Some("promoted".into());
+        s.promote("promoted".into());
         d.set(Action::Promote, reason);
     } else {
         d.set(Action::Advance, reason);

@@ -1,9 +1,9 @@
-//! Threshold guards (absolute limits on green) and blue's own health.
+//! Threshold guards (absolute limits on the candidate) and the stable copy's own health.
 
 use super::{limit_text, Draft, GuardReport};
 use crate::engine::observation::{CheckData, Observation};
 use crate::engine::state::RolloutState;
-use crate::policy::{CheckKind, Cohort, Policy};
+use crate::policy::{CheckKind, Cohort, Colour, Policy};
 
 /// What the threshold guards say about this window.
 pub(super) struct Guards {
@@ -20,14 +20,15 @@ pub(super) fn evaluate(
     obs: &Observation,
     d: &mut Draft,
 ) -> Guards {
-    // Green's requests this window, from the first error-rate check.
+    // The candidate's requests this window, from the first error-rate check.
+    let candidate_colour = s.candidate();
     let window_green_requests =
         policy
             .checks
             .iter()
             .find_map(|c| match (&c.kind, obs.check(&c.name)) {
                 (CheckKind::ErrorRate { .. }, Some(Ok(CheckData::Errors { counts }))) => {
-                    Some(counts.green.requests)
+                    Some(counts.of(candidate_colour).requests)
                 }
                 _ => None,
             });
@@ -47,7 +48,11 @@ pub(super) fn evaluate(
         else {
             continue;
         };
-        let Some(Ok(CheckData::Value { green, blue })) = obs.check(&check.name) else {
+        let Some(Ok(CheckData::Value {
+            candidate: green,
+            stable: blue,
+        })) = obs.check(&check.name)
+        else {
             continue;
         };
         let breaches = |v: f64| max.is_some_and(|m| v > m) || min.is_some_and(|m| v < m);
@@ -64,9 +69,12 @@ pub(super) fn evaluate(
             out.failing = true;
             if *count >= *failures && out.breach.is_none() {
                 let (whose, side) = if pinned {
-                    (" on the pinned cohort", "pinned green")
+                    (
+                        " on the pinned cohort",
+                        format!("pinned {candidate_colour}"),
+                    )
                 } else {
-                    ("", "green")
+                    ("", s.releases.role(candidate_colour))
                 };
                 out.breach = Some(format!(
                     "{} guard{whose} failed {} windows in a row ({side} {:.4}, limit {})",
@@ -79,10 +87,14 @@ pub(super) fn evaluate(
         } else {
             *count = 0;
         }
+        let (green, blue) = match candidate_colour {
+            crate::policy::Colour::Green => (Some(*green), *blue),
+            crate::policy::Colour::Blue => (*blue, Some(*green)),
+        };
         d.guards.push(GuardReport {
             check: check.name.clone(),
-            green: Some(*green),
-            blue: *blue,
+            green,
+            blue,
             max: *max,
             min: *min,
             consecutive_failures: *count,
@@ -92,8 +104,9 @@ pub(super) fn evaluate(
     out
 }
 
-/// Why blue itself is unhealthy this window (an environment problem, not green's fault), if it is.
-pub(super) fn blue_unhealthy(policy: &Policy, obs: &Observation) -> Option<String> {
+/// Why the stable copy itself is unhealthy this window (an environment problem, not the
+/// candidate's fault), if it is.
+pub(super) fn blue_unhealthy(policy: &Policy, obs: &Observation, stable: Colour) -> Option<String> {
     for check in &policy.checks {
         match (&check.kind, obs.check(&check.name)) {
             (
@@ -102,27 +115,27 @@ pub(super) fn blue_unhealthy(policy: &Policy, obs: &Observation) -> Option<Strin
                     ..
                 },
                 Some(Ok(CheckData::Errors { counts })),
-            ) if counts.blue.requests > 0.0 && counts.blue.rate() > *max => {
+            ) if counts.of(stable).requests > 0.0 && counts.of(stable).rate() > *max => {
                 return Some(format!(
-                    "{}: blue's error rate {:.4} > {}",
+                    "{}: {stable}'s error rate {:.4} > {}",
                     check.name,
-                    counts.blue.rate(),
+                    counts.of(stable).rate(),
                     max
                 ));
             }
             (
                 CheckKind::Threshold { max, min, .. },
                 Some(Ok(CheckData::Value {
-                    green,
-                    blue: Some(blue),
+                    candidate,
+                    stable: Some(value),
                 })),
             ) => {
                 let breaches = |v: f64| max.is_some_and(|m| v > m) || min.is_some_and(|m| v < m);
-                if breaches(*blue) && breaches(*green) {
+                if breaches(*value) && breaches(*candidate) {
                     return Some(format!(
-                        "{}: blue {:.4} breaches {} too",
+                        "{}: {stable} (stable) {:.4} breaches {} too",
                         check.name,
-                        blue,
+                        value,
                         limit_text(*max, *min)
                     ));
                 }

@@ -4,18 +4,14 @@ use jiff::Timestamp;
 
 use super::{in_schedule, quality, rollback, Action, Draft};
 use crate::engine::observation::Observation;
+use crate::engine::release::{check_start, StartRequest};
 use crate::engine::state::{Intent, Phase, RolloutState};
-use crate::policy::{Policy, Weights};
+use crate::policy::{Colour, Policy, Weights};
 
-/// The highest step whose share is at or below `live`'s green share (the first step below it),
-/// never the last step, which is a promotion.
-pub fn adopted_step(policy: &Policy, live: Weights) -> usize {
-    let total = f64::from(live.blue) + f64::from(live.green);
-    let share = if total > 0.0 {
-        100.0 * f64::from(live.green) / total
-    } else {
-        0.0
-    };
+/// The highest step whose share is at or below `live`'s share for `candidate` (the first step
+/// below it), never the last step, which is a promotion.
+pub fn adopted_step(policy: &Policy, live: Weights, candidate: Colour) -> usize {
+    let share = live.percent_of(candidate);
     let below_last = policy.steps.len().saturating_sub(1).max(1);
     policy.steps[..below_last]
         .iter()
@@ -34,12 +30,31 @@ pub(super) fn apply(
 ) {
     let who = by.as_deref().unwrap_or("an operator").to_string();
     match intent {
-        Intent::Start => match s.phase {
+        Intent::Start { request } => match s.phase {
             Phase::Pending | Phase::RolledBack | Phase::Promoted => {
-                s.begin_rollout(policy, now);
-                s.quality = Default::default();
-                s.started_by = by;
-                d.set(Action::Start, format!("Rollout started by {who}."));
+                // A campaign's start is nobody's typing: it never re-runs a rolled-back release.
+                let automatic = by.as_deref().is_some_and(|b| b.starts_with("campaign:"));
+                match check_start(policy, &s.releases, &request, automatic) {
+                    Ok(candidate) => {
+                        s.releases.candidate_release = request.release.clone();
+                        s.begin_rollout(policy, now);
+                        s.quality = Default::default();
+                        s.started_by = by;
+                        d.set(
+                            Action::Start,
+                            format!(
+                                "Rollout started by {who}: {}{candidate} (candidate) from {} (stable).",
+                                request
+                                    .release
+                                    .as_deref()
+                                    .map(|r| format!("release {r} onto "))
+                                    .unwrap_or_default(),
+                                s.releases.stable
+                            ),
+                        );
+                    }
+                    Err(why) => d.set(Action::Hold, format!("Start refused: {why}.")),
+                }
             }
             Phase::Progressing | Phase::Paused => d.set(
                 Action::Hold,
@@ -78,7 +93,7 @@ pub(super) fn apply(
                 // The live split (the paused state follows it) becomes the current step.
                 let live = s.weights;
                 let pending = s.applying_from;
-                let step = adopted_step(policy, live);
+                let step = adopted_step(policy, live, s.candidate());
                 s.phase = Phase::Progressing;
                 s.reason = None;
                 s.enter_step(policy, step, now);
@@ -99,6 +114,22 @@ pub(super) fn apply(
         },
         Intent::Rollback { reason } => match s.phase {
             Phase::RolledBack => d.set(Action::Hold, "Rollback ignored: already rolled back."),
+            Phase::Promoted => {
+                // Undo the promotion: the previous stable colour (still running its release
+                // unless it was redeployed) takes all traffic back.
+                s.releases.swap();
+                rollback::roll_back(
+                    policy,
+                    s,
+                    match &by {
+                        Some(user) => {
+                            format!("Operator rollback of the promotion by {user}: {reason}")
+                        }
+                        None => format!("Operator rollback of the promotion: {reason}"),
+                    },
+                    d,
+                )
+            }
             _ => rollback::roll_back(
                 policy,
                 s,
@@ -113,10 +144,13 @@ pub(super) fn apply(
             Phase::Promoted => d.set(Action::Hold, "Promote ignored: already promoted."),
             _ => {
                 let last = policy.steps.len() - 1;
+                let candidate = s.candidate();
                 s.enter_step(policy, last, now);
-                s.phase = Phase::Promoted;
-                s.reason = Some(format!("promoted by {who}"));
-                d.set(Action::Promote, format!("Promoted to 100 % by {who}."));
+                s.promote(format!("promoted by {who}"));
+                d.set(
+                    Action::Promote,
+                    format!("Promoted {candidate} to 100 % by {who}."),
+                );
             }
         },
     }
@@ -147,11 +181,18 @@ pub(super) fn progressing(
                         problems.join("; ")
                     ),
                 );
+            } else if let Err(why) =
+                check_start(policy, &s.releases, &StartRequest::default(), true)
+            {
+                d.set(Action::Hold, format!("Not starting automatically: {why}."));
             } else {
                 s.begin_rollout(policy, now);
                 s.quality = Default::default();
                 s.last_window_end = Some(obs.end);
-                d.set(Action::Start, "Rollout started automatically.");
+                d.set(
+                    Action::Start,
+                    format!("Rollout onto {} started automatically.", s.candidate()),
+                );
             }
             false
         }
@@ -161,7 +202,17 @@ pub(super) fn progressing(
             false
         }
         Phase::Promoted => {
-            d.set(Action::Hold, "Promoted: green serves all traffic.");
+            let stable = s.releases.stable;
+            let release = s
+                .releases
+                .stable_release
+                .as_deref()
+                .map(|r| format!(" (release {r})"))
+                .unwrap_or_default();
+            d.set(
+                Action::Hold,
+                format!("Promoted: {stable}{release} serves all traffic."),
+            );
             false
         }
         Phase::RolledBack => {

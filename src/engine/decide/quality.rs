@@ -271,12 +271,12 @@ fn shape_matches(kind: &CheckKind, data: &CheckData) -> Result<(), DataProblem> 
             }
             Ok(())
         }
-        (CheckKind::Threshold { .. }, CheckData::Value { green, blue }) => {
-            if green.is_finite() && blue.is_none_or(f64::is_finite) {
+        (CheckKind::Threshold { .. }, CheckData::Value { candidate, stable }) => {
+            if candidate.is_finite() && stable.is_none_or(f64::is_finite) {
                 Ok(())
             } else {
                 Err(DataProblem::NotFinite(format!(
-                    "green {green}, blue {blue:?}"
+                    "candidate {candidate}, stable {stable:?}"
                 )))
             }
         }

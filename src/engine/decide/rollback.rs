@@ -13,14 +13,16 @@ pub(super) fn due(
     d: &mut Draft,
 ) -> bool {
     let alpha = policy.alpha_per_stream();
+    let (stable, candidate) = (s.releases.stable, s.candidate());
     for stream in &s.streams {
         let min_errors = min_errors_of(policy, &stream.check);
-        if stream.rollback.crossed(alpha) && stream.total.green.bad >= min_errors as f64 {
+        let (c, b) = (stream.total.of(candidate), stream.total.of(stable));
+        if stream.rollback.crossed(alpha) && c.bad >= min_errors as f64 {
             let reason = format!(
-                "{}: green's rate {:.4} vs blue's {:.4}; evidence {} ≥ 1/α = {:.0}",
+                "{}: the candidate ({candidate})'s rate {:.4} vs the stable ({stable})'s {:.4}; evidence {} ≥ 1/α = {:.0}",
                 describe_stream(stream.check.as_str(), stream.edge),
-                stream.total.green.rate(),
-                stream.total.blue.rate(),
+                c.rate(),
+                b.rate(),
                 format_e(stream.rollback.log_e()),
                 1.0 / alpha
             );
@@ -35,14 +37,15 @@ pub(super) fn due(
     false
 }
 
-/// Sends green back to 0 %. The data-quality streaks end with it (their alerts resolve; the
-/// rollback alert says what happened).
+/// Sends the candidate back to 0 %: all traffic to the stable colour. The data-quality streaks
+/// end with it (their alerts resolve; the rollback alert says what happened).
 pub(super) fn roll_back(policy: &Policy, s: &mut RolloutState, reason: String, d: &mut Draft) {
     s.quality = Default::default();
     s.awaiting_approval = None;
     s.approval = None;
     s.phase = Phase::RolledBack;
-    s.set_weights(policy.traffic.weights_for(0.0));
+    s.set_weights(s.stable_weights(policy));
+    s.releases.roll_back();
     s.reason = Some(reason.clone());
     d.set(Action::Rollback, reason);
 }

@@ -11,7 +11,7 @@
 use super::{Draft, Notice};
 use crate::engine::observation::{CheckData, Observation};
 use crate::engine::state::RolloutState;
-use crate::policy::{CheckKind, Policy};
+use crate::policy::{CheckKind, Colour, Policy};
 
 /// Consecutive mismatching windows before holding.
 pub const SPLIT_MISMATCH_WINDOWS: u32 = 3;
@@ -26,12 +26,13 @@ pub(super) fn mismatch(
     if !policy.data_quality.check_traffic_split {
         return None;
     }
+    let candidate = s.candidate();
     let total = s.weights.blue + s.weights.green;
     if total == 0 || s.weights.green == 0 || s.weights.blue == 0 {
         return None;
     }
-    let c = s.weights.green as f64 / total as f64;
-    let (n_g, n_b) = observed(policy, obs)?;
+    let c = s.weights.of(candidate) as f64 / total as f64;
+    let (n_g, n_b) = observed(policy, obs, candidate)?;
     let n = n_g + n_b;
     if n.is_nan() || n < 1.0 {
         // No requests: nothing to compare; the window neither counts nor clears.
@@ -59,15 +60,17 @@ pub(super) fn mismatch(
         });
     }
     Some(format!(
-        "green receives {} % of requests, configured {} % ({} windows in a row)",
+        "{candidate} receives {} % of requests, configured {} % ({} windows in a row)",
         percent(observed_percent),
         percent(configured_percent),
         q.split_mismatch_windows
     ))
 }
 
-/// Green's and blue's requests this window, from the first check that counts requests.
-fn observed(policy: &Policy, obs: &Observation) -> Option<(f64, f64)> {
+/// The candidate's and the stable copy's requests this window, from the first check that counts
+/// requests.
+fn observed(policy: &Policy, obs: &Observation, candidate: Colour) -> Option<(f64, f64)> {
+    let stable = candidate.other();
     let from = |want_latency: bool| {
         policy
             .checks
@@ -76,14 +79,17 @@ fn observed(policy: &Policy, obs: &Observation) -> Option<(f64, f64)> {
                 (CheckKind::ErrorRate { .. }, Some(Ok(CheckData::Errors { counts })))
                     if !want_latency =>
                 {
-                    Some((counts.green.requests, counts.blue.requests))
+                    Some((counts.of(candidate).requests, counts.of(stable).requests))
                 }
                 (CheckKind::LatencyHistogram { .. }, Some(Ok(CheckData::Latency { edges })))
                     if want_latency =>
                 {
-                    edges
-                        .first()
-                        .map(|e| (e.counts.green.requests, e.counts.blue.requests))
+                    edges.first().map(|e| {
+                        (
+                            e.counts.of(candidate).requests,
+                            e.counts.of(stable).requests,
+                        )
+                    })
                 }
                 _ => None,
             })

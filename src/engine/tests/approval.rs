@@ -131,10 +131,15 @@ fn automatic_rollback_stays_armed_while_waiting_for_an_approval() {
 fn approver_must_differ_refuses_whoever_started_the_rollout() {
     let p = gated(None, ApprovalTimeoutAction::Hold);
     let mut s = RolloutState::new(&p);
-    s.intent = Some(Intent::Start);
+    s.intent = Some(Intent::Start {
+        request: Default::default(),
+    });
     s.intent_by = Some("bob".into());
     let d = decide(&p, &s, &obs(0, healthy()), at(0));
-    assert_eq!(d.reason, "Rollout started by bob.");
+    assert_eq!(
+        d.reason,
+        "Rollout started by bob: green (candidate) from blue (stable)."
+    );
     assert_eq!(d.state.started_by.as_deref(), Some("bob"));
     let mut start = d.state;
     start.applying_from = None;
@@ -233,7 +238,7 @@ fn an_operator_promotion_does_not_wait_at_a_gate() {
     s.intent_by = Some("dana".into());
     let d = decide(&p, &s, &obs(m, at_share(healthy(), 25.0)), at(m));
     assert_eq!(d.action, Action::Promote);
-    assert_eq!(d.reason, "Promoted to 100 % by dana.");
+    assert_eq!(d.reason, "Promoted green to 100 % by dana.");
     assert_eq!(d.state.awaiting_approval, None);
 }
 

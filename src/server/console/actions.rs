@@ -159,6 +159,7 @@ pub(crate) async fn act(
         kind,
         reason,
         expected_revision: parsed.expected_revision,
+        start: Default::default(),
     };
     let conflict = |error: String, current: &RolloutState, revision: u64| {
         (

@@ -218,7 +218,17 @@ pub fn overview_page(p: &Overview<'_>, rows: &[Visible], fragment: bool) -> Stri
 fn intent_text(i: &crate::engine::Intent) -> String {
     use crate::engine::Intent;
     match i {
-        Intent::Start => "start".into(),
+        Intent::Start { request } => match (&request.release, request.to) {
+            (None, None) => "start".into(),
+            (release, to) => format!(
+                "start{}{}",
+                release
+                    .as_deref()
+                    .map(|r| format!(" release {r}"))
+                    .unwrap_or_default(),
+                to.map(|c| format!(" onto {c}")).unwrap_or_default()
+            ),
+        },
         Intent::Pause { reason } => format!("pause ({reason})"),
         Intent::Resume => "resume".into(),
         Intent::ResumeAdoptLive => "resume keeping the live weights".into(),

@@ -331,7 +331,13 @@ impl WeightIo for SimEnv {
 }
 
 impl MetricsIo for SimEnv {
-    async fn observe(&self, policy: &Policy, start: Timestamp, end: Timestamp) -> Observation {
+    /// The simulated world's new version runs on green: its nights roll onto green only.
+    async fn observe(
+        &self,
+        policy: &Policy,
+        (start, end): (Timestamp, Timestamp),
+        _stable: crate::policy::Colour,
+    ) -> Observation {
         let mut w = self.w();
         let mode = w.metrics;
         // A backend that is down or too slow answers nothing, whatever the window.
@@ -463,7 +469,7 @@ fn garble(data: &mut CheckData, v: f64) {
                 pair(&mut e.counts);
             }
         }
-        CheckData::Value { green, .. } => *green = v,
+        CheckData::Value { candidate, .. } => *candidate = v,
     }
 }
 
