@@ -1,5 +1,5 @@
 //! `greenlight rollback API --now`: the break-glass rollback. It does not wait for the daemon:
-//! it sets the weights to blue = total itself, by compare-and-set on the policy's traffic target
+//! it sends all traffic to the stable colour itself (or to `--to`'s), by compare-and-set on the policy's traffic target
 //! (Consul KV keys or the HAProxy Runtime API), then records the rollback and why in the state
 //! (a state that cannot be decoded is kept under another key and replaced by a fresh
 //! rolled-back one), then alerts through the policy's rollback channels.
@@ -10,18 +10,21 @@ use std::time::Duration;
 use jiff::Timestamp;
 
 use super::act::audit_log;
+use super::ops::RollbackArgs;
 use super::ops::{actuator, finish_output, policy_of, store};
 use crate::alert::{channel, channels_from_config, AlertEvent, EventKind, Notifier};
 use crate::audit::{ActionKind, Actor, AuditEntry};
 use crate::daemon::{StateStore, StoreError};
-use crate::engine::{decode_state, RolloutState};
-use crate::policy::{Config, Policy, Weights};
+use crate::engine::{decode_state, stable_of_undecodable, Phase, RolloutState};
+use crate::policy::{Colour, Config, Policy, Weights};
 use crate::traffic::{Actuator, TrafficError};
 
 /// Compare-and-set rounds against weights or a state that keep changing under us.
 const ROUNDS: usize = 5;
 
-pub fn rollback_now(config: Option<&Path>, actor: &Actor, api: &str, reason: &str) -> i32 {
+pub fn rollback_now(config: Option<&Path>, actor: &Actor, args: &RollbackArgs) -> i32 {
+    let (api, reason) = (args.api.as_str(), args.reason.as_str());
+    let to: Option<Colour> = args.to.as_deref().and_then(|c| c.parse().ok());
     let config = match super::load_config(config) {
         Ok(c) => c,
         Err(code) => return code,
@@ -45,7 +48,53 @@ pub fn rollback_now(config: Option<&Path>, actor: &Actor, api: &str, reason: &st
         Ok(r) => r,
         Err(code) => return code,
     };
-    runtime.block_on(run(&config, &policy, &store, &actuator, actor, reason))
+    runtime.block_on(async {
+        let to = match target_colour(&policy, &store, to).await {
+            Ok(c) => c,
+            Err(why) => {
+                eprintln!("error: {api}: {why}. Nothing changed.");
+                return super::EXIT_FAILURE;
+            }
+        };
+        run(&config, &policy, &store, &actuator, actor, (reason, to)).await
+    })
+}
+
+/// The colour a break-glass rollback sends all traffic to: `to`, or the stored state's stable
+/// colour (blue for an API without a state). A rollout in progress is only ever rolled back to
+/// its stable colour; a promoted one may be sent back to the previous stable colour.
+async fn target_colour(
+    policy: &Policy,
+    store: &StateStore,
+    to: Option<Colour>,
+) -> Result<Colour, String> {
+    let stored = store.load_raw(&policy.api).await;
+    let state = match stored {
+        Ok(None) => return Ok(to.unwrap_or(Colour::Blue)),
+        Ok(Some((bytes, _))) => match decode_state(&bytes) {
+            Ok(state) => Ok(state),
+            Err(e) => match (to, stable_of_undecodable(&bytes)) {
+                (None, Some(stable)) => return Ok(stable),
+                _ => Err(e.to_string()),
+            },
+        },
+        Err(e) => Err(e.to_string()),
+    };
+    match (state, to) {
+        (Ok(s), None) => Ok(s.releases.stable),
+        (Ok(s), Some(to)) if to == s.releases.stable || s.phase == Phase::Promoted => Ok(to),
+        (Ok(s), Some(to)) => Err(format!(
+            "{to} is the candidate of the rollout in progress ({}); a break-glass rollback sends \
+             all traffic to the stable colour, {}",
+            s.phase.as_str(),
+            s.releases.stable
+        )),
+        (Err(_), Some(to)) => Ok(to),
+        (Err(e), None) => Err(format!(
+            "the stable colour could not be read from the state ({e}); say where all traffic \
+             goes with `--to blue` or `--to green`"
+        )),
+    }
 }
 
 async fn run(
@@ -54,11 +103,11 @@ async fn run(
     store: &StateStore,
     actuator: &Actuator,
     actor: &Actor,
-    reason: &str,
+    (reason, to): (&str, Colour),
 ) -> i32 {
     let api = &policy.api;
-    let target = policy.traffic.weights_for(0.0);
-    // 1. Traffic first: blue takes everything even if nothing else below works.
+    let target = policy.traffic.weights_toward(to.other(), 0.0);
+    // 1. Traffic first: the stable colour takes everything even if nothing else below works.
     let before = match set_weights(policy, actuator, target).await {
         Ok(before) => before,
         Err(e) => {
@@ -69,18 +118,18 @@ async fn run(
     let mut code = 0;
     let mut lines = vec![if before == target {
         format!(
-            "{api}: all traffic was already on blue (blue={} green={}).",
+            "{api}: all traffic was already on {to} (blue={} green={}).",
             target.blue, target.green
         )
     } else {
         format!(
-            "{api}: all traffic on blue now: weights blue={} green={} (were blue={} green={}), set by compare-and-set.",
+            "{api}: all traffic on {to} now: weights blue={} green={} (were blue={} green={}), set by compare-and-set.",
             target.blue, target.green, before.blue, before.green
         )
     }];
     // 2. The state says why, so that the daemon holds and `status` tells.
     let why = format!("Break-glass rollback (`greenlight rollback --now`): {reason}");
-    let (recorded, written) = match record(policy, store, &why).await {
+    let (recorded, written) = match record(policy, store, &why, to).await {
         Ok((recorded, written)) => (Ok(recorded), Some(written)),
         Err(e) => (Err(e), None),
     };
@@ -93,18 +142,18 @@ async fn run(
         )),
         Err(e) => {
             code = super::EXIT_FAILURE;
-            eprintln!("error: {api}: traffic is on blue, but the rollback could not be recorded in the state: {e}");
+            eprintln!("error: {api}: traffic is on {to}, but the rollback could not be recorded in the state: {e}");
         }
     }
     // 3. Tell people, and keep the audit entry.
-    let event = alert(policy, before, target, reason, &recorded);
+    let event = alert(policy, (before, target, to), reason, &recorded);
     lines.extend(send(config, policy, &event).await);
     let written = written.unwrap_or_else(|| {
         // Not recorded in the state: the entry still says what happened to the weights.
         let mut was = RolloutState::new(policy);
         was.weights = before;
         let mut now = was.clone();
-        now.record_break_glass(policy, &why, Timestamp::now());
+        now.record_break_glass(policy, &why, to, Timestamp::now());
         Written {
             before: was,
             after: now,
@@ -186,6 +235,7 @@ async fn record(
     policy: &Policy,
     store: &StateStore,
     why: &str,
+    to: Colour,
 ) -> Result<(Recorded, Written), StoreError> {
     let mut last = None;
     for _ in 0..ROUNDS {
@@ -203,7 +253,7 @@ async fn record(
             Ok((before, index)) => {
                 let mut state = before.clone();
                 state.reconcile(policy);
-                state.record_break_glass(policy, why, now);
+                state.record_break_glass(policy, why, to, now);
                 let revision = state.revision;
                 store.save(&state, index, None).await.map(|index| {
                     let written = Written {
@@ -223,6 +273,7 @@ async fn record(
                     &format!(
                         "{why} (the previous state could not be decoded: {reason}; kept at {kept})"
                     ),
+                    to,
                     now,
                 );
                 store
@@ -250,8 +301,7 @@ async fn record(
 
 fn alert(
     policy: &Policy,
-    before: Weights,
-    after: Weights,
+    (before, after, to): (Weights, Weights, Colour),
     reason: &str,
     recorded: &Result<Recorded, StoreError>,
 ) -> AlertEvent {
@@ -268,7 +318,7 @@ fn alert(
         EventKind::Rollback,
         &format!("breakglass-{}", now.as_second()),
         format!(
-            "{}: an operator sent all traffic back to blue (rollback --now): {reason}",
+            "{}: an operator sent all traffic back to {to} (rollback --now): {reason}",
             policy.api
         ),
         now,

@@ -93,7 +93,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Pause(args) => act::intent(cli.config.as_deref(), actor, ActionKind::Pause, args),
         Command::Resume(args) => ops::resume(cli.config.as_deref(), actor, args),
         Command::Rollback(args) if args.now => {
-            breakglass::rollback_now(cli.config.as_deref(), actor, &args.api, &args.reason)
+            breakglass::rollback_now(cli.config.as_deref(), actor, &args)
         }
         Command::Rollback(args) => act::intent(
             cli.config.as_deref(),

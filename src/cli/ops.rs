@@ -70,11 +70,15 @@ pub struct RollbackArgs {
     /// Why (recorded in the state and shown by `status`).
     #[arg(long, default_value = "requested by an operator")]
     pub reason: String,
-    /// Break glass: set the weights to blue = total now, by compare-and-set on the traffic
-    /// target, without waiting for the daemon and even when the stored state cannot be read;
-    /// then record the rollback in the state and alert.
+    /// Break glass: send all traffic to the stable colour now, by compare-and-set on the
+    /// traffic target, without waiting for the daemon and even when the stored state cannot be
+    /// read (then `--to` says which colour); then record the rollback in the state and alert.
     #[arg(long)]
     pub now: bool,
+    /// With `--now`: the colour to send all traffic to (default: the state's stable colour).
+    /// After a promotion, `--to` the previous stable colour undoes the promotion.
+    #[arg(long, requires = "now", value_parser = ["blue", "green"])]
+    pub to: Option<String>,
 }
 
 pub(super) fn policies(config: &Config) -> Result<Vec<Policy>, i32> {
@@ -301,7 +305,7 @@ fn print_undecodable(
     writeln!(out, "  reason:   {reason}")?;
     writeln!(
         out,
-        "  repair:   `greenlight rollback {api} --now` sends all traffic to blue, keeps these bytes at {kept_at} and writes a fresh rolled-back state"
+        "  repair:   `greenlight rollback {api} --now` sends all traffic to the stable colour (`--to blue|green` when the bytes do not say it), keeps these bytes at {kept_at} and writes a fresh rolled-back state"
     )
 }
 
@@ -327,6 +331,7 @@ fn print_view(out: &mut impl Write, v: &RolloutView) -> io::Result<()> {
         v.weights.blue,
         v.weights.green
     )?;
+    writeln!(out, "  release:  {}", v.releases_text())?;
     if let Some(since) = v.since {
         writeln!(out, "  {}: {since}", since_label(v.phase))?;
     }
@@ -373,10 +378,11 @@ fn print_view(out: &mut impl Write, v: &RolloutView) -> io::Result<()> {
             d.reason
         )?;
     }
+    let c = v.candidate();
     for e in &v.evidence {
         writeln!(
             out,
-            "  evidence: {:<13} against green {} (rollback at {:.0}); for green at this step {} (advance at {:.0})",
+            "  evidence: {:<13} against {c} {} (rollback at {:.0}); for {c} at this step {} (advance at {:.0})",
             e.stream,
             format_e(e.rollback_log_e),
             e.rollback_threshold,

@@ -3,9 +3,9 @@
 use jiff::Timestamp;
 
 use crate::alert::{vmui_link, AlertEvent, EventKind};
-use crate::engine::{percent, Action, Counts, Decision, Notice, RolloutState};
+use crate::engine::{percent, Action, Counts, Decision, Notice, Releases, RolloutState};
 use crate::metrics::template::render;
-use crate::policy::{CheckKind, GreenMissingAction, Policy, Weights};
+use crate::policy::{CheckKind, Colour, GreenMissingAction, Policy, Weights};
 use crate::server::sticky_view::who_is_on_green;
 use crate::server::telemetry::green_share;
 use crate::stats::{format_e, format_e_short};
@@ -48,6 +48,29 @@ fn weights(w: Weights) -> String {
     format!("blue={} green={}", w.blue, w.green)
 }
 
+/// ` (release ID)`, or nothing without an id.
+fn release_text(release: Option<&str>) -> String {
+    release
+        .map(|r| format!(" (release {r})"))
+        .unwrap_or_default()
+}
+
+/// Every alert of a rollout says which colour is stable and which is the candidate, with their
+/// release ids when known.
+fn with_releases(e: AlertEvent, releases: &Releases, release: Option<&str>) -> AlertEvent {
+    let side = |c: Colour| match releases.release_of(c) {
+        Some(id) => format!("{c} ({id})"),
+        None => c.to_string(),
+    };
+    let e = e
+        .with_field("stable", side(releases.stable))
+        .with_field("candidate", side(releases.candidate()));
+    match release {
+        Some(id) => e.with_field("release", id),
+        None => e,
+    }
+}
+
 /// The console page of `api` under the console's public URL.
 pub fn console_link(console_url: &str, api: &str) -> String {
     format!("{}/apis/{api}", console_url.trim_end_matches('/'))
@@ -69,13 +92,19 @@ pub fn for_decision(
         Action::Rollback => {
             let x = &d.explanation;
             let qs = queries(policy, policy.interval);
+            // After a rollback (or an undone promotion) the candidate is the colour sent back.
+            let r = &d.state.releases;
+            let (stable, candidate) = (r.stable, r.candidate());
             let mut e = AlertEvent::new(
                 &policy.api,
                 EventKind::Rollback,
                 &id,
                 format!(
-                    "greenlight rolled back {} at {} % green: {}",
-                    policy.api, x.green_percent, d.reason
+                    "greenlight rolled back {}{} at {} % {candidate}, all traffic to {stable} (stable): {}",
+                    policy.api,
+                    release_text(r.candidate_release.as_deref()),
+                    percent(x.weights_before.percent_of(candidate)),
+                    d.reason
                 ),
                 at,
             )
@@ -116,10 +145,10 @@ pub fn for_decision(
                         ),
                     );
                 description.push_str(&format!(
-                    "{}: green {} vs blue {} over the rollout; {} (threshold {:.0}).\n",
+                    "{}: candidate {candidate} {} vs stable {stable} {} over the rollout; {} (threshold {:.0}).\n",
                     s.id,
-                    counts(&s.total.green),
-                    counts(&s.total.blue),
+                    counts(&s.total.of(candidate)),
+                    counts(&s.total.of(stable)),
                     format_e(s.rollback_log_e),
                     s.rollback_threshold
                 ));
@@ -151,8 +180,11 @@ pub fn for_decision(
                 EventKind::Promoted,
                 &id,
                 format!(
-                    "greenlight promoted {} to 100 % green: {}",
-                    policy.api, d.reason
+                    "greenlight promoted {}{}: {} is stable, with 100 % of traffic: {}",
+                    policy.api,
+                    release_text(d.state.releases.stable_release.as_deref()),
+                    d.state.releases.stable,
+                    d.reason
                 ),
                 at,
             )
@@ -403,7 +435,17 @@ pub fn for_decision(
             .resolve(at),
         );
     }
+    // The release a promotion alert is about is the new stable one; every other alert's is the
+    // candidate's.
+    let r = &d.state.releases;
+    let release = match d.action {
+        Action::Promote => r.stable_release.as_deref(),
+        _ => r.candidate_release.as_deref(),
+    };
     events
+        .into_iter()
+        .map(|e| with_releases(e, r, release))
+        .collect()
 }
 
 /// What happens next while green's data stay missing.
@@ -630,6 +672,67 @@ errors = 'e{{server="{{color}}"}}[{{interval}}]'
         let e = &for_decision(&w, &s, &rolled, None, None)[0];
         assert!(!e.fields.contains_key("users_moved_back"));
         assert!(!e.description.contains("moved back"), "{}", e.description);
+    }
+
+    #[test]
+    fn rollback_and_promotion_alerts_name_the_stable_and_candidate_colours_and_the_release() {
+        let p = policy();
+        let t0: Timestamp = "2026-01-05T00:00:00Z".parse().unwrap();
+        // Green is stable with release a; release b rolls onto blue.
+        let mut s = RolloutState::new(&p);
+        s.releases.stable = Colour::Green;
+        s.releases.stable_release = Some("a".into());
+        s.phase = Phase::Promoted;
+        s.weights = Weights {
+            blue: 0,
+            green: 100,
+        };
+        s.intent = Some(Intent::Start {
+            request: crate::engine::StartRequest {
+                to: None,
+                release: Some("b".into()),
+            },
+        });
+        let started = decide(&p, &s, &empty(t0), t0);
+        assert_eq!(
+            started.state.weights,
+            Weights {
+                blue: 10,
+                green: 90
+            }
+        );
+        let mut promote = started.state.clone();
+        promote.intent = Some(Intent::Promote);
+        let promoted = decide(&p, &promote, &empty(t0), t0);
+        let e = &for_decision(&p, &promote, &promoted, None, None)[0];
+        assert_eq!(e.kind, EventKind::Promoted);
+        assert!(
+            e.summary
+                .starts_with("greenlight promoted checkout (release b): blue is stable"),
+            "{}",
+            e.summary
+        );
+        assert_eq!(e.fields["release"], "b");
+        assert_eq!(e.fields["stable"], "blue (b)");
+        assert_eq!(e.fields["candidate"], "green (a)");
+
+        let mut roll = started.state.clone();
+        roll.intent = Some(Intent::Rollback {
+            reason: "bad".into(),
+        });
+        let rolled = decide(&p, &roll, &empty(t0), t0);
+        let e = &for_decision(&p, &roll, &rolled, None, None)[0];
+        assert_eq!(e.kind, EventKind::Rollback);
+        assert!(
+            e.summary.starts_with(
+                "greenlight rolled back checkout (release b) at 10 % blue, all traffic to green (stable)"
+            ),
+            "{}",
+            e.summary
+        );
+        assert_eq!(e.fields["release"], "b");
+        assert_eq!(e.fields["stable"], "green (a)");
+        assert_eq!(e.fields["weights_after"], "blue=0 green=100");
     }
 
     #[test]

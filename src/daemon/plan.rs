@@ -48,13 +48,15 @@ pub fn reconcile_live(state: &RolloutState, live: Weights) -> LivePlan {
 }
 
 /// [`reconcile_live`] when `live` may come from only some of the nodes (the others did not
-/// answer). A change that takes green out of service is written to every node that answers,
+/// answer). A change that takes the candidate out of service is written to every node that answers,
 /// whatever the others (a rollback must land where it can): the nodes that answered having it
 /// do not confirm it on the silent ones, so the change stays pending until they answer. Other
 /// changes are written to every node or to none, so the nodes that answered tell.
 pub fn reconcile_live_partial(state: &RolloutState, live: Weights, some_unread: bool) -> LivePlan {
     match reconcile_live(state, live) {
-        LivePlan::Confirmed if some_unread && state.weights.green == 0 => LivePlan::InSync,
+        LivePlan::Confirmed if some_unread && state.weights.of(state.candidate()) == 0 => {
+            LivePlan::InSync
+        }
         plan => plan,
     }
 }

@@ -176,6 +176,24 @@ pub struct DecisionRecord {
     /// The window's counts per stream, when it was counted (for the console's charts).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub counted: Vec<CountRecord>,
+    /// The colour the rollout moved traffic onto and its release id, when given (absent in
+    /// records written before rollouts had a direction: green).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidate: Option<Colour>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<String>,
+}
+
+impl DecisionRecord {
+    /// The rollout's colour and release as a decision on `s` records them: the candidate's, or
+    /// after a promotion the colour and release that just became stable.
+    pub(crate) fn release_of(action: Action, s: &RolloutState) -> (Option<Colour>, Option<String>) {
+        let r = &s.releases;
+        match action {
+            Action::Promote => (Some(r.stable), r.stable_release.clone()),
+            _ => (Some(r.candidate()), r.candidate_release.clone()),
+        }
+    }
 }
 
 /// One stream's counts in one counted window.
@@ -404,7 +422,10 @@ fn finish(
     ) {
         s.phase_since = Some(now);
     }
+    let (candidate, release) = DecisionRecord::release_of(action, &s);
     s.record(DecisionRecord {
+        candidate,
+        release,
         revision: 0,
         at: now,
         window_end: obs.end,

@@ -101,6 +101,30 @@ impl Releases {
     }
 }
 
+/// The stable colour of a stored state that cannot be decoded as a whole, when its JSON still
+/// says (or, for a state written before colours were recorded, implies) it: what a break-glass
+/// rollback needs to send traffic the right way. `None` when the bytes are not JSON.
+pub fn stable_of_undecodable(bytes: &[u8]) -> Option<Colour> {
+    let v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    let v = v.as_object()?;
+    if let Some(stable) = v.get("releases").and_then(|r| r.get("stable")) {
+        return stable.as_str()?.parse().ok();
+    }
+    let promoted = v.get("phase").and_then(|p| p.as_str()) == Some("promoted");
+    let weight = |c: &str| {
+        v.get("weights")
+            .and_then(|w| w.get(c))
+            .and_then(|x| x.as_u64())
+    };
+    Some(
+        if promoted && weight("blue") == Some(0) && weight("green").is_some_and(|g| g > 0) {
+            Colour::Green
+        } else {
+            Colour::Blue
+        },
+    )
+}
+
 /// Checks a release id given by a person or read from the metrics.
 pub fn validate_release(id: &str) -> Result<(), String> {
     if id.is_empty() {
@@ -250,6 +274,21 @@ mod tests {
         assert_eq!(check_start(&p, &r, &of("b"), false), Ok(Colour::Green));
         assert!(check_start(&p, &r, &of("bad id"), false).is_err());
         assert!(check_start(&p, &r, &of(""), false).is_err());
+    }
+
+    #[test]
+    fn the_stable_colour_of_an_undecodable_state_is_read_when_its_json_says_it() {
+        let broken = br#"{"revision":null,"releases":{"stable":"green"}}"#;
+        assert_eq!(stable_of_undecodable(broken), Some(Colour::Green));
+        let old = br#"{"phase":"promoted","weights":{"blue":0,"green":100},"x":null}"#;
+        assert_eq!(stable_of_undecodable(old), Some(Colour::Green));
+        let old = br#"{"phase":"progressing","weights":{"blue":90,"green":10}}"#;
+        assert_eq!(stable_of_undecodable(old), Some(Colour::Blue));
+        assert_eq!(stable_of_undecodable(b"\x00garbage"), None);
+        assert_eq!(
+            stable_of_undecodable(br#"{"releases":{"stable":"purple"}}"#),
+            None
+        );
     }
 
     #[test]

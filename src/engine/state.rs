@@ -396,12 +396,33 @@ impl RolloutState {
         }
     }
 
-    /// Records a rollback done outside the daemon (`greenlight rollback --now`): rolled back,
-    /// the weights blue = total, nothing pending, `reason` kept and one history record added.
-    pub fn record_break_glass(&mut self, policy: &Policy, reason: &str, now: Timestamp) {
+    /// Records a rollback done outside the daemon (`greenlight rollback --now`) that sent all
+    /// traffic to `to`: rolled back, nothing pending, `reason` kept and one history record added.
+    /// `to` other than the stable colour undoes a promotion (or, with a state that could not be
+    /// read, says which colour is stable).
+    pub fn record_break_glass(
+        &mut self,
+        policy: &Policy,
+        reason: &str,
+        to: Colour,
+        now: Timestamp,
+    ) {
+        // The candidate's release is rolled back when a rollout was under way, or when the
+        // promotion of it is undone; not when traffic already was on the stable colour.
+        let mut rolls_back_candidate = matches!(self.phase, Phase::Progressing | Phase::Paused);
+        if to != self.releases.stable {
+            if self.phase == Phase::Promoted {
+                self.releases.swap();
+                rolls_back_candidate = true;
+            } else {
+                self.releases.stable = to;
+            }
+        }
         self.phase = Phase::RolledBack;
         self.weights = self.stable_weights(policy);
-        self.releases.roll_back();
+        if rolls_back_candidate {
+            self.releases.roll_back();
+        }
         self.applying_from = None;
         self.intent = None;
         self.intent_by = None;
@@ -410,7 +431,10 @@ impl RolloutState {
         self.reason = Some(reason.to_string());
         self.phase_since = Some(now);
         self.revision += 1;
+        let (candidate, release) = super::DecisionRecord::release_of(super::Action::Rollback, self);
         self.record(super::DecisionRecord {
+            candidate,
+            release,
             revision: 0,
             at: now,
             window_end: self.last_window_end.unwrap_or(now),

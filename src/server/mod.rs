@@ -25,7 +25,7 @@ use axum::{Json, Router};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{Action, DecisionRecord, Intent, Pair, Phase, RolloutState};
+use crate::engine::{Action, DecisionRecord, Intent, Pair, Phase, Releases, RolloutState};
 use crate::policy::{Policy, Weights};
 
 pub use campaign_view::CampaignView;
@@ -115,6 +115,9 @@ pub struct RolloutView {
     /// Sticky mode: green's share of users and the named subsets (absent otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sticky: Option<StickyView>,
+    /// Which colour is stable, which is the candidate, and their releases.
+    #[serde(default)]
+    pub releases: Releases,
 }
 
 /// A gate the rollout waits at.
@@ -169,6 +172,28 @@ pub struct PauseInfo {
 }
 
 impl RolloutView {
+    /// The colour the rollout moves traffic onto.
+    pub fn candidate(&self) -> crate::policy::Colour {
+        self.releases.candidate()
+    }
+
+    /// `stable blue (release a), candidate green (release b)`, for status lines and pages.
+    pub fn releases_text(&self) -> String {
+        let r = &self.releases;
+        let of = |c| {
+            r.release_of(c)
+                .map(|id| format!(" (release {id})"))
+                .unwrap_or_default()
+        };
+        format!(
+            "stable {}{}, candidate {}{}",
+            r.stable,
+            of(r.stable),
+            r.candidate(),
+            of(r.candidate())
+        )
+    }
+
     /// This view without its decision history, cloned without copying the history.
     pub fn summary(&self) -> RolloutView {
         RolloutView {
@@ -194,6 +219,7 @@ impl RolloutView {
             awaiting_approval: self.awaiting_approval.clone(),
             started_by: self.started_by.clone(),
             sticky: self.sticky.clone(),
+            releases: self.releases.clone(),
         }
     }
 
@@ -265,6 +291,7 @@ impl RolloutView {
             }),
             started_by: state.started_by.clone(),
             sticky: sticky_view(policy, state.weights),
+            releases: state.releases.clone(),
         }
     }
 }

@@ -48,6 +48,7 @@ pub const POLICY_LOAD_ERRORS: &str = "greenlight_policy_load_errors";
 pub const SHELL_EVENTS_TOTAL: &str = "greenlight_shell_events_total";
 pub const AWAITING_APPROVAL: &str = "greenlight_awaiting_approval";
 pub const AUDIT_ENTRIES_TOTAL: &str = "greenlight_audit_entries_total";
+pub const RELEASE: &str = "greenlight_release";
 
 /// Upper bounds of the query duration histogram, seconds.
 const QUERY_BUCKETS: [f64; 12] = [
@@ -109,6 +110,15 @@ impl QueryErrorKind {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ApiLabels {
     api: String,
+}
+
+/// The release of an API's current rollout: one series per API, replaced when it changes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReleaseLabels {
+    api: String,
+    stable: &'static str,
+    candidate: &'static str,
+    release: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -191,6 +201,9 @@ pub struct Telemetry {
     policy_errors: Gauge,
     shell_events: Family<EventLabels, Counter>,
     awaiting_approval: Family<ApiLabels, Gauge>,
+    release: Family<ReleaseLabels, Gauge>,
+    /// The release series exported per API, to replace it when the rollout changes.
+    releases: Mutex<BTreeMap<String, ReleaseLabels>>,
     audit_entries: Family<ResultLabels, Counter>,
     campaigns: super::campaign_metrics::CampaignMetrics,
     /// Evidence stream ids exported per API, to drop the series of vanished streams.
@@ -229,6 +242,8 @@ impl Telemetry {
             policy_errors: Gauge::default(),
             shell_events: Family::default(),
             awaiting_approval: Family::default(),
+            release: Family::default(),
+            releases: Mutex::new(BTreeMap::new()),
             audit_entries: Family::default(),
             campaigns: Default::default(),
             streams: Mutex::new(BTreeMap::new()),
@@ -258,6 +273,13 @@ impl Telemetry {
             AWAITING_APPROVAL,
             "1 while the rollout waits for a human to approve its next step, per API",
             t.awaiting_approval.clone(),
+        );
+        r.register(
+            RELEASE,
+            "1 for the stable and candidate colours of an API's current rollout and its release \
+             (the candidate's while it runs or was rolled back, the new stable one's once promoted; \
+             empty when not given)",
+            t.release.clone(),
         );
         r.register(
             counter_base(AUDIT_ENTRIES_TOTAL),
@@ -389,6 +411,7 @@ impl Telemetry {
         self.awaiting_approval
             .get_or_create(&labels)
             .set(i64::from(state.awaiting_approval.is_some()));
+        self.set_release(api, state);
         for phase in PHASES {
             self.phase
                 .get_or_create(&PhaseLabels {
@@ -411,6 +434,28 @@ impl Telemetry {
         for gone in before.iter().flatten().filter(|id| !now.contains(*id)) {
             self.remove_evidence(api, gone);
         }
+    }
+
+    /// The release series of `api`: the one of its current rollout only.
+    fn set_release(&self, api: &str, state: &RolloutState) {
+        let r = &state.releases;
+        let release = match state.phase {
+            Phase::Promoted => r.stable_release.clone(),
+            _ => r.candidate_release.clone(),
+        };
+        let labels = ReleaseLabels {
+            api: api.to_string(),
+            stable: r.stable.as_str(),
+            candidate: r.candidate().as_str(),
+            release: release.unwrap_or_default(),
+        };
+        let mut known = lock(&self.releases);
+        if let Some(old) = known.insert(api.to_string(), labels.clone()) {
+            if old != labels {
+                self.release.remove(&old);
+            }
+        }
+        self.release.get_or_create(&labels).set(1);
     }
 
     /// Records one metrics query against `backend` (e.g. `victoriametrics`) and its outcome.
@@ -527,6 +572,9 @@ impl Telemetry {
         self.green_percent.remove(&labels);
         self.step.remove(&labels);
         self.awaiting_approval.remove(&labels);
+        if let Some(old) = lock(&self.releases).remove(api) {
+            self.release.remove(&old);
+        }
         self.last_evaluation.remove(&labels);
         self.overrides.remove(&labels);
         for phase in PHASES {
@@ -765,6 +813,40 @@ mod tests {
             &text,
             r#"greenlight_decisions_total{api="payments",action="start"} 1"#
         ));
+    }
+
+    #[test]
+    fn the_release_series_follows_the_current_rollout_only() {
+        let policy = crate::engine::tests::policy();
+        let tel = Telemetry::new();
+        let mut state = RolloutState::new(&policy);
+        state.releases.candidate_release = Some("v1".into());
+        tel.rollout("checkout", &state);
+        let v1 =
+            r#"greenlight_release{api="checkout",stable="blue",candidate="green",release="v1"} 1"#;
+        assert!(has(&tel.encode(), v1), "{}", tel.encode());
+        // Promoted: green is stable with v1; then v2 rolls onto blue.
+        state.phase = Phase::Promoted;
+        state.releases.stable = crate::policy::Colour::Green;
+        state.releases.stable_release = Some("v1".into());
+        state.releases.candidate_release = None;
+        tel.rollout("checkout", &state);
+        state.phase = Phase::Progressing;
+        state.releases.candidate_release = Some("v2".into());
+        tel.rollout("checkout", &state);
+        let text = tel.encode();
+        let series: Vec<&str> = samples(&text)
+            .into_iter()
+            .filter(|l| l.starts_with("greenlight_release{"))
+            .collect();
+        assert_eq!(
+            series,
+            vec![
+                r#"greenlight_release{api="checkout",stable="green",candidate="blue",release="v2"} 1"#
+            ]
+        );
+        tel.forget("checkout");
+        assert!(!tel.encode().contains("greenlight_release{"));
     }
 
     #[test]

@@ -315,6 +315,7 @@ fn summary(out: &mut String, p: &ApiPage<'_>) {
                 g = v.green_percent
             ),
         ),
+        ("Release", esc(&v.releases_text())),
         (
             "Since",
             v.since
