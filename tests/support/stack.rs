@@ -65,6 +65,7 @@ pub struct ErrorRates {
 /// Sends requests through HAProxy and imports the per-colour counts into VictoriaMetrics.
 pub struct Feeder {
     stop: Arc<AtomicBool>,
+    rates: Arc<Mutex<ErrorRates>>,
     served: Arc<Mutex<HashMap<String, u64>>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -122,9 +123,15 @@ impl Feeder {
         });
         Feeder {
             stop,
+            rates,
             served,
             thread: Some(thread),
         }
+    }
+
+    /// Changes the error probability per colour from the next request on.
+    pub fn set_rates(&self, rates: ErrorRates) {
+        *self.rates.lock().unwrap() = rates;
     }
 
     pub fn reset_served(&self) {
@@ -324,6 +331,21 @@ nodes = ["{haproxy}"]
 
     /// Starts `greenlight --config <config> run --instance <name> <extra>` in the background.
     pub fn daemon(&self, name: &str, config: &Path, extra: &[&str]) -> Proc {
+        self.spawn_daemon(name, config, extra, &[])
+    }
+
+    /// [`Stack::daemon`] with environment variables set (e.g. an alert channel's URL).
+    pub fn daemon_with_env(&self, name: &str, config: &Path, env: &[(&str, &str)]) -> Proc {
+        self.spawn_daemon(name, config, &[], env)
+    }
+
+    fn spawn_daemon(
+        &self,
+        name: &str,
+        config: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Proc {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_greenlight"));
         cmd.current_dir(self.dir.path())
             .arg("--config")
@@ -332,7 +354,8 @@ nodes = ["{haproxy}"]
             .args(["--instance", name])
             .args(extra)
             .env("RUST_LOG", "info")
-            .env_remove("CONSUL_HTTP_TOKEN");
+            .env_remove("CONSUL_HTTP_TOKEN")
+            .envs(env.iter().copied());
         Proc::spawn(name, cmd, self.dir.path())
     }
 
@@ -397,7 +420,14 @@ nodes = ["{haproxy}"]
 
     /// Green's weight as HAProxy's Runtime API reports it.
     pub fn green_weight(&self) -> u32 {
-        let reply = self.haproxy.runtime("get weight api_checkout/green");
+        self.weight("green")
+    }
+
+    /// `colour`'s weight as HAProxy's Runtime API reports it.
+    pub fn weight(&self, colour: &str) -> u32 {
+        let reply = self
+            .haproxy
+            .runtime(&format!("get weight api_checkout/{colour}"));
         reply.split_whitespace().next().unwrap().parse().unwrap()
     }
 

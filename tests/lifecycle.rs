@@ -1,0 +1,197 @@
+//! Three consecutive releases of one API through the real daemon, real HAProxy and a real
+//! VictoriaMetrics (state in the Consul double): release A is promoted onto green, release B
+//! rolls onto blue and is promoted (the daemon killed half-way through), release C rolls onto
+//! green and is rolled back to blue. Weights, stable colour, release ids, alerts, `status` and
+//! /metrics are checked at every stage.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::fake_http::{Behaviour, FakeHttp};
+use support::stack::{listen_addr, phase, policy_with, ErrorRates, Feeder, Stack};
+use support::{eventually, http, Proc};
+
+const DEADLINE: Duration = Duration::from_secs(120);
+
+fn start(stack: &Stack, cfg: &Path, env: &[(&str, &str)], release: &str) {
+    stack
+        .greenlight(cfg, &["start", "checkout", "--release", release], env)
+        .expect_code(0);
+}
+
+/// Waits for the rollout to settle in `want` with every weight change applied; returns it.
+fn settled(stack: &Stack, daemon: &mut Proc, want: &str, release: &str) -> Value {
+    eventually(&format!("{release} {want}"), DEADLINE, || {
+        daemon.assert_running();
+        stack
+            .state()
+            .filter(|s| phase(s) == want && s["applying_from"].is_null() && s["intent"].is_null())
+    })
+}
+
+fn releases(state: &Value) -> (&str, &str, &str) {
+    let r = &state["releases"];
+    (
+        r["stable"].as_str().unwrap_or(""),
+        r["stable_release"].as_str().unwrap_or(""),
+        r["candidate_release"].as_str().unwrap_or(""),
+    )
+}
+
+/// The webhook events received so far that are neither resolutions nor audit entries.
+fn events(hook: &FakeHttp) -> Vec<Value> {
+    hook.received()
+        .iter()
+        .filter_map(|r| serde_json::from_str::<Value>(&r.body).ok())
+        .map(|v| v["event"].clone())
+        .filter(|e| e["resolved"] != true && e["kind"] != "audit")
+        .collect()
+}
+
+fn metrics(listen: SocketAddr) -> String {
+    let (code, body) = http(listen, "GET", "/metrics", b"").unwrap();
+    assert_eq!(code, 200);
+    body
+}
+
+#[test]
+fn three_releases_alternate_colours_across_a_daemon_kill_and_the_last_is_rolled_back() {
+    let stack = Stack::start_with(
+        &policy_with("auto_start = false\nalerts = [\"oncall\"]"),
+        true,
+    );
+    let feeder = Feeder::start(
+        &stack.haproxy,
+        stack.vm(),
+        ErrorRates {
+            blue: 0.0,
+            green: 0.0,
+        },
+        15,
+    );
+    let hook = FakeHttp::start(Behaviour::Answer {
+        status: 200,
+        content_type: "application/json",
+        body: "{}".into(),
+    });
+    let listen = listen_addr();
+    let cfg = stack.config_with(
+        "a",
+        listen,
+        &stack.vm().url(),
+        "[[alert]]\nname = \"oncall\"\nkind = \"webhook\"\nurl = { env = \"HOOK_URL\" }\n",
+    );
+    let url = hook.url();
+    let env = [("HOOK_URL", url.as_str())];
+    let mut daemon = stack.daemon_with_env("a", &cfg, &env);
+
+    // Release A onto green: promoted, green stable.
+    start(&stack, &cfg, &env, "a");
+    let s = settled(&stack, &mut daemon, "promoted", "a");
+    assert_eq!(releases(&s).0, "green", "{s}");
+    assert_eq!(releases(&s).1, "a", "{s}");
+    assert_eq!((stack.weight("blue"), stack.weight("green")), (0, 100));
+
+    // Starting A again is refused: it is the stable release.
+    let again = stack.greenlight(&cfg, &["start", "checkout", "--release", "a"], &env);
+    assert_ne!(again.code(), 0, "{}", again.stdout);
+    assert!(
+        again
+            .stderr
+            .contains("release a is already stable on green"),
+        "{}",
+        again.stderr
+    );
+
+    // Release B onto blue (the default direction now); the daemon is killed once blue has its
+    // first step, and a new one finishes the rollout.
+    start(&stack, &cfg, &env, "b");
+    eventually("blue at its first step", DEADLINE, || {
+        daemon.assert_running();
+        (stack.weight("blue") == 10 && stack.weight("green") == 90).then_some(())
+    });
+    daemon.kill();
+    let mut daemon = stack.daemon_with_env("a", &cfg, &env);
+    let s = settled(&stack, &mut daemon, "promoted", "b");
+    assert_eq!(releases(&s).0, "blue", "{s}");
+    assert_eq!(releases(&s).1, "b", "{s}");
+    assert_eq!((stack.weight("blue"), stack.weight("green")), (100, 0));
+    // Blue climbed the steps: 10, 50, 100.
+    let blue_steps: Vec<u64> = s["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| {
+            r["release"] == "b" && matches!(r["action"].as_str(), Some("start" | "advance"))
+        })
+        .map(|r| r["weights"]["blue"].as_u64().unwrap())
+        .collect();
+    assert_eq!(blue_steps, vec![10, 50], "{s}");
+
+    // Release C onto green, which fails: rolled back to blue.
+    feeder.set_rates(ErrorRates {
+        blue: 0.0,
+        green: 0.4,
+    });
+    start(&stack, &cfg, &env, "c");
+    let s = settled(&stack, &mut daemon, "rolled_back", "c");
+    assert_eq!(releases(&s), ("blue", "b", "c"), "{s}");
+    assert_eq!(s["releases"]["rolled_back"], serde_json::json!(["c"]));
+    assert_eq!((stack.weight("blue"), stack.weight("green")), (100, 0));
+
+    // The alerts: two promotions naming their release and new stable colour, one rollback.
+    let seen = eventually("three alerts", DEADLINE, || {
+        let e = events(&hook);
+        let kinds: Vec<&str> = e.iter().filter_map(|e| e["kind"].as_str()).collect();
+        (kinds.iter().filter(|k| **k == "promoted").count() == 2 && kinds.contains(&"rollback"))
+            .then_some(e)
+    });
+    let promoted: Vec<(&str, &str)> = seen
+        .iter()
+        .filter(|e| e["kind"] == "promoted")
+        .map(|e| {
+            (
+                e["fields"]["release"].as_str().unwrap_or(""),
+                e["fields"]["stable"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(promoted, vec![("a", "green (a)"), ("b", "blue (b)")]);
+    let rollback = seen.iter().find(|e| e["kind"] == "rollback").unwrap();
+    assert_eq!(rollback["fields"]["release"], "c");
+    assert_eq!(rollback["fields"]["stable"], "blue (b)");
+    assert!(
+        rollback["summary"]
+            .as_str()
+            .unwrap()
+            .contains("(release c) at 10 % green, all traffic to blue (stable)"),
+        "{rollback}"
+    );
+
+    // `status` and /metrics say the same.
+    let status = stack.greenlight(&cfg, &["status"], &env);
+    status.expect_code(0);
+    assert!(
+        status
+            .stdout
+            .contains("release:  stable blue (release b), candidate green (release c)"),
+        "{}",
+        status.stdout
+    );
+    let text = eventually("the release series", DEADLINE, || {
+        let m = metrics(listen);
+        m.contains(
+            r#"greenlight_release{api="checkout",stable="blue",candidate="green",release="c"} 1"#,
+        )
+        .then_some(m)
+    });
+    let series = text
+        .lines()
+        .filter(|l| l.starts_with("greenlight_release{"))
+        .count();
+    assert_eq!(series, 1, "one release series per API:\n{text}");
+}
