@@ -35,11 +35,14 @@ pub enum EventKind {
     /// A migration campaign started, finished a wave, stopped or finished (its `event` field
     /// says which); sent to the campaign's own channels.
     Campaign,
+    /// A breach during the bake while the previous stable colour is not kept warm: nothing
+    /// rolled back.
+    BakeBreach,
 }
 
 impl EventKind {
     /// Every kind, in declaration order.
-    pub const ALL: [EventKind; 12] = [
+    pub const ALL: [EventKind; 13] = [
         EventKind::Rollback,
         EventKind::ManualOverride,
         EventKind::Paused,
@@ -52,12 +55,15 @@ impl EventKind {
         EventKind::ApprovalNeeded,
         EventKind::Audit,
         EventKind::Campaign,
+        EventKind::BakeBreach,
     ];
 
     /// The severity an event of this kind carries.
     pub fn severity(self) -> Severity {
         match self {
-            EventKind::Rollback | EventKind::GreenDataMissing => Severity::Critical,
+            EventKind::Rollback | EventKind::GreenDataMissing | EventKind::BakeBreach => {
+                Severity::Critical
+            }
             EventKind::ManualOverride
             | EventKind::TrafficSplitMismatch
             | EventKind::Paused
@@ -84,6 +90,7 @@ impl EventKind {
             EventKind::ApprovalNeeded => "approval_needed",
             EventKind::Audit => "audit",
             EventKind::Campaign => "campaign",
+            EventKind::BakeBreach => "bake_breach",
         }
     }
 
@@ -102,6 +109,7 @@ impl EventKind {
             EventKind::ApprovalNeeded => "GreenlightApprovalNeeded",
             EventKind::Audit => "GreenlightAudit",
             EventKind::Campaign => "GreenlightCampaign",
+            EventKind::BakeBreach => "GreenlightBakeBreach",
         }
     }
 }

@@ -183,7 +183,7 @@ fn judge_running(
                     });
                 }
             }
-            Phase::Progressing | Phase::Paused => {}
+            Phase::Progressing | Phase::Paused | Phase::Baking => {}
         }
     }
     if let Some(reason) = stop {
@@ -250,7 +250,7 @@ fn advance(
                     started.outcome = Some(ApiOutcome::AlreadyPromoted);
                 }
                 // Started by someone else already: adopted, its outcome counts.
-                Phase::Progressing | Phase::Paused if !view.start_pending => {
+                Phase::Progressing | Phase::Paused | Phase::Baking if !view.start_pending => {
                     started.previous_rollout = None;
                     running += 1;
                     running_here += 1;

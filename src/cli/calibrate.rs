@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::replay::{prepare, windows};
 use crate::engine::{CheckData, Observation};
 use crate::metrics::{observe_with, ObserveOptions, PromClient};
-use crate::policy::{CheckKind, Colour, Policy};
+use crate::policy::{CheckKind, Colour, Policy, Roles};
 use crate::stats::{estimate_dispersion, StatsError};
 
 #[derive(Debug, Args)]
@@ -132,7 +132,16 @@ async fn fetch(
 ) -> Vec<Observation> {
     let mut out = Vec::new();
     for w in windows(from, to, policy.interval) {
-        out.push(observe_with(client, policy, (w.start, w.end), Colour::Blue, options).await);
+        out.push(
+            observe_with(
+                client,
+                policy,
+                (w.start, w.end),
+                Roles::stable(Colour::Blue),
+                options,
+            )
+            .await,
+        );
     }
     out
 }

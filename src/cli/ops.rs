@@ -312,6 +312,7 @@ fn print_undecodable(
 fn since_label(phase: Phase) -> &'static str {
     match phase {
         Phase::Progressing => "step since",
+        Phase::Baking => "baking since",
         Phase::RolledBack => "rolled back",
         Phase::Promoted => "promoted",
         Phase::Paused => "paused",

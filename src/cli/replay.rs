@@ -10,7 +10,7 @@ use jiff::{SignedDuration, Timestamp};
 use super::simulate::load_one;
 use crate::engine::Observation;
 use crate::metrics::{aligned_end, observe_with, MetricsSettings, ObserveOptions, PromClient};
-use crate::policy::{Colour, Config, Policy};
+use crate::policy::{Colour, Config, Policy, Roles};
 use crate::sim::replay::{Replay, ReplayReport, ReplayWindow};
 use crate::sim::Outcome;
 
@@ -150,7 +150,14 @@ pub async fn replay(
     let policy = &policy;
     let mut r = Replay::new(policy, from);
     for w in windows(from, to, policy.interval) {
-        let obs = observe_with(client, policy, (w.start, w.end), Colour::Blue, options).await;
+        let obs = observe_with(
+            client,
+            policy,
+            (w.start, w.end),
+            Roles::stable(Colour::Blue),
+            options,
+        )
+        .await;
         r.push(&obs);
         if r.done() {
             break;

@@ -350,6 +350,24 @@ pub fn for_decision(
                 ),
                 at,
             )),
+            Notice::BakeBreach { detail } => events.push(
+                AlertEvent::new(
+                    &policy.api,
+                    EventKind::BakeBreach,
+                    &format!("{id}-bake"),
+                    format!(
+                        "{}: breach during the bake of {} at 100 %; nothing rolled back (the previous stable colour is not kept warm): {detail}",
+                        policy.api,
+                        d.state.candidate()
+                    ),
+                    at,
+                )
+                .with_field("weights", weights(d.state.weights))
+                .with_description(format!(
+                    "{detail}\nbake_on_breach = \"alert\": act by hand (redeploy the previous release, then `greenlight start`).\n{}",
+                    d.reason
+                )),
+            ),
             Notice::Stuck { since } => events.push(AlertEvent::new(
                 &policy.api,
                 EventKind::Stuck,

@@ -14,7 +14,7 @@ use crate::alert::{AlertEvent, DeliveryReport, Notifier, OutboxEntry};
 use crate::consul::Fence;
 use crate::engine::{DataProblem, Observation, RolloutState};
 use crate::metrics::{observe_with, ObserveOptions, PromClient};
-use crate::policy::{Colour, Policy, TrafficTarget, Weights};
+use crate::policy::{Policy, Roles, TrafficTarget, Weights};
 use crate::traffic::{Actuator, ConsulKv, HaproxyRuntime, TrafficError};
 
 /// Where rollout states are kept (Consul KV in production).
@@ -95,12 +95,12 @@ pub trait WeightIo: Send + Sync {
 
 /// The metrics backend: one observation of one window.
 pub trait MetricsIo: Send + Sync {
-    /// One window `(start, end)`, with `stable` the rollout's stable colour.
+    /// One window `(start, end)`, with the rollout's stable colour.
     fn observe(
         &self,
         policy: &Policy,
         window: (Timestamp, Timestamp),
-        stable: Colour,
+        roles: Roles,
     ) -> impl Future<Output = Observation> + Send;
     /// Name of the backend for /metrics labels.
     fn backend(&self) -> &'static str;
@@ -256,10 +256,10 @@ impl MetricsIo for RealEnv {
         &self,
         policy: &Policy,
         (start, end): (Timestamp, Timestamp),
-        stable: Colour,
+        roles: Roles,
     ) -> Observation {
         let t = Instant::now();
-        let obs = observe_with(&self.metrics, policy, (start, end), stable, &self.observe).await;
+        let obs = observe_with(&self.metrics, policy, (start, end), roles, &self.observe).await;
         tracing::trace!(api = %policy.api, elapsed_ms = t.elapsed().as_millis() as u64, "Observed a window.");
         obs
     }

@@ -38,7 +38,7 @@ pub fn reconcile_live(state: &RolloutState, live: Weights) -> LivePlan {
         },
         None if live == state.weights => LivePlan::InSync,
         None => match state.phase {
-            Phase::Progressing | Phase::Pending => LivePlan::Override {
+            Phase::Progressing | Phase::Baking | Phase::Pending => LivePlan::Override {
                 expected: state.weights,
                 found: live,
             },

@@ -300,7 +300,7 @@ impl<E: Env> Shell<E> {
             let t = Instant::now();
             let obs = self
                 .env
-                .observe(policy, (window.start, window.end), state.releases.stable)
+                .observe(policy, (window.start, window.end), state.roles())
                 .await;
             let outcome = if env::backend_failed(&obs) {
                 Err(crate::server::telemetry::QueryErrorKind::Unreachable)

@@ -9,6 +9,7 @@ use crate::policy::{Colour, Policy, Weights};
 
 mod advance;
 mod approval;
+mod bake;
 mod guards;
 mod intents;
 mod quality;
@@ -75,6 +76,9 @@ pub enum Notice {
     },
     /// No step progress since `since`.
     Stuck { since: Timestamp },
+    /// A breach during the bake, with the previous stable colour not kept warm
+    /// (`bake_on_breach = "alert"`): nothing rolls back; people must act.
+    BakeBreach { detail: String },
     /// The evidence would take the rollout into step `step` (index; `percent` % green), which
     /// needs a human's approval; it waits since `since`.
     ApprovalNeeded {
@@ -255,6 +259,7 @@ impl Snapshot {
         // The candidate's share while a rollout runs; at rest the stable colour has it all.
         let candidate_percent = match s.phase {
             Phase::Progressing | Phase::Paused => policy.steps[s.step],
+            Phase::Baking => 100.0,
             Phase::Promoted | Phase::Pending | Phase::RolledBack => 0.0,
         };
         let green_percent = match s.candidate() {
@@ -300,6 +305,12 @@ fn evaluate(
                 s.intervals_at_step, policy.warmup_intervals
             ),
         );
+        return;
+    }
+    if s.phase == Phase::Baking {
+        bake::count(s, obs, d);
+        let guards = guards::evaluate(policy, s, obs, d);
+        bake::decide(policy, s, now, guards.breach, d);
         return;
     }
     // The stable copy's own health: an environment problem is not the candidate's fault.

@@ -22,7 +22,10 @@ pub enum Phase {
     Progressing,
     /// Frozen by an operator or by a manual weight change; weights are left alone.
     Paused,
-    /// Green at 100 %.
+    /// The candidate serves all traffic after the last step, watched for the policy's `bake`
+    /// before it becomes stable.
+    Baking,
+    /// The candidate reached 100 % and became the stable colour.
     Promoted,
     /// Green at 0 % after a rollback.
     RolledBack,
@@ -34,6 +37,7 @@ impl Phase {
             Phase::Pending => "pending",
             Phase::Progressing => "progressing",
             Phase::Paused => "paused",
+            Phase::Baking => "baking",
             Phase::Promoted => "promoted",
             Phase::RolledBack => "rolled_back",
         }
@@ -85,6 +89,12 @@ pub struct Stream {
     /// at the current step when such a state is read back while the rollout goes on).
     #[serde(default)]
     pub advance_step: Option<usize>,
+    /// During the bake: evidence that the candidate's rate exceeds its own rate over the
+    /// rollout (times 1 + tolerance), and the candidate's counts since the bake began.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bake: Option<SloEProcess>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bake_counts: Option<super::Counts>,
     /// Counts at the current step (warm-up excluded).
     pub step: Pair,
     /// Counts over the whole rollout (warm-up excluded).
@@ -171,6 +181,12 @@ pub struct RolloutState {
     /// rollouts had a direction: blue stable, repaired on decode for promoted ones).
     #[serde(default)]
     pub releases: super::Releases,
+    /// While baking: when the bake ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bake_until: Option<Timestamp>,
+    /// Whether a breach during the bake has been alerted (`bake_on_breach = "alert"`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub bake_breach_alerted: bool,
 }
 
 /// A gate the rollout waits at: the evidence would advance it to `step`, which needs approval.
@@ -229,9 +245,19 @@ impl RolloutState {
             awaiting_approval: None,
             approval: None,
             releases: Default::default(),
+            bake_until: None,
+            bake_breach_alerted: false,
         };
         s.reconcile(policy);
         s
+    }
+
+    /// What observing this rollout's windows needs to know of it.
+    pub fn roles(&self) -> crate::policy::Roles {
+        crate::policy::Roles {
+            stable: self.releases.stable,
+            stable_optional: self.phase == Phase::Baking,
+        }
     }
 
     /// The colour this rollout moves traffic onto.
@@ -286,11 +312,22 @@ impl RolloutState {
         }
     }
 
-    /// The candidate reached 100 %: it becomes the stable colour.
+    /// The candidate reached 100 % (and its bake, if any, ended): it becomes the stable colour.
     pub(crate) fn promote(&mut self, reason: String) {
         self.phase = Phase::Promoted;
         self.reason = Some(reason);
         self.releases.swap();
+        self.end_bake();
+    }
+
+    /// Forgets the bake's evidence (it ended, or the rollout left it).
+    pub(crate) fn end_bake(&mut self) {
+        self.bake_until = None;
+        self.bake_breach_alerted = false;
+        for s in &mut self.streams {
+            s.bake = None;
+            s.bake_counts = None;
+        }
     }
 
     pub(crate) fn set_weights(&mut self, new: Weights) {
@@ -365,6 +402,8 @@ impl RolloutState {
                     advance: RatioEProcess::non_inferiority(adv, phi),
                     slo: slo.map(|q| SloEProcess::new(q, phi)),
                     advance_step: Some(self.step),
+                    bake: None,
+                    bake_counts: None,
                     step: Pair::default(),
                     total: Pair::default(),
                 }),

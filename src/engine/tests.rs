@@ -27,6 +27,7 @@ pub(crate) fn policy() -> Policy {
         min_green_requests_per_step: 2000,
         max_step_duration: None,
         on_max_step_duration: MaxStepAction::Hold,
+        bake: None,
         advance_on_dwell_below: None,
         false_rollback_rate: 0.01,
         false_advance_rate: 0.05,

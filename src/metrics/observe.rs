@@ -69,7 +69,7 @@ use super::template::{promql_duration, render};
 use crate::engine::{
     CheckData, CheckObservation, Counts, DataProblem, EdgeCounts, Observation, Pair,
 };
-use crate::policy::{CheckKind, Colour, Policy, Side, Sides};
+use crate::policy::{CheckKind, Colour, Policy, Roles, Side, Sides};
 
 /// Tuning of the data-quality rules.
 #[derive(Debug, Clone, PartialEq)]
@@ -102,21 +102,22 @@ pub async fn observe(
         client,
         policy,
         (start, end),
-        Colour::Blue,
+        Roles::stable(Colour::Blue),
         &ObserveOptions::default(),
     )
     .await
 }
 
 /// Observes `policy` over `[start, end)`: every query is evaluated at `end` with `{interval}` set
-/// to `end − start`; every query of every check runs concurrently. `stable` is the rollout's
-/// stable colour: the candidate's data missing while the stable copy's are present is
-/// [`DataProblem::GreenMissing`], and a threshold check's value is the candidate's.
+/// to `end − start`; every query of every check runs concurrently. `roles.stable` is the
+/// rollout's stable colour: the candidate's data missing while the stable copy's are present is
+/// [`DataProblem::GreenMissing`], and a threshold check's value is the candidate's. With
+/// `roles.stable_optional` (the bake) the stable copy's data missing count as none served.
 pub async fn observe_with(
     client: &PromClient,
     policy: &Policy,
     (start, end): (Timestamp, Timestamp),
-    stable: Colour,
+    roles: Roles,
     options: &ObserveOptions,
 ) -> Observation {
     let window = start.duration_until(end).unsigned_abs();
@@ -130,7 +131,7 @@ pub async fn observe_with(
             .unwrap_or_else(|| (window / 2).max(Duration::from_secs(30))),
         lookback: options.freshness_lookback,
         newest: Mutex::new(HashMap::new()),
-        stable,
+        roles,
     };
     // Every check's queries at once: one slow query costs one timeout, not one per check.
     let checks = join_all(policy.checks.iter().map(|check| {
@@ -183,8 +184,8 @@ struct Ctx<'a> {
     /// One freshness answer per query, shared by the checks that run at once (the first to ask
     /// sends it, the others wait for its answer).
     newest: Mutex<HashMap<String, SharedAnswer>>,
-    /// The rollout's stable colour.
-    stable: Colour,
+    /// The rollout's stable colour, and whether its data may be missing.
+    roles: Roles,
 }
 
 #[derive(Clone, Copy)]
@@ -438,13 +439,20 @@ fn worst(a: DataProblem, b: DataProblem) -> DataProblem {
 /// Both colours' data (blue's, green's), or the problem. The candidate's data missing or stale
 /// while the stable copy's are usable is [`DataProblem::GreenMissing`]: the candidate stopped
 /// reporting, the metrics pipeline did not.
-fn both<T>(
-    stable: Colour,
+fn both<T: Default>(
+    roles: Roles,
     blue: Result<T, DataProblem>,
     green: Result<T, DataProblem>,
 ) -> Result<(T, T), DataProblem> {
-    let candidate = stable.other();
+    let candidate = roles.stable.other();
+    let absent = |p: &DataProblem| matches!(p, DataProblem::NoData | DataProblem::Stale(_));
     match (blue, green) {
+        (Err(e), Ok(g)) if roles.stable_optional && candidate == Colour::Green && absent(&e) => {
+            Ok((T::default(), g))
+        }
+        (Ok(b), Err(e)) if roles.stable_optional && candidate == Colour::Blue && absent(&e) => {
+            Ok((b, T::default()))
+        }
         (Ok(b), Ok(g)) => Ok((b, g)),
         (Ok(_), Err(e)) if candidate == Colour::Green => Err(candidate_missing(candidate, e)),
         (Err(e), Ok(_)) if candidate == Colour::Blue => Err(candidate_missing(candidate, e)),
@@ -472,7 +480,7 @@ async fn error_rate(
         error_counts(ctx, requests, errors, (Color::Blue, sides)),
         error_counts(ctx, requests, errors, (Color::Green, sides))
     );
-    let (blue, green) = both(ctx.stable, blue, green)?;
+    let (blue, green) = both(ctx.roles, blue, green)?;
     Ok(CheckData::Errors {
         counts: Pair { blue, green },
     })
@@ -518,7 +526,7 @@ async fn latency(
         ctx.measure(template, (Color::Blue, sides), "buckets", true),
         ctx.measure(template, (Color::Green, sides), "buckets", true)
     );
-    let (blue, green) = both(ctx.stable, buckets(ctx, &blue), buckets(ctx, &green))?;
+    let (blue, green) = both(ctx.roles, buckets(ctx, &blue), buckets(ctx, &green))?;
     let mut out = Vec::with_capacity(edges.len());
     for &edge in edges {
         out.push(EdgeCounts {
@@ -533,6 +541,9 @@ async fn latency(
 }
 
 /// Cumulative bucket counts of one colour, sorted by `le`.
+/// A colour's latency buckets; the default is a colour that served nothing (the stable copy
+/// during the bake).
+#[derive(Default)]
 struct Buckets {
     total: f64,
     by_le: Vec<(f64, f64)>,
@@ -541,6 +552,9 @@ struct Buckets {
 impl Buckets {
     /// Requests in total and those slower than `edge`.
     fn exceeding(&self, edge: f64, color: &str) -> Result<Counts, DataProblem> {
+        if self.total == 0.0 && self.by_le.is_empty() {
+            return Ok(Counts::default());
+        }
         let within = self
             .by_le
             .iter()
@@ -650,7 +664,7 @@ async fn threshold(ctx: &Ctx<'_>, sides: &Sides, template: &str) -> Result<Check
     // A guard's query may legitimately be empty for the candidate alone (an error ratio without
     // any error series yet), so its absence is not taken as the candidate having stopped
     // reporting: the statistical checks' request counts tell that.
-    let (candidate, stable) = match ctx.stable {
+    let (candidate, stable) = match ctx.roles.stable {
         Colour::Blue => (green, blue),
         Colour::Green => (blue, green),
     };

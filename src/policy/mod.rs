@@ -76,6 +76,8 @@ pub struct Policy {
     pub max_step_duration: Option<Duration>,
     /// What to do once `max_step_duration` has passed without advance evidence.
     pub on_max_step_duration: MaxStepAction,
+    /// The watch after the last step; `None`: promoted at the last step.
+    pub bake: Option<Bake>,
     /// Steps whose share is below this percentage are probe steps: green advances from them once
     /// the minimum dwell and request count are met and no rollback stream shows evidence against
     /// it (E < 10), without waiting for positive evidence. `None`: every step needs evidence.
@@ -199,6 +201,24 @@ pub enum GreenMissingAction {
     Rollback,
 }
 
+/// The watch after the last step (`bake`, `bake_on_breach`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Bake {
+    /// How long the candidate serves all traffic under watch before it becomes stable.
+    pub duration: Duration,
+    pub on_breach: BakeBreach,
+}
+
+/// What a breach during the bake does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BakeBreach {
+    /// The old stable colour is kept warm: all traffic goes back to it (a rollback).
+    Rollback,
+    /// It is not: a critical alert, and the bake goes on.
+    Alert,
+}
+
 /// Policy for a step that outlives `max_step_duration`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -302,6 +322,24 @@ impl std::str::FromStr for Colour {
             "blue" => Ok(Colour::Blue),
             "green" => Ok(Colour::Green),
             other => Err(format!("unknown colour `{other}` (expected blue or green)")),
+        }
+    }
+}
+
+/// What an observation needs to know of the rollout: the stable colour, and whether the stable
+/// copy's data may be missing (during the bake it serves nothing and may be scaled down).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Roles {
+    pub stable: Colour,
+    pub stable_optional: bool,
+}
+
+impl Roles {
+    /// `stable` is stable and its data are needed.
+    pub fn stable(stable: Colour) -> Roles {
+        Roles {
+            stable,
+            stable_optional: false,
         }
     }
 }

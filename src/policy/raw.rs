@@ -38,6 +38,14 @@ pub(super) struct RawPolicy {
     /// `"hold"` or `"advance"` once `max_step_duration` has passed. Default `"hold"`.
     #[serde(default = "default_on_max_step_duration")]
     pub(super) on_max_step_duration: RawMaxStepAction,
+    /// After the last step, watch the candidate this long before it becomes stable (phase
+    /// `baking`). Default: no bake.
+    #[serde(default)]
+    pub(super) bake: Option<Spanned<HumanDuration>>,
+    /// `"rollback"` (the old stable colour is kept warm: traffic goes back to it) or `"alert"`
+    /// (it is not: a critical alert only) on a breach during the bake. Default `"rollback"`.
+    #[serde(default)]
+    pub(super) bake_on_breach: Option<Spanned<RawBakeBreach>>,
     /// Steps with a share below this percentage advance on dwell alone. Default: none.
     #[serde(default)]
     pub(super) advance_on_dwell_below: Option<Spanned<f64>>,
@@ -212,6 +220,13 @@ pub(super) fn default_no_data_alert_after() -> Spanned<HumanDuration> {
 }
 pub(super) fn default_stuck_alert_after() -> Spanned<HumanDuration> {
     duration(3 * 3600)
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum RawBakeBreach {
+    Rollback,
+    Alert,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]

@@ -10,13 +10,14 @@ use super::cohort::CohortRules;
 use super::limits::{self, count_in, duration_in};
 use super::located::{explicit, number, parse_toml, shown, Errors};
 use super::raw::{
-    RawGreenMissingAction, RawHaproxyTarget, RawMaxStepAction, RawPolicy, RawSchedule, RawTraffic,
+    RawBakeBreach, RawGreenMissingAction, RawHaproxyTarget, RawMaxStepAction, RawPolicy,
+    RawSchedule, RawTraffic,
 };
 use super::sticky::{validate_sticky, Sticky, StickyContext, TrafficMode};
 use super::values::Table;
 use super::{
-    HaproxyServers, MaxStepAction, Policy, PolicyContext, PolicyError, Schedule, TimeWindow,
-    Traffic, TrafficTarget,
+    Bake, BakeBreach, HaproxyServers, MaxStepAction, Policy, PolicyContext, PolicyError, Schedule,
+    TimeWindow, Traffic, TrafficTarget,
 };
 
 /// Parses and validates one policy; also returns the span of its `api` value (for messages
@@ -96,6 +97,23 @@ impl RawPolicy {
             .max_step_duration
             .as_ref()
             .map(|d| duration_in(d, "max_step_duration", limits::STEP_DURATION, errors));
+        let bake_duration = self
+            .bake
+            .as_ref()
+            .map(|d| duration_in(d, "bake", limits::STEP_DURATION, errors));
+        if let (None, Some(on)) = (&self.bake, &self.bake_on_breach) {
+            errors.at(
+                on.span(),
+                "bake_on_breach needs bake (how long to watch after the last step)".to_string(),
+            );
+        }
+        let bake = bake_duration.map(|duration| Bake {
+            duration,
+            on_breach: match self.bake_on_breach.as_ref().map(|b| *b.get_ref()) {
+                None | Some(RawBakeBreach::Rollback) => BakeBreach::Rollback,
+                Some(RawBakeBreach::Alert) => BakeBreach::Alert,
+            },
+        });
         if limits::INTERVAL.contains(interval) && min_step < interval {
             errors.at(
                 explicit(&[self.min_step_duration.span(), self.interval.span()]),
@@ -194,6 +212,7 @@ impl RawPolicy {
             min_step_duration: min_step,
             min_green_requests_per_step: min_green_requests_per_step?,
             max_step_duration: max_step,
+            bake,
             on_max_step_duration: match self.on_max_step_duration {
                 RawMaxStepAction::Hold => MaxStepAction::Hold,
                 RawMaxStepAction::Advance => MaxStepAction::Advance,

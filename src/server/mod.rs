@@ -314,7 +314,7 @@ fn open_alerts(state: &RolloutState) -> Vec<String> {
 /// change was recorded fall back to the decision that made it, while it is in the history.
 fn since(state: &RolloutState) -> Option<Timestamp> {
     let action = match state.phase {
-        Phase::Progressing => return state.step_started_at,
+        Phase::Progressing | Phase::Baking => return state.step_started_at,
         Phase::Pending => return state.phase_since,
         Phase::RolledBack => Action::Rollback,
         Phase::Promoted => Action::Promote,

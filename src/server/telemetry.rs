@@ -56,10 +56,11 @@ const QUERY_BUCKETS: [f64; 12] = [
 ];
 
 /// Every phase, so that exactly one of an API's phase series is 1.
-const PHASES: [Phase; 5] = [
+const PHASES: [Phase; 6] = [
     Phase::Pending,
     Phase::Progressing,
     Phase::Paused,
+    Phase::Baking,
     Phase::Promoted,
     Phase::RolledBack,
 ];

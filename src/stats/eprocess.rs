@@ -18,6 +18,9 @@ pub const ADVANCE_GRID: [f64; 4] = [0.8, 0.67, 0.5, 0.33];
 /// Alternatives for the absolute SLO test (green's rate below q_max).
 pub const SLO_GRID: [f64; 3] = [0.5, 0.25, 0.1];
 
+/// Alternatives of the bake test, as multiples of the rate it tests against (H0: q ≤ q0).
+pub const BAKE_GRID: [f64; 4] = [1.5, 2.0, 3.0, 5.0];
+
 /// ln Σ exp(x_i), stable; −∞ for an empty slice.
 pub fn log_sum_exp(xs: &[f64]) -> f64 {
     let max = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
@@ -153,7 +156,11 @@ impl RatioEProcess {
     }
 }
 
-/// Mixture e-process for H0: green's rate of bad events q ≥ q_max.
+/// One-sample mixture e-process on one colour's counts against the rate `q_max`: the binomial
+/// likelihood ratio of each alternative c·q_max of the grid, averaged. With c < 1
+/// ([`SloEProcess::new`]) it tests H0: q ≥ q_max (the absolute advance evidence); with c > 1
+/// ([`SloEProcess::exceeding`]) H0: q ≤ q_max (the bake). Either way each factor has mean at
+/// most 1 under H0, so the product is a test supermartingale and P(ever ≥ 1/α) ≤ α.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SloEProcess {
     pub q_max: f64,
@@ -170,6 +177,23 @@ impl SloEProcess {
             grid: SLO_GRID.to_vec(),
             phi: phi.max(1.0),
             log_lr: vec![0.0; SLO_GRID.len()],
+            max_log_e: 0.0,
+        }
+    }
+
+    /// The bake's e-process: evidence that the rate exceeds `q0` (alternatives [`BAKE_GRID`]
+    /// times `q0`, kept below 1).
+    pub fn exceeding(q0: f64, phi: f64) -> Self {
+        let q0 = q0.clamp(1e-9, 0.99);
+        let grid: Vec<f64> = BAKE_GRID
+            .iter()
+            .map(|c| c.min((1.0 + q0) / (2.0 * q0)))
+            .collect();
+        SloEProcess {
+            q_max: q0,
+            log_lr: vec![0.0; grid.len()],
+            grid,
+            phi: phi.max(1.0),
             max_log_e: 0.0,
         }
     }
@@ -544,5 +568,38 @@ mod properties {
             assert!(slo.log_lr.iter().all(|x| x.is_finite()), "{slo:?}");
         }
         assert!(slo.log_e() > 1e307 && slo.log_e().is_finite());
+    }
+
+    /// The bake test at its boundary (the rate exactly q0) crosses 1/α in at most α of runs
+    /// (Ville), and catches twice the rate.
+    #[test]
+    fn the_bake_e_process_keeps_its_level_at_the_boundary_and_catches_a_doubled_rate() {
+        let (q0, alpha, windows, runs) = (0.005, 0.01, 120, 2000);
+        let mut rng = StdRng::seed_from_u64(11);
+        let run = |rng: &mut StdRng, q: f64| {
+            let mut e = SloEProcess::exceeding(q0, 1.0);
+            let n = 2000.0;
+            let bad = Poisson::new(n * q).unwrap();
+            (0..windows).any(|_| {
+                e.update(n, bad.sample(rng));
+                e.e_value() >= 1.0 / alpha
+            })
+        };
+        let false_alarms = (0..runs).filter(|_| run(&mut rng, q0)).count();
+        assert!(
+            (false_alarms as f64) / (runs as f64) <= alpha + 0.005,
+            "{false_alarms} of {runs}"
+        );
+        let caught = (0..200).filter(|_| run(&mut rng, 2.0 * q0)).count();
+        assert!(caught >= 190, "caught {caught} of 200 doubled rates");
+    }
+
+    #[test]
+    fn the_bake_grid_stays_a_probability_for_high_base_rates() {
+        let e = SloEProcess::exceeding(0.6, 1.0);
+        assert!(e.grid.iter().all(|c| c * e.q_max < 1.0), "{e:?}");
+        let mut e = e;
+        e.update(100.0, 90.0);
+        assert!(e.log_e().is_finite() && e.log_e() > 0.0);
     }
 }

@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 pub use dispersion::{estimate_dispersion, Dispersion};
 pub use display::{format_e, format_e_short};
 pub use eprocess::{
-    log_sum_exp, RatioEProcess, SloEProcess, ADVANCE_GRID, ROLLBACK_GRID, SLO_GRID,
+    log_sum_exp, RatioEProcess, SloEProcess, ADVANCE_GRID, BAKE_GRID, ROLLBACK_GRID, SLO_GRID,
 };
 pub use exact::{binomial_test, fisher_exact, FisherExact};
 pub use mannwhitney::{

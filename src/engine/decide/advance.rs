@@ -4,6 +4,7 @@
 use jiff::Timestamp;
 
 use super::approval::{self, Gate};
+use super::bake;
 use super::{
     check_stuck, describe_stream, elapsed, fmt_dur, in_schedule, Action, Draft,
     ADVANCE_MAX_ROLLBACK_E,
@@ -171,6 +172,10 @@ fn advance(policy: &Policy, s: &mut RolloutState, now: Timestamp, reason: String
     };
     s.enter_step(policy, next, now);
     if next + 1 == policy.steps.len() {
+        if let Some(baking) = bake::begin(policy, s, now) {
+            d.set(Action::Advance, format!("{reason} {baking}"));
+            return;
+        }
         s.promote("promoted".into());
         d.set(Action::Promote, reason);
     } else {

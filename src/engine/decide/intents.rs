@@ -56,7 +56,7 @@ pub(super) fn apply(
                     Err(why) => d.set(Action::Hold, format!("Start refused: {why}.")),
                 }
             }
-            Phase::Progressing | Phase::Paused => d.set(
+            Phase::Progressing | Phase::Paused | Phase::Baking => d.set(
                 Action::Hold,
                 "Start ignored: the rollout is already running.",
             ),
@@ -67,6 +67,10 @@ pub(super) fn apply(
                 s.reason = Some(reason.clone());
                 d.set(Action::Pause, format!("Paused by {who}: {reason}"));
             }
+            Phase::Baking => d.set(
+                Action::Hold,
+                "Pause ignored: the candidate is baking at 100 %; `rollback` or `promote` ends the bake.",
+            ),
             _ => d.set(Action::Hold, "Pause ignored: nothing is progressing."),
         },
         Intent::Resume => match s.phase {
@@ -220,6 +224,6 @@ pub(super) fn progressing(
             d.set(Action::Hold, format!("Rolled back: {why}"));
             false
         }
-        Phase::Progressing => true,
+        Phase::Progressing | Phase::Baking => true,
     }
 }

@@ -46,6 +46,7 @@ pub(super) fn roll_back(policy: &Policy, s: &mut RolloutState, reason: String, d
     s.phase = Phase::RolledBack;
     s.set_weights(s.stable_weights(policy));
     s.releases.roll_back();
+    s.end_bake();
     s.reason = Some(reason.clone());
     d.set(Action::Rollback, reason);
 }

@@ -292,3 +292,162 @@ fn a_state_promoted_before_directions_existed_decodes_with_green_stable() {
     let d = decide(&p, &next, &obs(1, healthy()), at(1));
     assert_eq!(d.set_weights, Some(Weights { blue: 5, green: 95 }));
 }
+
+fn baking_policy(on_breach: crate::policy::BakeBreach) -> Policy {
+    let mut p = policy();
+    p.auto_start = false;
+    p.bake = Some(crate::policy::Bake {
+        duration: Duration::from_secs(30 * 60),
+        on_breach,
+    });
+    p
+}
+
+/// Runs healthy windows from a release-`r` start until the bake begins; returns the state and
+/// the next minute.
+fn into_bake(p: &Policy, r: &str) -> (RolloutState, i64) {
+    let mut s = RolloutState::new(p);
+    start(&mut s, r, "alice");
+    for m in 1..400 {
+        let d = decide(p, &s, &world(m, s.weights, 0.005, 0.005), at(m));
+        s = d.state;
+        if s.phase == Phase::Baking {
+            assert_eq!(d.action, Action::Advance);
+            assert!(d.reason.contains("baking until"), "{}", d.reason);
+            return (s, m + 1);
+        }
+        assert_ne!(s.phase, Phase::Promoted, "promoted without a bake");
+    }
+    panic!("never reached the bake");
+}
+
+#[test]
+fn a_breach_ten_minutes_into_the_bake_rolls_back_to_the_previous_stable_colour() {
+    let p = baking_policy(crate::policy::BakeBreach::Rollback);
+    let (mut s, from) = into_bake(&p, "r1");
+    assert_eq!(
+        s.weights,
+        Weights {
+            blue: 0,
+            green: 100
+        }
+    );
+    assert_eq!(
+        s.releases.stable,
+        Colour::Blue,
+        "not stable before the bake ends"
+    );
+    // Ten clean minutes at 100 %, then green fails five times as often as during the rollout.
+    for m in from..from + 10 {
+        let d = decide(&p, &s, &world(m, s.weights, 0.005, 0.005), at(m));
+        assert_eq!(d.action, Action::Hold, "minute {m}: {}", d.reason);
+        s = d.state;
+    }
+    let mut rolled = None;
+    for m in from + 10..from + 25 {
+        let d = decide(&p, &s, &world(m, s.weights, 0.005, 0.025), at(m));
+        s = d.state.clone();
+        if d.action == Action::Rollback {
+            rolled = Some((m - from, d));
+            break;
+        }
+    }
+    let (after, d) = rolled.expect("the breach rolls back within 15 minutes");
+    assert!(after >= 10, "{after}");
+    assert!(
+        d.reason.starts_with("Breach during the bake"),
+        "{}",
+        d.reason
+    );
+    assert_eq!(
+        d.set_weights,
+        Some(Weights {
+            blue: 100,
+            green: 0
+        })
+    );
+    assert_eq!(d.state.phase, Phase::RolledBack);
+    assert_eq!(d.state.releases.stable, Colour::Blue);
+    assert_eq!(d.state.releases.rolled_back, vec!["r1".to_string()]);
+    assert_eq!(d.state.bake_until, None);
+}
+
+#[test]
+fn a_clean_bake_ends_in_promotion_and_makes_the_candidate_stable() {
+    let p = baking_policy(crate::policy::BakeBreach::Rollback);
+    let (mut s, from) = into_bake(&p, "r1");
+    let mut promoted = None;
+    for m in from..from + 40 {
+        let d = decide(&p, &s, &world(m, s.weights, 0.005, 0.005), at(m));
+        s = d.state.clone();
+        if d.action == Action::Promote {
+            promoted = Some((m - from, d));
+            break;
+        }
+        assert_eq!(d.action, Action::Hold, "minute {m}: {}", d.reason);
+    }
+    let (after, d) = promoted.expect("promoted at the end of the bake");
+    assert!(
+        (29..=31).contains(&after),
+        "promoted {after} minutes into a 30m bake"
+    );
+    assert!(
+        d.reason.contains("green (release r1) is stable"),
+        "{}",
+        d.reason
+    );
+    assert_eq!(d.state.phase, Phase::Promoted);
+    assert_eq!(d.state.releases.stable, Colour::Green);
+    assert_eq!(d.state.releases.stable_release.as_deref(), Some("r1"));
+    assert_eq!(d.set_weights, None, "the weights were already at 100 %");
+    assert!(d.state.streams.iter().all(|s| s.bake.is_none()));
+}
+
+#[test]
+fn with_the_old_colour_not_kept_warm_a_bake_breach_alerts_once_and_nothing_rolls_back() {
+    let p = baking_policy(crate::policy::BakeBreach::Alert);
+    let (mut s, from) = into_bake(&p, "r1");
+    let mut notices = 0;
+    let mut last = None;
+    for m in from..from + 40 {
+        let d = decide(&p, &s, &world(m, s.weights, 0.005, 0.025), at(m));
+        assert_ne!(d.action, Action::Rollback, "minute {m}");
+        notices += d
+            .notices
+            .iter()
+            .filter(|n| matches!(n, Notice::BakeBreach { .. }))
+            .count();
+        s = d.state.clone();
+        last = Some(d);
+        if s.phase == Phase::Promoted {
+            break;
+        }
+    }
+    assert_eq!(notices, 1);
+    let last = last.unwrap();
+    assert_eq!(last.action, Action::Promote);
+    assert!(
+        last.reason.contains("with a breach alerted"),
+        "{}",
+        last.reason
+    );
+}
+
+#[test]
+fn an_operator_rollback_during_the_bake_returns_traffic_to_the_stable_colour() {
+    let p = baking_policy(crate::policy::BakeBreach::Rollback);
+    let (mut s, from) = into_bake(&p, "r1");
+    s.intent = Some(Intent::Rollback {
+        reason: "looks wrong".into(),
+    });
+    let d = decide(&p, &s, &world(from, s.weights, 0.005, 0.005), at(from));
+    assert_eq!(d.action, Action::Rollback);
+    assert_eq!(
+        d.set_weights,
+        Some(Weights {
+            blue: 100,
+            green: 0
+        })
+    );
+    assert_eq!(d.state.releases.stable, Colour::Blue);
+}

@@ -336,7 +336,7 @@ impl MetricsIo for SimEnv {
         &self,
         policy: &Policy,
         (start, end): (Timestamp, Timestamp),
-        _stable: crate::policy::Colour,
+        _roles: crate::policy::Roles,
     ) -> Observation {
         let mut w = self.w();
         let mode = w.metrics;
