@@ -25,12 +25,22 @@ fn start(stack: &Stack, cfg: &Path, env: &[(&str, &str)], release: &str) {
 
 /// Waits for the rollout to settle in `want` with every weight change applied; returns it.
 fn settled(stack: &Stack, daemon: &mut Proc, want: &str, release: &str) -> Value {
-    eventually(&format!("{release} {want}"), DEADLINE, || {
+    let until = std::time::Instant::now() + DEADLINE;
+    loop {
         daemon.assert_running();
-        stack
-            .state()
+        let state = stack.state();
+        if let Some(s) = state
+            .as_ref()
             .filter(|s| phase(s) == want && s["applying_from"].is_null() && s["intent"].is_null())
-    })
+        {
+            return s.clone();
+        }
+        if std::time::Instant::now() > until {
+            let last = state.as_ref().map(support::stack::last_record);
+            panic!("release {release} not {want} within {DEADLINE:?}; last decision: {last:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 fn releases(state: &Value) -> (&str, &str, &str) {
@@ -194,4 +204,79 @@ fn three_releases_alternate_colours_across_a_daemon_kill_and_the_last_is_rolled_
         .filter(|l| l.starts_with("greenlight_release{"))
         .count();
     assert_eq!(series, 1, "one release series per API:\n{text}");
+}
+
+#[test]
+fn a_clean_bake_promotes_with_its_release_and_a_breaching_one_rolls_back_to_the_old_colour() {
+    let stack = Stack::start_with(
+        &policy_with("auto_start = false\nalerts = [\"oncall\"]\nbake = \"8s\""),
+        true,
+    );
+    let feeder = Feeder::start(
+        &stack.haproxy,
+        stack.vm(),
+        ErrorRates {
+            blue: 0.0,
+            green: 0.0,
+        },
+        16,
+    );
+    let hook = FakeHttp::start(Behaviour::Answer {
+        status: 200,
+        content_type: "application/json",
+        body: "{}".into(),
+    });
+    let listen = listen_addr();
+    let cfg = stack.config_with(
+        "a",
+        listen,
+        &stack.vm().url(),
+        "[[alert]]\nname = \"oncall\"\nkind = \"webhook\"\nurl = { env = \"HOOK_URL\" }\n",
+    );
+    let url = hook.url();
+    let env = [("HOOK_URL", url.as_str())];
+    let mut daemon = stack.daemon_with_env("a", &cfg, &env);
+
+    // Release A onto green bakes at 100 %, green not stable yet, then is promoted.
+    start(&stack, &cfg, &env, "a");
+    let baking = eventually("release a baking", DEADLINE, || {
+        daemon.assert_running();
+        stack.state().filter(|s| phase(s) == "baking")
+    });
+    assert_eq!(releases(&baking).0, "blue", "{baking}");
+    eventually("green at 100 % while baking", DEADLINE, || {
+        (stack.weight("green") == 100).then_some(())
+    });
+    let s = settled(&stack, &mut daemon, "promoted", "a");
+    assert_eq!(releases(&s).0, "green", "{s}");
+    let promoted = eventually("the promoted alert", DEADLINE, || {
+        events(&hook).into_iter().find(|e| e["kind"] == "promoted")
+    });
+    assert_eq!(promoted["fields"]["release"], "a");
+    assert_eq!(promoted["fields"]["stable"], "green (a)");
+
+    // Release B onto blue starts failing once it serves everything: back to green.
+    start(&stack, &cfg, &env, "b");
+    eventually("release b baking", DEADLINE, || {
+        daemon.assert_running();
+        stack.state().filter(|s| phase(s) == "baking")
+    });
+    feeder.set_rates(ErrorRates {
+        blue: 0.4,
+        green: 0.0,
+    });
+    let s = settled(&stack, &mut daemon, "rolled_back", "b");
+    assert_eq!(releases(&s), ("green", "a", "b"), "{s}");
+    assert!(
+        s["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("Breach during the bake"),
+        "{s}"
+    );
+    assert_eq!((stack.weight("blue"), stack.weight("green")), (0, 100));
+    let rollback = eventually("the rollback alert", DEADLINE, || {
+        events(&hook).into_iter().find(|e| e["kind"] == "rollback")
+    });
+    assert_eq!(rollback["fields"]["release"], "b");
 }

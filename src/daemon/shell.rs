@@ -264,12 +264,12 @@ impl<E: Env> Shell<E> {
             }
         }
 
-        // A progressing rollout needs the window's data, and so does an automatic start (it
+        // A progressing (or baking) rollout needs the window's data, and so does an automatic start (it
         // waits for usable metrics); an operator intent is decided without it. Anything else
         // (paused, promoted, rolled back, waiting for `start`) has nothing to decide until an
         // intent arrives.
         let needs_data = state.intent.is_none()
-            && (state.phase == Phase::Progressing
+            && (state.phase.evaluates_windows()
                 || (state.phase == Phase::Pending && policy.auto_start));
         let wants_decision = state.intent.is_some() || needs_data;
         if !wants_decision {
@@ -346,13 +346,11 @@ impl<E: Env> Shell<E> {
         self.status.update(policy, &next);
         self.clear_internal_errors(&policy.api).await;
         // After an intent the window is still to be counted: come back at the next tick.
-        Ok(
-            if obs.checks.is_empty() && next.phase == Phase::Progressing {
-                None
-            } else {
-                Some(end)
-            },
-        )
+        Ok(if obs.checks.is_empty() && next.phase.evaluates_windows() {
+            None
+        } else {
+            Some(end)
+        })
     }
 
     /// The live split; in sticky mode checked against the rollout's salt too.

@@ -32,6 +32,12 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// Whether every window is evaluated in this phase (the steps and the bake), not only
+    /// operator intents.
+    pub fn evaluates_windows(self) -> bool {
+        matches!(self, Phase::Progressing | Phase::Baking)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Phase::Pending => "pending",

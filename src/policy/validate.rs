@@ -705,6 +705,28 @@ mod tests {
     use super::parse_policy;
 
     #[test]
+    fn a_bake_reads_its_duration_and_what_a_breach_does() {
+        let text = variant(
+            "alerts = [",
+            "bake = \"30m\"\nbake_on_breach = \"alert\"\nalerts = [",
+        );
+        let p = Policy::from_toml(&text, Path::new("p.toml"), Some(&["oncall".into()])).unwrap();
+        assert_eq!(
+            p.bake,
+            Some(super::super::Bake {
+                duration: Duration::from_secs(1800),
+                on_breach: super::super::BakeBreach::Alert,
+            })
+        );
+        let text = variant("alerts = [", "bake = \"30m\"\nalerts = [");
+        let p = Policy::from_toml(&text, Path::new("p.toml"), Some(&["oncall".into()])).unwrap();
+        assert_eq!(
+            p.bake.map(|b| b.on_breach),
+            Some(super::super::BakeBreach::Rollback)
+        );
+    }
+
+    #[test]
     fn good_policy_gets_defaults() {
         let p = Policy::from_toml(GOOD, Path::new("p.toml"), Some(&["oncall".into()])).unwrap();
         assert_eq!(p.api, "checkout");
@@ -715,6 +737,7 @@ mod tests {
         assert_eq!(p.max_step_duration, None);
         assert_eq!(p.advance_on_dwell_below, None);
         assert_eq!(p.on_max_step_duration, MaxStepAction::Hold);
+        assert_eq!(p.bake, None);
         assert_eq!(p.false_rollback_rate, 0.01);
         assert_eq!(p.false_advance_rate, 0.05);
         assert_eq!(p.warmup_intervals, 1);
@@ -860,6 +883,8 @@ mod tests {
             ("false_advance_rate = 1e-300", "p.toml:3:22: false_advance_rate must be at least 0.000001 and below 0.5"),
             ("warmup_intervals = 4294967296", "p.toml:3:20: warmup_intervals must be a whole number from 0 to 100"),
             ("min_green_requests_per_step = -1", "p.toml:3:31: min_green_requests_per_step must be a whole number from 0 to 1000000000"),
+            ("bake = \"20000y\"", "p.toml:3:8: bake must be between 1s and 30days"),
+            ("bake_on_breach = \"alert\"", "p.toml:3:18: bake_on_breach needs bake"),
         ] {
             let e = errors_of(&variant("alerts = [", &format!("{line}\nalerts = [")));
             assert_eq!(e.len(), 1, "{line}: {e:?}");
