@@ -280,3 +280,43 @@ fn a_clean_bake_promotes_with_its_release_and_a_breaching_one_rolls_back_to_the_
     });
     assert_eq!(rollback["fields"]["release"], "b");
 }
+
+#[test]
+fn a_start_without_a_release_id_reads_the_candidates_from_the_release_query() {
+    let stack = Stack::start_with(
+        &policy_with(
+            "auto_start = false\nrelease_query = 'max by (version) (app_build_info{cluster=\"{color}\"})'",
+        ),
+        true,
+    );
+    let now = jiff::Timestamp::now().as_millisecond();
+    let body = format!(
+        "app_build_info{{cluster=\"blue\",version=\"v6\"}} 1 {now}\napp_build_info{{cluster=\"green\",version=\"v7\"}} 1 {now}\n"
+    );
+    let vm = stack.vm().addr;
+    http(vm, "POST", "/api/v1/import/prometheus", body.as_bytes()).unwrap();
+    http(vm, "GET", "/internal/force_flush", b"").unwrap();
+    let cfg = stack.config("a", listen_addr(), &stack.vm().url());
+    eventually("the build info in VictoriaMetrics", DEADLINE, || {
+        let (code, body) = http(vm, "GET", "/api/v1/query?query=app_build_info", b"").ok()?;
+        (code == 200 && body.contains("v7")).then_some(())
+    });
+    stack
+        .greenlight(&cfg, &["start", "checkout"], &[])
+        .expect_code(0);
+    stack.run_once(&cfg);
+    let s = stack.state().unwrap();
+    assert_eq!(phase(&s), "progressing", "{s}");
+    assert_eq!(
+        releases(&s),
+        ("blue", "", "v7"),
+        "green (the candidate) runs v7: {s}"
+    );
+    assert!(
+        support::stack::last_record(&s)["reason"]
+            .as_str()
+            .unwrap()
+            .contains("release v7 onto green"),
+        "{s}"
+    );
+}

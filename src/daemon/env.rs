@@ -14,7 +14,7 @@ use crate::alert::{AlertEvent, DeliveryReport, Notifier, OutboxEntry};
 use crate::consul::Fence;
 use crate::engine::{DataProblem, Observation, RolloutState};
 use crate::metrics::{observe_with, ObserveOptions, PromClient};
-use crate::policy::{Policy, Roles, TrafficTarget, Weights};
+use crate::policy::{Colour, Policy, Roles, TrafficTarget, Weights};
 use crate::traffic::{Actuator, ConsulKv, HaproxyRuntime, TrafficError};
 
 /// Where rollout states are kept (Consul KV in production).
@@ -102,6 +102,14 @@ pub trait MetricsIo: Send + Sync {
         window: (Timestamp, Timestamp),
         roles: Roles,
     ) -> impl Future<Output = Observation> + Send;
+    /// The release `candidate` reports through the policy's `release_query` at `at` (`None`:
+    /// no query, or no series), or why it cannot be read.
+    fn candidate_release(
+        &self,
+        policy: &Policy,
+        candidate: Colour,
+        at: Timestamp,
+    ) -> impl Future<Output = Result<Option<String>, String>> + Send;
     /// Name of the backend for /metrics labels.
     fn backend(&self) -> &'static str;
     /// Base URL of the metrics UI for alert links, if it has one.
@@ -262,6 +270,30 @@ impl MetricsIo for RealEnv {
         let obs = observe_with(&self.metrics, policy, (start, end), roles, &self.observe).await;
         tracing::trace!(api = %policy.api, elapsed_ms = t.elapsed().as_millis() as u64, "Observed a window.");
         obs
+    }
+
+    async fn candidate_release(
+        &self,
+        policy: &Policy,
+        candidate: Colour,
+        at: Timestamp,
+    ) -> Result<Option<String>, String> {
+        let Some(rq) = &policy.release_query else {
+            return Ok(None);
+        };
+        let side = crate::policy::Side {
+            color: candidate.as_str().to_string(),
+            cohort: "",
+        };
+        let query =
+            crate::metrics::template::render(&rq.query, &side, policy.interval, &policy.api);
+        match self.metrics.instant(&query, at).await {
+            Ok(crate::metrics::client::QueryResult::Vector(samples)) => {
+                crate::engine::release_from_answer(&rq.label, samples.iter().map(|s| &s.labels))
+            }
+            Ok(_) => Err("release_query must answer an instant vector".into()),
+            Err(e) => Err(format!("release_query failed: {e}")),
+        }
     }
 
     fn backend(&self) -> &'static str {

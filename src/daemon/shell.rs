@@ -15,7 +15,7 @@ use super::store::StoreError;
 use super::{alerts, real_env, DaemonError};
 use crate::alert::{AlertEvent, OutboxEntry};
 use crate::consul::Fence;
-use crate::engine::{decide, Observation, Phase, RolloutState};
+use crate::engine::{decide, with_discovered_release, Intent, Observation, Phase, RolloutState};
 use crate::metrics::window::aligned_end;
 use crate::policy::{Config, Policy, Weights};
 use crate::server::logging::log_decision;
@@ -318,6 +318,21 @@ impl<E: Env> Shell<E> {
             }
         };
 
+        // A start without a release id takes the one the candidate reports, when the policy
+        // says where to read it.
+        if let (Some(Intent::Start { request }), Some(_)) = (&state.intent, &policy.release_query) {
+            if request.release.is_none() {
+                let found = self
+                    .env
+                    .candidate_release(policy, state.candidate(), now)
+                    .await;
+                let (request, problem) = with_discovered_release(request.clone(), found);
+                if let Some(why) = problem {
+                    tracing::warn!(api = %policy.api, %why, "Starting without a release id: the candidate's could not be read.");
+                }
+                state.intent = Some(Intent::Start { request });
+            }
+        }
         let d = decide(policy, &state, &obs, now);
         // The decision and its alerts are written together: a decision that is not persisted
         // raises nothing (it is decided again), a persisted one never loses its alert, whatever

@@ -19,8 +19,8 @@ pub use observation::{
     CheckData, CheckObservation, Counts, DataProblem, EdgeCounts, Observation, Pair,
 };
 pub use release::{
-    check_start, stable_of_undecodable, validate_release, Releases, StartRequest, MAX_RELEASE_LEN,
-    ROLLED_BACK_KEPT,
+    check_start, release_from_answer, stable_of_undecodable, validate_release,
+    with_discovered_release, Releases, StartRequest, MAX_RELEASE_LEN, ROLLED_BACK_KEPT,
 };
 pub use state::{
     decode_state, encode_record, encode_state, stream_id, Approval, ApprovalGate, CodecError,

@@ -125,6 +125,51 @@ pub fn stable_of_undecodable(bytes: &[u8]) -> Option<Colour> {
     )
 }
 
+/// The release id in a `release_query` answer: the `label` value its series agree on. No series:
+/// `Ok(None)` (nothing reports a release); series without the label, several different values
+/// or an invalid id: an error saying which.
+pub fn release_from_answer<'a>(
+    label: &str,
+    series: impl IntoIterator<Item = &'a std::collections::BTreeMap<String, String>>,
+) -> Result<Option<String>, String> {
+    let mut found: Vec<&str> = Vec::new();
+    for labels in series {
+        let Some(v) = labels.get(label) else {
+            return Err(format!("a series of the answer has no `{label}` label"));
+        };
+        if !found.contains(&v.as_str()) {
+            found.push(v);
+        }
+    }
+    match found.as_slice() {
+        [] => Ok(None),
+        [one] => validate_release(one).map(|()| Some(one.to_string())),
+        many => Err(format!(
+            "the candidate reports {} releases at once ({})",
+            many.len(),
+            many.join(", ")
+        )),
+    }
+}
+
+/// The start request with its release id taken from what the candidate reports, when the
+/// request names none. What could not be read leaves it without an id (and says why).
+pub fn with_discovered_release(
+    mut request: StartRequest,
+    discovered: Result<Option<String>, String>,
+) -> (StartRequest, Option<String>) {
+    if request.release.is_some() {
+        return (request, None);
+    }
+    match discovered {
+        Ok(found) => {
+            request.release = found;
+            (request, None)
+        }
+        Err(why) => (request, Some(why)),
+    }
+}
+
 /// Checks a release id given by a person or read from the metrics.
 pub fn validate_release(id: &str) -> Result<(), String> {
     if id.is_empty() {
@@ -289,6 +334,32 @@ mod tests {
             stable_of_undecodable(br#"{"releases":{"stable":"purple"}}"#),
             None
         );
+    }
+
+    #[test]
+    fn a_release_is_read_from_the_label_the_candidate_series_agree_on() {
+        use std::collections::BTreeMap;
+        let s = |v: &str| BTreeMap::from([("version".to_string(), v.to_string())]);
+        assert_eq!(
+            release_from_answer("version", &[s("v7"), s("v7")]),
+            Ok(Some("v7".into()))
+        );
+        assert_eq!(release_from_answer("version", &[]), Ok(None));
+        let err = release_from_answer("version", &[s("v7"), s("v8")]).unwrap_err();
+        assert!(err.contains("2 releases at once (v7, v8)"), "{err}");
+        assert!(release_from_answer("version", &[BTreeMap::new()]).is_err());
+        assert!(release_from_answer("version", &[s("bad id")]).is_err());
+        // A release given at start wins; an unreadable one leaves none, with the reason.
+        let given = StartRequest {
+            to: None,
+            release: Some("x".into()),
+        };
+        assert_eq!(
+            with_discovered_release(given.clone(), Ok(Some("v7".into()))).0,
+            given
+        );
+        let (r, why) = with_discovered_release(StartRequest::default(), Err("down".into()));
+        assert_eq!((r.release, why.as_deref()), (None, Some("down")));
     }
 
     #[test]

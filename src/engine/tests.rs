@@ -28,6 +28,7 @@ pub(crate) fn policy() -> Policy {
         max_step_duration: None,
         on_max_step_duration: MaxStepAction::Hold,
         bake: None,
+        release_query: None,
         advance_on_dwell_below: None,
         false_rollback_rate: 0.01,
         false_advance_rate: 0.05,

@@ -78,6 +78,8 @@ pub struct Policy {
     pub on_max_step_duration: MaxStepAction,
     /// The watch after the last step; `None`: promoted at the last step.
     pub bake: Option<Bake>,
+    /// Where a start without a release id reads the candidate's.
+    pub release_query: Option<ReleaseQuery>,
     /// Steps whose share is below this percentage are probe steps: green advances from them once
     /// the minimum dwell and request count are met and no rollback stream shows evidence against
     /// it (E < 10), without waiting for positive evidence. `None`: every step needs evidence.
@@ -199,6 +201,15 @@ pub enum GreenMissingAction {
     Hold,
     /// Send green back to 0 %.
     Rollback,
+}
+
+/// Where the candidate's release id is read when a start does not give it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReleaseQuery {
+    /// PromQL with `{color}`; evaluated for the candidate's colour.
+    pub query: String,
+    /// The answer's label holding the release id.
+    pub label: String,
 }
 
 /// The watch after the last step (`bake`, `bake_on_breach`).

@@ -38,6 +38,14 @@ pub(super) struct RawPolicy {
     /// `"hold"` or `"advance"` once `max_step_duration` has passed. Default `"hold"`.
     #[serde(default = "default_on_max_step_duration")]
     pub(super) on_max_step_duration: RawMaxStepAction,
+    /// PromQL whose answer's `release_label` names the release a colour runs (e.g.
+    /// `max by (version) (app_build_info{cluster="{color}"})`): a start without `--release`
+    /// takes the candidate's. Default: none.
+    #[serde(default)]
+    pub(super) release_query: Option<Spanned<String>>,
+    /// The label of `release_query`'s answer that holds the release id. Default `"version"`.
+    #[serde(default)]
+    pub(super) release_label: Option<Spanned<String>>,
     /// After the last step, watch the candidate this long before it becomes stable (phase
     /// `baking`). Default: no bake.
     #[serde(default)]

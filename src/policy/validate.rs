@@ -9,6 +9,7 @@ use super::checks::validate_checks;
 use super::cohort::CohortRules;
 use super::limits::{self, count_in, duration_in};
 use super::located::{explicit, number, parse_toml, shown, Errors};
+use super::query::{validate_query, QueryKind};
 use super::raw::{
     RawBakeBreach, RawGreenMissingAction, RawHaproxyTarget, RawMaxStepAction, RawPolicy,
     RawSchedule, RawTraffic,
@@ -16,8 +17,8 @@ use super::raw::{
 use super::sticky::{validate_sticky, Sticky, StickyContext, TrafficMode};
 use super::values::Table;
 use super::{
-    Bake, BakeBreach, HaproxyServers, MaxStepAction, Policy, PolicyContext, PolicyError, Schedule,
-    TimeWindow, Traffic, TrafficTarget,
+    Bake, BakeBreach, HaproxyServers, MaxStepAction, Policy, PolicyContext, PolicyError,
+    ReleaseQuery, Schedule, TimeWindow, Traffic, TrafficTarget,
 };
 
 /// Parses and validates one policy; also returns the span of its `api` value (for messages
@@ -194,6 +195,7 @@ impl RawPolicy {
             CohortRules::of(self.traffic.get_ref(), traffic.as_ref()),
             errors,
         );
+        let release_query = self.release_query(errors);
         let alerts = validate_alerts(&self.alerts, channels, errors);
         let mut alert_routes = std::collections::BTreeMap::new();
         if let Some(routes) = &self.alert_routes {
@@ -213,6 +215,7 @@ impl RawPolicy {
             min_green_requests_per_step: min_green_requests_per_step?,
             max_step_duration: max_step,
             bake,
+            release_query,
             on_max_step_duration: match self.on_max_step_duration {
                 RawMaxStepAction::Hold => MaxStepAction::Hold,
                 RawMaxStepAction::Advance => MaxStepAction::Advance,
@@ -242,6 +245,41 @@ impl RawPolicy {
 
     /// `max_requests_per_second`, `on_green_data_missing`, `green_data_missing_for`,
     /// `check_traffic_split`.
+    /// `release_query` (any value query with `{color}`) and its `release_label`.
+    fn release_query(&self, errors: &mut Errors<'_>) -> Option<ReleaseQuery> {
+        let label = match &self.release_label {
+            Some(l) => {
+                let name = l.get_ref();
+                let mut chars = name.chars();
+                let valid = chars
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                    && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+                if !valid {
+                    errors.at(
+                        l.span(),
+                        format!("release_label must be a label name ([a-zA-Z_][a-zA-Z0-9_]*), got {name:?}"),
+                    );
+                }
+                if self.release_query.is_none() {
+                    errors.at(l.span(), "release_label needs release_query".to_string());
+                }
+                name.clone()
+            }
+            None => "version".to_string(),
+        };
+        let q = self.release_query.as_ref()?;
+        let query = validate_query(
+            "release_query",
+            q,
+            QueryKind::Value,
+            self.api.get_ref(),
+            false,
+            errors,
+        );
+        Some(ReleaseQuery { query, label })
+    }
+
     fn data_quality(&self, errors: &mut Errors<'_>) -> crate::policy::DataQuality {
         let mut dq = crate::policy::DataQuality::default();
         if let Some(rate) = &self.max_requests_per_second {
@@ -885,6 +923,8 @@ mod tests {
             ("min_green_requests_per_step = -1", "p.toml:3:31: min_green_requests_per_step must be a whole number from 0 to 1000000000"),
             ("bake = \"20000y\"", "p.toml:3:8: bake must be between 1s and 30days"),
             ("bake_on_breach = \"alert\"", "p.toml:3:18: bake_on_breach needs bake"),
+            ("release_label = \"version\"", "p.toml:3:17: release_label needs release_query"),
+            ("release_query = 'max by (version) (build_info)'", "p.toml:3:17: release_query must contain {color}"),
         ] {
             let e = errors_of(&variant("alerts = [", &format!("{line}\nalerts = [")));
             assert_eq!(e.len(), 1, "{line}: {e:?}");

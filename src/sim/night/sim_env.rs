@@ -331,6 +331,16 @@ impl WeightIo for SimEnv {
 }
 
 impl MetricsIo for SimEnv {
+    /// The simulated world reports no release.
+    async fn candidate_release(
+        &self,
+        _policy: &Policy,
+        _candidate: crate::policy::Colour,
+        _at: Timestamp,
+    ) -> Result<Option<String>, String> {
+        Ok(None)
+    }
+
     /// The simulated world's new version runs on green: its nights roll onto green only.
     async fn observe(
         &self,
