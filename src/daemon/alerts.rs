@@ -48,6 +48,13 @@ fn weights(w: Weights) -> String {
     format!("blue={} green={}", w.blue, w.green)
 }
 
+fn capitalised(c: Colour) -> &'static str {
+    match c {
+        Colour::Blue => "Blue",
+        Colour::Green => "Green",
+    }
+}
+
 /// ` (release ID)`, or nothing without an id.
 fn release_text(release: Option<&str>) -> String {
     release
@@ -256,9 +263,11 @@ pub fn for_decision(
                     EventKind::GreenDataMissing,
                     &format!("{id}-{}", since.as_second()),
                     format!(
-                        "Green of {} stopped reporting metrics at {} % while blue still reports (since {since}); {}",
+                        "{} of {} (the candidate) stopped reporting metrics at {} % while {} (stable) still reports (since {since}); {}",
+                        capitalised(d.state.candidate()),
                         policy.api,
-                        d.explanation.green_percent,
+                        percent(before.candidate_percent()),
+                        before.releases.stable,
                         green_missing_outcome(policy)
                     ),
                     at,
@@ -280,7 +289,8 @@ pub fn for_decision(
                     EventKind::TrafficSplitMismatch,
                     &format!("{id}-{}", d.state.step),
                     format!(
-                        "Green of {} receives {} % of requests, configured {} %; not advancing",
+                        "{} of {} (the candidate) receives {} % of requests, configured {} %; not advancing",
+                        capitalised(d.state.candidate()),
                         policy.api,
                         percent(*observed_percent),
                         percent(*configured_percent)
@@ -414,7 +424,11 @@ pub fn for_decision(
                     &policy.api,
                     EventKind::GreenDataMissing,
                     &format!("{}-{}", rollout_id(before), since.as_second()),
-                    format!("Green of {} reports metrics again", policy.api),
+                    format!(
+                        "{} of {} reports metrics again",
+                        capitalised(d.state.candidate()),
+                        policy.api
+                    ),
                     at,
                 )
                 .resolve(at),
@@ -428,7 +442,8 @@ pub fn for_decision(
                 EventKind::TrafficSplitMismatch,
                 &format!("{}-{}", rollout_id(before), before.step),
                 format!(
-                    "Green of {} receives its configured share again",
+                    "{} of {} receives its configured share again",
+                    capitalised(d.state.candidate()),
                     policy.api
                 ),
                 at,

@@ -132,6 +132,11 @@ fn green_missing(
     d: &mut Draft,
 ) {
     let detail = d.problems.join("; ");
+    // Named by colour: the candidate is green onto green, blue onto blue.
+    let (c, b) = match s.candidate() {
+        crate::policy::Colour::Green => ("Green", "blue"),
+        crate::policy::Colour::Blue => ("Blue", "green"),
+    };
     let q = &mut s.quality;
     let since = *q.green_missing_since.get_or_insert(obs.start);
     q.green_missing_windows += 1;
@@ -147,7 +152,7 @@ fn green_missing(
     match policy.data_quality.on_green_data_missing {
         GreenMissingAction::Rollback if lasted >= limit => {
             let reason = format!(
-                "Green's metrics have been missing for {} while blue's are present: {detail}",
+                "{c}'s metrics have been missing for {} while {b}'s are present: {detail}",
                 fmt_dur(lasted)
             );
             rollback::roll_back(policy, s, reason, d);
@@ -160,7 +165,7 @@ fn green_missing(
             d.set(
                 Action::Hold,
                 format!(
-                    "Green's metrics are missing while blue's are present, for {} ({then}): {detail}.",
+                    "{c}'s metrics are missing while {b}'s are present, for {} ({then}): {detail}.",
                     fmt_dur(lasted)
                 ),
             );

@@ -451,3 +451,31 @@ fn an_operator_rollback_during_the_bake_returns_traffic_to_the_stable_colour() {
     );
     assert_eq!(d.state.releases.stable, Colour::Blue);
 }
+
+#[test]
+fn a_candidate_on_blue_that_stops_reporting_is_named_blue() {
+    let p = policy();
+    let mut s = RolloutState::new(&p);
+    s.releases.stable = Colour::Green;
+    s.weights = Weights {
+        blue: 0,
+        green: 100,
+    };
+    s.phase = Phase::Promoted;
+    start(&mut s, "b", "alice");
+    let mut s = decide(&p, &s, &world(1, s.weights, 0.005, 0.005), at(1)).state;
+    let mut last = String::new();
+    for m in 2..6 {
+        let mut o = world(m, s.weights, 0.005, 0.005);
+        for check in ["errors", "latency"] {
+            o = with_problem(o, check, DataProblem::GreenMissing("blue: no data".into()));
+        }
+        let d = decide(&p, &s, &o, at(m));
+        last = d.reason.clone();
+        s = d.state;
+    }
+    assert!(
+        last.contains("Blue's metrics are missing while green's are present"),
+        "{last}"
+    );
+}
