@@ -68,46 +68,102 @@ fn metrics(listen: SocketAddr) -> String {
     body
 }
 
+/// A stack with healthy traffic flowing, alerts to a webhook and one daemon running, for
+/// `checkout` with `top_level` policy lines. Fields drop in order: the daemon first.
+struct Running {
+    daemon: Proc,
+    feeder: Feeder,
+    hook: FakeHttp,
+    listen: SocketAddr,
+    cfg: std::path::PathBuf,
+    url: String,
+    stack: Stack,
+}
+
+impl Running {
+    fn start(top_level: &str, seed: u64) -> Running {
+        let stack = Stack::start_with(
+            &policy_with(&format!(
+                "auto_start = false\nalerts = [\"oncall\"]\n{top_level}"
+            )),
+            true,
+        );
+        let feeder = Feeder::start(
+            &stack.haproxy,
+            stack.vm(),
+            ErrorRates {
+                blue: 0.0,
+                green: 0.0,
+            },
+            seed,
+        );
+        let hook = FakeHttp::start(Behaviour::Answer {
+            status: 200,
+            content_type: "application/json",
+            body: "{}".into(),
+        });
+        let listen = listen_addr();
+        let cfg = stack.config_with(
+            "a",
+            listen,
+            &stack.vm().url(),
+            "[[alert]]\nname = \"oncall\"\nkind = \"webhook\"\nurl = { env = \"HOOK_URL\" }\n",
+        );
+        let url = hook.url();
+        let daemon = stack.daemon_with_env("a", &cfg, &[("HOOK_URL", url.as_str())]);
+        Running {
+            daemon,
+            feeder,
+            hook,
+            listen,
+            cfg,
+            url,
+            stack,
+        }
+    }
+
+    /// `greenlight start checkout --release ID`, with the alert channel's URL set.
+    fn start_release(&self, release: &str) {
+        start(
+            &self.stack,
+            &self.cfg,
+            &[("HOOK_URL", self.url.as_str())],
+            release,
+        );
+    }
+
+    fn env(&self) -> [(&str, &str); 1] {
+        [("HOOK_URL", self.url.as_str())]
+    }
+
+    /// A new daemon in place of a killed one.
+    fn restart(&mut self) {
+        self.daemon.kill();
+        self.daemon =
+            self.stack
+                .daemon_with_env("a", &self.cfg, &[("HOOK_URL", self.url.as_str())]);
+    }
+
+    fn settled(&mut self, want: &str, release: &str) -> Value {
+        settled(&self.stack, &mut self.daemon, want, release)
+    }
+}
+
 #[test]
 fn three_releases_alternate_colours_across_a_daemon_kill_and_the_last_is_rolled_back() {
-    let stack = Stack::start_with(
-        &policy_with("auto_start = false\nalerts = [\"oncall\"]"),
-        true,
-    );
-    let feeder = Feeder::start(
-        &stack.haproxy,
-        stack.vm(),
-        ErrorRates {
-            blue: 0.0,
-            green: 0.0,
-        },
-        15,
-    );
-    let hook = FakeHttp::start(Behaviour::Answer {
-        status: 200,
-        content_type: "application/json",
-        body: "{}".into(),
-    });
-    let listen = listen_addr();
-    let cfg = stack.config_with(
-        "a",
-        listen,
-        &stack.vm().url(),
-        "[[alert]]\nname = \"oncall\"\nkind = \"webhook\"\nurl = { env = \"HOOK_URL\" }\n",
-    );
-    let url = hook.url();
-    let env = [("HOOK_URL", url.as_str())];
-    let mut daemon = stack.daemon_with_env("a", &cfg, &env);
+    let mut r = Running::start("", 15);
 
     // Release A onto green: promoted, green stable.
-    start(&stack, &cfg, &env, "a");
-    let s = settled(&stack, &mut daemon, "promoted", "a");
+    r.start_release("a");
+    let s = r.settled("promoted", "a");
     assert_eq!(releases(&s).0, "green", "{s}");
     assert_eq!(releases(&s).1, "a", "{s}");
-    assert_eq!((stack.weight("blue"), stack.weight("green")), (0, 100));
+    assert_eq!((r.stack.weight("blue"), r.stack.weight("green")), (0, 100));
 
     // Starting A again is refused: it is the stable release.
-    let again = stack.greenlight(&cfg, &["start", "checkout", "--release", "a"], &env);
+    let again = r
+        .stack
+        .greenlight(&r.cfg, &["start", "checkout", "--release", "a"], &r.env());
     assert_ne!(again.code(), 0, "{}", again.stdout);
     assert!(
         again
@@ -119,17 +175,16 @@ fn three_releases_alternate_colours_across_a_daemon_kill_and_the_last_is_rolled_
 
     // Release B onto blue (the default direction now); the daemon is killed once blue has its
     // first step, and a new one finishes the rollout.
-    start(&stack, &cfg, &env, "b");
+    r.start_release("b");
     eventually("blue at its first step", DEADLINE, || {
-        daemon.assert_running();
-        (stack.weight("blue") == 10 && stack.weight("green") == 90).then_some(())
+        r.daemon.assert_running();
+        (r.stack.weight("blue") == 10 && r.stack.weight("green") == 90).then_some(())
     });
-    daemon.kill();
-    let mut daemon = stack.daemon_with_env("a", &cfg, &env);
-    let s = settled(&stack, &mut daemon, "promoted", "b");
+    r.restart();
+    let s = r.settled("promoted", "b");
     assert_eq!(releases(&s).0, "blue", "{s}");
     assert_eq!(releases(&s).1, "b", "{s}");
-    assert_eq!((stack.weight("blue"), stack.weight("green")), (100, 0));
+    assert_eq!((r.stack.weight("blue"), r.stack.weight("green")), (100, 0));
     // Blue climbed the steps: 10, 50, 100.
     let blue_steps: Vec<u64> = s["history"]
         .as_array()
@@ -143,19 +198,19 @@ fn three_releases_alternate_colours_across_a_daemon_kill_and_the_last_is_rolled_
     assert_eq!(blue_steps, vec![10, 50], "{s}");
 
     // Release C onto green, which fails: rolled back to blue.
-    feeder.set_rates(ErrorRates {
+    r.feeder.set_rates(ErrorRates {
         blue: 0.0,
         green: 0.4,
     });
-    start(&stack, &cfg, &env, "c");
-    let s = settled(&stack, &mut daemon, "rolled_back", "c");
+    r.start_release("c");
+    let s = r.settled("rolled_back", "c");
     assert_eq!(releases(&s), ("blue", "b", "c"), "{s}");
     assert_eq!(s["releases"]["rolled_back"], serde_json::json!(["c"]));
-    assert_eq!((stack.weight("blue"), stack.weight("green")), (100, 0));
+    assert_eq!((r.stack.weight("blue"), r.stack.weight("green")), (100, 0));
 
     // The alerts: two promotions naming their release and new stable colour, one rollback.
     let seen = eventually("three alerts", DEADLINE, || {
-        let e = events(&hook);
+        let e = events(&r.hook);
         let kinds: Vec<&str> = e.iter().filter_map(|e| e["kind"].as_str()).collect();
         (kinds.iter().filter(|k| **k == "promoted").count() == 2 && kinds.contains(&"rollback"))
             .then_some(e)
@@ -183,7 +238,7 @@ fn three_releases_alternate_colours_across_a_daemon_kill_and_the_last_is_rolled_
     );
 
     // `status` and /metrics say the same.
-    let status = stack.greenlight(&cfg, &["status"], &env);
+    let status = r.stack.greenlight(&r.cfg, &["status"], &r.env());
     status.expect_code(0);
     assert!(
         status
@@ -193,7 +248,7 @@ fn three_releases_alternate_colours_across_a_daemon_kill_and_the_last_is_rolled_
         status.stdout
     );
     let text = eventually("the release series", DEADLINE, || {
-        let m = metrics(listen);
+        let m = metrics(r.listen);
         m.contains(
             r#"greenlight_release{api="checkout",stable="blue",candidate="green",release="c"} 1"#,
         )
@@ -208,64 +263,39 @@ fn three_releases_alternate_colours_across_a_daemon_kill_and_the_last_is_rolled_
 
 #[test]
 fn a_clean_bake_promotes_with_its_release_and_a_breaching_one_rolls_back_to_the_old_colour() {
-    let stack = Stack::start_with(
-        &policy_with("auto_start = false\nalerts = [\"oncall\"]\nbake = \"8s\""),
-        true,
-    );
-    let feeder = Feeder::start(
-        &stack.haproxy,
-        stack.vm(),
-        ErrorRates {
-            blue: 0.0,
-            green: 0.0,
-        },
-        16,
-    );
-    let hook = FakeHttp::start(Behaviour::Answer {
-        status: 200,
-        content_type: "application/json",
-        body: "{}".into(),
-    });
-    let listen = listen_addr();
-    let cfg = stack.config_with(
-        "a",
-        listen,
-        &stack.vm().url(),
-        "[[alert]]\nname = \"oncall\"\nkind = \"webhook\"\nurl = { env = \"HOOK_URL\" }\n",
-    );
-    let url = hook.url();
-    let env = [("HOOK_URL", url.as_str())];
-    let mut daemon = stack.daemon_with_env("a", &cfg, &env);
+    let mut r = Running::start("bake = \"8s\"", 16);
 
     // Release A onto green bakes at 100 %, green not stable yet, then is promoted.
-    start(&stack, &cfg, &env, "a");
+    r.start_release("a");
     let baking = eventually("release a baking", DEADLINE, || {
-        daemon.assert_running();
-        stack.state().filter(|s| phase(s) == "baking")
+        r.daemon.assert_running();
+        r.stack.state().filter(|s| phase(s) == "baking")
     });
     assert_eq!(releases(&baking).0, "blue", "{baking}");
     eventually("green at 100 % while baking", DEADLINE, || {
-        (stack.weight("green") == 100).then_some(())
+        (r.stack.weight("green") == 100).then_some(())
     });
-    let s = settled(&stack, &mut daemon, "promoted", "a");
+    let s = r.settled("promoted", "a");
     assert_eq!(releases(&s).0, "green", "{s}");
     let promoted = eventually("the promoted alert", DEADLINE, || {
-        events(&hook).into_iter().find(|e| e["kind"] == "promoted")
+        events(&r.hook)
+            .into_iter()
+            .find(|e| e["kind"] == "promoted")
     });
     assert_eq!(promoted["fields"]["release"], "a");
     assert_eq!(promoted["fields"]["stable"], "green (a)");
 
     // Release B onto blue starts failing once it serves everything: back to green.
-    start(&stack, &cfg, &env, "b");
+    r.start_release("b");
     eventually("release b baking", DEADLINE, || {
-        daemon.assert_running();
-        stack.state().filter(|s| phase(s) == "baking")
+        r.daemon.assert_running();
+        r.stack.state().filter(|s| phase(s) == "baking")
     });
-    feeder.set_rates(ErrorRates {
+    r.feeder.set_rates(ErrorRates {
         blue: 0.4,
         green: 0.0,
     });
-    let s = settled(&stack, &mut daemon, "rolled_back", "b");
+    let s = r.settled("rolled_back", "b");
     assert_eq!(releases(&s), ("green", "a", "b"), "{s}");
     assert!(
         s["reason"]
@@ -274,9 +304,11 @@ fn a_clean_bake_promotes_with_its_release_and_a_breaching_one_rolls_back_to_the_
             .starts_with("Breach during the bake"),
         "{s}"
     );
-    assert_eq!((stack.weight("blue"), stack.weight("green")), (0, 100));
+    assert_eq!((r.stack.weight("blue"), r.stack.weight("green")), (0, 100));
     let rollback = eventually("the rollback alert", DEADLINE, || {
-        events(&hook).into_iter().find(|e| e["kind"] == "rollback")
+        events(&r.hook)
+            .into_iter()
+            .find(|e| e["kind"] == "rollback")
     });
     assert_eq!(rollback["fields"]["release"], "b");
 }

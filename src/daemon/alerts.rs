@@ -48,13 +48,6 @@ fn weights(w: Weights) -> String {
     format!("blue={} green={}", w.blue, w.green)
 }
 
-fn capitalised(c: Colour) -> &'static str {
-    match c {
-        Colour::Blue => "Blue",
-        Colour::Green => "Green",
-    }
-}
-
 /// ` (release ID)`, or nothing without an id.
 fn release_text(release: Option<&str>) -> String {
     release
@@ -264,7 +257,7 @@ pub fn for_decision(
                     &format!("{id}-{}", since.as_second()),
                     format!(
                         "{} of {} (the candidate) stopped reporting metrics at {} % while {} (stable) still reports (since {since}); {}",
-                        capitalised(d.state.candidate()),
+                        d.state.candidate().capitalised(),
                         policy.api,
                         percent(before.candidate_percent()),
                         before.releases.stable,
@@ -290,7 +283,7 @@ pub fn for_decision(
                     &format!("{id}-{}", d.state.step),
                     format!(
                         "{} of {} (the candidate) receives {} % of requests, configured {} %; not advancing",
-                        capitalised(d.state.candidate()),
+                        d.state.candidate().capitalised(),
                         policy.api,
                         percent(*observed_percent),
                         percent(*configured_percent)
@@ -426,7 +419,7 @@ pub fn for_decision(
                     &format!("{}-{}", rollout_id(before), since.as_second()),
                     format!(
                         "{} of {} reports metrics again",
-                        capitalised(d.state.candidate()),
+                        d.state.candidate().capitalised(),
                         policy.api
                     ),
                     at,
@@ -443,7 +436,7 @@ pub fn for_decision(
                 &format!("{}-{}", rollout_id(before), before.step),
                 format!(
                     "{} of {} receives its configured share again",
-                    capitalised(d.state.candidate()),
+                    d.state.candidate().capitalised(),
                     policy.api
                 ),
                 at,

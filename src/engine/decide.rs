@@ -319,10 +319,7 @@ fn evaluate(
             Action::Hold,
             format!(
                 "{} (stable) is unhealthy ({why}); holding.",
-                match s.releases.stable {
-                    Colour::Blue => "Blue",
-                    Colour::Green => "Green",
-                }
+                s.releases.stable.capitalised()
             ),
         );
         check_stuck(policy, s, now, d);

@@ -310,6 +310,14 @@ impl Colour {
         }
     }
 
+    /// `Blue` or `Green`, to begin a sentence.
+    pub fn capitalised(self) -> &'static str {
+        match self {
+            Colour::Blue => "Blue",
+            Colour::Green => "Green",
+        }
+    }
+
     /// The other colour.
     pub fn other(self) -> Colour {
         match self {

@@ -10,7 +10,7 @@ use super::{
     ADVANCE_MAX_ROLLBACK_E,
 };
 use crate::engine::state::RolloutState;
-use crate::policy::{Colour, MaxStepAction, Policy};
+use crate::policy::{MaxStepAction, Policy};
 use crate::stats::format_e;
 
 /// Advances when every condition is met; otherwise holds with the first one lacking.
@@ -145,17 +145,10 @@ pub(super) fn advance_or_hold(
         now,
         format!(
             "{} is no worse than {b} on every check at this step ({share} %; advance evidence ≥ {adv_threshold:.0}).",
-            capitalised(c)
+            c.capitalised()
         ),
         d,
     );
-}
-
-fn capitalised(c: Colour) -> &'static str {
-    match c {
-        Colour::Blue => "Blue",
-        Colour::Green => "Green",
-    }
 }
 
 /// Moves the candidate up one step (promoting at the last), unless that step waits for an approval.

@@ -76,19 +76,6 @@ fn tolerance_of(policy: &Policy, check: &str) -> (f64, f64) {
         .unwrap_or((0.0, 1.0))
 }
 
-fn min_errors_of(policy: &Policy, check: &str) -> f64 {
-    policy
-        .checks
-        .iter()
-        .find(|c| c.name == check)
-        .map(|c| match &c.kind {
-            CheckKind::ErrorRate { min_errors, .. }
-            | CheckKind::LatencyHistogram { min_errors, .. } => *min_errors as f64,
-            CheckKind::Threshold { .. } => 0.0,
-        })
-        .unwrap_or(0.0)
-}
-
 /// One counted window of the bake: the candidate's counts feed its own-baseline e-processes.
 pub(super) fn count(s: &mut RolloutState, obs: &Observation, d: &mut Draft) {
     let candidate = s.candidate();
@@ -116,7 +103,7 @@ fn breach(policy: &Policy, s: &RolloutState, guard_breach: Option<String>) -> Op
     s.streams.iter().find_map(|st| {
         let e = st.bake.as_ref()?;
         let counts = st.bake_counts.unwrap_or_default();
-        (e.e_value() >= 1.0 / alpha && counts.bad >= min_errors_of(policy, &st.check)).then(|| {
+        (e.e_value() >= 1.0 / alpha && counts.bad >= super::rollback::min_errors_of(policy, &st.check) as f64).then(|| {
             format!(
                 "{}: the candidate's rate {:.4} during the bake exceeds its own rate over the rollout (tested against {:.4}); evidence {} ≥ 1/α = {:.0}",
                 describe_stream(&st.check, st.edge),

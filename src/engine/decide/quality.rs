@@ -133,10 +133,7 @@ fn green_missing(
 ) {
     let detail = d.problems.join("; ");
     // Named by colour: the candidate is green onto green, blue onto blue.
-    let (c, b) = match s.candidate() {
-        crate::policy::Colour::Green => ("Green", "blue"),
-        crate::policy::Colour::Blue => ("Blue", "green"),
-    };
+    let (c, b) = (s.candidate().capitalised(), s.releases.stable.as_str());
     let q = &mut s.quality;
     let since = *q.green_missing_since.get_or_insert(obs.start);
     q.green_missing_windows += 1;

@@ -51,7 +51,7 @@ pub(super) fn roll_back(policy: &Policy, s: &mut RolloutState, reason: String, d
     d.set(Action::Rollback, reason);
 }
 
-fn min_errors_of(policy: &Policy, check: &str) -> u64 {
+pub(super) fn min_errors_of(policy: &Policy, check: &str) -> u64 {
     policy
         .checks
         .iter()

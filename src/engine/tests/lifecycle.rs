@@ -25,6 +25,23 @@ fn world(minute: i64, live: Weights, rate_b: f64, rate_g: f64) -> Observation {
     )
 }
 
+/// A rollout promoted onto green with release `a` (blue still runs `previous`, when given).
+fn green_stable(p: &Policy, previous: Option<&str>) -> RolloutState {
+    let mut s = RolloutState::new(p);
+    s.releases = Releases {
+        stable: Colour::Green,
+        stable_release: Some("a".into()),
+        candidate_release: previous.map(String::from),
+        rolled_back: vec![],
+    };
+    s.weights = Weights {
+        blue: 0,
+        green: 100,
+    };
+    s.phase = Phase::Promoted;
+    s
+}
+
 fn start(s: &mut RolloutState, release: &str, by: &str) {
     s.intent = Some(Intent::Start {
         request: StartRequest {
@@ -130,17 +147,7 @@ fn three_releases_alternate_colours_and_compare_the_candidate_against_the_stable
 #[test]
 fn a_bad_candidate_on_blue_is_rolled_back_to_green() {
     let p = policy();
-    let mut s = RolloutState::new(&p);
-    s.releases = Releases {
-        stable: Colour::Green,
-        stable_release: Some("a".into()),
-        ..Default::default()
-    };
-    s.weights = Weights {
-        blue: 0,
-        green: 100,
-    };
-    s.phase = Phase::Promoted;
+    let mut s = green_stable(&p, None);
     start(&mut s, "b", "alice");
     // Blue, the candidate, fails five times as often as green.
     let (s, _, ds) = until_done(&p, s, 1, (0.025, 0.005));
@@ -164,13 +171,7 @@ fn a_bad_candidate_on_blue_is_rolled_back_to_green() {
 #[test]
 fn a_sick_stable_green_holds_a_rollout_onto_blue_instead_of_blaming_blue() {
     let p = policy();
-    let mut s = RolloutState::new(&p);
-    s.releases.stable = Colour::Green;
-    s.weights = Weights {
-        blue: 0,
-        green: 100,
-    };
-    s.phase = Phase::Promoted;
+    let mut s = green_stable(&p, None);
     start(&mut s, "b", "alice");
     let mut s = decide(&p, &s, &world(1, s.weights, 0.005, 0.005), at(1)).state;
     for m in 2..40 {
@@ -242,20 +243,10 @@ fn start_refuses_the_stable_colour_the_stable_release_and_a_campaign_rerunning_a
 #[test]
 fn an_operator_rollback_after_promotion_returns_traffic_to_the_previous_stable_colour() {
     let p = policy();
-    let mut s = RolloutState::new(&p);
-    s.releases = Releases {
-        stable: Colour::Green,
-        stable_release: Some("b".into()),
-        candidate_release: Some("a".into()),
-        rolled_back: vec![],
-    };
-    s.weights = Weights {
-        blue: 0,
-        green: 100,
-    };
-    s.phase = Phase::Promoted;
+    // Green runs a, promoted over blue's previous release z.
+    let mut s = green_stable(&p, Some("z"));
     s.intent = Some(Intent::Rollback {
-        reason: "b breaks checkout".into(),
+        reason: "a breaks checkout".into(),
     });
     let d = decide(&p, &s, &obs(1, healthy()), at(1));
     assert_eq!(d.action, Action::Rollback);
@@ -267,8 +258,8 @@ fn an_operator_rollback_after_promotion_returns_traffic_to_the_previous_stable_c
         })
     );
     assert_eq!(d.state.releases.stable, Colour::Blue);
-    assert_eq!(d.state.releases.stable_release.as_deref(), Some("a"));
-    assert_eq!(d.state.releases.rolled_back, vec!["b".to_string()]);
+    assert_eq!(d.state.releases.stable_release.as_deref(), Some("z"));
+    assert_eq!(d.state.releases.rolled_back, vec!["a".to_string()]);
 }
 
 #[test]
@@ -455,13 +446,7 @@ fn an_operator_rollback_during_the_bake_returns_traffic_to_the_stable_colour() {
 #[test]
 fn a_candidate_on_blue_that_stops_reporting_is_named_blue() {
     let p = policy();
-    let mut s = RolloutState::new(&p);
-    s.releases.stable = Colour::Green;
-    s.weights = Weights {
-        blue: 0,
-        green: 100,
-    };
-    s.phase = Phase::Promoted;
+    let mut s = green_stable(&p, None);
     start(&mut s, "b", "alice");
     let mut s = decide(&p, &s, &world(1, s.weights, 0.005, 0.005), at(1)).state;
     let mut last = String::new();
