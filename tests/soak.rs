@@ -75,6 +75,30 @@ fn short_soak_with_every_fault_kind_violates_no_invariant() {
 }
 
 #[test]
+fn baking_nights_bake_through_every_fault_kind_and_promote_healthy_greens() {
+    // Seeds 16..24 and 48..56 run the night policy with a 30-minute bake.
+    let seeds: Vec<u64> = (16..24).chain(48..56).collect();
+    let mut healthy_promoted_after_a_bake = 0;
+    for seed in seeds {
+        let r = run_night(&NightConfig {
+            seed,
+            hours: 8.0,
+            faults: Faults::all(),
+            trace: false,
+        });
+        assert!(r.violation.is_none(), "seed {seed}: {:?}", r.violation);
+        if !r.regression && r.phase == Some(greenlight::engine::Phase::Promoted) {
+            assert!(r.baked, "seed {seed}: promoted without a bake");
+            healthy_promoted_after_a_bake += 1;
+        }
+    }
+    assert!(
+        healthy_promoted_after_a_bake >= 4,
+        "{healthy_promoted_after_a_bake} healthy greens promoted after a bake"
+    );
+}
+
+#[test]
 fn busy_healthy_night_keeps_a_readable_state() {
     // The world of seed 1 is healthy at 2000 req/s: the advance evidence grows past f64's
     // range within the night, which once made the stored state undecodable.

@@ -28,6 +28,8 @@ pub(super) struct Checker {
     unapplied_steps: u32,
     /// The current rollout's recorded start and the step at which it was first seen.
     rollout: Option<(Timestamp, u64)>,
+    /// Whether a stored state was ever seen baking.
+    pub(super) baked: bool,
 }
 
 pub(super) type Broken = (&'static str, String);
@@ -298,6 +300,7 @@ impl Checker {
             }
         }
         drop(w);
+        self.baked |= state.phase == Phase::Baking;
         self.last = Some(state);
         Ok(())
     }

@@ -137,6 +137,8 @@ pub struct NightResult {
     pub hours: f64,
     /// Why the rollout was rolled back, if it was.
     pub rollback_cause: Option<&'static str>,
+    /// Whether the rollout went through a bake (the policy of one seed block in four bakes).
+    pub baked: bool,
 }
 
 /// What made a rollback happen, from its recorded reason.
@@ -145,7 +147,10 @@ fn rollback_cause(reason: &str) -> &'static str {
         "operator"
     } else if reason.contains("guard failed") {
         "threshold guard"
-    } else if reason.contains("green's data") || reason.contains("green data") {
+    } else if reason.contains("metrics have been missing")
+        || reason.contains("green's data")
+        || reason.contains("green data")
+    {
         "green data missing"
     } else if reason.contains("evidence") {
         "evidence"
@@ -160,6 +165,8 @@ pub(super) struct Statics {
     pub(super) policy: &'static Policy,
     /// The same policy on the `haproxy` target.
     pub(super) haproxy: &'static Policy,
+    /// The same policy (Consul keys) with a 30-minute bake after the last step.
+    pub(super) baking: &'static Policy,
     worlds: Vec<&'static Scenario>,
 }
 
@@ -178,7 +185,14 @@ pub(super) fn statics() -> &'static Statics {
         );
         let on_haproxy = Policy::from_toml(&text, Path::new("night-haproxy.toml"), None)
             .expect("the night policy on HAProxy is valid");
+        let baking = Policy::from_toml(
+            &NIGHT_POLICY.replace("alerts = [", "bake = \"30m\"\nalerts = ["),
+            Path::new("night-baking.toml"),
+            None,
+        )
+        .expect("the baking night policy is valid");
         Statics {
+            baking: Box::leak(Box::new(baking)),
             policy: Box::leak(Box::new(policy)),
             haproxy: Box::leak(Box::new(on_haproxy)),
             worlds: WORLDS
@@ -227,9 +241,15 @@ impl Instance {
 /// Runs one night.
 pub fn run_night(cfg: &NightConfig) -> NightResult {
     let st = statics();
-    // Every other block of eight seeds drives HAProxy nodes instead of Consul keys.
-    let on_haproxy = (cfg.seed / WORLDS.len() as u64) % 2 == 1;
-    let policy = if on_haproxy { st.haproxy } else { st.policy };
+    // Every other block of eight seeds drives HAProxy nodes instead of Consul keys; one block
+    // in four bakes for 30 minutes after the last step.
+    let block = cfg.seed / WORLDS.len() as u64;
+    let on_haproxy = block % 2 == 1;
+    let policy = match (on_haproxy, block % 4) {
+        (true, _) => st.haproxy,
+        (false, 2) => st.baking,
+        (false, _) => st.policy,
+    };
     let world_index = (cfg.seed % WORLDS.len() as u64) as usize;
     let (world_name, regression) = WORLDS[world_index];
     let start: Timestamp = "2026-01-05T21:00:00Z".parse().expect("valid timestamp");
@@ -536,6 +556,7 @@ pub fn run_night(cfg: &NightConfig) -> NightResult {
         world: world_name,
         regression,
         phase: checker.last.as_ref().map(|s| s.phase),
+        baked: checker.baked,
         minutes_to_end: end_at.map(|t| (t - start).as_secs_f64() / 60.0),
         green_requests: w.green_requests.values().sum(),
         bad_green: w.bad_green.values().sum(),
