@@ -3,7 +3,9 @@
 use jiff::Timestamp;
 
 use crate::alert::{vmui_link, AlertEvent, EventKind};
-use crate::engine::{percent, Action, Counts, Decision, Notice, Releases, RolloutState};
+use crate::engine::{
+    percent, release_suffix, Action, Counts, Decision, Notice, Releases, RolloutState,
+};
 use crate::metrics::template::render;
 use crate::policy::{CheckKind, Colour, GreenMissingAction, Policy, Weights};
 use crate::server::sticky_view::who_is_on_green;
@@ -46,13 +48,6 @@ fn counts(c: &Counts) -> String {
 
 fn weights(w: Weights) -> String {
     format!("blue={} green={}", w.blue, w.green)
-}
-
-/// ` (release ID)`, or nothing without an id.
-fn release_text(release: Option<&str>) -> String {
-    release
-        .map(|r| format!(" (release {r})"))
-        .unwrap_or_default()
 }
 
 /// Every alert of a rollout says which colour is stable and which is the candidate, with their
@@ -102,7 +97,7 @@ pub fn for_decision(
                 format!(
                     "greenlight rolled back {}{} at {} % {candidate}, all traffic to {stable} (stable): {}",
                     policy.api,
-                    release_text(r.candidate_release.as_deref()),
+                    release_suffix(r.candidate_release.as_deref()),
                     percent(x.weights_before.percent_of(candidate)),
                     d.reason
                 ),
@@ -182,7 +177,7 @@ pub fn for_decision(
                 format!(
                     "greenlight promoted {}{}: {} is stable, with 100 % of traffic: {}",
                     policy.api,
-                    release_text(d.state.releases.stable_release.as_deref()),
+                    release_suffix(d.state.releases.stable_release.as_deref()),
                     d.state.releases.stable,
                     d.reason
                 ),

@@ -19,7 +19,7 @@ pub use observation::{
     CheckData, CheckObservation, Counts, DataProblem, EdgeCounts, Observation, Pair,
 };
 pub use release::{
-    check_start, release_from_answer, stable_of_undecodable, validate_release,
+    check_start, release_from_answer, release_suffix, stable_of_undecodable, validate_release,
     with_discovered_release, Releases, StartRequest, MAX_RELEASE_LEN, ROLLED_BACK_KEPT,
 };
 pub use state::{

@@ -170,6 +170,13 @@ pub fn with_discovered_release(
     }
 }
 
+/// ` (release ID)`, or nothing without an id: how messages name a side's release.
+pub fn release_suffix(release: Option<&str>) -> String {
+    release
+        .map(|r| format!(" (release {r})"))
+        .unwrap_or_default()
+}
+
 /// Checks a release id given by a person or read from the metrics.
 pub fn validate_release(id: &str) -> Result<(), String> {
     if id.is_empty() {

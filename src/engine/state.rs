@@ -454,7 +454,10 @@ impl RolloutState {
     ) {
         // The candidate's release is rolled back when a rollout was under way, or when the
         // promotion of it is undone; not when traffic already was on the stable colour.
-        let mut rolls_back_candidate = matches!(self.phase, Phase::Progressing | Phase::Paused);
+        let mut rolls_back_candidate = matches!(
+            self.phase,
+            Phase::Progressing | Phase::Paused | Phase::Baking
+        );
         if to != self.releases.stable {
             if self.phase == Phase::Promoted {
                 self.releases.swap();
@@ -468,6 +471,7 @@ impl RolloutState {
         if rolls_back_candidate {
             self.releases.roll_back();
         }
+        self.end_bake();
         self.applying_from = None;
         self.intent = None;
         self.intent_by = None;

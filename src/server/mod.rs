@@ -180,11 +180,7 @@ impl RolloutView {
     /// `stable blue (release a), candidate green (release b)`, for status lines and pages.
     pub fn releases_text(&self) -> String {
         let r = &self.releases;
-        let of = |c| {
-            r.release_of(c)
-                .map(|id| format!(" (release {id})"))
-                .unwrap_or_default()
-        };
+        let of = |c| crate::engine::release_suffix(r.release_of(c));
         format!(
             "stable {}{}, candidate {}{}",
             r.stable,

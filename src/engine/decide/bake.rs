@@ -18,6 +18,7 @@ use jiff::{SignedDuration, Timestamp};
 
 use super::{describe_stream, stream_counts, Action, Draft, Notice};
 use crate::engine::observation::{Counts, Observation};
+use crate::engine::release::release_suffix;
 use crate::engine::state::{Phase, RolloutState};
 use crate::policy::{BakeBreach, CheckKind, Policy};
 use crate::stats::{format_e, SloEProcess};
@@ -137,7 +138,6 @@ pub(super) fn decide(
     if let Some(why) = breach(policy, s, guard_breach) {
         match bake.on_breach {
             BakeBreach::Rollback => {
-                s.end_bake();
                 super::rollback::roll_back(policy, s, format!("Breach during the bake: {why}"), d);
                 return;
             }
@@ -159,12 +159,7 @@ pub(super) fn decide(
     }
     let until = s.bake_until.unwrap_or(now);
     if now >= until {
-        let release = s
-            .releases
-            .candidate_release
-            .as_deref()
-            .map(|r| format!(" (release {r})"))
-            .unwrap_or_default();
+        let release = release_suffix(s.releases.candidate_release.as_deref());
         let clean = if s.bake_breach_alerted {
             "with a breach alerted during it"
         } else {

@@ -4,7 +4,7 @@ use jiff::Timestamp;
 
 use super::{in_schedule, quality, rollback, Action, Draft};
 use crate::engine::observation::Observation;
-use crate::engine::release::{check_start, StartRequest};
+use crate::engine::release::{check_start, release_suffix, StartRequest};
 use crate::engine::state::{Intent, Phase, RolloutState};
 use crate::policy::{Colour, Policy, Weights};
 
@@ -207,12 +207,7 @@ pub(super) fn progressing(
         }
         Phase::Promoted => {
             let stable = s.releases.stable;
-            let release = s
-                .releases
-                .stable_release
-                .as_deref()
-                .map(|r| format!(" (release {r})"))
-                .unwrap_or_default();
+            let release = release_suffix(s.releases.stable_release.as_deref());
             d.set(
                 Action::Hold,
                 format!("Promoted: {stable}{release} serves all traffic."),

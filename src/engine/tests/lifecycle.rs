@@ -464,3 +464,21 @@ fn a_candidate_on_blue_that_stops_reporting_is_named_blue() {
         "{last}"
     );
 }
+
+#[test]
+fn a_break_glass_rollback_during_the_bake_ends_it_and_rolls_the_release_back() {
+    let p = baking_policy(crate::policy::BakeBreach::Rollback);
+    let (mut s, from) = into_bake(&p, "r1");
+    s.record_break_glass(&p, "pager", Colour::Blue, at(from));
+    assert_eq!(s.phase, Phase::RolledBack);
+    assert_eq!(
+        s.weights,
+        Weights {
+            blue: 100,
+            green: 0
+        }
+    );
+    assert_eq!(s.releases.rolled_back, vec!["r1".to_string()]);
+    assert_eq!(s.bake_until, None);
+    assert!(s.streams.iter().all(|st| st.bake.is_none()));
+}
