@@ -288,6 +288,9 @@ fn evaluate(
         intents::apply(policy, s, intent, by, now, d);
         return;
     }
+    if held_rolls_back(policy, s, d) {
+        return;
+    }
     if !intents::progressing(policy, s, obs, now, d) {
         return;
     }
@@ -331,6 +334,15 @@ fn evaluate(
     if rollback::due(policy, s, guards.breach, d) {
         return;
     }
+    if let Some(held) = &s.held {
+        // The counts are evidence and the rollout's own rollback stays armed; it only moves
+        // no further onto a cluster its breaker has stopped.
+        d.set(
+            Action::Hold,
+            format!("Held: {}; weights frozen.", held.reason),
+        );
+        return;
+    }
     if let Some(why) = split_mismatch {
         // The counts are still evidence (rollback stays armed), but the world is not the one
         // greenlight configured: no advance on it.
@@ -342,6 +354,20 @@ fn evaluate(
         return;
     }
     advance::advance_or_hold(policy, s, now, guards.failing, d);
+}
+
+/// A breaker that rolls back on trip (`on_trip = "rollback"`): a rollout under way onto its
+/// cluster rolls back, whatever its phase (paused ones too).
+fn held_rolls_back(policy: &Policy, s: &mut RolloutState, d: &mut Draft) -> bool {
+    let Some(held) = s.held.clone().filter(|h| h.roll_back) else {
+        return false;
+    };
+    if !matches!(s.phase, Phase::Progressing | Phase::Paused | Phase::Baking) {
+        return false;
+    }
+    s.rollback_by = Some(held.by.clone());
+    rollback::roll_back(policy, s, format!("Rolled back: {}", held.reason), d);
+    true
 }
 
 /// Consumes the window, unless it overlaps one already counted (then: hold).

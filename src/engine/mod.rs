@@ -24,7 +24,7 @@ pub use release::{
 };
 pub use state::{
     decode_state, encode_record, encode_state, stream_id, Approval, ApprovalGate, CodecError,
-    EvidenceRecord, Intent, Phase, RolloutState, Stream, HISTORY_LEN,
+    EvidenceRecord, Held, Intent, Phase, RolloutState, Stream, HISTORY_LEN,
 };
 
 #[cfg(test)]

@@ -74,6 +74,17 @@ pub enum Intent {
     Promote,
 }
 
+/// An outside hold on a rollout (the cluster breaker): weights frozen, the rollout's own
+/// rollback armed; with `roll_back`, the rollout rolls back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Held {
+    /// Who holds it (`breaker:<cluster>`).
+    pub by: String,
+    pub reason: String,
+    #[serde(default)]
+    pub roll_back: bool,
+}
+
 /// Evidence of one statistical stream (an error-rate check, or one latency edge).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Stream {
@@ -187,6 +198,14 @@ pub struct RolloutState {
     /// rollouts had a direction: blue stable, repaired on decode for promoted ones).
     #[serde(default)]
     pub releases: super::Releases,
+    /// Set by the daemon before each decision while the cluster the candidate runs on has its
+    /// breaker tripped: the rollout holds (or rolls back); kept in the stored state for status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<Held>,
+    /// Who asked for the current rollback (a person, or `breaker:<cluster>`); absent when
+    /// greenlight rolled back on its own evidence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_by: Option<String>,
     /// While baking: when the bake ends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bake_until: Option<Timestamp>,
@@ -253,6 +272,8 @@ impl RolloutState {
             releases: Default::default(),
             bake_until: None,
             bake_breach_alerted: false,
+            held: None,
+            rollback_by: None,
         };
         s.reconcile(policy);
         s
@@ -297,6 +318,7 @@ impl RolloutState {
         self.reason = None;
         self.started_by = None;
         self.rollout_started_at = Some(now);
+        self.rollback_by = None;
         self.enter_step(policy, 0, now);
     }
 
@@ -478,6 +500,7 @@ impl RolloutState {
         self.awaiting_approval = None;
         self.approval = None;
         self.reason = Some(reason.to_string());
+        self.rollback_by = Some("break-glass".into());
         self.phase_since = Some(now);
         self.revision += 1;
         let (candidate, release) = super::DecisionRecord::release_of(super::Action::Rollback, self);

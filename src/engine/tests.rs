@@ -90,6 +90,7 @@ pub(crate) fn policy() -> Policy {
         access: Default::default(),
         approval: Default::default(),
         labels: Default::default(),
+        clusters: Default::default(),
     }
 }
 
@@ -851,6 +852,7 @@ fn reloaded_policy_keeps_matching_evidence() {
 }
 
 mod approval;
+mod breaker;
 mod evidence;
 mod lifecycle;
 mod quality;

@@ -47,6 +47,8 @@ pub struct Config {
     pub sync: SyncConfig,
     /// `[console]`: sign-in, tokens, admin groups.
     pub console: ConsoleConfig,
+    /// `[breaker]`: when the cluster breaker trips and what it does then.
+    pub breaker: super::BreakerSettings,
     /// Every secret written in the file, with where it was written: [`Config::check_secrets`].
     secrets: Vec<SecretRef>,
 }
@@ -371,6 +373,8 @@ impl RawConfig {
             ));
         }
 
+        let channel_names: Vec<String> = alerts.iter().map(|a| a.name.clone()).collect();
+        let breaker = self.breaker.0.validate(&channel_names, errors);
         Some(Config {
             policies_dir: resolve_path(base, self.policies_dir.get_ref()),
             campaigns_dir: resolve_path(base, self.campaigns_dir.get_ref()),
@@ -386,6 +390,7 @@ impl RawConfig {
                 repair_interval,
             },
             console,
+            breaker,
             secrets,
         })
     }

@@ -48,6 +48,9 @@ pub(super) struct RawConfig {
     /// `[console]`: sign-in and admin groups of the console and the JSON API.
     #[serde(default)]
     pub(super) console: Table<super::config_console::RawConsole>,
+    /// `[breaker]`: the cluster breaker.
+    #[serde(default)]
+    pub(super) breaker: Table<super::config_breaker::RawBreaker>,
 }
 
 pub(super) fn default_policies_dir() -> Spanned<String> {

@@ -7,8 +7,10 @@
 mod approval;
 pub mod campaign;
 mod checks;
+pub mod cluster;
 pub mod cohort;
 mod config;
+mod config_breaker;
 mod config_console;
 mod config_fields;
 mod config_raw;
@@ -33,11 +35,13 @@ use std::time::Duration;
 use serde::Serialize;
 
 pub use campaign::{load_campaigns, Campaign, CampaignReport, OnRollback};
+pub use cluster::Clusters;
 pub use cohort::{Cohort, Side, Sides};
 pub use config::{
     AlertChannel, AlertChannelKind, Config, ConsulConfig, HaproxyConfig, HaproxyNode, MetricsAuth,
     MetricsBackend, MetricsConfig, SyncConfig,
 };
+pub use config_breaker::{BreakerSettings, OnTrip};
 pub use config_console::{ConsoleConfig, IpNet, ProxyConfig, TokenConfig, TokenHash};
 pub use load::{load_dir, load_file, load_paths, load_paths_in, LoadReport};
 pub use read::MAX_FILE_BYTES;
@@ -117,6 +121,9 @@ pub struct Policy {
     pub approval: ApprovalPolicy,
     /// `[labels]`: key → value pairs (e.g. `team = "payments"`), for campaigns to select by.
     pub labels: std::collections::BTreeMap<String, String>,
+    /// The cluster each colour runs on (`clusters`, `green_cluster`): the cluster breaker pools
+    /// the rollouts onto one cluster. Empty: not pooled.
+    pub clusters: Clusters,
 }
 
 /// The console's permissions on one API, by group (deny by default: a group named nowhere sees

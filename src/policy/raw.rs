@@ -128,6 +128,12 @@ pub(super) struct RawPolicy {
     /// Default: none.
     #[serde(default)]
     pub(super) labels: Option<super::labels::RawLabels>,
+    /// The cluster each colour runs on, for the cluster breaker. Default: none.
+    #[serde(default)]
+    pub(super) clusters: Option<Spanned<Table<super::cluster::RawClusters>>>,
+    /// Shorthand for `clusters = { green = "..." }`. Default: none.
+    #[serde(default)]
+    pub(super) green_cluster: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]

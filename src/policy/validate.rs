@@ -240,6 +240,11 @@ impl RawPolicy {
             },
             approval,
             labels: super::labels::validate_labels(self.labels.as_ref(), errors),
+            clusters: super::cluster::validate_clusters(
+                self.clusters.as_ref(),
+                self.green_cluster.as_ref(),
+                errors,
+            ),
         })
     }
 

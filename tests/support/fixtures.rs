@@ -38,6 +38,7 @@ pub fn policy(api: &str, target: TrafficTarget, steps: &[f64], checks: Vec<Check
         access: Default::default(),
         approval: Default::default(),
         labels: Default::default(),
+        clusters: Default::default(),
     }
 }
 

@@ -158,6 +158,16 @@ pub(super) fn decide(
         }
     }
     let until = s.bake_until.unwrap_or(now);
+    if let Some(held) = s.held.as_ref().filter(|_| now >= until) {
+        d.set(
+            Action::Hold,
+            format!(
+                "The bake is over, but held: {}; not promoting.",
+                held.reason
+            ),
+        );
+        return;
+    }
     if now >= until {
         let release = release_suffix(s.releases.candidate_release.as_deref());
         let clean = if s.bake_breach_alerted {

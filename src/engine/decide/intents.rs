@@ -34,7 +34,11 @@ pub(super) fn apply(
             Phase::Pending | Phase::RolledBack | Phase::Promoted => {
                 // A campaign's start is nobody's typing: it never re-runs a rolled-back release.
                 let automatic = by.as_deref().is_some_and(|b| b.starts_with("campaign:"));
-                match check_start(policy, &s.releases, &request, automatic) {
+                let checked = match &s.held {
+                    Some(held) => Err(held.reason.clone()),
+                    None => check_start(policy, &s.releases, &request, automatic),
+                };
+                match checked {
                     Ok(candidate) => {
                         s.releases.candidate_release = request.release.clone();
                         s.begin_rollout(policy, now);
@@ -122,6 +126,7 @@ pub(super) fn apply(
                 // Undo the promotion: the previous stable colour (still running its release
                 // unless it was redeployed) takes all traffic back.
                 s.releases.swap();
+                s.rollback_by = Some(who.clone());
                 rollback::roll_back(
                     policy,
                     s,
@@ -134,7 +139,9 @@ pub(super) fn apply(
                     d,
                 )
             }
-            _ => rollback::roll_back(
+            _ => {
+                s.rollback_by = Some(who.clone());
+                rollback::roll_back(
                 policy,
                 s,
                 match &by {
@@ -142,7 +149,8 @@ pub(super) fn apply(
                     None => format!("Operator rollback: {reason}"),
                 },
                 d,
-            ),
+            );
+            }
         },
         Intent::Promote => match s.phase {
             Phase::Promoted => d.set(Action::Hold, "Promote ignored: already promoted."),
@@ -184,6 +192,11 @@ pub(super) fn progressing(
                         "Waiting for the metrics backend before starting: {}.",
                         problems.join("; ")
                     ),
+                );
+            } else if let Some(held) = &s.held {
+                d.set(
+                    Action::Hold,
+                    format!("Not starting automatically: {}.", held.reason),
                 );
             } else if let Err(why) =
                 check_start(policy, &s.releases, &StartRequest::default(), true)

@@ -16,33 +16,19 @@
 //! variance allowance (φ) is per API. The second rule, K rollbacks on one cluster within a
 //! window, needs no such assumption.
 
+mod episode;
+
 use std::time::Duration;
 
 use jiff::Timestamp;
 
 use crate::engine::state::RolloutState;
+pub use crate::policy::BreakerSettings;
 use crate::stats::log_sum_exp;
-
-/// How the breaker is set: its level and the rollback-count rule.
-#[derive(Debug, Clone, PartialEq)]
-pub struct BreakerSettings {
-    /// False-trip level of the pooled evidence (trips at 1/α).
-    pub alpha: f64,
-    /// Trips on this many rollbacks onto the cluster within `rollback_window` (0: never).
-    pub max_rollbacks: usize,
-    pub rollback_window: Duration,
-}
-
-impl BreakerSettings {
-    /// The pooled evidence at level `alpha`, and 3 rollbacks within an hour.
-    pub fn at_level(alpha: f64) -> Self {
-        BreakerSettings {
-            alpha,
-            max_rollbacks: 3,
-            rollback_window: Duration::from_secs(3600),
-        }
-    }
-}
+pub use episode::{
+    contribution, hold_for, plan, BreakerAction, BreakerPlan, BreakerState, Contribution,
+    ResetRecord, RollbackRecord, TripRecord,
+};
 
 /// Why the breaker tripped.
 #[derive(Debug, Clone, PartialEq)]
@@ -89,25 +75,39 @@ impl std::fmt::Display for Trip {
 /// --bench breaker`, its from-start component alone trips later (72 % vs 98 % of ×1.25 error
 /// clusters within 12 h, 50 seeds).
 pub fn pooled<'a>(states: impl IntoIterator<Item = &'a RolloutState>) -> (f64, usize) {
+    let per_api: Vec<Vec<(String, f64)>> = states
+        .into_iter()
+        .map(|state| {
+            state
+                .streams
+                .iter()
+                .map(|s| (s.id.clone(), s.rollback_log_e()))
+                .collect()
+        })
+        .collect();
+    pooled_streams(per_api.iter().map(Vec::as_slice))
+}
+
+/// [`pooled`] over each API's (stream id, ln E) pairs; a NaN value is left out.
+pub fn pooled_streams<'a>(apis: impl IntoIterator<Item = &'a [(String, f64)]>) -> (f64, usize) {
     let mut by_kind: std::collections::BTreeMap<&str, f64> = Default::default();
-    let mut apis = 0;
-    for state in states {
+    let mut count = 0;
+    for streams in apis {
         let mut spoke = false;
-        for stream in &state.streams {
-            let l = stream.rollback_log_e();
+        for (id, l) in streams {
             if l.is_nan() {
                 continue;
             }
-            *by_kind.entry(stream.id.as_str()).or_default() += l;
+            *by_kind.entry(id.as_str()).or_default() += l;
             spoke = true;
         }
-        apis += usize::from(spoke);
+        count += usize::from(spoke);
     }
     if by_kind.is_empty() {
         return (0.0, 0);
     }
     let logs: Vec<f64> = by_kind.into_values().collect();
-    (log_sum_exp(&logs) - (logs.len() as f64).ln(), apis)
+    (log_sum_exp(&logs) - (logs.len() as f64).ln(), count)
 }
 
 /// Whether the breaker trips at `now`, given the pooled evidence and the times of the rollbacks
