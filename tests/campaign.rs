@@ -7,12 +7,11 @@ mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
 use support::alertmanager::Alertmanager;
+use support::kv_traffic::KvTraffic;
 use support::stack::{listen_addr, phase, Stack};
 use support::{eventually, http, Proc};
 
@@ -71,72 +70,22 @@ name = "two"
 labels = { team = "payments" }
 "#;
 
-/// Imports, four times a second, per-API request counters split by the weights in Consul (40
-/// requests per round), with [`FAILING`]'s green answering 40 % errors.
-struct Traffic {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Traffic {
-    fn start(consul: SocketAddr, vm: SocketAddr) -> Traffic {
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop2 = stop.clone();
-        let thread = std::thread::spawn(move || {
-            let mut counters: BTreeMap<(String, &str, &str), f64> = BTreeMap::new();
-            while !stop2.load(Ordering::SeqCst) {
-                for api in WAVE_ONE.iter().chain(&WAVE_TWO) {
-                    let blue = weight(consul, api, "blue").unwrap_or(100.0);
-                    let green = weight(consul, api, "green").unwrap_or(0.0);
-                    let total = (blue + green).max(1.0);
-                    for (colour, w) in [("blue", blue), ("green", green)] {
-                        let n = (40.0 * w / total).round();
-                        let errors = if colour == "green" && *api == FAILING {
-                            (0.4 * n).round()
-                        } else {
-                            0.0
-                        };
-                        *counters
-                            .entry((api.to_string(), colour, "200"))
-                            .or_insert(0.0) += n - errors;
-                        *counters
-                            .entry((api.to_string(), colour, "500"))
-                            .or_insert(0.0) += errors;
-                    }
-                }
-                let now = jiff::Timestamp::now().as_millisecond();
-                let body: String = counters
-                    .iter()
-                    .map(|((api, colour, code), v)| {
-                        format!(
-                            "campaign_requests_total{{api=\"{api}\",cluster=\"{colour}\",code=\"{code}\"}} {v} {now}\n"
-                        )
-                    })
-                    .collect();
-                let _ = http(vm, "POST", "/api/v1/import/prometheus", body.as_bytes());
-                let _ = http(vm, "GET", "/internal/force_flush", b"");
-                std::thread::sleep(Duration::from_millis(250));
-            }
-        });
-        Traffic {
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Traffic {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn weight(consul: SocketAddr, api: &str, colour: &str) -> Option<f64> {
-    let (code, body) = http(consul, "GET", &format!("/v1/kv/w/{api}/{colour}?raw"), b"").ok()?;
-    (code == 200).then(|| body.trim().parse().ok())?
+/// Every API's traffic: no errors, but [`FAILING`]'s green answers 40 % of them.
+fn traffic(stack: &Stack) -> KvTraffic {
+    let rates = WAVE_ONE
+        .iter()
+        .chain(&WAVE_TWO)
+        .map(|api| {
+            let green = if *api == FAILING { 0.4 } else { 0.0 };
+            (api.to_string(), (0.0, green))
+        })
+        .collect();
+    KvTraffic::start(
+        stack.consul.addr(),
+        stack.vm().addr,
+        "campaign_requests_total",
+        rates,
+    )
 }
 
 /// The campaign's stored state.
@@ -266,7 +215,7 @@ fn campaign_stack(campaign: &str) -> (Stack, Alertmanager) {
 #[test]
 fn eight_apis_in_two_waves_two_at_a_time_skip_the_failing_one_across_a_daemon_kill() {
     let (stack, am) = campaign_stack(CAMPAIGN);
-    let _traffic = Traffic::start(stack.consul.addr(), stack.vm().addr);
+    let _traffic = traffic(&stack);
 
     let (mut first, _) = start_daemon(&stack, "a", &am);
     let cfg = stack.dir.path().join("a.toml");
@@ -427,7 +376,7 @@ fn a_rollback_stops_the_campaign_until_a_resume_skips_the_api() {
         .replace("max_concurrent = 2", "max_concurrent = 1")
         .replace("on_rollback = \"skip\"", "on_rollback = \"stop\"");
     let (stack, am) = campaign_stack(&one_at_a_time);
-    let _traffic = Traffic::start(stack.consul.addr(), stack.vm().addr);
+    let _traffic = traffic(&stack);
     let (mut daemon, _) = start_daemon(&stack, "a", &am);
     let cfg = stack.dir.path().join("a.toml");
     stack

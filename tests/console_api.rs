@@ -291,6 +291,7 @@ fn the_openapi_document_describes_every_api_route() {
         "/api/v1/rollouts/{api}/audit",
         "/api/v1/rollouts/{api}/actions",
         "/api/v1/campaigns",
+        "/api/v1/breakers",
         "/signin",
         "/signout",
     ] {

@@ -38,11 +38,14 @@ pub enum EventKind {
     /// A breach during the bake while the previous stable colour is not kept warm: nothing
     /// rolled back.
     BakeBreach,
+    /// The cluster breaker of a cluster tripped (critical) or was reset (its resolution): every
+    /// rollout onto the cluster holds or rolls back, and campaigns touching it stop.
+    Breaker,
 }
 
 impl EventKind {
     /// Every kind, in declaration order.
-    pub const ALL: [EventKind; 13] = [
+    pub const ALL: [EventKind; 14] = [
         EventKind::Rollback,
         EventKind::ManualOverride,
         EventKind::Paused,
@@ -56,14 +59,16 @@ impl EventKind {
         EventKind::Audit,
         EventKind::Campaign,
         EventKind::BakeBreach,
+        EventKind::Breaker,
     ];
 
     /// The severity an event of this kind carries.
     pub fn severity(self) -> Severity {
         match self {
-            EventKind::Rollback | EventKind::GreenDataMissing | EventKind::BakeBreach => {
-                Severity::Critical
-            }
+            EventKind::Rollback
+            | EventKind::GreenDataMissing
+            | EventKind::BakeBreach
+            | EventKind::Breaker => Severity::Critical,
             EventKind::ManualOverride
             | EventKind::TrafficSplitMismatch
             | EventKind::Paused
@@ -91,6 +96,7 @@ impl EventKind {
             EventKind::Audit => "audit",
             EventKind::Campaign => "campaign",
             EventKind::BakeBreach => "bake_breach",
+            EventKind::Breaker => "breaker",
         }
     }
 
@@ -110,6 +116,7 @@ impl EventKind {
             EventKind::Audit => "GreenlightAudit",
             EventKind::Campaign => "GreenlightCampaign",
             EventKind::BakeBreach => "GreenlightBakeBreach",
+            EventKind::Breaker => "GreenlightClusterBreaker",
         }
     }
 }

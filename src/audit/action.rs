@@ -67,6 +67,9 @@ pub async fn perform(
 ) -> Result<ActionOutcome, ActionError> {
     for _ in 0..ROUNDS {
         let (before, index) = store.load(policy).await?;
+        if request.kind == ActionKind::Start {
+            refuse_onto_tripped_cluster(store, policy, &before, &request).await?;
+        }
         if let Some(expected) = request.expected_revision {
             if expected != index {
                 return Err(ActionError::Stale {
@@ -113,6 +116,28 @@ pub async fn perform(
         api: policy.api.clone(),
     }
     .into())
+}
+
+/// A start onto a cluster whose breaker is tripped is refused, with nothing written.
+async fn refuse_onto_tripped_cluster(
+    store: &StateStore,
+    policy: &Policy,
+    state: &RolloutState,
+    request: &ActionRequest,
+) -> Result<(), ActionError> {
+    let candidate = request.start.to.unwrap_or_else(|| state.candidate());
+    let Some(cluster) = policy.clusters.of(candidate) else {
+        return Ok(());
+    };
+    let breakers = crate::daemon::BreakerStore::new(store.client().clone(), store.prefix());
+    let (breaker, _) = breakers.load(cluster).await?;
+    match breaker.tripped {
+        Some(t) => Err(ActionError::Refused(format!(
+            "the cluster breaker of {cluster} is tripped ({}); nothing starts onto it until `greenlight breaker reset {cluster}`",
+            t.reason
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// The state with `request` recorded on it: an intent for the next evaluation, or an approval.

@@ -172,13 +172,3 @@ impl CampaignState {
             .count()
     }
 }
-
-/// The stored form of a campaign state (JSON).
-pub fn encode_state(state: &CampaignState) -> serde_json::Result<Vec<u8>> {
-    serde_json::to_vec(state)
-}
-
-/// A campaign state from its stored form.
-pub fn decode_state(bytes: &[u8]) -> serde_json::Result<CampaignState> {
-    serde_json::from_slice(bytes)
-}

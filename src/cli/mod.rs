@@ -1,6 +1,7 @@
 //! The command-line front: argument parsing and one function per subcommand.
 
 mod act;
+mod breaker;
 mod breakglass;
 mod calibrate;
 mod campaign;
@@ -75,6 +76,8 @@ pub enum Command {
     HaproxyConfig(haproxy_config::HaproxyConfigArgs),
     /// Migration campaigns: `status|start|pause|resume|stop NAME`.
     Campaign(campaign::CampaignArgs),
+    /// Cluster breakers: `status`, `reset CLUSTER`.
+    Breaker(breaker::BreakerArgs),
 }
 
 /// Runs the parsed command; returns the process exit code.
@@ -118,6 +121,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Calibrate(args) => calibrate::run(cli.config.as_deref(), args),
         Command::HaproxyConfig(args) => haproxy_config::run(args),
         Command::Campaign(args) => campaign::run(cli.config.as_deref(), actor, args),
+        Command::Breaker(args) => breaker::run(cli.config.as_deref(), actor, args),
     }
 }
 

@@ -227,7 +227,12 @@ pub fn status(config: Option<&Path>, args: StatusArgs) -> i32 {
     } else {
         let campaigns = crate::daemon::CampaignStore::new(store.client().clone(), store.prefix());
         let lines = if args.api.is_none() {
-            super::campaign::status_lines(&config, &policies, &runtime, &campaigns)
+            let breakers = crate::daemon::BreakerStore::new(store.client().clone(), store.prefix());
+            let mut lines = super::campaign::status_lines(&config, &policies, &runtime, &campaigns);
+            lines.extend(super::breaker::status_lines(
+                &config, &policies, &runtime, &breakers,
+            ));
+            lines
         } else {
             Vec::new()
         };

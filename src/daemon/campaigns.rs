@@ -9,13 +9,15 @@ use std::sync::Arc;
 
 use jiff::Timestamp;
 
-use super::campaign_store::CampaignStore;
+use super::docs::CampaignStore;
 use super::env::{AlertIo, Clock, RealEnv};
 use super::shell::Shell;
 use super::store::StoreError;
 use crate::alert::{AlertEvent, EventKind, OutboxEntry, Severity};
 use crate::audit::{perform, ActionError, ActionKind, ActionRequest, Actor};
-use crate::campaign::{plan, ApiView, CampaignAction, CampaignState, CampaignStatus};
+use crate::campaign::{
+    plan, ApiView, CampaignAction, CampaignIntent, CampaignState, CampaignStatus,
+};
 use crate::consul::Fence;
 use crate::engine::Intent;
 use crate::policy::{Campaign, Policy};
@@ -58,7 +60,28 @@ async fn look(
     policies: &BTreeMap<String, Arc<Policy>>,
 ) -> Result<(), StoreError> {
     let name = &c.campaign.name;
-    let (state, index) = store.load(name).await?;
+    let (mut state, index) = store.load(name).await?;
+    // A tripped breaker on a cluster any of its APIs runs on stops the campaign (a standing
+    // rule: looked at every time, so a crash after the trip loses nothing).
+    if matches!(
+        state.status,
+        CampaignStatus::Running | CampaignStatus::Paused
+    ) && state.intent.is_none()
+    {
+        let tripped = c
+            .waves
+            .iter()
+            .flatten()
+            .filter_map(|api| policies.get(api))
+            .find_map(|p| shell.breaker.tripped_cluster_of(p));
+        if let Some((cluster, trip)) = tripped {
+            state.intent = Some(CampaignIntent::Stop);
+            state.intent_by = Some(format!(
+                "the cluster breaker of {cluster} ({})",
+                trip.reason
+            ));
+        }
+    }
     // A campaign never started (or over) with nothing asked costs one read.
     let idle = matches!(
         state.status,

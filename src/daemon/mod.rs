@@ -9,9 +9,10 @@
 //! state (and re-decides the same window) or the marked one (and finishes the change).
 
 mod alerts;
-pub mod campaign_store;
+pub mod breakers;
 mod campaigns;
 pub mod console;
+pub mod docs;
 pub mod env;
 pub mod health;
 pub mod outbox;
@@ -23,7 +24,7 @@ pub mod store;
 
 use std::time::Duration;
 
-pub use campaign_store::CampaignStore;
+pub use docs::{BreakerStore, CampaignStore};
 pub use status::LiveStatus;
 pub use store::{Saved, StateStore, StoreError};
 

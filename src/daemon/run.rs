@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use jiff::Timestamp;
 use tokio::sync::{watch, Semaphore};
 
+use super::breakers::BreakerBook;
 use super::campaigns::{look_all, LoadedCampaign};
 use super::env::{AlertIo, Clock};
 use super::health::Probe;
@@ -36,7 +37,13 @@ struct Policies {
 }
 
 impl Policies {
-    fn reload(&mut self, config: &Config, telemetry: &Telemetry, status: &LiveStatus) {
+    fn reload(
+        &mut self,
+        config: &Config,
+        telemetry: &Telemetry,
+        status: &LiveStatus,
+        breaker: &BreakerBook,
+    ) {
         // Stamp before reading: a file changed while loading is seen at the next look.
         self.stamp = dir_stamp(&config.policies_dir);
         // Validated against the config too (channels, weight keys outside greenlight's prefix).
@@ -61,6 +68,7 @@ impl Policies {
                 tracing::info!(api = %api, "Policy removed; no longer evaluated.");
                 telemetry.forget(api);
                 status.forget(api);
+                breaker.forget(api);
             }
         }
         for api in next.keys() {
@@ -130,7 +138,7 @@ pub async fn run(
     });
 
     let mut policies = Policies::default();
-    policies.reload(&config, &shell.telemetry, &shell.status);
+    policies.reload(&config, &shell.telemetry, &shell.status, &shell.breaker);
     if opts.once && policies.by_api.is_empty() && policies.errors > 0 {
         let report = config.load_policies();
         return Err(DaemonError::Policies(report.errors));
@@ -221,6 +229,9 @@ pub async fn run(
         let mut tick = tokio::time::interval(opts.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.reset();
+        // The breakers first: a restarted leader holds what a tripped breaker holds before it
+        // evaluates anything.
+        look_breakers(&shell, &fence, &config, &policies).await;
         look_all(&shell, &fence, &policies.campaigns, &policies.by_api).await;
         let outcome = loop {
             if !lock.is_held() {
@@ -255,14 +266,15 @@ pub async fn run(
                 _ = evals.finished(), if evals.in_flight() > 0 => {}
                 _ = hup.recv() => {
                     tracing::info!("SIGHUP: reloading policies.");
-                    policies.reload(&config, &shell.telemetry, &shell.status);
+                    policies.reload(&config, &shell.telemetry, &shell.status, &shell.breaker);
                 }
                 _ = tick.tick() => {
                     if dir_stamp(&config.policies_dir) != policies.stamp {
-                        policies.reload(&config, &shell.telemetry, &shell.status);
+                        policies.reload(&config, &shell.telemetry, &shell.status, &shell.breaker);
                     } else if dir_stamp(&config.campaigns_dir) != policies.campaign_stamp {
                         policies.reload_campaigns(&config, &shell.status);
                     }
+                    look_breakers(&shell, &fence, &config, &policies).await;
                     if tokio::time::timeout(
                         CAMPAIGN_LOOK_BOUND,
                         look_all(&shell, &fence, &policies.campaigns, &policies.by_api),
@@ -289,6 +301,25 @@ pub async fn run(
             tracing::info!("Stopped.");
             return outcome;
         }
+    }
+}
+
+/// One look at every cluster breaker, bounded like the campaigns' look.
+async fn look_breakers(shell: &Shell, fence: &Fence, config: &Config, policies: &Policies) {
+    let channels = config
+        .breaker
+        .alerts
+        .clone()
+        .unwrap_or_else(|| config.channel_names());
+    let look =
+        super::breakers::look_all(shell, fence, &config.breaker, &channels, &policies.by_api);
+    if tokio::time::timeout(CAMPAIGN_LOOK_BOUND, look)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "Looking at the cluster breakers did not finish in time; trying again next tick."
+        );
     }
 }
 

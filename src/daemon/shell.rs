@@ -30,6 +30,8 @@ pub struct Shell<E: Env = RealEnv> {
     pub(super) latency_offset: Duration,
     pub telemetry: Arc<Telemetry>,
     pub status: Arc<LiveStatus>,
+    /// The cluster breakers' view of every API, and which clusters are tripped.
+    pub breaker: Arc<super::breakers::BreakerBook>,
     /// Internal-error alerts already raised by this process (api, what).
     raised: Mutex<HashSet<(String, String)>>,
     /// The console's public URL (`[console] public_url`), for links in alerts.
@@ -45,10 +47,10 @@ impl Shell<RealEnv> {
 
     /// Connects the parts described by `config` (no network traffic yet).
     pub fn new(config: &Config) -> Result<Self, DaemonError> {
-        Ok(
-            Shell::with_env(real_env(config)?, config.metrics.latency_offset)
-                .with_console_url(config.console.public_url.clone()),
-        )
+        let mut shell = Shell::with_env(real_env(config)?, config.metrics.latency_offset)
+            .with_console_url(config.console.public_url.clone());
+        shell.breaker = Arc::new(super::breakers::BreakerBook::new(config.breaker.on_trip));
+        Ok(shell)
     }
 }
 
@@ -60,6 +62,7 @@ impl<E: Env> Shell<E> {
             latency_offset,
             telemetry: Arc::new(Telemetry::new()),
             status: Arc::new(LiveStatus::default()),
+            breaker: Arc::new(Default::default()),
             raised: Mutex::new(HashSet::new()),
             console_url: None,
         }
@@ -69,6 +72,12 @@ impl<E: Env> Shell<E> {
     pub fn with_console_url(mut self, url: Option<String>) -> Self {
         self.console_url = url;
         self
+    }
+
+    /// Publishes `state` as `policy`'s API's latest: for status and for the cluster breakers.
+    fn observed(&self, policy: &Policy, state: &RolloutState) {
+        self.status.update(policy, state);
+        self.breaker.record(policy, state);
     }
 
     /// Sends `event` through the local outbox (alerts not tied to a state write).
@@ -273,7 +282,7 @@ impl<E: Env> Shell<E> {
                 || (state.phase == Phase::Pending && policy.auto_start));
         let wants_decision = state.intent.is_some() || needs_data;
         if !wants_decision {
-            self.status.update(policy, &state);
+            self.observed(policy, &state);
             return Ok(Some(end));
         }
         let interval =
@@ -292,7 +301,7 @@ impl<E: Env> Shell<E> {
                 state.last_window_end = from;
             }
             if !window.is_new() {
-                self.status.update(policy, &state);
+                self.observed(policy, &state);
                 return Ok(Some(end));
             }
         }
@@ -333,6 +342,8 @@ impl<E: Env> Shell<E> {
                 state.intent = Some(Intent::Start { request });
             }
         }
+        // A tripped cluster breaker holds (or rolls back) every rollout onto its cluster.
+        state.held = self.breaker.hold_for(policy, &state);
         let d = decide(policy, &state, &obs, now);
         // The decision and its alerts are written together: a decision that is not persisted
         // raises nothing (it is decided again), a persisted one never loses its alert, whatever
@@ -358,7 +369,7 @@ impl<E: Env> Shell<E> {
             self.apply(policy, &mut next, &mut index, before, fence, now)
                 .await?;
         }
-        self.status.update(policy, &next);
+        self.observed(policy, &next);
         self.clear_internal_errors(&policy.api).await;
         // After an intent the window is still to be counted: come back at the next tick.
         Ok(if obs.checks.is_empty() && next.phase.evaluates_windows() {
@@ -549,7 +560,7 @@ impl<E: Env> Shell<E> {
         *index = self
             .save_alerting(policy, state, *index, fence, std::slice::from_ref(&event))
             .await?;
-        self.status.update(policy, state);
+        self.observed(policy, state);
         self.telemetry.rollout(&policy.api, state);
         Ok(())
     }

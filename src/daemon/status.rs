@@ -8,12 +8,13 @@ use std::time::{Duration, Instant};
 use super::health::{self, Assessment, Probe, Role};
 use crate::engine::RolloutState;
 use crate::policy::Policy;
-use crate::server::{CampaignView, RolloutView, StatusSource};
+use crate::server::{BreakerView, CampaignView, RolloutView, StatusSource};
 
 #[derive(Debug)]
 struct Inner {
     views: BTreeMap<String, RolloutView>,
     campaigns: BTreeMap<String, CampaignView>,
+    breakers: Vec<BreakerView>,
     loaded: Vec<Arc<Policy>>,
     policies: usize,
     policy_errors: usize,
@@ -46,6 +47,7 @@ impl LiveStatus {
             inner: Mutex::new(Inner {
                 views: BTreeMap::new(),
                 campaigns: BTreeMap::new(),
+                breakers: Vec::new(),
                 loaded: Vec::new(),
                 policies: 0,
                 policy_errors: 0,
@@ -84,6 +86,11 @@ impl LiveStatus {
     /// The campaign `view` as last planned.
     pub fn set_campaign(&self, view: CampaignView) {
         self.with(|i| i.campaigns.insert(view.name.clone(), view));
+    }
+
+    /// The cluster breakers as last looked at (every cluster the policies name).
+    pub fn set_breakers(&self, views: Vec<BreakerView>) {
+        self.with(|i| i.breakers = views);
     }
 
     /// Keeps only the campaigns named in `names` (the others' files are gone).
@@ -172,6 +179,10 @@ impl StatusSource for LiveStatus {
 
     fn campaigns(&self) -> Vec<CampaignView> {
         self.with(|i| i.campaigns.values().cloned().collect())
+    }
+
+    fn breakers(&self) -> Vec<BreakerView> {
+        self.with(|i| i.breakers.clone())
     }
 
     fn ready(&self) -> Result<(), String> {

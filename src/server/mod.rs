@@ -6,6 +6,7 @@
 //! Status views are built from a policy and a rollout state only ([`RolloutView::from_state`]),
 //! never from the daemon configuration, so no credential can reach a response.
 
+pub mod breaker_view;
 mod campaign_metrics;
 pub mod campaign_view;
 pub mod console;
@@ -28,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use crate::engine::{Action, DecisionRecord, Intent, Pair, Phase, Releases, RolloutState};
 use crate::policy::{Policy, Weights};
 
+pub use breaker_view::BreakerView;
 pub use campaign_view::CampaignView;
 pub use console::Console;
 pub use logging::{init_logging, log_decision, LogInitError};
@@ -61,6 +63,10 @@ pub trait StatusSource: Send + Sync + 'static {
     }
     /// The campaigns, as the leader last planned them.
     fn campaigns(&self) -> Vec<CampaignView> {
+        Vec::new()
+    }
+    /// The cluster breakers, as the leader last looked at them.
+    fn breakers(&self) -> Vec<BreakerView> {
         Vec::new()
     }
 }
@@ -422,6 +428,7 @@ pub fn router_with(
             post(console::act).layer(DefaultBodyLimit::max(console::MAX_BODY_BYTES)),
         )
         .route("/api/v1/campaigns", get(console::campaigns))
+        .route("/api/v1/breakers", get(console::breakers))
         .route("/campaigns", get(console::campaigns_html))
         .route("/", get(console::overview))
         .route("/apis/{api}", get(console::api_html))

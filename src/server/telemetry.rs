@@ -207,6 +207,7 @@ pub struct Telemetry {
     releases: Mutex<BTreeMap<String, ReleaseLabels>>,
     audit_entries: Family<ResultLabels, Counter>,
     campaigns: super::campaign_metrics::CampaignMetrics,
+    breakers: super::breaker_view::BreakerMetrics,
     /// Evidence stream ids exported per API, to drop the series of vanished streams.
     streams: Mutex<BTreeMap<String, BTreeSet<String>>>,
 }
@@ -247,6 +248,7 @@ impl Telemetry {
             releases: Mutex::new(BTreeMap::new()),
             audit_entries: Family::default(),
             campaigns: Default::default(),
+            breakers: Default::default(),
             streams: Mutex::new(BTreeMap::new()),
         };
         let mut r = Registry::default();
@@ -370,6 +372,7 @@ impl Telemetry {
             t.shell_events.clone(),
         );
         t.campaigns.register(&mut r);
+        t.breakers.register(&mut r);
         Telemetry { registry: r, ..t }
     }
 
@@ -551,6 +554,11 @@ impl Telemetry {
     /// Sets a campaign's status, wave and API counts.
     pub fn campaign(&self, view: &super::CampaignView) {
         self.campaigns.set(view);
+    }
+
+    /// Sets a cluster breaker's series.
+    pub fn breaker(&self, view: &super::BreakerView) {
+        self.breakers.set(view);
     }
 
     /// Counts a rollout a campaign started.

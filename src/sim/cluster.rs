@@ -82,7 +82,7 @@ pub fn run_cluster(
                 night.first_rollback.get_or_insert(minute);
             }
         }
-        let evidence = pooled(rollouts.iter().map(|r| r.state()));
+        let evidence = pooled(settings, rollouts.iter().map(|r| r.state()));
         if let Some(Trip::Evidence { .. }) = check(&evidence_only, evidence, &[], end) {
             night.evidence_trip.get_or_insert(minute);
         }

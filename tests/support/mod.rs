@@ -10,6 +10,7 @@ pub mod fake_http;
 pub mod fixtures;
 pub mod haproxy;
 pub mod haproxy_apis;
+pub mod kv_traffic;
 pub mod prometheus;
 pub mod scraping;
 pub mod stack;

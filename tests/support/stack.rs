@@ -418,6 +418,17 @@ nodes = ["{haproxy}"]
         eventually(what, deadline, || self.state().filter(|s| f(s)))
     }
 
+    /// Waits until `api`'s stored state satisfies `f`; returns it.
+    pub fn wait_state_of(
+        &self,
+        what: &str,
+        deadline: Duration,
+        api: &str,
+        f: impl Fn(&Value) -> bool,
+    ) -> Value {
+        eventually(what, deadline, || self.state_of(api).filter(|s| f(s)))
+    }
+
     /// Green's weight as HAProxy's Runtime API reports it.
     pub fn green_weight(&self) -> u32 {
         self.weight("green")

@@ -11,6 +11,12 @@
 //! its last value (a stopped supermartingale is one too). So a regression shared by every API,
 //! each too weak to be called alone, is caught by the product with the same α.
 //!
+//! A product tests "no API is worse": one API far worse than its tolerance (an API rolled back
+//! at E = 10⁴) would reject it alone, though that is the API's problem, not the cluster's. So
+//! each API's e-value is **capped** at C = (1/α)^(1/min_apis) before the product: min(E, C) of
+//! a test supermartingale is one too (a concave nondecreasing function of it), so the guarantee
+//! stands, and tripping takes at least `min_apis` APIs at full strength (or more, weaker ones).
+//!
 //! The guarantee needs independence across APIs; a shared cause that makes blue and green noisier
 //! together (one overloaded database) is not a violation of the null for the e-processes, whose
 //! variance allowance (φ) is per API. The second rule, K rollbacks on one cluster within a
@@ -74,7 +80,10 @@ impl std::fmt::Display for Trip {
 /// own staged rollback e-process (components restarted at each step): measured in `cargo bench
 /// --bench breaker`, its from-start component alone trips later (72 % vs 98 % of ×1.25 error
 /// clusters within 12 h, 50 seeds).
-pub fn pooled<'a>(states: impl IntoIterator<Item = &'a RolloutState>) -> (f64, usize) {
+pub fn pooled<'a>(
+    settings: &BreakerSettings,
+    states: impl IntoIterator<Item = &'a RolloutState>,
+) -> (f64, usize) {
     let per_api: Vec<Vec<(String, f64)>> = states
         .into_iter()
         .map(|state| {
@@ -85,11 +94,15 @@ pub fn pooled<'a>(states: impl IntoIterator<Item = &'a RolloutState>) -> (f64, u
                 .collect()
         })
         .collect();
-    pooled_streams(per_api.iter().map(Vec::as_slice))
+    pooled_streams(settings, per_api.iter().map(Vec::as_slice))
 }
 
 /// [`pooled`] over each API's (stream id, ln E) pairs; a NaN value is left out.
-pub fn pooled_streams<'a>(apis: impl IntoIterator<Item = &'a [(String, f64)]>) -> (f64, usize) {
+pub fn pooled_streams<'a>(
+    settings: &BreakerSettings,
+    apis: impl IntoIterator<Item = &'a [(String, f64)]>,
+) -> (f64, usize) {
+    let cap = settings.cap_log_e();
     let mut by_kind: std::collections::BTreeMap<&str, f64> = Default::default();
     let mut count = 0;
     for streams in apis {
@@ -98,7 +111,7 @@ pub fn pooled_streams<'a>(apis: impl IntoIterator<Item = &'a [(String, f64)]>) -
             if l.is_nan() {
                 continue;
             }
-            *by_kind.entry(id.as_str()).or_default() += l;
+            *by_kind.entry(id.as_str()).or_default() += l.min(cap);
             spoke = true;
         }
         count += usize::from(spoke);
@@ -120,7 +133,8 @@ pub fn check(
 ) -> Option<Trip> {
     let (log_e, apis) = pooled;
     let threshold = 1.0 / settings.alpha;
-    if apis > 0 && log_e.is_finite() && log_e >= threshold.ln() {
+    // At exactly `min_apis` capped APIs the sum meets ln(1/α) up to rounding.
+    if apis > 0 && log_e.is_finite() && log_e >= threshold.ln() - 1e-9 {
         return Some(Trip::Evidence {
             log_e,
             threshold,
@@ -166,7 +180,7 @@ mod tests {
             for st in &mut s.streams {
                 st.rollback.update(1000.0, 1000.0, 10.0 * ratio, 10.0);
             }
-            if windows.is_none() && pooled([&s]).0 >= 2f64.ln() {
+            if windows.is_none() && pooled(&settings(), [&s]).0 >= 2f64.ln() {
                 break;
             }
         }
@@ -178,23 +192,38 @@ mod tests {
         let p = policy();
         let mut s = RolloutState::new(&p);
         s.streams.clear();
-        assert_eq!(pooled([&s]), (0.0, 0));
+        assert_eq!(pooled(&settings(), [&s]), (0.0, 0));
     }
 
     #[test]
     fn apis_each_too_weak_alone_trip_the_breaker_together() {
         let s = state_with(1.5, None);
-        let (one, apis) = pooled([&s]);
+        let (one, apis) = pooled(&settings(), [&s]);
         assert_eq!(apis, 1);
         let t = Timestamp::from_second(1_700_003_600).unwrap();
         // One API alone is below 1/α = 20 ...
         assert!(one < 20f64.ln(), "one API's ln E = {one}");
-        assert_eq!(check(&settings(), pooled([&s]), &[], t), None);
+        assert_eq!(check(&settings(), pooled(&settings(), [&s]), &[], t), None);
         // ... eight of them together are not.
         let many = vec![s.clone(); 8];
-        let trip = check(&settings(), pooled(&many), &[], t).expect("trips");
+        let trip = check(&settings(), pooled(&settings(), &many), &[], t).expect("trips");
         assert!(matches!(trip, Trip::Evidence { apis: 8, .. }), "{trip:?}");
         assert!(trip.to_string().contains("8 APIs"), "{trip}");
+    }
+
+    #[test]
+    fn one_rolled_back_api_alone_never_trips_the_cluster_breaker() {
+        // An API rolled back at E far beyond 1/α: its own problem, not the cluster's.
+        let mut bad = state_with(3.0, Some(200));
+        let (one, _) = pooled(&settings(), [&bad]);
+        assert!((one - settings().cap_log_e()).abs() < 1e-9, "capped: {one}");
+        let t = Timestamp::from_second(1_700_003_600).unwrap();
+        let two = vec![bad.clone(); 2];
+        assert_eq!(check(&settings(), pooled(&settings(), &two), &[], t), None);
+        // min_apis of them at full strength do trip it.
+        bad.api = "other".into();
+        let three = vec![bad; 3];
+        assert!(check(&settings(), pooled(&settings(), &three), &[], t).is_some());
     }
 
     #[test]
@@ -204,7 +233,7 @@ mod tests {
         let mut apis = vec![bad; 8];
         apis.extend(std::iter::repeat_n(healthy, 8));
         let t = Timestamp::from_second(1_700_003_600).unwrap();
-        assert_eq!(check(&settings(), pooled(&apis), &[], t), None);
+        assert_eq!(check(&settings(), pooled(&settings(), &apis), &[], t), None);
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::fmt::Write;
 
 use super::auth::Identity;
 use super::pages::{esc, page};
-use crate::server::CampaignView;
+use crate::server::{BreakerView, CampaignView};
 
 /// The badge class of an API's state in a campaign (the rollout phase colours).
 fn state_class(state: &str) -> &'static str {
@@ -28,9 +28,49 @@ fn status_class(view: &CampaignView) -> &'static str {
     }
 }
 
-/// The panel: one section per campaign (only the viewer's APIs in `views`).
-pub(super) fn campaigns_page(who: &Identity, csrf: Option<&str>, views: &[CampaignView]) -> String {
+/// The panel: the cluster breakers, then one section per campaign (only the viewer's APIs in
+/// `views` and in the breakers' trips).
+pub(super) fn campaigns_page(
+    who: &Identity,
+    csrf: Option<&str>,
+    views: &[CampaignView],
+    breakers: &[BreakerView],
+) -> String {
     let mut main = String::from(r#"<h1>Campaigns</h1><p><a href="/">Rollouts</a></p>"#);
+    if !breakers.is_empty() {
+        main.push_str(r#"<h2>Cluster breakers</h2><table class="breakers"><thead><tr><th>Cluster</th><th>Status</th><th>Evidence</th></tr></thead><tbody>"#);
+        for b in breakers {
+            let (class, status) = match &b.tripped {
+                Some(_) => ("phase-rolled_back", "tripped"),
+                None => ("phase-promoted", "closed"),
+            };
+            let detail = match &b.tripped {
+                Some(t) => format!(
+                    "tripped at {}: {}; rollouts onto it {}{}",
+                    t.at,
+                    t.reason,
+                    if b.on_trip == "rollback" {
+                        "roll back"
+                    } else {
+                        "hold"
+                    },
+                    if t.apis.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (APIs: {})", t.apis.join(", "))
+                    }
+                ),
+                None => b.line(),
+            };
+            let _ = write!(
+                main,
+                r#"<tr data-cluster="{cluster}"><td>{cluster}</td><td><span class="phase {class}">{status}</span></td><td>{detail}</td></tr>"#,
+                cluster = esc(&b.cluster),
+                detail = esc(&detail),
+            );
+        }
+        main.push_str("</tbody></table>");
+    }
     if views.is_empty() {
         main.push_str(r#"<p class="muted">No campaign that you may see.</p>"#);
     }
@@ -101,13 +141,29 @@ mod tests {
             groups: Vec::new(),
             via: super::super::auth::Via::Anonymous,
         };
-        let html = campaigns_page(&who, None, &[view]);
+        let html = campaigns_page(&who, None, &[view], &[]);
         assert!(html.contains(r#"data-campaign="cni""#), "{html}");
         assert!(html.contains(">stopped</span>"), "{html}");
         assert!(html.contains("a1 &lt;rolled&gt; back."), "{html}");
         assert!(html.contains(r#"<a href="/apis/a2">a2</a>"#), "{html}");
         assert!(html.contains(r#"data-api="a2">waiting</span>"#), "{html}");
-        let none = campaigns_page(&who, None, &[]);
+        let none = campaigns_page(&who, None, &[], &[]);
         assert!(none.contains("No campaign that you may see."), "{none}");
+        assert!(!none.contains("Cluster breakers"), "{none}");
+        let mut b = crate::engine::breaker::BreakerState::new("cilium");
+        b.tripped = Some(crate::engine::breaker::TripRecord {
+            at: "2026-01-15T11:00:00Z".parse().unwrap(),
+            reason: "3 rollbacks within 1h".into(),
+            apis: vec!["a1".into()],
+            log_e: 0.0,
+        });
+        let view = BreakerView::new(&b, &Default::default());
+        let html = campaigns_page(&who, None, &[], &[view]);
+        assert!(html.contains(r#"<tr data-cluster="cilium">"#), "{html}");
+        assert!(html.contains(">tripped</span>"), "{html}");
+        assert!(
+            html.contains("3 rollbacks within 1h; rollouts onto it hold (APIs: a1)"),
+            "{html}"
+        );
     }
 }

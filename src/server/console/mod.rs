@@ -313,6 +313,26 @@ pub(super) async fn campaigns(
     Json(visible_campaigns(&app, &who))
 }
 
+/// The breakers, each trip naming only the APIs `who` may see.
+fn visible_breakers(app: &AppState, who: &Identity) -> Vec<super::BreakerView> {
+    let visible: std::collections::BTreeSet<String> = visible_summaries(app, who)
+        .into_iter()
+        .map(|v| v.view.api)
+        .collect();
+    app.status
+        .breakers()
+        .into_iter()
+        .map(|b| b.restricted(&visible))
+        .collect()
+}
+
+pub(super) async fn breakers(
+    State(app): State<AppState>,
+    axum::Extension(who): axum::Extension<Identity>,
+) -> Json<Vec<super::BreakerView>> {
+    Json(visible_breakers(&app, &who))
+}
+
 /// The read-only campaign panel.
 pub(super) async fn campaigns_html(
     State(app): State<AppState>,
@@ -320,8 +340,9 @@ pub(super) async fn campaigns_html(
     headers: HeaderMap,
 ) -> Response {
     let views = visible_campaigns(&app, &who);
+    let breakers = visible_breakers(&app, &who);
     let csrf = csrf_for(&app.console.auth, &who);
-    let body = campaigns::campaigns_page(&who, csrf.as_deref(), &views);
+    let body = campaigns::campaigns_page(&who, csrf.as_deref(), &views, &breakers);
     html(&headers, body, &who, &app.console.auth)
 }
 
