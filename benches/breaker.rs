@@ -38,11 +38,15 @@ fn fmt_min(v: Option<u64>) -> String {
 fn main() {
     let mut seeds = 20u64;
     let mut apis = 20usize;
+    let mut min_apis = 3usize;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--seeds" => seeds = args.next().and_then(|s| s.parse().ok()).expect("--seeds N"),
             "--apis" => apis = args.next().and_then(|s| s.parse().ok()).expect("--apis N"),
+            "--min-apis" => {
+                min_apis = args.next().and_then(|s| s.parse().ok()).expect("--min-apis N")
+            }
             _ => {}
         }
     }
@@ -50,7 +54,10 @@ fn main() {
     let path = root.join("bench/policy.toml");
     let text = std::fs::read_to_string(&path).expect("bench/policy.toml");
     let policy = Policy::from_toml(&text, &path, None).expect("a valid bench policy");
-    let settings = BreakerSettings::at_level(policy.false_rollback_rate);
+    let settings = BreakerSettings {
+        min_apis,
+        ..BreakerSettings::at_level(policy.false_rollback_rate)
+    };
     let horizon = Duration::from_secs(12 * 3600);
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
     let began = Instant::now();
@@ -58,8 +65,9 @@ fn main() {
     writeln!(
         table,
         "{apis} APIs onto one green cluster, {seeds} clusters (seeds) per row, 12 h, the same \
-         regression on every API; bench/policy.toml (tolerance 10 %, α = {}). Minutes are \
-         medians over the clusters where the event happened.\n",
+         regression on every API; bench/policy.toml (tolerance 10 %, α = {}); each API's \
+         e-value capped at (1/α)^(1/{min_apis}). Minutes are medians over the clusters where \
+         the event happened.\n",
         policy.false_rollback_rate
     )
     .unwrap();
@@ -126,7 +134,7 @@ fn main() {
     }
     writeln!(
         table,
-        "\nRun: `cargo bench --bench breaker -- --seeds {seeds} --apis {apis}`, {:.0} s.",
+        "\nRun: `cargo bench --bench breaker -- --seeds {seeds} --apis {apis} --min-apis {min_apis}`, {:.0} s.",
         began.elapsed().as_secs_f64()
     )
     .unwrap();
