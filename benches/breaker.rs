@@ -45,7 +45,10 @@ fn main() {
             "--seeds" => seeds = args.next().and_then(|s| s.parse().ok()).expect("--seeds N"),
             "--apis" => apis = args.next().and_then(|s| s.parse().ok()).expect("--apis N"),
             "--min-apis" => {
-                min_apis = args.next().and_then(|s| s.parse().ok()).expect("--min-apis N")
+                min_apis = args
+                    .next()
+                    .and_then(|s| s.parse().ok())
+                    .expect("--min-apis N")
             }
             _ => {}
         }
