@@ -12,10 +12,10 @@ use std::sync::{Arc, Mutex};
 use jiff::Timestamp;
 
 use super::docs::BreakerStore;
-use super::env::{AlertIo, Clock, RealEnv};
+use super::env::{Clock, RealEnv};
 use super::shell::Shell;
 use super::store::StoreError;
-use crate::alert::{AlertEvent, EventKind, OutboxEntry};
+use crate::alert::{AlertEvent, EventKind};
 use crate::consul::Fence;
 use crate::engine::breaker::{
     contribution, hold_for, plan, BreakerAction, BreakerSettings, BreakerState, Contribution,
@@ -160,28 +160,22 @@ async fn look(
     let (state, index) = store.load(cluster).await?;
     let now = shell.env.now();
     let planned = plan(settings, &state, contributions, now);
-    let state = if planned.changed(&state) || index == 0 {
+    if planned.changed(&state) || index == 0 {
         let events: Vec<AlertEvent> = planned
             .actions
             .iter()
             .filter_map(|a| event(cluster, settings, a, now))
             .collect();
-        let entries: Vec<OutboxEntry> = events
-            .iter()
-            .flat_map(|e| channels.iter().map(move |ch| OutboxEntry::new(ch, e, now)))
-            .collect();
-        let (_, spilled) = store
-            .save(&planned.state, index, Some(fence), entries)
+        store
+            .save_alerting(
+                &planned.state,
+                index,
+                fence,
+                (&events, channels),
+                now,
+                &shell.env,
+            )
             .await?;
-        for entry in spilled {
-            if let Err(e) = shell
-                .env
-                .notify(&entry.event, std::slice::from_ref(&entry.channel))
-                .await
-            {
-                tracing::error!(%cluster, error = %e, "Could not record a breaker alert.");
-            }
-        }
         for a in &planned.actions {
             match a {
                 BreakerAction::Tripped(t) => {
@@ -192,10 +186,8 @@ async fn look(
                 }
             }
         }
-        planned.state
-    } else {
-        planned.state
-    };
+    }
+    let state = planned.state;
     shell.breaker.set_tripped(cluster, state.tripped.clone());
     Ok(state)
 }

@@ -10,10 +10,10 @@ use std::sync::Arc;
 use jiff::Timestamp;
 
 use super::docs::CampaignStore;
-use super::env::{AlertIo, Clock, RealEnv};
+use super::env::{Clock, RealEnv};
 use super::shell::Shell;
 use super::store::StoreError;
-use crate::alert::{AlertEvent, EventKind, OutboxEntry, Severity};
+use crate::alert::{AlertEvent, EventKind, Severity};
 use crate::audit::{perform, ActionError, ActionKind, ActionRequest, Actor};
 use crate::campaign::{
     plan, ApiView, CampaignAction, CampaignIntent, CampaignState, CampaignStatus,
@@ -119,28 +119,16 @@ async fn look(
             .iter()
             .filter_map(|a| event(&c.campaign, &planned.state, a, now))
             .collect();
-        let entries: Vec<OutboxEntry> = events
-            .iter()
-            .flat_map(|e| {
-                c.campaign
-                    .alerts
-                    .iter()
-                    .map(move |ch| OutboxEntry::new(ch, e, now))
-            })
-            .collect();
-        let (written, spilled) = store
-            .save(&planned.state, index, Some(fence), entries)
+        index = store
+            .save_alerting(
+                &planned.state,
+                index,
+                fence,
+                (&events, &c.campaign.alerts),
+                now,
+                &shell.env,
+            )
             .await?;
-        index = written;
-        for entry in spilled {
-            if let Err(e) = shell
-                .env
-                .notify(&entry.event, std::slice::from_ref(&entry.channel))
-                .await
-            {
-                tracing::error!(campaign = %name, error = %e, "Could not record a campaign alert.");
-            }
-        }
         for a in &planned.actions {
             log_action(name, a);
         }

@@ -12,7 +12,10 @@ use serde::Serialize;
 
 use super::outbox;
 use super::store::{cas_txn, StoreError};
-use crate::alert::OutboxEntry;
+use jiff::Timestamp;
+
+use super::env::AlertIo;
+use crate::alert::{AlertEvent, OutboxEntry};
 use crate::campaign::{CampaignIntent, CampaignState};
 use crate::consul::{ConsulClient, Fence};
 use crate::engine::breaker::BreakerState;
@@ -158,6 +161,34 @@ impl<T: Doc> DocStore<T> {
         )
         .await?;
         Ok((index, spilled))
+    }
+
+    /// [`DocStore::save`] by the leader with `events` for `channels`: the events go into the
+    /// shared outbox in the same transaction, those that do not fit through `alerts` (the
+    /// local outbox). Returns the new ModifyIndex.
+    pub(super) async fn save_alerting(
+        &self,
+        doc: &T,
+        index: u64,
+        fence: &Fence,
+        (events, channels): (&[AlertEvent], &[String]),
+        now: Timestamp,
+        alerts: &impl AlertIo,
+    ) -> Result<u64, StoreError> {
+        let entries: Vec<OutboxEntry> = events
+            .iter()
+            .flat_map(|e| channels.iter().map(move |ch| OutboxEntry::new(ch, e, now)))
+            .collect();
+        let (index, spilled) = self.save(doc, index, Some(fence), entries).await?;
+        for entry in spilled {
+            if let Err(e) = alerts
+                .notify(&entry.event, std::slice::from_ref(&entry.channel))
+                .await
+            {
+                tracing::error!(what = %Self::what(doc.name()), error = %e, "Could not record an alert.");
+            }
+        }
+        Ok(index)
     }
 
     /// Changes document `name` with `change` (compare-and-set, retried on a race). Returns
