@@ -99,8 +99,14 @@ name = "two"
 apis = ["h2"]
 "#;
 
-#[test]
-fn three_rollbacks_onto_a_cluster_trip_its_breaker_which_holds_across_a_kill_until_a_reset() {
+/// The three rollbacks' evidence alone would trip it at the default min_apis = 3; at 4 it is
+/// the rollback count that trips it.
+const ROLLBACK_RULES: &str =
+    "[breaker]\nmin_apis = 4\nmax_rollbacks = 3\nrollback_window = \"1h\"\n";
+
+/// Three APIs whose green fails outright and the healthy h1 (and h2), all onto `cilium`, with
+/// their traffic.
+fn three_failing_and_healthy(campaign: Option<&str>) -> (Stack, Alertmanager, KvTraffic) {
     let mut policies: Vec<(&str, String)> = FAILING
         .iter()
         .map(|api| (*api, policy(api, "[50, 100]", "2s", 0.01)))
@@ -108,22 +114,47 @@ fn three_rollbacks_onto_a_cluster_trip_its_breaker_which_holds_across_a_kill_unt
     // The healthy rollout dwells long enough at each step to be under way when the breaker trips.
     policies.push(("h1", policy("h1", "[10, 50, 100]", "20s", 0.01)));
     policies.push(("h2", policy("h2", "[50, 100]", "2s", 0.01)));
-    let (stack, am) = stack_with(&policies, Some(CAMPAIGN));
+    let (stack, am) = stack_with(&policies, campaign);
     let mut rates: Rates = BTreeMap::new();
     for api in FAILING {
         rates.insert(api.into(), (0.0, 0.4));
     }
     rates.insert("h1".into(), (0.0, 0.0));
     rates.insert("h2".into(), (0.0, 0.0));
-    let _traffic = KvTraffic::start(
+    let traffic = KvTraffic::start(
         stack.consul.addr(),
         stack.vm().addr,
         "breaker_requests_total",
         rates,
     );
-    // The three rollbacks' evidence alone would trip it at the default min_apis = 3; at 4 it
-    // is the rollback count that trips it.
-    let rules = "[breaker]\nmin_apis = 4\nmax_rollbacks = 3\nrollback_window = \"1h\"\n";
+    (stack, am, traffic)
+}
+
+/// Waits until h1 is held by `cilium`'s breaker, then for 12 more decisions (longer than its
+/// 20 s dwell: unheld, it would have moved a step); its step and weight never move. Returns its
+/// green weight.
+fn h1_held_with_weights_frozen(stack: &Stack) -> Option<f64> {
+    let held = stack.wait_state_of("h1 held", DEADLINE, "h1", |s| {
+        s["last_decision"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("Held: the cluster breaker of cilium tripped"))
+    });
+    assert_eq!(phase(&held), "progressing", "{held}");
+    let green = weight(stack.consul.addr(), "h1", "green");
+    let from = revision(&held);
+    let later = stack.wait_state_of("h1 decided on for 25 s more", DEADLINE, "h1", |s| {
+        revision(s) >= from + 12
+    });
+    assert_eq!(phase(&later), "progressing", "{later}");
+    assert_eq!(later["step"], held["step"], "{later}");
+    assert_eq!(weight(stack.consul.addr(), "h1", "green"), green);
+    green
+}
+
+#[test]
+fn three_rollbacks_onto_a_cluster_trip_its_breaker_which_holds_across_a_kill_until_a_reset() {
+    let (stack, am, _traffic) = three_failing_and_healthy(Some(CAMPAIGN));
+    let rules = ROLLBACK_RULES;
     let (mut first, listen) = start_daemon(&stack, "a", &am, rules);
     let cfg = stack.dir.path().join("a.toml");
     stack
@@ -150,21 +181,7 @@ fn three_rollbacks_onto_a_cluster_trip_its_breaker_which_holds_across_a_kill_unt
     }
 
     // h1 is held: it is still under way, windows are decided, its weights do not move.
-    let held = stack.wait_state_of("h1 held", DEADLINE, "h1", |s| {
-        s["last_decision"]["reason"]
-            .as_str()
-            .is_some_and(|r| r.starts_with("Held: the cluster breaker of cilium tripped"))
-    });
-    assert_eq!(phase(&held), "progressing", "{held}");
-    let green = weight(stack.consul.addr(), "h1", "green");
-    let from = revision(&held);
-    // Longer than its 20 s dwell: unheld, it would have moved a step.
-    let later = stack.wait_state_of("h1 decided on for 25 s more", DEADLINE, "h1", |s| {
-        revision(s) >= from + 12
-    });
-    assert_eq!(phase(&later), "progressing", "{later}");
-    assert_eq!(later["step"], held["step"], "{later}");
-    assert_eq!(weight(stack.consul.addr(), "h1", "green"), green);
+    let green = h1_held_with_weights_frozen(&stack);
 
     // The campaign stopped, h2 of wave two never started, and a start onto cilium is refused.
     let campaign = eventually("the campaign to stop", DEADLINE, || {
@@ -258,6 +275,68 @@ fn three_rollbacks_onto_a_cluster_trip_its_breaker_which_holds_across_a_kill_unt
         breaker_alerts(&am).is_empty().then_some(())
     });
     second.assert_running();
+}
+
+#[test]
+fn a_trip_whose_state_write_fails_still_holds_the_rollouts_and_alerts_at_once() {
+    // The instance's token may read the breaker's keys but not write them (an ACL gap): the trip
+    // cannot be stored, yet it must take effect, and be stored once the ACL is mended.
+    let (stack, am, _traffic) = three_failing_and_healthy(None);
+    stack.consul.read_only_under("greenlight/breaker/");
+    let (mut daemon, listen) = start_daemon(&stack, "a", &am, ROLLBACK_RULES);
+    let cfg = stack.dir.path().join("a.toml");
+    for api in FAILING.iter().chain(&["h1"]) {
+        stack.greenlight(&cfg, &["start", api], &[]).expect_code(0);
+    }
+    let alerts = eventually(
+        "the breaker alert, through the local outbox",
+        DEADLINE,
+        || {
+            daemon.assert_running();
+            let a = breaker_alerts(&am);
+            (!a.is_empty()).then_some(a)
+        },
+    );
+    assert_eq!(alerts[0]["labels"]["api"], "cluster:cilium", "{alerts:?}");
+    assert!(breaker(&stack).is_none(), "nothing could be written");
+    h1_held_with_weights_frozen(&stack);
+    let (_, metrics) = http(listen, "GET", "/metrics", b"").unwrap();
+    assert!(
+        metrics.contains("greenlight_breaker_tripped{cluster=\"cilium\"} 1"),
+        "{metrics}"
+    );
+
+    // Writable again: the trip is stored as it was decided, and not announced a second time.
+    stack.consul.writable_everywhere();
+    let stored = eventually("the trip stored", DEADLINE, || {
+        daemon.assert_running();
+        breaker(&stack).filter(|b| !b["tripped"].is_null())
+    });
+    assert_eq!(
+        stored["tripped"]["reason"], "3 rollbacks within 1h",
+        "{stored}"
+    );
+    // The alert already sent carries the trip's time: the stored trip is that same one.
+    let at: jiff::Timestamp = stored["tripped"]["at"].as_str().unwrap().parse().unwrap();
+    let key = alerts[0]["labels"]["greenlight_key"].as_str().unwrap();
+    assert!(
+        key.ends_with(&format!("tripped-{}", at.as_second())),
+        "{key} vs {stored}"
+    );
+    let from = revision(&stack.state_of("h1").unwrap());
+    let after = stack.wait_state_of("h1 decided on after the write", DEADLINE, "h1", |s| {
+        revision(s) >= from + 2
+    });
+    assert!(
+        after["last_decision"]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("Held: the cluster breaker of cilium"),
+        "{after}"
+    );
+    let alerts = breaker_alerts(&am);
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    daemon.assert_running();
 }
 
 #[test]

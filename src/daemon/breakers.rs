@@ -12,25 +12,27 @@ use std::sync::{Arc, Mutex};
 use jiff::Timestamp;
 
 use super::docs::BreakerStore;
-use super::env::{Clock, RealEnv};
+use super::env::{AlertIo, Clock, RealEnv};
 use super::shell::Shell;
 use super::store::StoreError;
 use crate::alert::{AlertEvent, EventKind};
 use crate::consul::Fence;
 use crate::engine::breaker::{
-    contribution, hold_for, plan, BreakerAction, BreakerSettings, BreakerState, Contribution,
-    TripRecord,
+    contribution, hold_for, plan, with_unsaved_trip, BreakerAction, BreakerPlan, BreakerSettings,
+    BreakerState, Contribution, TripRecord,
 };
 use crate::engine::{Held, RolloutState};
 use crate::policy::{Colour, OnTrip, Policy};
 use crate::server::BreakerView;
 
-/// What the breakers know in memory: each API's latest contribution and the tripped clusters
-/// as last read from Consul.
+/// What the breakers know in memory: each API's latest contribution, the tripped clusters as
+/// last read from Consul, and the trips decided here whose write failed (they hold all the same,
+/// fail closed, and are written at the next look that succeeds).
 #[derive(Debug, Default)]
 pub struct BreakerBook {
     contributions: Mutex<BTreeMap<String, Contribution>>,
     tripped: Mutex<BTreeMap<String, TripRecord>>,
+    unsaved: Mutex<BTreeMap<String, TripRecord>>,
     on_trip: OnTrip,
 }
 
@@ -87,6 +89,19 @@ impl BreakerBook {
 
     fn retain_clusters(&self, clusters: &BTreeSet<String>) {
         lock(&self.tripped).retain(|c, _| clusters.contains(c));
+        lock(&self.unsaved).retain(|c, _| clusters.contains(c));
+    }
+
+    fn unsaved(&self, cluster: &str) -> Option<TripRecord> {
+        lock(&self.unsaved).get(cluster).cloned()
+    }
+
+    fn set_unsaved(&self, cluster: &str, trip: Option<TripRecord>) {
+        let mut unsaved = lock(&self.unsaved);
+        match trip {
+            Some(t) => unsaved.insert(cluster.to_string(), t),
+            None => unsaved.remove(cluster),
+        };
     }
 }
 
@@ -157,16 +172,18 @@ async fn look(
     cluster: &str,
     contributions: &[Contribution],
 ) -> Result<BreakerState, StoreError> {
-    let (state, index) = store.load(cluster).await?;
+    let (stored, index) = store.load(cluster).await?;
+    let unsaved = shell.breaker.unsaved(cluster);
+    let state = with_unsaved_trip(&stored, unsaved.as_ref());
     let now = shell.env.now();
     let planned = plan(settings, &state, contributions, now);
-    if planned.changed(&state) || index == 0 {
+    if planned.changed(&stored) || index == 0 {
         let events: Vec<AlertEvent> = planned
             .actions
             .iter()
             .filter_map(|a| event(cluster, settings, a, now))
             .collect();
-        store
+        let saved = store
             .save_alerting(
                 &planned.state,
                 index,
@@ -175,11 +192,19 @@ async fn look(
                 now,
                 &shell.env,
             )
-            .await?;
+            .await;
+        if let Err(error) = saved {
+            return match fail_closed(shell, cluster, channels, &stored, &planned, &events, &error)
+                .await
+            {
+                true => Ok(planned.state),
+                false => Err(error),
+            };
+        }
         for a in &planned.actions {
             match a {
                 BreakerAction::Tripped(t) => {
-                    tracing::error!(%cluster, reason = %t.reason, apis = ?t.apis, on_trip = settings.on_trip.as_str(), "Cluster breaker tripped: rollouts onto the cluster stop moving forward.")
+                    tracing::error!(%cluster, reason = %t.reason, apis = %t.apis_text(), on_trip = settings.on_trip.as_str(), "Cluster breaker tripped: rollouts onto the cluster stop moving forward.")
                 }
                 BreakerAction::Reset(r) => {
                     tracing::warn!(%cluster, by = %r.by, "Cluster breaker reset.")
@@ -188,8 +213,41 @@ async fn look(
         }
     }
     let state = planned.state;
+    shell.breaker.set_unsaved(cluster, None);
     shell.breaker.set_tripped(cluster, state.tripped.clone());
     Ok(state)
+}
+
+/// A trip whose write failed still stands: the rollouts onto the cluster hold from now on (the
+/// book keeps the trip until a write succeeds) and its alert goes out through the local outbox
+/// at once, not after the write (it is not sent again when the trip is written). Returns whether
+/// there was such a trip.
+async fn fail_closed(
+    shell: &Shell<RealEnv>,
+    cluster: &str,
+    channels: &[String],
+    stored: &BreakerState,
+    planned: &BreakerPlan,
+    events: &[AlertEvent],
+    error: &StoreError,
+) -> bool {
+    let Some(trip) = planned
+        .state
+        .tripped
+        .as_ref()
+        .filter(|_| stored.tripped.is_none())
+    else {
+        return false;
+    };
+    tracing::error!(%cluster, reason = %trip.reason, apis = %trip.apis_text(), %error, "Cluster breaker tripped but its state could not be written: holding the rollouts onto it all the same, writing it again next tick.");
+    shell.breaker.set_unsaved(cluster, Some(trip.clone()));
+    shell.breaker.set_tripped(cluster, Some(trip.clone()));
+    for e in events {
+        if let Err(e) = shell.env.notify(e, channels).await {
+            tracing::error!(%cluster, error = %e, "Could not record the breaker's alert.");
+        }
+    }
+    true
 }
 
 /// The alert of a trip (critical), or of a reset (the trip's resolution; none when nothing
@@ -234,10 +292,10 @@ fn trip_event(
          {effect}; campaigns touching it stop; nothing starts onto it until an operator runs \
          `greenlight breaker reset {cluster}`.",
         t.reason,
-        t.apis.join(", ")
+        t.apis_text()
     ))
     .with_field("cluster", cluster)
     .with_field("reason", &t.reason)
-    .with_field("apis", t.apis.join(","))
+    .with_field("apis", t.apis_text())
     .with_field("on_trip", settings.on_trip.as_str())
 }

@@ -64,7 +64,9 @@ impl BreakerView {
     /// The view with a trip naming only the APIs in `visible`.
     pub fn restricted(mut self, visible: &std::collections::BTreeSet<String>) -> Self {
         if let Some(t) = &mut self.tripped {
+            let named = t.apis.len();
             t.apis.retain(|a| visible.contains(a));
+            t.more_apis += named - t.apis.len();
         }
         self
     }

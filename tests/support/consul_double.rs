@@ -427,6 +427,11 @@ impl ConsulDouble {
         self.shared.lock().read_only = Some(prefix.to_string());
     }
 
+    /// Undoes [`ConsulDouble::read_only_under`]: every key is writable again.
+    pub fn writable_everywhere(&self) {
+        self.shared.lock().read_only = None;
+    }
+
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }

@@ -19,6 +19,9 @@ use crate::policy::{Colour, OnTrip, Policy};
 
 /// Most automatic rollbacks a breaker state remembers (the newest).
 const MAX_ROLLBACKS_KEPT: usize = 200;
+/// Most API names a trip records (the rest are counted): a trip on a cluster of 10,000 APIs
+/// stays a small document and a readable alert.
+pub const MAX_TRIP_APIS: usize = 50;
 
 /// One API's part in its cluster's breaker, read off its state after an evaluation.
 #[derive(Debug, Clone, PartialEq)]
@@ -118,10 +121,45 @@ pub struct TripRecord {
     pub at: Timestamp,
     /// What tripped it, in words (`pooled evidence of 8 APIs 2.1e2 ≥ 1/α = 100`).
     pub reason: String,
-    /// The APIs whose evidence or rollbacks tripped it.
+    /// The APIs whose evidence or rollbacks tripped it (at most [`MAX_TRIP_APIS`]).
     pub apis: Vec<String>,
+    /// How many more APIs took part than `apis` names.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub more_apis: usize,
     /// ln E at the trip (0 for a rollback-count trip).
     pub log_e: f64,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+impl TripRecord {
+    /// The APIs in words: `a, b, c`, `a, b, … and 12 more` or `12 others`.
+    pub fn apis_text(&self) -> String {
+        let named = self.apis.join(", ");
+        match self.more_apis {
+            0 => named,
+            n if named.is_empty() => format!("{n} others"),
+            n => format!("{named}, … and {n} more"),
+        }
+    }
+}
+
+/// The stored state as it stands with a trip this instance decided but could not write
+/// (`unsaved`): a trip is never lost to a failed write. The trip stands (so the rollouts onto
+/// the cluster keep holding and its alert, already sent, is not sent again) and is written at the
+/// next successful look; a trip already stored (by this or another leader) wins.
+pub fn with_unsaved_trip(stored: &BreakerState, unsaved: Option<&TripRecord>) -> BreakerState {
+    let mut s = stored.clone();
+    if let Some(trip) = unsaved {
+        let reset_since = s.last_reset.as_ref().is_some_and(|r| r.at >= trip.at);
+        if s.tripped.is_none() && !reset_since {
+            s.tripped = Some(trip.clone());
+            s.revision += 1;
+        }
+    }
+    s
 }
 
 /// An automatic rollback onto the cluster.
@@ -227,7 +265,7 @@ pub fn plan(
     if s.tripped.is_none() {
         let times: Vec<Timestamp> = s.rollbacks.iter().map(|r| r.at).collect();
         if let Some(trip) = check(settings, (log_e, apis), &times, now) {
-            let (apis, log_e) = match &trip {
+            let (mut apis, log_e): (Vec<String>, f64) = match &trip {
                 Trip::Evidence { log_e, .. } => (
                     counted
                         .iter()
@@ -240,10 +278,13 @@ pub fn plan(
                     (s.rollbacks.iter().map(|r| r.api.clone()).collect(), 0.0)
                 }
             };
+            let more_apis = apis.len().saturating_sub(MAX_TRIP_APIS);
+            apis.truncate(MAX_TRIP_APIS);
             let record = TripRecord {
                 at: now,
                 reason: trip.to_string(),
                 apis,
+                more_apis,
                 log_e,
             };
             s.tripped = Some(record.clone());
@@ -470,6 +511,7 @@ mod tests {
                 at: t(5),
                 reason: "3 rollbacks within 1h".into(),
                 apis: vec![],
+                more_apis: 0,
                 log_e: 0.0,
             },
         );
@@ -484,5 +526,74 @@ mod tests {
         assert!(held
             .reason
             .ends_with("`greenlight breaker reset cilium` lifts it"));
+    }
+
+    #[test]
+    fn a_trip_on_a_cluster_of_many_apis_names_fifty_and_counts_the_rest() {
+        let many: Vec<Contribution> = (0..130)
+            .map(|i| running(&format!("api{i:03}"), 0, 1.5))
+            .collect();
+        let p = plan(&settings(), &BreakerState::new("cilium"), &many, t(10));
+        let trip = p.state.tripped.expect("tripped");
+        assert_eq!(trip.apis.len(), MAX_TRIP_APIS);
+        assert_eq!(trip.more_apis, 130 - MAX_TRIP_APIS);
+        assert!(
+            trip.apis_text().ends_with("api049, … and 80 more"),
+            "{}",
+            trip.apis_text()
+        );
+        assert!(
+            trip.reason.starts_with("pooled evidence of 130 APIs"),
+            "{}",
+            trip.reason
+        );
+    }
+
+    #[test]
+    fn a_trip_whose_write_failed_stands_until_written_and_yields_to_a_stored_one_or_a_later_reset()
+    {
+        let four: Vec<Contribution> = ["a", "b", "c", "d"]
+            .iter()
+            .map(|api| running(api, 0, 1.5))
+            .collect();
+        let stored = BreakerState::new("cilium");
+        let decided = plan(&settings(), &stored, &four, t(10)).state;
+        let unsaved = decided.tripped.clone().unwrap();
+        // The write failed; at the next look the evidence has fallen: the trip still stands,
+        // as it was decided (same time, so the same alert), and nothing new is announced.
+        let standing = with_unsaved_trip(&stored, Some(&unsaved));
+        assert_eq!(standing.tripped.as_ref(), Some(&unsaved));
+        let calm = [running("a", 0, -3.0)];
+        let next = plan(&settings(), &standing, &calm, t(11));
+        assert!(next.actions.is_empty(), "{:?}", next.actions);
+        assert!(next.changed(&stored), "still to be written");
+        // An operator's reset, requested meanwhile, clears it (and resolves its alert).
+        let mut asked = stored.clone();
+        asked.reset_requested_by = Some("bob".into());
+        let reset = plan(
+            &settings(),
+            &with_unsaved_trip(&asked, Some(&unsaved)),
+            &calm,
+            t(12),
+        );
+        let [BreakerAction::Reset(r)] = reset.actions.as_slice() else {
+            panic!("{:?}", reset.actions);
+        };
+        assert_eq!(r.cleared.as_ref(), Some(&unsaved));
+        // Once reset (after the trip), the unsaved trip is gone for good.
+        assert!(with_unsaved_trip(&reset.state, Some(&unsaved))
+            .tripped
+            .is_none());
+        // A trip stored meanwhile (by another leader) wins.
+        let mut theirs = stored.clone();
+        theirs.tripped = Some(TripRecord {
+            at: t(9),
+            ..unsaved.clone()
+        });
+        assert_eq!(
+            with_unsaved_trip(&theirs, Some(&unsaved)).tripped,
+            theirs.tripped
+        );
+        assert_eq!(with_unsaved_trip(&stored, None), stored);
     }
 }

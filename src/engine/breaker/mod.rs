@@ -32,8 +32,8 @@ use crate::engine::state::RolloutState;
 pub use crate::policy::BreakerSettings;
 use crate::stats::log_sum_exp;
 pub use episode::{
-    contribution, hold_for, plan, BreakerAction, BreakerPlan, BreakerState, Contribution,
-    ResetRecord, RollbackRecord, TripRecord,
+    contribution, hold_for, plan, with_unsaved_trip, BreakerAction, BreakerPlan, BreakerState,
+    Contribution, ResetRecord, RollbackRecord, TripRecord, MAX_TRIP_APIS,
 };
 
 /// Why the breaker tripped.

@@ -54,10 +54,10 @@ pub(super) fn campaigns_page(
                     } else {
                         "hold"
                     },
-                    if t.apis.is_empty() {
+                    if t.apis.is_empty() && t.more_apis == 0 {
                         String::new()
                     } else {
-                        format!(" (APIs: {})", t.apis.join(", "))
+                        format!(" (APIs: {})", t.apis_text())
                     }
                 ),
                 None => b.line(),
@@ -155,6 +155,7 @@ mod tests {
             at: "2026-01-15T11:00:00Z".parse().unwrap(),
             reason: "3 rollbacks within 1h".into(),
             apis: vec!["a1".into()],
+            more_apis: 0,
             log_e: 0.0,
         });
         let view = BreakerView::new(&b, &Default::default());
