@@ -189,3 +189,53 @@ async fn memory_actuator_is_a_compare_and_set_too() {
     );
     assert_eq!(mem.get("checkout"), Some(w(50, 50)));
 }
+
+#[tokio::test]
+async fn state_and_weights_are_read_in_one_transaction_or_left_to_their_own_reads() {
+    let d = ConsulDouble::start();
+    let (_, kv, _) = actuator(&d, None);
+    let p = policy();
+    const STATE: &str = "greenlight/state/checkout";
+    // Weight keys missing: no combined answer (the weights' own read reports them missing).
+    assert_eq!(kv.read_along(&p, STATE).await.unwrap(), None);
+    d.put(BLUE, b"90");
+    d.put(GREEN, b"10");
+    // No state yet: an entry without a ModifyIndex, and the split, in one request.
+    let before = d.requests();
+    let (state, live) = kv.read_along(&p, STATE).await.unwrap().unwrap();
+    assert_eq!(d.requests() - before, 1);
+    assert_eq!((state.key.as_str(), state.modify_index), (STATE, 0));
+    assert_eq!(ConsulKv::split_of(&p, &live, None).unwrap(), w(90, 10));
+    d.put(STATE, b"{}");
+    let (state, _) = kv.read_along(&p, STATE).await.unwrap().unwrap();
+    assert!(state.modify_index > 0);
+    assert_eq!(state.value, b"{}");
+    // A value that is not a weight is reported as the weights' own read reports it.
+    d.put(GREEN, b"ten");
+    let (_, live) = kv.read_along(&p, STATE).await.unwrap().unwrap();
+    assert!(matches!(
+        ConsulKv::split_of(&p, &live, None),
+        Err(TrafficError::BadValue { .. })
+    ));
+}
+
+#[tokio::test]
+async fn a_combined_read_whose_entries_acls_filter_out_is_left_to_the_separate_reads() {
+    let d = ConsulDouble::start().with_acl("secret");
+    d.put(BLUE, b"90");
+    d.put(GREEN, b"10");
+    // Anonymous: Consul answers the transaction read with its entries filtered out.
+    let (_, kv, _) = actuator(&d, None);
+    assert_eq!(
+        kv.read_along(&policy(), "greenlight/state/checkout")
+            .await
+            .unwrap(),
+        None
+    );
+    let (_, kv, _) = actuator(&d, Some("secret"));
+    assert!(kv
+        .read_along(&policy(), "greenlight/state/checkout")
+        .await
+        .unwrap()
+        .is_some());
+}

@@ -15,7 +15,7 @@ use crate::consul::Fence;
 use crate::engine::{DataProblem, Observation, RolloutState};
 use crate::metrics::{observe_with, ObserveOptions, PromClient};
 use crate::policy::{Colour, Policy, Roles, TrafficTarget, Weights};
-use crate::traffic::{Actuator, ConsulKv, HaproxyRuntime, TrafficError};
+use crate::traffic::{Actuator, ConsulKv, HaproxyRuntime, LiveEntries, TrafficError};
 
 /// Where rollout states are kept (Consul KV in production).
 pub trait StateIo: Send + Sync {
@@ -40,6 +40,19 @@ pub trait StateIo: Send + Sync {
         fence: Option<&Fence>,
         alerts: Vec<OutboxEntry>,
     ) -> impl Future<Output = Result<Saved, StoreError>> + Send;
+    /// [`StateIo::load`] with the live weight entries read in the same round trip, where both
+    /// live in one store (one Consul transaction for `consul_keys` targets); `None` for the
+    /// entries: read the split apart ([`WeightIo::read_weights`]).
+    fn load_live(
+        &self,
+        policy: &Policy,
+    ) -> impl Future<Output = Result<(RolloutState, u64, Option<LiveEntries>), StoreError>> + Send
+    {
+        async move {
+            let (state, index) = self.load(policy).await?;
+            Ok((state, index, None))
+        }
+    }
 }
 
 /// Where the blue/green split lives (Consul KV keys or HAProxy's Runtime API).
@@ -182,6 +195,23 @@ impl RealEnv {
 impl StateIo for RealEnv {
     async fn load(&self, policy: &Policy) -> Result<(RolloutState, u64), StoreError> {
         self.store.load(policy).await
+    }
+
+    async fn load_live(
+        &self,
+        policy: &Policy,
+    ) -> Result<(RolloutState, u64, Option<LiveEntries>), StoreError> {
+        let key = self.store.key(&policy.api);
+        match self.consul_kv.read_along(policy, &key).await? {
+            Some((entry, live)) => {
+                let (state, index) = self.store.state_of(policy, Some(&entry))?;
+                Ok((state, index, Some(live)))
+            }
+            None => {
+                let (state, index) = self.store.load(policy).await?;
+                Ok((state, index, None))
+            }
+        }
     }
 
     async fn save(

@@ -20,7 +20,7 @@ use crate::metrics::window::aligned_end;
 use crate::policy::{Config, Policy, Weights};
 use crate::server::logging::log_decision;
 use crate::server::telemetry::Telemetry;
-use crate::traffic::TrafficError;
+use crate::traffic::{ConsulKv, LiveEntries, TrafficError};
 
 /// The shell: evaluates one API at a time through its [`Env`], keeping only telemetry and the
 /// alerts it raised in memory (everything that matters is in the store).
@@ -181,7 +181,7 @@ impl<E: Env> Shell<E> {
         fence: Option<&Fence>,
         now: Timestamp,
     ) -> Result<Option<Timestamp>, EvalError> {
-        let (mut state, mut index) = match self.env.load(policy).await {
+        let (mut state, mut index, prefetched) = match self.env.load_live(policy).await {
             Ok(loaded) => loaded,
             Err(e @ StoreError::Corrupt { .. }) => {
                 self.state_unreadable(policy, &e).await;
@@ -195,7 +195,7 @@ impl<E: Env> Shell<E> {
         // The live split.
         let from = state.applying_from.unwrap_or(state.weights);
         let mut nodes_down = false;
-        let live = match self.read_live(policy, &state).await {
+        let live = match self.read_live(policy, &state, prefetched).await {
             Ok(w) => w,
             Err(TrafficError::Missing { keys }) => {
                 tracing::info!(api = %policy.api, keys = ?keys, "Creating the missing weight keys.");
@@ -379,13 +379,19 @@ impl<E: Env> Shell<E> {
         })
     }
 
-    /// The live split; in sticky mode checked against the rollout's salt too.
+    /// The live split, from the entries read with the state when there are some; in sticky
+    /// mode checked against the rollout's salt too.
     async fn read_live(
         &self,
         policy: &Policy,
         state: &RolloutState,
+        prefetched: Option<LiveEntries>,
     ) -> Result<Weights, TrafficError> {
-        match rollout_salt(policy, state) {
+        let salt = rollout_salt(policy, state);
+        if let Some(live) = prefetched {
+            return ConsulKv::split_of(policy, &live, salt.as_deref());
+        }
+        match salt {
             Some(salt) => {
                 self.env
                     .read_split(policy, state.weights_confirmed_at, &salt)

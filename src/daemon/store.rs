@@ -11,7 +11,7 @@
 
 use super::outbox;
 use crate::alert::OutboxEntry;
-use crate::consul::{is_stale_index, ConsulClient, ConsulError, Fence, TxnOp};
+use crate::consul::{is_stale_index, ConsulClient, ConsulError, Fence, KvEntry, TxnOp};
 use crate::engine::{
     decode_state, encode_record, encode_state, DecisionRecord, RolloutState, HISTORY_LEN,
 };
@@ -172,11 +172,22 @@ impl StateStore {
 
     /// The stored state of `policy`'s API and its ModifyIndex, or a fresh state and index 0.
     pub async fn load(&self, policy: &Policy) -> Result<(RolloutState, u64), StoreError> {
-        let key = self.key(&policy.api);
-        match self.client.get(&key).await? {
+        let entry = self.client.get(&self.key(&policy.api)).await?;
+        self.state_of(policy, entry.as_ref())
+    }
+
+    /// The state in `entry`, read from [`StateStore::key`] (`None`, or an entry without a
+    /// ModifyIndex as a transaction's `get-or-empty` returns for a missing key: a fresh state
+    /// and index 0).
+    pub fn state_of(
+        &self,
+        policy: &Policy,
+        entry: Option<&KvEntry>,
+    ) -> Result<(RolloutState, u64), StoreError> {
+        match entry.filter(|e| e.modify_index != 0) {
             None => Ok((RolloutState::new(policy), 0)),
             Some(entry) => Ok((
-                decode(&policy.api, &key, entry.modify_index, &entry.value)?,
+                decode(&policy.api, &entry.key, entry.modify_index, &entry.value)?,
                 entry.modify_index,
             )),
         }

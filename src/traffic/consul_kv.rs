@@ -10,6 +10,14 @@ use crate::policy::{Policy, TrafficTarget, Weights};
 /// values under us.
 const CAS_ROUNDS: u32 = 3;
 
+/// The weight entries (and the salt's, in sticky mode) as one transaction read them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveEntries {
+    pub blue: KvEntry,
+    pub green: KvEntry,
+    pub salt: Option<KvEntry>,
+}
+
 /// The Consul KV actuator: the policy's `consul_keys` hold blue's and green's integer weights.
 #[derive(Debug, Clone)]
 pub struct ConsulKv {
@@ -127,10 +135,30 @@ impl ConsulKv {
     ) -> Result<Weights, TrafficError> {
         let (blue, green) = Self::keys(policy)?;
         let salt_key = Self::salt_key(policy).filter(|_| salt.is_some());
-        let (b, g, s) = self.read_entries(blue, green, salt_key).await?;
-        let found = weights_of(&b, &g)?;
-        if let (Some(want), Some(key), Some(s)) = (salt, salt_key, s) {
-            let live = salt_of(&s).ok().flatten();
+        let (blue, green, salt_entry) = self.read_entries(blue, green, salt_key).await?;
+        Self::split_of(
+            policy,
+            &LiveEntries {
+                blue,
+                green,
+                salt: salt_entry,
+            },
+            salt,
+        )
+    }
+
+    /// The split in entries read by [`ConsulKv::read_along`], checked as
+    /// [`ConsulKv::read_split`] checks it: in sticky mode, given the rollout's `salt`, the salt
+    /// key must hold it wherever it matters.
+    pub fn split_of(
+        policy: &Policy,
+        live: &LiveEntries,
+        salt: Option<&str>,
+    ) -> Result<Weights, TrafficError> {
+        let found = weights_of(&live.blue, &live.green)?;
+        let salt_key = Self::salt_key(policy);
+        if let (Some(want), Some(key), Some(s)) = (salt, salt_key, &live.salt) {
+            let live = salt_of(s).ok().flatten();
             if salt_matters(share_of(found)) && live.as_deref() != Some(want) {
                 return Err(TrafficError::StaleSalt {
                     found,
@@ -139,6 +167,44 @@ impl ConsulKv {
             }
         }
         Ok(found)
+    }
+
+    /// Reads `first` (without a value when missing) and the policy's weight keys (and salt key)
+    /// in one transaction: the evaluation's one read of its state and its live split. `None`
+    /// when the answer cannot stand for both (a weight key missing, or an entry filtered out by
+    /// ACLs): the caller reads them apart, which reports each case as its own read does.
+    pub async fn read_along(
+        &self,
+        policy: &Policy,
+        first: &str,
+    ) -> Result<Option<(KvEntry, LiveEntries)>, ConsulError> {
+        let Ok((blue, green)) = Self::keys(policy) else {
+            return Ok(None);
+        };
+        let salt_key = Self::salt_key(policy);
+        let mut ops = vec![
+            TxnOp::get_or_empty(first),
+            TxnOp::get(blue),
+            TxnOp::get(green),
+        ];
+        ops.extend(salt_key.map(TxnOp::get_or_empty));
+        let mut entries = match self.txn(&ops).await {
+            Ok(entries) => entries,
+            // A weight key is missing (a `get` of a missing key fails the transaction).
+            Err(ConsulError::TxnRolledBack(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let wanted: Vec<&str> = [first, blue, green].into_iter().chain(salt_key).collect();
+        let complete =
+            entries.len() == wanted.len() && entries.iter().zip(&wanted).all(|(e, k)| e.key == *k);
+        if !complete {
+            return Ok(None);
+        }
+        let salt = (entries.len() == 4).then(|| entries.remove(3));
+        let green = entries.remove(2);
+        let blue = entries.remove(1);
+        let first = entries.remove(0);
+        Ok(Some((first, LiveEntries { blue, green, salt })))
     }
 
     /// The weights and, in sticky mode, the salt (`None` when its key is missing or empty),

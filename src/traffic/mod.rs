@@ -23,7 +23,7 @@ pub mod sync;
 use std::future::Future;
 use std::time::Duration;
 
-pub use consul_kv::ConsulKv;
+pub use consul_kv::{ConsulKv, LiveEntries};
 pub use haproxy::{HaproxyRuntime, RuntimeAddr, RuntimeIo, Sockets};
 pub use haproxy_node::{NodeWeights, Process};
 pub use memory::MemoryTraffic;
