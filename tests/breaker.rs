@@ -373,8 +373,9 @@ fn apis_each_too_weakly_worse_to_be_called_alone_trip_the_breaker_together_first
     assert!(reason.starts_with("pooled evidence of 4 APIs"), "{tripped}");
     // None had rolled back on its own when it tripped; then the breaker rolls them all back.
     for api in apis {
+        // The rollback is stored with its weight change pending, then applied: wait for both.
         let s = stack.wait_state_of("rolled back by the breaker", DEADLINE, api, |s| {
-            phase(s) == "rolled_back"
+            phase(s) == "rolled_back" && s["applying_from"].is_null()
         });
         assert_eq!(s["rollback_by"], "breaker:cilium", "{api}: {s}");
         assert!(
