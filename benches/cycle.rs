@@ -487,8 +487,18 @@ fn wait_for_window_after(last: Option<i64>) {
     }
 }
 
-fn write_config(dir: &Path, name: &str, metrics: &str, consul: &ConsulDouble, c: Option<usize>) {
+/// A daemon config: `c` APIs evaluated at once, `batch` queries per batched query (default
+/// when `None`; 1 sends each query alone).
+fn write_config(
+    dir: &Path,
+    name: &str,
+    metrics: &str,
+    consul: &ConsulDouble,
+    c: Option<usize>,
+    batch: Option<usize>,
+) {
     let concurrency = c.map_or(String::new(), |c| format!("max_concurrency = {c}\n"));
+    let batch = batch.map_or(String::new(), |b| format!("batch_max = {b}\n"));
     let text = format!(
         r#"policies_dir = "policies"
 listen = "127.0.0.1:{port}"
@@ -497,7 +507,7 @@ state_dir = "state"
 [metrics]
 url = "{vm}"
 kind = "victoriametrics"
-
+{batch}
 [consul]
 url = "{consul}"
 
@@ -582,7 +592,15 @@ fn main() {
         consul.put(&format!("haproxy/{api}/weights/blue"), b"100");
         consul.put(&format!("haproxy/{api}/weights/green"), b"0");
     }
-    write_config(dir.path(), "default.toml", &vm.url(), &consul, None);
+    write_config(dir.path(), "default.toml", &vm.url(), &consul, None, None);
+    write_config(
+        dir.path(),
+        "unbatched.toml",
+        &vm.url(),
+        &consul,
+        None,
+        Some(1),
+    );
 
     let mut plan: Vec<(String, String, usize)> = vec![(
         "1 (creates states)".into(),
@@ -596,9 +614,16 @@ fn main() {
             DEFAULT_CONCURRENCY,
         ));
     }
+    for k in 0..2 {
+        plan.push((
+            format!("unbatched-{} (steady)", k + 1),
+            "unbatched.toml".into(),
+            DEFAULT_CONCURRENCY,
+        ));
+    }
     for c in &extra {
         let name = format!("c{c}.toml");
-        write_config(dir.path(), &name, &vm.url(), &consul, Some(*c));
+        write_config(dir.path(), &name, &vm.url(), &consul, Some(*c), None);
         for k in 0..2 {
             plan.push((format!("c{c}-{} (steady)", k + 1), name.clone(), *c));
         }
@@ -629,49 +654,77 @@ fn main() {
         cycles.push(cycle);
     }
 
-    // The lower bound: one more cycle through a recording proxy (not timed), then its queries
-    // again from a tight client at the default concurrency.
-    let recorder = lower_bound::Recorder::start(&vm.url());
-    write_config(dir.path(), "recorded.toml", &recorder.url, &consul, None);
-    wait_for_window_after(last_end);
-    let recorded_cycle = run_once(
-        dir.path(),
-        &dir.path().join("recorded.toml"),
-        "recorded",
-        DEFAULT_CONCURRENCY,
-        &vm,
-        &consul,
-    );
-    let recorded = recorder.take();
-    let vm_before = proc_cpu(vm.proc.pid());
-    let bound = lower_bound::replay(&vm.url(), &recorded, DEFAULT_CONCURRENCY);
-    vm_queries(&vm);
-    let bound_vm_cpu = proc_cpu(vm.proc.pid()).saturating_sub(vm_before);
-    let mut steady_eval: Vec<f64> = cycles
-        .iter()
-        .filter(|c| c.label.ends_with("(steady)") && c.concurrency == DEFAULT_CONCURRENCY)
-        .filter_map(|c| c.evaluation.map(|e| e.as_secs_f64()))
-        .collect();
-    steady_eval.sort_by(f64::total_cmp);
-    let median_eval = steady_eval.get(steady_eval.len() / 2).copied();
-    let bound_line = format!(
-        "Lower bound, measured in the same run: the {queries} PromQL requests of one steady cycle \
-         ({apis_seen} APIs, recorded by a pass-through proxy in a cycle of its own, {exit}) sent \
-         again by a tight client, {DEFAULT_CONCURRENCY} APIs at once and every request of an API \
-         at once: {wall} s wall, {vm_cpu} s of VictoriaMetrics CPU, {failed} failed. Median steady \
-         evaluation at the default concurrency: {median} s, {ratio} the bound.",
-        queries = bound.queries,
-        apis_seen = bound.apis,
-        exit = recorded_cycle.exit,
-        wall = secs(bound.wall),
-        vm_cpu = secs(bound_vm_cpu),
-        failed = bound.failed,
-        median = median_eval.map_or("?".into(), |m| format!("{m:.2}")),
-        ratio = median_eval.map_or("?".into(), |m| format!(
-            "{:.2}×",
-            m / bound.wall.as_secs_f64().max(1e-9)
-        )),
-    );
+    // The lower bounds: one more cycle through a recording proxy (not timed), then its queries
+    // again from a tight client at the default concurrency; once with every query alone (the
+    // bound of the per-API queries), once batched (the bound of the queries the daemon sends).
+    let mut bounds = Vec::new();
+    for (what, batch) in [("per-API", Some(1)), ("batched", None)] {
+        let recorder = lower_bound::Recorder::start(&vm.url());
+        let name = format!("recorded-{what}.toml");
+        write_config(dir.path(), &name, &recorder.url, &consul, None, batch);
+        wait_for_window_after(last_end);
+        let recorded_cycle = run_once(
+            dir.path(),
+            &dir.path().join(&name),
+            &format!("recorded {what}"),
+            DEFAULT_CONCURRENCY,
+            &vm,
+            &consul,
+        );
+        let (_, _, newest) = states(&consul, apis);
+        last_end = newest.max(last_end);
+        let recorded = recorder.take();
+        let vm_before = proc_cpu(vm.proc.pid());
+        let bound = lower_bound::replay(&vm.url(), &recorded, DEFAULT_CONCURRENCY);
+        vm_queries(&vm);
+        let bound_vm_cpu = proc_cpu(vm.proc.pid()).saturating_sub(vm_before);
+        bounds.push((what, bound, bound_vm_cpu, recorded_cycle.exit));
+    }
+    let median = |batched: bool| {
+        let mut eval: Vec<f64> = cycles
+            .iter()
+            .filter(|c| {
+                c.label.starts_with("unbatched") != batched
+                    && c.label.ends_with("(steady)")
+                    && c.concurrency == DEFAULT_CONCURRENCY
+            })
+            .filter_map(|c| c.evaluation.map(|e| e.as_secs_f64()))
+            .collect();
+        eval.sort_by(f64::total_cmp);
+        eval.get(eval.len() / 2).copied()
+    };
+    let ratio = |m: Option<f64>, bound: &lower_bound::Bound| {
+        m.map_or("?".into(), |m| {
+            format!("{m:.2} s, {:.2}×", m / bound.wall.as_secs_f64().max(1e-9))
+        })
+    };
+    let (batched_median, unbatched_median) = (median(true), median(false));
+    let mut bound_line = String::from(
+        "Lower bounds, measured in the same run: the PromQL requests of one steady cycle \
+         (recorded by a pass-through proxy in a cycle of its own) sent again by a tight client, \
+         {DEFAULT_CONCURRENCY} groups at once and every request of a group at once.",
+    )
+    .replace("{DEFAULT_CONCURRENCY}", &DEFAULT_CONCURRENCY.to_string());
+    for (what, bound, vm_cpu, exit) in &bounds {
+        let median = if *what == "batched" {
+            batched_median
+        } else {
+            unbatched_median
+        };
+        let _ =
+            write!(
+            bound_line,
+            " {what}: {queries} requests ({exit}), {wall} s wall, {vm_cpu} s of VictoriaMetrics \
+             CPU, {failed} failed; median steady evaluation {how} at the default concurrency: \
+             {ratio} the bound.",
+            queries = bound.queries,
+            wall = secs(bound.wall),
+            vm_cpu = secs(*vm_cpu),
+            failed = bound.failed,
+            how = if *what == "batched" { "batched" } else { "unbatched" },
+            ratio = ratio(median, bound),
+        );
+    }
     eprintln!("{bound_line}");
 
     let table = table(&cycles);
@@ -698,7 +751,9 @@ fn main() {
          double (a thread of the bench process) and the daemon share the machine's cores, so \
          their CPU columns together bound the wall time; `load before` is the 1-minute load \
          average as the cycle started (other work on the machine).\n\n\
-         Targets: wall < 5 s at the default concurrency ({DEFAULT_CONCURRENCY}), RSS < 64 MiB.\n\n\
+         Cycles `unbatched-…` send every query alone (`batch_max = 1`), the others batch \
+         (default `batch_max = 256`). Targets: evaluation < 5 s at the default concurrency \
+         ({DEFAULT_CONCURRENCY}) and ≤ 1.3× the lower bound; RSS ≤ 128 MiB at 10,000 APIs.\n\n\
          {table}\n{bound_line}\n",
         date = Timestamp::now().strftime("%Y-%m-%d %H:%M UTC"),
         cores = std::thread::available_parallelism().map_or(0, |n| n.get()),

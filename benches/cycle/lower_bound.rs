@@ -120,7 +120,6 @@ impl Recorder {
 /// What the replay took.
 pub struct Bound {
     pub queries: usize,
-    pub apis: usize,
     pub wall: Duration,
     pub failed: usize,
 }
@@ -142,7 +141,6 @@ pub fn replay(upstream: &str, recorded: &[Recorded], concurrency: usize) -> Boun
         .build()
         .expect("client");
     let upstream = upstream.trim_end_matches('/').to_string();
-    let apis = by_api.len();
     let started = Instant::now();
     let failed = runtime.block_on(async {
         let results: Vec<usize> = stream::iter(by_api.into_values())
@@ -179,7 +177,6 @@ pub fn replay(upstream: &str, recorded: &[Recorded], concurrency: usize) -> Boun
     });
     Bound {
         queries: recorded.len(),
-        apis,
         wall: started.elapsed(),
         failed,
     }

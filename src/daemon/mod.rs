@@ -106,8 +106,9 @@ pub fn real_env(config: &Config) -> Result<RealEnv, DaemonError> {
     let settings = crate::metrics::MetricsSettings::from_config(&config.metrics)
         .map_err(DaemonError::Config)?;
     let kind = settings.kind;
-    let metrics =
-        PromClient::new(settings).map_err(|e| DaemonError::Config(format!("metrics: {e}")))?;
+    let metrics = PromClient::new(settings)
+        .map_err(|e| DaemonError::Config(format!("metrics: {e}")))?
+        .with_batching(config.metrics.batch_max);
     let haproxy = if config.haproxy.nodes.is_empty() {
         None
     } else {

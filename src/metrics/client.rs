@@ -1,12 +1,14 @@
 //! PromQL HTTP client for VictoriaMetrics and Prometheus, and decoding of its responses.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
 use serde::Deserialize;
 use tracing::debug;
 
+use super::batcher::{BatchStats, Batcher};
 use super::{Auth, Backend, MetricsSettings};
 
 /// Largest response body accepted; a bigger one is [`QueryError::TooLarge`].
@@ -81,6 +83,8 @@ pub struct PromClient {
     timeout: Duration,
     auth: Option<Auth>,
     max_body: usize,
+    /// Answers queries of the same shape together (see [`super::batch`]); `None`: one by one.
+    batcher: Option<Arc<Batcher>>,
 }
 
 impl PromClient {
@@ -107,6 +111,7 @@ impl PromClient {
             timeout: settings.timeout,
             auth: settings.auth,
             max_body: MAX_BODY_BYTES,
+            batcher: None,
         })
     }
 
@@ -116,12 +121,42 @@ impl PromClient {
         self
     }
 
+    /// Answers the instant queries that differ only in label values (the same template for
+    /// other APIs and colours, asked for the same time) with one query of up to `max` of them
+    /// (see [`super::batch`]); `max` below 2 leaves every query alone. Set it last: the
+    /// batches use the client as it is now.
+    pub fn with_batching(mut self, max: usize) -> PromClient {
+        self.batcher = None;
+        if max >= 2 {
+            let direct = self.clone();
+            self.batcher = Some(Arc::new(Batcher::new(direct, max)));
+        }
+        self
+    }
+
+    /// How the queries were sent so far; `None` without batching.
+    pub fn batch_stats(&self) -> Option<BatchStats> {
+        self.batcher.as_ref().map(|b| b.stats())
+    }
+
     pub fn backend(&self) -> Backend {
         self.kind
     }
 
     /// Evaluates `query` at `time` (`POST /api/v1/query`).
     pub async fn instant(&self, query: &str, time: Timestamp) -> Result<QueryResult, QueryError> {
+        match &self.batcher {
+            Some(batcher) => batcher.instant(query, time).await,
+            None => self.instant_alone(query, time).await,
+        }
+    }
+
+    /// Evaluates `query` at `time` on its own, batching or not.
+    pub(super) async fn instant_alone(
+        &self,
+        query: &str,
+        time: Timestamp,
+    ) -> Result<QueryResult, QueryError> {
         let mut form = vec![("query", query.to_string()), ("time", api_time(time))];
         self.cache_control(&mut form);
         self.post("/api/v1/query", &form).await

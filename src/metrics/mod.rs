@@ -9,6 +9,8 @@
 //!   [`crate::engine::Observation`] (clean counts, or the [`crate::engine::DataProblem`] that
 //!   makes the window unusable).
 
+pub mod batch;
+mod batcher;
 pub mod client;
 pub mod observe;
 mod selectors;
@@ -18,6 +20,7 @@ pub mod window;
 use std::fmt;
 use std::time::Duration;
 
+pub use batcher::BatchStats;
 pub use client::{PromClient, QueryError, QueryResult, Sample, Series, SettingsError};
 pub use observe::{observe, observe_with, ObserveOptions};
 pub use template::{promql_duration, render};

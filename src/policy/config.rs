@@ -79,6 +79,9 @@ pub struct MetricsConfig {
     pub max_staleness: Duration,
     /// Credentials sent with every query. Default: none.
     pub auth: Option<MetricsAuth>,
+    /// Most queries (the same template for other APIs and colours) answered by one batched
+    /// query; 1 sends each query alone. Default 256.
+    pub batch_max: usize,
 }
 
 /// The PromQL backend flavour.
@@ -424,6 +427,12 @@ impl RawMetrics {
             (None, MetricsBackend::VictoriaMetrics) => Duration::from_secs(30),
             (None, MetricsBackend::Prometheus) => Duration::ZERO,
         };
+        let batch_max = count_in(
+            &self.batch_max,
+            "metrics.batch_max",
+            limits::BATCH_MAX,
+            errors,
+        );
         let auth = match &self.auth {
             None => Some(None),
             Some(raw) => {
@@ -459,6 +468,7 @@ impl RawMetrics {
             latency_offset,
             max_staleness,
             auth: auth?,
+            batch_max: usize::try_from(batch_max?).ok()?,
         })
     }
 }
@@ -548,6 +558,7 @@ mod tests {
         assert_eq!(c.metrics.url, "http://127.0.0.1:8428");
         assert_eq!(c.metrics.kind, MetricsBackend::VictoriaMetrics);
         assert_eq!(c.metrics.timeout, Duration::from_secs(10));
+        assert_eq!(c.metrics.batch_max, 256);
         assert_eq!(c.metrics.latency_offset, Duration::from_secs(30));
         assert_eq!(c.metrics.auth, None);
         assert_eq!(c.consul.url, "http://127.0.0.1:8500");
@@ -665,6 +676,7 @@ hmac_secret = { file = "hmac" }
         for (text, expected) in [
             ("max_concurrency = 9223372036854775807", "conf/g.toml:1:19: max_concurrency must be a whole number from 1 to 1024, got 9223372036854775807"),
             ("[metrics]\ntimeout = \"20000y\"", "conf/g.toml:2:11: metrics.timeout must be between 100ms and 5m, got 20000years"),
+            ("[metrics]\nbatch_max = 0", "conf/g.toml:2:13: metrics.batch_max must be a whole number from 1 to 4096, got 0"),
             ("[metrics]\nlatency_offset = \"2h\"", "conf/g.toml:2:18: metrics.latency_offset must be between 0s and 1h, got 2h"),
             ("[metrics]\nmax_staleness = \"1ns\"", "conf/g.toml:2:17: metrics.max_staleness must be between 1s and 1day, got 1ns"),
             ("[sync]\nrepair_interval = \"20000y\"", "conf/g.toml:2:19: sync.repair_interval must be between 100ms and 1h, got 20000years"),

@@ -90,6 +90,9 @@ pub(super) struct RawMetrics {
     /// `[metrics.auth]`: `bearer_token = <secret>`, or `username` + `password = <secret>`.
     #[serde(default)]
     pub(super) auth: Option<Spanned<Table<RawAuth>>>,
+    /// Most queries answered by one batched query; 1 sends each alone. Default 256.
+    #[serde(default = "default_batch_max")]
+    pub(super) batch_max: Spanned<i64>,
 }
 
 pub(super) fn default_metrics() -> Table<RawMetrics> {
@@ -100,6 +103,7 @@ pub(super) fn default_metrics() -> Table<RawMetrics> {
         latency_offset: None,
         max_staleness: default_max_staleness(),
         auth: None,
+        batch_max: default_batch_max(),
     })
 }
 pub(super) fn default_metrics_url() -> Spanned<String> {
@@ -110,6 +114,9 @@ pub(super) fn default_metrics_kind() -> MetricsBackend {
 }
 pub(super) fn default_metrics_timeout() -> Spanned<HumanDuration> {
     duration(10)
+}
+pub(super) fn default_batch_max() -> Spanned<i64> {
+    unspanned(256)
 }
 pub(super) fn default_max_staleness() -> Spanned<HumanDuration> {
     duration(120)

@@ -84,6 +84,8 @@ pub const EDGES_MAX: usize = 16;
 // Daemon config.
 /// `max_concurrency`: APIs evaluated at once.
 pub const MAX_CONCURRENCY: CountRange = CountRange { min: 1, max: 1024 };
+/// `metrics.batch_max`: queries answered by one batched query.
+pub const BATCH_MAX: CountRange = CountRange { min: 1, max: 4096 };
 /// `metrics.timeout`.
 pub const METRICS_TIMEOUT: DurationRange = DurationRange {
     min: Duration::from_millis(100),
