@@ -80,7 +80,8 @@ pub struct MetricsConfig {
     /// Credentials sent with every query. Default: none.
     pub auth: Option<MetricsAuth>,
     /// Most queries (the same template for other APIs and colours) answered by one batched
-    /// query; 1 sends each query alone. Default 256.
+    /// query; 1 (the default) sends each query alone. Off by default: a query waits behind a
+    /// slow batch of its shape, so one hanging query can cost more than one timeout.
     pub batch_max: usize,
 }
 
@@ -558,7 +559,7 @@ mod tests {
         assert_eq!(c.metrics.url, "http://127.0.0.1:8428");
         assert_eq!(c.metrics.kind, MetricsBackend::VictoriaMetrics);
         assert_eq!(c.metrics.timeout, Duration::from_secs(10));
-        assert_eq!(c.metrics.batch_max, 256);
+        assert_eq!(c.metrics.batch_max, 1);
         assert_eq!(c.metrics.latency_offset, Duration::from_secs(30));
         assert_eq!(c.metrics.auth, None);
         assert_eq!(c.consul.url, "http://127.0.0.1:8500");

@@ -90,7 +90,7 @@ pub(super) struct RawMetrics {
     /// `[metrics.auth]`: `bearer_token = <secret>`, or `username` + `password = <secret>`.
     #[serde(default)]
     pub(super) auth: Option<Spanned<Table<RawAuth>>>,
-    /// Most queries answered by one batched query; 1 sends each alone. Default 256.
+    /// Most queries answered by one batched query; 1 (the default) sends each alone.
     #[serde(default = "default_batch_max")]
     pub(super) batch_max: Spanned<i64>,
 }
@@ -116,7 +116,7 @@ pub(super) fn default_metrics_timeout() -> Spanned<HumanDuration> {
     duration(10)
 }
 pub(super) fn default_batch_max() -> Spanned<i64> {
-    unspanned(256)
+    unspanned(1)
 }
 pub(super) fn default_max_staleness() -> Spanned<HumanDuration> {
     duration(120)
