@@ -28,14 +28,16 @@ use promql_parser::label::{MatchOp, Matcher};
 use promql_parser::parser::function::{register_extra_functions, Function};
 use promql_parser::parser::value::ValueType;
 use promql_parser::parser::{Expr, LabelModifier, VectorMatchCardinality};
+use promql_parser::util::escape_string;
 
 use super::client::{QueryResult, Sample};
 
 /// Aggregations whose grouping may be refined by more labels without mixing groups.
 const AGGREGATIONS: [&str; 6] = ["sum", "min", "max", "avg", "count", "group"];
 
-/// Functions of one series' samples that keep its labels (all but `__name__`).
-const PER_SERIES: [&str; 28] = [
+/// Functions of one series' samples that keep its labels (all but `__name__`), besides
+/// [`ELEMENTWISE`].
+const PER_SERIES: [&str; 18] = [
     "rate",
     "increase",
     "irate",
@@ -54,21 +56,11 @@ const PER_SERIES: [&str; 28] = [
     "stddev_over_time",
     "stdvar_over_time",
     "tlast_over_time",
-    "timestamp",
-    "abs",
-    "ceil",
-    "floor",
-    "round",
-    "clamp",
-    "clamp_min",
-    "clamp_max",
-    "sqrt",
-    "exp",
 ];
 
-/// Functions applied above the aggregation that act within each group of labels.
-const GROUPWISE: [&str; 10] = [
-    "histogram_quantile",
+/// Functions of each sample's value alone: allowed below and above the aggregation.
+const ELEMENTWISE: [&str; 10] = [
+    "timestamp",
     "abs",
     "ceil",
     "floor",
@@ -216,7 +208,7 @@ fn top(e: &Expr) -> bool {
         Expr::Paren(p) => top(&p.expr),
         Expr::Unary(u) => top(&u.expr),
         Expr::Call(c) => {
-            GROUPWISE.contains(&c.func.name)
+            (c.func.name == "histogram_quantile" || ELEMENTWISE.contains(&c.func.name))
                 && c.args.args.iter().all(|a| top(a) || is_number(a))
                 && c.args.args.iter().any(|a| top(a))
         }
@@ -238,7 +230,7 @@ fn per_series(e: &Expr) -> bool {
         Expr::Unary(u) => per_series(&u.expr),
         Expr::Subquery(s) => per_series(&s.expr),
         Expr::Call(c) => {
-            PER_SERIES.contains(&c.func.name)
+            (PER_SERIES.contains(&c.func.name) || ELEMENTWISE.contains(&c.func.name))
                 && c.args.args.iter().all(|a| per_series(a) || is_number(a))
                 && c.args.args.iter().any(|a| per_series(a))
         }
@@ -385,7 +377,7 @@ fn group_by(expr: &mut Expr, labels: &[String], added: &mut BTreeSet<String>) {
 
 /// `label=~"pattern"`, made by the parser (which compiles the regular expression).
 fn regex_matcher(label: &str, pattern: &str) -> Option<Matcher> {
-    let selector = format!("{{{label}=~\"{}\"}}", promql_escape(pattern));
+    let selector = format!("{{{label}=~\"{}\"}}", escape_string(pattern));
     match promql_parser::parser::parse(&selector).ok()? {
         Expr::VectorSelector(mut vs) => vs.matchers.matchers.pop(),
         _ => None,
@@ -400,20 +392,6 @@ fn regex_escape(value: &str) -> String {
             out.push('\\');
         }
         out.push(c);
-    }
-    out
-}
-
-/// `s` inside a double-quoted PromQL string.
-fn promql_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
     }
     out
 }
